@@ -1,0 +1,157 @@
+//! The store's error type. Each variant's message is written for the person reading a log line
+//! or an API error body: it names the thing and says what to do where there is something to do.
+
+use std::path::PathBuf;
+
+use berth_types::{IllegalTransition, MachineId};
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The write queue is full: the caller should back off and retry.
+    #[error("the database write queue is full ({capacity} writes pending); retry shortly")]
+    Overloaded {
+        /// The queue's capacity.
+        capacity: usize,
+    },
+    /// No machine with this id.
+    #[error("machine {0} not found")]
+    NotFound(MachineId),
+    /// A machine with this id already exists.
+    #[error("machine {0} already exists")]
+    AlreadyExists(MachineId),
+    /// The state machine forbids the requested transition.
+    #[error("machine {id}: {source}")]
+    IllegalTransition {
+        /// The machine.
+        id: MachineId,
+        /// The refused transition.
+        source: IllegalTransition,
+    },
+    /// The caller expected another version (optimistic concurrency).
+    #[error("machine {id} is at version {actual}, not the expected {expected}")]
+    VersionMismatch {
+        /// The machine.
+        id: MachineId,
+        /// What the caller expected.
+        expected: u64,
+        /// What is stored.
+        actual: u64,
+    },
+    /// The machine already has an operation in flight.
+    #[error("machine {id} is busy with operation {op}")]
+    Busy {
+        /// The machine.
+        id: MachineId,
+        /// The operation in flight.
+        op: u64,
+    },
+    /// No operation with this id is in flight.
+    #[error("operation {0} not found")]
+    OperationNotFound(u64),
+    /// A step name that is not in the operation's plan.
+    #[error("operation {op} has no step {step:?}")]
+    UnknownStep {
+        /// The operation.
+        op: u64,
+        /// The step asked for.
+        step: String,
+    },
+    /// A stored record that fails to decode.
+    #[error("corrupt record in table {table} at key {key}: {reason}")]
+    Corrupt {
+        /// Table name.
+        table: &'static str,
+        /// Key, rendered.
+        key: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The file was written by a newer or unknown schema; it was not modified.
+    #[error(
+        "{path}: schema version {found} is newer than this berth supports ({supported}); \
+         the file was left untouched — run a newer berth or restore a backup"
+    )]
+    SchemaTooNew {
+        /// The database file.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+        /// The newest version this build knows.
+        supported: u32,
+    },
+    /// The file is a redb database but not a berth one, or its schema marker is unreadable.
+    #[error("{path} is not a berth database ({reason}); the file was left untouched")]
+    NotBerth {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The file cannot be trusted; it was left exactly as found.
+    #[error(
+        "{path} is damaged and cannot be trusted ({reason}); the file was left untouched — \
+         restore it from a backup (see runbooks/db-compaction.md)"
+    )]
+    Damaged {
+        /// The database file.
+        path: PathBuf,
+        /// What was found.
+        reason: String,
+    },
+    /// Another process holds the database.
+    #[error("{path} is held by another process (is another berthd running on this data dir?)")]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The store was closed.
+    #[error("the store is closed")]
+    Closed,
+    /// A commit failed earlier; the store refuses writes until it is reopened.
+    #[error("the store stopped accepting writes after a failed commit ({0}); restart berthd")]
+    Poisoned(String),
+    /// A commit failed; the write was not acknowledged.
+    #[error("commit failed, write not applied: {0}")]
+    CommitFailed(String),
+    /// An error from redb.
+    #[error("database error during {op}: {source}")]
+    Db {
+        /// What the store was doing.
+        op: &'static str,
+        /// redb's error.
+        source: Box<redb::Error>,
+    },
+    /// An I/O error outside redb.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the store was doing.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// A closure mapping any redb error to [`StoreError::Db`] tagged with `op`.
+    pub(crate) fn db<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
+        move |e| StoreError::Db {
+            op,
+            source: Box::new(e.into()),
+        }
+    }
+
+    /// A closure mapping an I/O error to [`StoreError::Io`] with context.
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+        let context = context.into();
+        move |source| StoreError::Io { context, source }
+    }
+
+    /// Whether retrying the same request later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Overloaded { .. })
+    }
+}
+
+/// Result alias for the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,232 @@
+//! berth's durable store: the single source of truth for this host's machines.
+//!
+//! Architecture invariant: a write is acknowledged only after the redb transaction holding it has
+//! been committed with `Durability::Immediate`; every write goes through the one writer thread
+//! ([`writer`]), and no other code holds a redb write transaction. Nothing here knows about HTTP or
+//! processes; the state machine it enforces comes from `berth-types`.
+//!
+//! API boundary: [`Store`] (open, typed reads, [`Store::write`] with a closure over [`WriteCtx`]),
+//! [`StoreOptions`], [`StoreError`], the slow-op hook ([`SlowOp`]).
+
+mod codec;
+mod error;
+mod read;
+pub mod schema;
+mod timing;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redb::Database;
+use tokio::sync::{mpsc, oneshot};
+
+pub use error::{Result, StoreError};
+pub use read::{CheckReport, StoreStats};
+pub use schema::{OpenKind, SCHEMA_VERSION, check_file_integrity};
+pub use timing::{OP_DURATION, SLOW_OPS, SlowOp, SlowOpHook};
+pub use writer::{TransitionSpec, WriteCtx};
+
+use timing::Timings;
+use writer::{BoxedJob, TypedJob, Writer};
+
+/// Tunables of a [`Store`].
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// Writes that may wait for the writer; past this, [`StoreError::Overloaded`] at once.
+    pub queue_capacity: usize,
+    /// Most writes in one commit.
+    pub max_batch: usize,
+    /// An operation slower than this is reported as slow (`db.slow_op_threshold`).
+    pub slow_op_threshold: Duration,
+    /// Called for each slow operation, after the WARN log line and the counter.
+    pub slow_op_hook: Option<SlowOpHook>,
+    /// Added to every commit (`fault.db_delay`), for drills and tests.
+    pub commit_delay: Duration,
+    /// Whether to time operations (on in production; off only to measure timing's own cost).
+    pub timing: bool,
+    /// redb's page cache, in bytes.
+    pub cache_size: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 4096,
+            max_batch: 1024,
+            slow_op_threshold: Duration::from_millis(100),
+            slow_op_hook: None,
+            commit_delay: Duration::ZERO,
+            timing: true,
+            cache_size: 256 << 20,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("queue_capacity", &self.queue_capacity)
+            .field("max_batch", &self.max_batch)
+            .field("slow_op_threshold", &self.slow_op_threshold)
+            .field("commit_delay", &self.commit_delay)
+            .field("timing", &self.timing)
+            .field("cache_size", &self.cache_size)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    db: Arc<Database>,
+    /// `None` only while dropping.
+    tx: Option<mpsc::Sender<BoxedJob>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    capacity: usize,
+    timings: Timings,
+    poisoned: Arc<AtomicBool>,
+    open_kind: OpenKind,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer commit what is queued and exit; joining it means the
+        // file is closed (and its lock released) when the last handle is gone.
+        self.tx = None;
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A handle to the open store; cheap to clone. When the last handle is dropped the writer
+/// commits what was queued, exits, and the file is closed.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens or creates the database at `path` (see [`schema`] for how a file is vetted first)
+    /// and starts the writer thread.
+    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        let path = path.as_ref().to_owned();
+        let timings = Timings {
+            threshold: options.slow_op_threshold,
+            hook: options.slow_op_hook.clone(),
+            enabled: options.timing,
+        };
+        let start = timings.start();
+        let (db, open_kind) = schema::open_database(&path, options.cache_size)?;
+        let db = Arc::new(db);
+        let (next_seq, next_op_id) = Writer::load_counters(&db)?;
+        timings.finish("open", start, 0, 0, || format!("open {}", path.display()));
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            db: db.clone(),
+            rx,
+            max_batch: options.max_batch.max(1),
+            commit_delay: options.commit_delay,
+            timings: timings.clone(),
+            poisoned: poisoned.clone(),
+            next_seq,
+            next_op_id,
+        };
+        let handle = std::thread::Builder::new()
+            .name("berth-store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(StoreError::io("spawn the store writer thread"))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path,
+                db,
+                tx: Some(tx),
+                writer: Some(handle),
+                capacity: options.queue_capacity.max(1),
+                timings,
+                poisoned,
+                open_kind,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// How the file was found when it was opened.
+    pub fn open_kind(&self) -> OpenKind {
+        self.inner.open_kind
+    }
+
+    /// Whether a commit has failed (the store then refuses writes until reopened).
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Acquire)
+    }
+
+    fn enqueue<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_, '_>) -> Result<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: BoxedJob = Box::new(TypedJob {
+            f: Some(f),
+            out: None,
+            reply,
+        });
+        let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
+        tx.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                metrics::counter!("berth_db_writes_refused_total", "reason" => "overloaded")
+                    .increment(1);
+                StoreError::Overloaded {
+                    capacity: self.inner.capacity,
+                }
+            }
+            mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+        })?;
+        Ok(rx)
+    }
+
+    /// Runs `f` in the writer's next batch; resolves once that batch is durable.
+    ///
+    /// Fails at once with [`StoreError::Overloaded`] when the queue is full. If `f` returns an
+    /// error, nothing it wrote is applied and the error is returned after the batch commits.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_, '_>) -> Result<T> + Send + 'static,
+    {
+        let rx = self.enqueue(f)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`Store::write`] for callers outside an async runtime.
+    pub fn write_blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_, '_>) -> Result<T> + Send + 'static,
+    {
+        let rx = self.enqueue(f)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Drops this handle; if it is the last one, waits until queued writes are committed and the
+    /// file is closed.
+    pub fn close(self) {
+        drop(self);
+    }
+}

@@ -1,0 +1,384 @@
+//! Reads: each one a redb read transaction on the caller's thread, timed by name. Reads never wait
+//! for the writer; they see the last committed batch.
+
+use std::collections::BTreeMap;
+
+use berth_types::{Event, MachineId, MachineRecord, OperationRecord};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::Serialize;
+
+use crate::Store;
+use crate::error::{Result, StoreError};
+use crate::schema::{EVENTS, HISTORY, MACHINES, META, OPERATIONS};
+use crate::writer::decode_at;
+
+/// Sizes and row counts.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoreStats {
+    /// Size of the file on disk.
+    pub file_size_bytes: u64,
+    /// Bytes redb reports as holding data (stored + metadata + fragmentation inside pages).
+    pub live_bytes: u64,
+    /// Rows per table.
+    pub tables: BTreeMap<String, u64>,
+    /// The next event seq to be assigned.
+    pub next_seq: u64,
+}
+
+/// What [`Store::check`] found.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CheckReport {
+    /// Machines examined.
+    pub machines: u64,
+    /// Events examined.
+    pub events: u64,
+    /// Lowest and highest seq in the event log.
+    pub seq_range: Option<(u64, u64)>,
+    /// Operations in flight.
+    pub operations: u64,
+    /// Every invariant violation found; empty means healthy.
+    pub problems: Vec<String>,
+}
+
+impl CheckReport {
+    /// Whether no problem was found.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+fn open_ro<'t, K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &'t redb::ReadTransaction,
+    def: TableDefinition<K, V>,
+    op: &'static str,
+) -> Result<redb::ReadOnlyTable<K, V>> {
+    txn.open_table(def).map_err(StoreError::db(op))
+}
+
+impl Store {
+    fn read_txn(&self, op: &'static str) -> Result<redb::ReadTransaction> {
+        self.inner.db.begin_read().map_err(StoreError::db(op))
+    }
+
+    /// One machine, if it exists.
+    pub fn machine(&self, id: &MachineId) -> Result<Option<MachineRecord>> {
+        let start = self.inner.timings.start();
+        let txn = self.read_txn("get_machine")?;
+        let table = open_ro(&txn, MACHINES, "get_machine")?;
+        let rec = match table
+            .get(id.as_str())
+            .map_err(StoreError::db("get_machine"))?
+        {
+            Some(v) => Some(decode_at("machines", id, v.value())?),
+            None => None,
+        };
+        self.inner
+            .timings
+            .finish("get_machine", start, 1, 0, || format!("get machine {id}"));
+        Ok(rec)
+    }
+
+    /// Every machine, in id order.
+    pub fn machines(&self) -> Result<Vec<MachineRecord>> {
+        let start = self.inner.timings.start();
+        let txn = self.read_txn("list_machines")?;
+        let table = open_ro(&txn, MACHINES, "list_machines")?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(StoreError::db("list_machines"))? {
+            let (k, v) = entry.map_err(StoreError::db("list_machines"))?;
+            out.push(decode_at("machines", k.value(), v.value())?);
+        }
+        let n = out.len();
+        self.inner.timings.finish("list_machines", start, n, 0, || {
+            format!("list {n} machines")
+        });
+        Ok(out)
+    }
+
+    /// A machine's history, oldest first (empty if the machine is unknown).
+    pub fn history(&self, id: &MachineId) -> Result<Vec<Event>> {
+        let start = self.inner.timings.start();
+        let txn = self.read_txn("history")?;
+        let table = open_ro(&txn, HISTORY, "history")?;
+        let mut out = Vec::new();
+        let range = (id.as_str(), 0u64)..=(id.as_str(), u64::MAX);
+        for entry in table.range(range).map_err(StoreError::db("history"))? {
+            let (k, v) = entry.map_err(StoreError::db("history"))?;
+            let (m, ver) = k.value();
+            out.push(decode_at("history", format!("({m}, {ver})"), v.value())?);
+        }
+        let n = out.len();
+        self.inner.timings.finish("history", start, n, 0, || {
+            format!("history of {id}: {n} rows")
+        });
+        Ok(out)
+    }
+
+    /// Up to `limit` host-wide events with `seq > after`, oldest first.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let start = self.inner.timings.start();
+        let txn = self.read_txn("events")?;
+        let table = open_ro(&txn, EVENTS, "events")?;
+        let mut out = Vec::new();
+        for entry in table
+            .range(after.saturating_add(1)..)
+            .map_err(StoreError::db("events"))?
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = entry.map_err(StoreError::db("events"))?;
+            out.push(decode_at("events", k.value(), v.value())?);
+        }
+        let n = out.len();
+        self.inner.timings.finish("events", start, n, 0, || {
+            format!("events after {after}: {n}")
+        });
+        Ok(out)
+    }
+
+    /// The highest seq committed so far (0 if none).
+    pub fn last_seq(&self) -> Result<u64> {
+        let txn = self.read_txn("last_seq")?;
+        let meta = open_ro(&txn, META, "last_seq")?;
+        Ok(crate::schema::read_u64(&meta, crate::schema::KEY_NEXT_SEQ)?
+            .unwrap_or(1)
+            .saturating_sub(1))
+    }
+
+    /// Operations in flight, oldest first: after a restart, the ones to resume.
+    pub fn operations(&self) -> Result<Vec<OperationRecord>> {
+        let start = self.inner.timings.start();
+        let txn = self.read_txn("operations")?;
+        let table = open_ro(&txn, OPERATIONS, "operations")?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(StoreError::db("operations"))? {
+            let (k, v) = entry.map_err(StoreError::db("operations"))?;
+            out.push(decode_at("operations", k.value(), v.value())?);
+        }
+        let n = out.len();
+        self.inner.timings.finish("operations", start, n, 0, || {
+            format!("{n} operations in flight")
+        });
+        Ok(out)
+    }
+
+    /// File size, bytes in use and rows per table.
+    pub fn stats(&self) -> Result<StoreStats> {
+        let start = self.inner.timings.start();
+        let file_size_bytes = std::fs::metadata(&self.inner.path)
+            .map_err(StoreError::io(format!(
+                "stat {}",
+                self.inner.path.display()
+            )))?
+            .len();
+        let txn = self.read_txn("stats")?;
+        let mut tables = BTreeMap::new();
+        let mut live_bytes = 0u64;
+        macro_rules! count {
+            ($def:expr, $name:literal) => {{
+                let t = open_ro(&txn, $def, "stats")?;
+                tables.insert($name.to_owned(), t.len().map_err(StoreError::db("stats"))?);
+                let s = t.stats().map_err(StoreError::db("stats"))?;
+                live_bytes += s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes();
+            }};
+        }
+        count!(MACHINES, "machines");
+        count!(HISTORY, "history");
+        count!(EVENTS, "events");
+        count!(OPERATIONS, "operations");
+        count!(META, "meta");
+        let meta = open_ro(&txn, META, "stats")?;
+        let next_seq = crate::schema::read_u64(&meta, crate::schema::KEY_NEXT_SEQ)?.unwrap_or(1);
+        self.inner
+            .timings
+            .finish("stats", start, 0, 0, || "stats".into());
+        Ok(StoreStats {
+            file_size_bytes,
+            live_bytes,
+            tables,
+            next_seq,
+        })
+    }
+
+    /// Decodes every record and checks the cross-table invariants in one snapshot:
+    /// keys match their records; the event log's seqs are contiguous and below `next_seq`; every
+    /// event is the same as its history row; each machine's history is versions `1..=version`
+    /// (or a contiguous suffix of them, where retention trimmed it) and, when complete, folds to
+    /// the record; every operation in flight belongs to a machine that points back at it.
+    pub fn check(&self) -> Result<CheckReport> {
+        let start = self.inner.timings.start();
+        let txn = self.read_txn("check")?;
+        let mut report = CheckReport::default();
+        let p = &mut report.problems;
+
+        let meta = open_ro(&txn, META, "check")?;
+        let next_seq = crate::schema::read_u64(&meta, crate::schema::KEY_NEXT_SEQ)?.unwrap_or(1);
+
+        let history_t = open_ro(&txn, HISTORY, "check")?;
+        let mut histories: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+        for entry in history_t.iter().map_err(StoreError::db("check"))? {
+            let (k, v) = entry.map_err(StoreError::db("check"))?;
+            let (m, ver) = k.value();
+            match decode_at::<Event>("history", format!("({m}, {ver})"), v.value()) {
+                Ok(ev) => {
+                    if ev.machine_id.as_str() != m || ev.version != ver {
+                        p.push(format!(
+                            "history ({m}, {ver}) holds event for ({}, {})",
+                            ev.machine_id, ev.version
+                        ));
+                    }
+                    histories.entry(m.to_owned()).or_default().push(ev);
+                }
+                Err(e) => p.push(e.to_string()),
+            }
+        }
+
+        let events_t = open_ro(&txn, EVENTS, "check")?;
+        let mut prev: Option<u64> = None;
+        for entry in events_t.iter().map_err(StoreError::db("check"))? {
+            let (k, v) = entry.map_err(StoreError::db("check"))?;
+            let seq = k.value();
+            report.events += 1;
+            if let Some(prev) = prev {
+                if seq != prev + 1 {
+                    p.push(format!("event log gap: seq {prev} is followed by {seq}"));
+                }
+            }
+            report.seq_range = Some((report.seq_range.map_or(seq, |r| r.0), seq));
+            prev = Some(seq);
+            if seq >= next_seq {
+                p.push(format!("event seq {seq} is not below next_seq {next_seq}"));
+            }
+            match decode_at::<Event>("events", seq, v.value()) {
+                Ok(ev) => {
+                    if ev.seq != seq {
+                        p.push(format!("events[{seq}] holds seq {}", ev.seq));
+                    }
+                    let in_history = histories
+                        .get(ev.machine_id.as_str())
+                        .and_then(|h| h.iter().find(|h| h.version == ev.version));
+                    if in_history.is_some_and(|h| *h != ev) {
+                        p.push(format!("events[{seq}] differs from its history row"));
+                    }
+                }
+                Err(e) => p.push(e.to_string()),
+            }
+        }
+
+        let machines_t = open_ro(&txn, MACHINES, "check")?;
+        let mut active_ops: BTreeMap<u64, String> = BTreeMap::new();
+        for entry in machines_t.iter().map_err(StoreError::db("check"))? {
+            let (k, v) = entry.map_err(StoreError::db("check"))?;
+            let id = k.value();
+            report.machines += 1;
+            let rec: MachineRecord = match decode_at("machines", id, v.value()) {
+                Ok(r) => r,
+                Err(e) => {
+                    p.push(e.to_string());
+                    continue;
+                }
+            };
+            if rec.id.as_str() != id {
+                p.push(format!("machines[{id}] holds machine {}", rec.id));
+            }
+            if let Some(op) = rec.active_op {
+                active_ops.insert(op, id.to_owned());
+            }
+            let history = histories.remove(id).unwrap_or_default();
+            check_history(&rec, &history, p);
+        }
+        for (m, h) in &histories {
+            if let Some(first) = h.first() {
+                if first.version == 1 {
+                    // Complete history of a machine whose record is gone: only retention may do that.
+                    p.push(format!("history of {m} has no machine record"));
+                }
+            }
+        }
+
+        let ops_t = open_ro(&txn, OPERATIONS, "check")?;
+        for entry in ops_t.iter().map_err(StoreError::db("check"))? {
+            let (k, v) = entry.map_err(StoreError::db("check"))?;
+            report.operations += 1;
+            match decode_at::<OperationRecord>("operations", k.value(), v.value()) {
+                Ok(op) => {
+                    if active_ops.get(&op.id).map(String::as_str) != Some(op.machine_id.as_str()) {
+                        p.push(format!(
+                            "operation {} is not the active operation of machine {}",
+                            op.id, op.machine_id
+                        ));
+                    }
+                    active_ops.remove(&op.id);
+                }
+                Err(e) => p.push(e.to_string()),
+            }
+        }
+        for (op, m) in active_ops {
+            p.push(format!(
+                "machine {m} points at operation {op}, which is not in flight"
+            ));
+        }
+        let n = report.machines + report.events;
+        self.inner
+            .timings
+            .finish("check", start, n as usize, 0, || "consistency check".into());
+        Ok(report)
+    }
+}
+
+fn check_history(rec: &MachineRecord, history: &[Event], p: &mut Vec<String>) {
+    let Some(first) = history.first() else {
+        p.push(format!("machine {} has no history", rec.id));
+        return;
+    };
+    for pair in history.windows(2) {
+        if pair[1].version != pair[0].version + 1 {
+            p.push(format!(
+                "history of {} jumps from version {} to {}",
+                rec.id, pair[0].version, pair[1].version
+            ));
+        }
+        if pair[1].from != Some(pair[0].to) {
+            p.push(format!(
+                "history of {} version {} starts from {:?}, previous ended in {}",
+                rec.id, pair[1].version, pair[1].from, pair[0].to
+            ));
+        }
+    }
+    for ev in history {
+        if let Some(from) = ev.from {
+            if !from.can_transition_to(ev.to) {
+                p.push(format!(
+                    "history of {} version {} is illegal: {from} → {}",
+                    rec.id, ev.version, ev.to
+                ));
+            }
+        }
+    }
+    let last = history.last().unwrap_or(first);
+    if last.version != rec.version {
+        p.push(format!(
+            "machine {} is at version {} but its history ends at {}",
+            rec.id, rec.version, last.version
+        ));
+    }
+    if first.version == 1 {
+        let mut folded = rec.clone();
+        folded.state = berth_types::State::Created;
+        folded.version = 0;
+        folded.pid = None;
+        folded.exit = None;
+        for ev in history {
+            folded.apply(ev);
+        }
+        if folded.history_view() != rec.history_view() {
+            p.push(format!(
+                "machine {} does not match the fold of its history: record {:?}, fold {:?}",
+                rec.id,
+                rec.history_view(),
+                folded.history_view()
+            ));
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! The single writer: group commit over a bounded queue.
+//!
+//! Every write is a closure over a [`WriteCtx`]. Callers enqueue closures with `try_send` (a full
+//! queue is an immediate [`StoreError::Overloaded`]); one OS thread drains whatever is queued, runs
+//! each closure in turn inside one redb write transaction, commits with `Durability::Immediate`,
+//! and only then answers every caller in the batch.
+//!
+//! A closure's writes are staged in the context and applied to the transaction only if the
+//! closure returns `Ok`, so a refused write (illegal transition, unknown machine) changes nothing
+//! while the rest of its batch commits. Later closures in a batch see earlier ones' writes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use berth_types::{
+    Event, EventKind, ExitInfo, MachineId, MachineRecord, OpKind, OperationRecord, Source, State,
+    StepRecord, Timestamp,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, Table};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec;
+use crate::error::{Result, StoreError};
+use crate::schema::{self, EVENTS, HISTORY, KEY_NEXT_OP, KEY_NEXT_SEQ, MACHINES, META, OPERATIONS};
+use crate::timing::Timings;
+
+/// A job the writer runs: applies its closure, later learns whether the commit succeeded.
+pub(crate) trait Job: Send {
+    /// Runs the closure against the batch. An `Err` here means the transaction itself is broken.
+    fn apply(&mut self, ctx: &mut WriteCtx<'_, '_>) -> Result<()>;
+    /// Answers the caller once the batch's fate is known.
+    fn finish(self: Box<Self>, committed: Result<(), &StoreError>);
+}
+
+pub(crate) struct TypedJob<T, F> {
+    pub f: Option<F>,
+    pub out: Option<Result<T>>,
+    pub reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Job for TypedJob<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut WriteCtx<'_, '_>) -> Result<T> + Send + 'static,
+{
+    fn apply(&mut self, ctx: &mut WriteCtx<'_, '_>) -> Result<()> {
+        let Some(f) = self.f.take() else {
+            return Ok(());
+        };
+        ctx.begin_job();
+        let out = f(ctx);
+        match &out {
+            Ok(_) => ctx.flush_staged()?,
+            Err(_) => ctx.discard_staged(),
+        }
+        self.out = Some(out);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), &StoreError>) {
+        let answer = match committed {
+            Ok(()) => self.out.unwrap_or(Err(StoreError::Closed)),
+            Err(e) => Err(StoreError::CommitFailed(e.to_string())),
+        };
+        // The caller may have given up waiting; nothing to do then.
+        let _ = self.reply.send(answer);
+    }
+}
+
+pub(crate) type BoxedJob = Box<dyn Job>;
+
+/// Open tables of the batch's write transaction.
+pub(crate) struct Tables<'txn> {
+    machines: Table<'txn, &'static str, &'static [u8]>,
+    history: Table<'txn, (&'static str, u64), &'static [u8]>,
+    events: Table<'txn, u64, &'static [u8]>,
+    operations: Table<'txn, u64, &'static [u8]>,
+}
+
+/// What one closure has written, not yet applied to the transaction.
+#[derive(Default)]
+struct Staged {
+    machines: BTreeMap<MachineId, MachineRecord>,
+    events: Vec<Event>,
+    operations: BTreeMap<u64, Option<OperationRecord>>,
+    next_seq: u64,
+    next_op_id: u64,
+}
+
+/// A transition to record.
+#[derive(Debug, Clone)]
+pub struct TransitionSpec {
+    /// Target state.
+    pub to: State,
+    /// Event type.
+    pub kind: EventKind,
+    /// Who caused it.
+    pub source: Source,
+    /// Why.
+    pub reason: String,
+    /// The workload's pid after the transition.
+    pub pid: Option<u32>,
+    /// Exit details, when caused by an exit.
+    pub exit: Option<ExitInfo>,
+    /// Refuse unless the machine is at this version.
+    pub expect_version: Option<u64>,
+}
+
+impl TransitionSpec {
+    /// A transition to `to` with no pid, exit or version check.
+    pub fn new(to: State, kind: EventKind, source: Source, reason: impl Into<String>) -> Self {
+        Self {
+            to,
+            kind,
+            source,
+            reason: reason.into(),
+            pid: None,
+            exit: None,
+            expect_version: None,
+        }
+    }
+
+    /// Sets the pid the machine has after the transition.
+    pub fn with_pid(mut self, pid: Option<u32>) -> Self {
+        self.pid = pid;
+        self
+    }
+
+    /// Attaches exit details.
+    pub fn with_exit(mut self, exit: ExitInfo) -> Self {
+        self.exit = Some(exit);
+        self
+    }
+
+    /// Requires the machine to be at `version`.
+    pub fn expecting(mut self, version: u64) -> Self {
+        self.expect_version = Some(version);
+        self
+    }
+}
+
+/// The view a write closure gets: typed reads and writes that keep the store's invariants.
+///
+/// Invariants it maintains: every transition is legal by [`State::can_transition_to`]; each
+/// transition bumps the machine's version by one and appends history row `(id, version)` and one
+/// event with the next `seq`, all in the same transaction as the record change.
+pub struct WriteCtx<'a, 'txn> {
+    tables: &'a mut Tables<'txn>,
+    staged: Staged,
+    committed_seq: u64,
+    committed_op_id: u64,
+    now: Timestamp,
+    pub(crate) bytes: usize,
+}
+
+impl std::fmt::Debug for WriteCtx<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteCtx")
+            .field("next_seq", &self.staged.next_seq)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, 'txn> WriteCtx<'a, 'txn> {
+    fn begin_job(&mut self) {
+        self.staged = Staged {
+            next_seq: self.committed_seq,
+            next_op_id: self.committed_op_id,
+            ..Staged::default()
+        };
+    }
+
+    fn discard_staged(&mut self) {
+        self.staged = Staged::default();
+    }
+
+    fn flush_staged(&mut self) -> Result<()> {
+        let staged = std::mem::take(&mut self.staged);
+        for (id, rec) in &staged.machines {
+            let bytes = codec::encode(rec);
+            self.bytes += bytes.len();
+            self.tables
+                .machines
+                .insert(id.as_str(), bytes.as_slice())
+                .map_err(StoreError::db("write machine"))?;
+        }
+        for ev in &staged.events {
+            let bytes = codec::encode(ev);
+            self.bytes += 2 * bytes.len();
+            self.tables
+                .history
+                .insert((ev.machine_id.as_str(), ev.version), bytes.as_slice())
+                .map_err(StoreError::db("write history"))?;
+            self.tables
+                .events
+                .insert(ev.seq, bytes.as_slice())
+                .map_err(StoreError::db("write event"))?;
+        }
+        for (id, op) in &staged.operations {
+            match op {
+                Some(op) => {
+                    let bytes = codec::encode(op);
+                    self.bytes += bytes.len();
+                    self.tables
+                        .operations
+                        .insert(*id, bytes.as_slice())
+                        .map_err(StoreError::db("write operation"))?;
+                }
+                None => {
+                    self.tables
+                        .operations
+                        .remove(*id)
+                        .map_err(StoreError::db("remove operation"))?;
+                }
+            }
+        }
+        self.committed_seq = staged.next_seq;
+        self.committed_op_id = staged.next_op_id;
+        Ok(())
+    }
+
+    /// The commit time shared by every write in the batch.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// The machine as this closure sees it (including its own staged writes).
+    pub fn machine(&self, id: &MachineId) -> Result<Option<MachineRecord>> {
+        if let Some(rec) = self.staged.machines.get(id) {
+            return Ok(Some(rec.clone()));
+        }
+        let Some(v) = self
+            .tables
+            .machines
+            .get(id.as_str())
+            .map_err(StoreError::db("read machine"))?
+        else {
+            return Ok(None);
+        };
+        decode_at("machines", id, v.value()).map(Some)
+    }
+
+    fn machine_required(&self, id: &MachineId) -> Result<MachineRecord> {
+        self.machine(id)?
+            .ok_or_else(|| StoreError::NotFound(id.clone()))
+    }
+
+    fn push_event(
+        &mut self,
+        rec: &mut MachineRecord,
+        from: Option<State>,
+        spec: TransitionSpec,
+    ) -> Event {
+        let ev = Event {
+            seq: self.staged.next_seq,
+            machine_id: rec.id.clone(),
+            version: rec.version + 1,
+            kind: spec.kind,
+            from,
+            to: spec.to,
+            source: spec.source,
+            at: self.now,
+            reason: spec.reason,
+            pid: spec.pid,
+            exit: spec.exit,
+        };
+        self.staged.next_seq += 1;
+        rec.apply(&ev);
+        self.staged.events.push(ev.clone());
+        ev
+    }
+
+    /// Records a new machine in `created` state with its creation event.
+    pub fn create_machine(
+        &mut self,
+        mut rec: MachineRecord,
+        source: Source,
+        reason: &str,
+    ) -> Result<Event> {
+        if self.machine(&rec.id)?.is_some() {
+            return Err(StoreError::AlreadyExists(rec.id));
+        }
+        rec.state = State::Created;
+        rec.version = 0;
+        rec.created_at = self.now;
+        rec.pid = None;
+        rec.exit = None;
+        rec.active_op = None;
+        let spec = TransitionSpec::new(State::Created, EventKind::Create, source, reason);
+        let ev = self.push_event(&mut rec, None, spec);
+        self.staged.machines.insert(rec.id.clone(), rec);
+        Ok(ev)
+    }
+
+    /// Records a transition, refusing an illegal one or a version mismatch.
+    pub fn transition(&mut self, id: &MachineId, spec: TransitionSpec) -> Result<Event> {
+        let mut rec = self.machine_required(id)?;
+        if let Some(expected) = spec.expect_version {
+            if expected != rec.version {
+                return Err(StoreError::VersionMismatch {
+                    id: id.clone(),
+                    expected,
+                    actual: rec.version,
+                });
+            }
+        }
+        rec.state
+            .transition(spec.to)
+            .map_err(|source| StoreError::IllegalTransition {
+                id: id.clone(),
+                source,
+            })?;
+        let from = rec.state;
+        let ev = self.push_event(&mut rec, Some(from), spec);
+        self.staged.machines.insert(id.clone(), rec);
+        Ok(ev)
+    }
+
+    /// Replaces a machine's metadata (no transition, no version change).
+    pub fn set_metadata(
+        &mut self,
+        id: &MachineId,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<MachineRecord> {
+        let mut rec = self.machine_required(id)?;
+        rec.metadata = metadata;
+        self.staged.machines.insert(id.clone(), rec.clone());
+        Ok(rec)
+    }
+
+    /// An operation in flight, as this closure sees it.
+    pub fn operation(&self, op_id: u64) -> Result<Option<OperationRecord>> {
+        if let Some(op) = self.staged.operations.get(&op_id) {
+            return Ok(op.clone());
+        }
+        let Some(v) = self
+            .tables
+            .operations
+            .get(op_id)
+            .map_err(StoreError::db("read operation"))?
+        else {
+            return Ok(None);
+        };
+        decode_at("operations", op_id, v.value()).map(Some)
+    }
+
+    /// Records a new operation on a machine; refused while another is in flight on it.
+    pub fn begin_operation(
+        &mut self,
+        machine_id: &MachineId,
+        kind: OpKind,
+        source: Source,
+        params: serde_json::Value,
+        steps: &[&str],
+    ) -> Result<OperationRecord> {
+        let mut rec = self.machine_required(machine_id)?;
+        if let Some(op) = rec.active_op {
+            return Err(StoreError::Busy {
+                id: machine_id.clone(),
+                op,
+            });
+        }
+        let op = OperationRecord {
+            id: self.staged.next_op_id,
+            machine_id: machine_id.clone(),
+            kind,
+            source,
+            params,
+            steps: steps
+                .iter()
+                .map(|s| StepRecord {
+                    name: (*s).to_owned(),
+                    done_at: None,
+                })
+                .collect(),
+            created_at: self.now,
+            resumes: 0,
+        };
+        self.staged.next_op_id += 1;
+        rec.active_op = Some(op.id);
+        self.staged.machines.insert(machine_id.clone(), rec);
+        self.staged.operations.insert(op.id, Some(op.clone()));
+        Ok(op)
+    }
+
+    /// Marks a step done (idempotent: a step already done stays as it was).
+    pub fn complete_step(&mut self, op_id: u64, step: &str) -> Result<OperationRecord> {
+        let mut op = self
+            .operation(op_id)?
+            .ok_or(StoreError::OperationNotFound(op_id))?;
+        let now = self.now;
+        let s = op
+            .steps
+            .iter_mut()
+            .find(|s| s.name == step)
+            .ok_or_else(|| StoreError::UnknownStep {
+                op: op_id,
+                step: step.to_owned(),
+            })?;
+        if s.done_at.is_none() {
+            s.done_at = Some(now);
+        }
+        self.staged.operations.insert(op_id, Some(op.clone()));
+        Ok(op)
+    }
+
+    /// Counts a resumption after restart.
+    pub fn note_resumed(&mut self, op_id: u64) -> Result<OperationRecord> {
+        let mut op = self
+            .operation(op_id)?
+            .ok_or(StoreError::OperationNotFound(op_id))?;
+        op.resumes += 1;
+        self.staged.operations.insert(op_id, Some(op.clone()));
+        Ok(op)
+    }
+
+    /// Removes a finished (or abandoned) operation and frees its machine for the next one.
+    pub fn finish_operation(&mut self, op_id: u64) -> Result<()> {
+        let op = self
+            .operation(op_id)?
+            .ok_or(StoreError::OperationNotFound(op_id))?;
+        if let Some(mut rec) = self.machine(&op.machine_id)? {
+            if rec.active_op == Some(op_id) {
+                rec.active_op = None;
+                self.staged.machines.insert(rec.id.clone(), rec);
+            }
+        }
+        self.staged.operations.insert(op_id, None);
+        Ok(())
+    }
+}
+
+pub(crate) fn decode_at<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    key: impl std::fmt::Display,
+    bytes: &[u8],
+) -> Result<T> {
+    codec::decode(bytes).map_err(|reason| StoreError::Corrupt {
+        table,
+        key: key.to_string(),
+        reason,
+    })
+}
+
+/// State the writer thread owns.
+pub(crate) struct Writer {
+    pub db: Arc<Database>,
+    pub rx: mpsc::Receiver<BoxedJob>,
+    pub max_batch: usize,
+    pub commit_delay: Duration,
+    pub timings: Timings,
+    pub poisoned: Arc<AtomicBool>,
+    pub next_seq: u64,
+    pub next_op_id: u64,
+}
+
+impl Writer {
+    /// Reads the counters the writer continues from.
+    pub fn load_counters(db: &Database) -> Result<(u64, u64)> {
+        let txn = db.begin_read().map_err(StoreError::db("load counters"))?;
+        let meta = txn
+            .open_table(META)
+            .map_err(StoreError::db("load counters"))?;
+        let mut next_seq = schema::read_u64(&meta, KEY_NEXT_SEQ)?.unwrap_or(1);
+        // Belt and braces: never reuse a seq that is in the log, whatever meta says.
+        let events = txn
+            .open_table(EVENTS)
+            .map_err(StoreError::db("load counters"))?;
+        if let Some((k, _)) = events.last().map_err(StoreError::db("load counters"))? {
+            next_seq = next_seq.max(k.value() + 1);
+        }
+        let mut next_op = schema::read_u64(&meta, KEY_NEXT_OP)?.unwrap_or(1);
+        let ops = txn
+            .open_table(OPERATIONS)
+            .map_err(StoreError::db("load counters"))?;
+        if let Some((k, _)) = ops.last().map_err(StoreError::db("load counters"))? {
+            next_op = next_op.max(k.value() + 1);
+        }
+        Ok((next_seq, next_op))
+    }
+
+    /// The writer loop: runs until every sender is gone.
+    pub fn run(mut self) {
+        let mut batch: Vec<BoxedJob> = Vec::with_capacity(self.max_batch);
+        while let Some(first) = self.rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            if self.poisoned.load(Ordering::Acquire) {
+                let err = StoreError::Poisoned("an earlier commit failed".into());
+                for job in batch.drain(..) {
+                    job.finish(Err(&err));
+                }
+                continue;
+            }
+            let result = self.commit(&mut batch);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, writes = batch.len(), "database commit failed; refusing further writes");
+                self.poisoned.store(true, Ordering::Release);
+            }
+            let outcome = result.as_ref().map(|_| ());
+            for job in batch.drain(..) {
+                job.finish(outcome);
+            }
+        }
+    }
+
+    fn commit(&mut self, batch: &mut [BoxedJob]) -> Result<()> {
+        let start = self.timings.start();
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(StoreError::db("begin write"))?;
+        txn.set_durability(redb::Durability::Immediate)
+            .map_err(StoreError::db("set durability"))?;
+        let bytes;
+        let (next_seq, next_op_id) = {
+            let mut tables = Tables {
+                machines: txn
+                    .open_table(MACHINES)
+                    .map_err(StoreError::db("open machines"))?,
+                history: txn
+                    .open_table(HISTORY)
+                    .map_err(StoreError::db("open history"))?,
+                events: txn
+                    .open_table(EVENTS)
+                    .map_err(StoreError::db("open events"))?,
+                operations: txn
+                    .open_table(OPERATIONS)
+                    .map_err(StoreError::db("open operations"))?,
+            };
+            let mut ctx = WriteCtx {
+                tables: &mut tables,
+                staged: Staged::default(),
+                committed_seq: self.next_seq,
+                committed_op_id: self.next_op_id,
+                now: Timestamp::now(),
+                bytes: 0,
+            };
+            for job in batch.iter_mut() {
+                job.apply(&mut ctx)?;
+            }
+            bytes = ctx.bytes;
+            (ctx.committed_seq, ctx.committed_op_id)
+        };
+        if next_seq != self.next_seq || next_op_id != self.next_op_id {
+            let mut meta = txn.open_table(META).map_err(StoreError::db("write meta"))?;
+            meta.insert(KEY_NEXT_SEQ, next_seq.to_le_bytes().as_slice())
+                .map_err(StoreError::db("write meta"))?;
+            meta.insert(KEY_NEXT_OP, next_op_id.to_le_bytes().as_slice())
+                .map_err(StoreError::db("write meta"))?;
+        }
+        if !self.commit_delay.is_zero() {
+            std::thread::sleep(self.commit_delay);
+        }
+        txn.commit().map_err(StoreError::db("commit"))?;
+        self.next_seq = next_seq;
+        self.next_op_id = next_op_id;
+        let n = batch.len();
+        self.timings.finish("commit", start, n, bytes, || {
+            format!("group commit of {n} writes, {bytes} bytes of records")
+        });
+        Ok(())
+    }
+}

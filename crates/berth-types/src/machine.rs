@@ -1,0 +1,88 @@
+//! The current record of a machine, and how history folds into it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Event, ExitInfo, MachineConfig, MachineId, State, Timestamp};
+
+/// A machine as stored: the single source of truth for its current state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineRecord {
+    /// Id.
+    pub id: MachineId,
+    /// Name (defaults to the id).
+    pub name: String,
+    /// Current state.
+    pub state: State,
+    /// What it runs.
+    pub config: MachineConfig,
+    /// Caller-owned labels, filterable with `metadata.KEY=VALUE`.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When its last transition was committed.
+    pub updated_at: Timestamp,
+    /// Number of transitions recorded; the history holds versions `1..=version`.
+    pub version: u64,
+    /// The workload's pid while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// How the workload last exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitInfo>,
+    /// The durable operation currently running on this machine, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_op: Option<u64>,
+}
+
+impl MachineRecord {
+    /// A record in `created` state, version 0 until its creation event is applied.
+    pub fn new(
+        id: MachineId,
+        name: Option<String>,
+        config: MachineConfig,
+        metadata: BTreeMap<String, String>,
+        at: Timestamp,
+    ) -> Self {
+        Self {
+            name: name.unwrap_or_else(|| id.to_string()),
+            id,
+            state: State::Created,
+            config,
+            metadata,
+            created_at: at,
+            updated_at: at,
+            version: 0,
+            pid: None,
+            exit: None,
+            active_op: None,
+        }
+    }
+
+    /// Applies one recorded transition. Folding a machine's history, oldest first, over its
+    /// creation-time record yields its current record: the store maintains exactly this.
+    pub fn apply(&mut self, ev: &Event) {
+        self.state = ev.to;
+        self.version = ev.version;
+        self.updated_at = ev.at;
+        self.pid = ev.pid;
+        if ev.exit.is_some() {
+            self.exit = ev.exit.clone();
+        } else if ev.to == State::Started {
+            self.exit = None;
+        }
+    }
+
+    /// The fields that history determines, for comparing a record with the fold of its history.
+    pub fn history_view(&self) -> (State, u64, Timestamp, Option<u32>, Option<&ExitInfo>) {
+        (
+            self.state,
+            self.version,
+            self.updated_at,
+            self.pid,
+            self.exit.as_ref(),
+        )
+    }
+}
