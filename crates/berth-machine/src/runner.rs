@@ -1,0 +1,418 @@
+//! Running operations: record the plan, walk its steps, resume after a restart.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_store::{Store, StoreError, TransitionSpec};
+use berth_types::{
+    EventKind, ExitInfo, MachineConfig, MachineId, MachineRecord, OpKind, OperationRecord, Source,
+    State, Timestamp,
+};
+
+use crate::plan::{Effect, PlanStep, plan};
+
+/// A failure of an effect (spawn, stop, ...); the message ends up in the failure event's reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EffectError(pub String);
+
+/// What operations do outside the store. Implemented by the driver.
+///
+/// Contract: every method is idempotent, because a step interrupted by a crash is run again.
+/// `spawn` for a machine whose workload already runs returns that workload's pid; `stop_workload`
+/// and `cleanup` for a machine with nothing to stop or remove succeed.
+pub trait Effects: Send + Sync + 'static {
+    /// Prepares the machine's directories on the host.
+    fn prepare(&self, m: &MachineRecord) -> impl Future<Output = Result<(), EffectError>> + Send;
+    /// Starts the workload, or finds it already started; returns its pid.
+    fn spawn(&self, m: &MachineRecord) -> impl Future<Output = Result<u32, EffectError>> + Send;
+    /// Stops the workload if it runs; returns how it exited (`None` if it was not running).
+    fn stop_workload(
+        &self,
+        m: &MachineRecord,
+        signal: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<ExitInfo>, EffectError>> + Send;
+    /// Removes what `prepare` made.
+    fn cleanup(&self, m: &MachineRecord) -> impl Future<Output = Result<(), EffectError>> + Send;
+}
+
+/// Why an operation did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The store refused or failed (not found, illegal transition, busy, overloaded, ...).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An effect failed; the machine was moved to `failed` where the state machine allows.
+    #[error("machine {id}: step {step} failed: {error}")]
+    Effect {
+        /// The machine.
+        id: MachineId,
+        /// The step.
+        step: &'static str,
+        /// What went wrong.
+        error: EffectError,
+    },
+    /// The stored operation names a step this build does not know (written by another version).
+    #[error("operation {op} has step {step:?}, which is not in its plan")]
+    UnknownPlan {
+        /// The operation.
+        op: u64,
+        /// The step.
+        step: String,
+    },
+}
+
+/// A finished operation.
+#[derive(Debug, Clone)]
+pub struct OpOutcome {
+    /// The operation as recorded before it was removed.
+    pub operation: OperationRecord,
+    /// The machine afterwards.
+    pub machine: MachineRecord,
+}
+
+/// A request to create a machine.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    /// Id; generated when absent.
+    pub id: Option<MachineId>,
+    /// Name; the id when absent.
+    pub name: Option<String>,
+    /// Validated config.
+    pub config: MachineConfig,
+    /// Labels.
+    pub metadata: BTreeMap<String, String>,
+    /// Record only; do not start.
+    pub skip_start: bool,
+    /// Who asked.
+    pub source: Source,
+}
+
+/// The machine service: operations over the store and the effects.
+#[derive(Debug)]
+pub struct Machines<E> {
+    store: Store,
+    effects: Arc<E>,
+}
+
+impl<E> Clone for Machines<E> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            effects: self.effects.clone(),
+        }
+    }
+}
+
+fn params_of(op: &OperationRecord) -> (Option<String>, Option<Duration>) {
+    let signal = op
+        .params
+        .get("signal")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    let timeout = op
+        .params
+        .get("timeout_ms")
+        .and_then(|v| v.as_u64())
+        .map(Duration::from_millis);
+    (signal, timeout)
+}
+
+impl<E: Effects> Machines<E> {
+    /// A service over `store` with `effects`.
+    pub fn new(store: Store, effects: Arc<E>) -> Self {
+        Self { store, effects }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Records a machine and its create operation in one write; returns both. Run the operation
+    /// with [`Machines::run`].
+    pub async fn create(
+        &self,
+        req: CreateRequest,
+    ) -> Result<(MachineRecord, OperationRecord), OpError> {
+        let id = req.id.clone().unwrap_or_else(MachineId::generate);
+        let rec = MachineRecord::new(
+            id.clone(),
+            req.name,
+            req.config,
+            req.metadata,
+            Timestamp::now(),
+        );
+        let steps: Vec<&'static str> = plan(OpKind::Create, !req.skip_start)
+            .iter()
+            .map(|s| s.name)
+            .collect();
+        let source = req.source;
+        let params = serde_json::json!({ "start": !req.skip_start });
+        let (rec, op) = self
+            .store
+            .write(move |w| {
+                w.create_machine(rec, source, "create requested")?;
+                let op = w.begin_operation(&id, OpKind::Create, source, params, &steps)?;
+                let rec = w
+                    .machine(&id)?
+                    .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+                Ok((rec, op))
+            })
+            .await?;
+        Ok((rec, op))
+    }
+
+    /// Records an operation on an existing machine. Refused at once (nothing recorded) when the
+    /// machine is busy or the plan's first transition is illegal from its current state.
+    pub async fn begin(
+        &self,
+        id: &MachineId,
+        kind: OpKind,
+        source: Source,
+        signal: Option<String>,
+        timeout: Option<Duration>,
+    ) -> Result<OperationRecord, OpError> {
+        let steps = plan(kind, true);
+        let names: Vec<&'static str> = steps.iter().map(|s| s.name).collect();
+        let first_to = steps.iter().find_map(|s| s.to).map(|(s, _)| s);
+        let mut params = serde_json::Map::new();
+        if let Some(s) = signal {
+            params.insert("signal".into(), s.into());
+        }
+        if let Some(t) = timeout {
+            params.insert("timeout_ms".into(), (t.as_millis() as u64).into());
+        }
+        let id = id.clone();
+        let op = self
+            .store
+            .write(move |w| {
+                let rec = w
+                    .machine(&id)?
+                    .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+                if let Some(op) = rec.active_op {
+                    return Err(StoreError::Busy { id: id.clone(), op });
+                }
+                if let Some(to) = first_to {
+                    rec.state
+                        .transition(to)
+                        .map_err(|source| StoreError::IllegalTransition {
+                            id: id.clone(),
+                            source,
+                        })?;
+                }
+                w.begin_operation(&id, kind, source, serde_json::Value::Object(params), &names)
+            })
+            .await?;
+        Ok(op)
+    }
+
+    /// Runs an operation's remaining steps to the end.
+    pub async fn run(&self, op: OperationRecord) -> Result<OpOutcome, OpError> {
+        let start = op
+            .params
+            .get("start")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
+        let steps = plan(op.kind, start);
+        for stored in &op.steps {
+            if !steps.iter().any(|s| s.name == stored.name) {
+                return Err(OpError::UnknownPlan {
+                    op: op.id,
+                    step: stored.name.clone(),
+                });
+            }
+        }
+        let mut op = op;
+        let remaining: Vec<&'static PlanStep> = steps
+            .iter()
+            .filter(|s| {
+                op.steps
+                    .iter()
+                    .any(|r| r.name == s.name && r.done_at.is_none())
+            })
+            .collect();
+        let last = remaining.len();
+        if last == 0 {
+            let machine = self.finish(op.id).await?;
+            return Ok(OpOutcome {
+                operation: op,
+                machine,
+            });
+        }
+        let mut machine = self.machine(&op.machine_id)?;
+        for (i, step) in remaining.into_iter().enumerate() {
+            let is_last = i + 1 == last;
+            let effect = self.run_effect(step, &machine, &op).await;
+            let (pid, exit) = match effect {
+                Ok(v) => v,
+                Err(error) => {
+                    tracing::warn!(machine = %op.machine_id, op = op.id, step = step.name, %error, "operation step failed");
+                    self.fail(&op, step.name, &error).await?;
+                    return Err(OpError::Effect {
+                        id: op.machine_id.clone(),
+                        step: step.name,
+                        error,
+                    });
+                }
+            };
+            let (op_id, id, name, source) = (op.id, op.machine_id.clone(), step.name, op.source);
+            let to = step.to;
+            let kind = op.kind;
+            let written = self
+                .store
+                .write(move |w| {
+                    if let Some((to, event_kind)) = to {
+                        let mut spec =
+                            TransitionSpec::new(to, event_kind, source, reason(kind, name))
+                                .with_pid(if to == State::Started { pid } else { None });
+                        if let Some(exit) = exit {
+                            spec = spec.with_exit(exit);
+                        }
+                        w.transition(&id, spec)?;
+                    }
+                    let op = w.complete_step(op_id, name)?;
+                    if is_last {
+                        w.finish_operation(op_id)?;
+                    }
+                    let m = w
+                        .machine(&id)?
+                        .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+                    Ok((m, op))
+                })
+                .await;
+            let (m, o) = match written {
+                Ok(v) => v,
+                Err(e @ (StoreError::IllegalTransition { .. } | StoreError::NotFound(_))) => {
+                    // The machine moved on without us (reconciled, or changed by another
+                    // version): this operation can never complete, so it must not keep the
+                    // machine busy.
+                    tracing::warn!(machine = %op.machine_id, op = op.id, step = step.name, error = %e, "abandoning operation");
+                    let op_id = op.id;
+                    self.store.write(move |w| w.finish_operation(op_id)).await?;
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            machine = m;
+            op = o;
+        }
+        Ok(OpOutcome {
+            operation: op,
+            machine,
+        })
+    }
+
+    async fn run_effect(
+        &self,
+        step: &PlanStep,
+        machine: &MachineRecord,
+        op: &OperationRecord,
+    ) -> Result<(Option<u32>, Option<ExitInfo>), EffectError> {
+        match step.effect {
+            Effect::None => Ok((None, None)),
+            Effect::Prepare => self.effects.prepare(machine).await.map(|()| (None, None)),
+            Effect::Spawn => self
+                .effects
+                .spawn(machine)
+                .await
+                .map(|pid| (Some(pid), None)),
+            Effect::StopWorkload => {
+                let (signal, timeout) = params_of(op);
+                let signal = signal.unwrap_or_else(|| machine.config.stop.signal.clone());
+                let timeout = timeout.unwrap_or(machine.config.stop.timeout.0);
+                self.effects
+                    .stop_workload(machine, &signal, timeout)
+                    .await
+                    .map(|exit| (None, exit))
+            }
+            Effect::Cleanup => self.effects.cleanup(machine).await.map(|()| (None, None)),
+        }
+    }
+
+    /// Records a failed step: the machine goes to `failed` where that is legal, and the operation
+    /// is removed, in one write.
+    async fn fail(
+        &self,
+        op: &OperationRecord,
+        step: &'static str,
+        error: &EffectError,
+    ) -> Result<(), OpError> {
+        let (op_id, id, source) = (op.id, op.machine_id.clone(), op.source);
+        let reason = format!("{step} failed: {error}");
+        self.store
+            .write(move |w| {
+                let rec = w
+                    .machine(&id)?
+                    .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+                if rec.state.can_transition_to(State::Failed) {
+                    w.transition(
+                        &id,
+                        TransitionSpec::new(State::Failed, EventKind::Fail, source, reason),
+                    )?;
+                }
+                w.finish_operation(op_id)
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn finish(&self, op_id: u64) -> Result<MachineRecord, OpError> {
+        let machine = self
+            .store
+            .write(move |w| {
+                let op = w
+                    .operation(op_id)?
+                    .ok_or(StoreError::OperationNotFound(op_id))?;
+                w.finish_operation(op_id)?;
+                w.machine(&op.machine_id)?
+                    .ok_or_else(|| StoreError::NotFound(op.machine_id.clone()))
+            })
+            .await?;
+        Ok(machine)
+    }
+
+    fn machine(&self, id: &MachineId) -> Result<MachineRecord, OpError> {
+        Ok(self
+            .store
+            .machine(id)?
+            .ok_or_else(|| StoreError::NotFound(id.clone()))?)
+    }
+
+    /// Resumes every operation left in flight (after a restart), oldest first, each from its first
+    /// unfinished step. Returns each operation's id with its result.
+    pub async fn resume_all(&self) -> Result<Vec<(u64, Result<OpOutcome, OpError>)>, OpError> {
+        let ops = self.store.operations()?;
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            tracing::info!(
+                machine = %op.machine_id, op = op.id, kind = ?op.kind, next_step = ?op.next_step(),
+                resumes = op.resumes, "resuming operation left in flight"
+            );
+            let id = op.id;
+            let op = match self.store.write(move |w| w.note_resumed(id)).await {
+                Ok(op) => op,
+                Err(e) => {
+                    results.push((id, Err(e.into())));
+                    continue;
+                }
+            };
+            results.push((id, self.run(op).await));
+        }
+        Ok(results)
+    }
+}
+
+fn reason(kind: OpKind, step: &str) -> String {
+    let verb = match kind {
+        OpKind::Create => "create",
+        OpKind::Start => "start",
+        OpKind::Stop => "stop",
+        OpKind::Restart => "restart",
+        OpKind::Destroy => "destroy",
+    };
+    format!("{verb}: {step}")
+}

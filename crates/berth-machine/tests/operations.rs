@@ -1,0 +1,350 @@
+//! Durable operations over a real store, with an in-memory effects recorder.
+//!
+//! The driver that runs real processes implements `Effects` in its own crate; here the effects
+//! only record what was asked of them, so the tests can check which steps ran, and how often.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_machine::{CreateRequest, EffectError, Effects, Machines, OpError};
+use berth_store::{Store, StoreError, StoreOptions};
+use berth_types::{
+    ExitInfo, MachineConfig, MachineId, MachineRecord, OpKind, Source, State, Timestamp,
+};
+
+#[derive(Default)]
+struct Recorder {
+    calls: Mutex<Vec<String>>,
+    running: Mutex<BTreeMap<String, u32>>,
+    next_pid: Mutex<u32>,
+    fail_spawn: Mutex<bool>,
+}
+
+impl Recorder {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn log(&self, what: &str, m: &MachineRecord) {
+        self.calls.lock().unwrap().push(format!("{what} {}", m.id));
+    }
+}
+
+impl Effects for Recorder {
+    async fn prepare(&self, m: &MachineRecord) -> Result<(), EffectError> {
+        self.log("prepare", m);
+        Ok(())
+    }
+    async fn spawn(&self, m: &MachineRecord) -> Result<u32, EffectError> {
+        self.log("spawn", m);
+        if *self.fail_spawn.lock().unwrap() {
+            return Err(EffectError("exec /nonexistent: no such file".into()));
+        }
+        let mut running = self.running.lock().unwrap();
+        if let Some(pid) = running.get(m.id.as_str()) {
+            return Ok(*pid);
+        }
+        let mut next = self.next_pid.lock().unwrap();
+        *next += 1;
+        running.insert(m.id.to_string(), 1000 + *next);
+        Ok(1000 + *next)
+    }
+    async fn stop_workload(
+        &self,
+        m: &MachineRecord,
+        signal: &str,
+        _t: Duration,
+    ) -> Result<Option<ExitInfo>, EffectError> {
+        self.log(&format!("stop({signal})"), m);
+        Ok(self
+            .running
+            .lock()
+            .unwrap()
+            .remove(m.id.as_str())
+            .map(|_| ExitInfo {
+                signal: Some(signal.to_owned()),
+                requested_stop: true,
+                at: Timestamp::now(),
+                ..ExitInfo::default()
+            }))
+    }
+    async fn cleanup(&self, m: &MachineRecord) -> Result<(), EffectError> {
+        self.log("cleanup", m);
+        Ok(())
+    }
+}
+
+fn setup(dir: &tempfile::TempDir) -> (Machines<Recorder>, Arc<Recorder>) {
+    let store = Store::open(dir.path().join("berth.redb"), StoreOptions::default()).unwrap();
+    let fx = Arc::new(Recorder::default());
+    (Machines::new(store, fx.clone()), fx)
+}
+
+fn request(id: &str, skip_start: bool) -> CreateRequest {
+    CreateRequest {
+        id: Some(MachineId::parse(id).unwrap()),
+        name: None,
+        config: MachineConfig::command(["/bin/sleep", "100"]),
+        metadata: BTreeMap::new(),
+        skip_start,
+        source: Source::User,
+    }
+}
+
+fn states(m: &Machines<Recorder>, id: &MachineId) -> Vec<State> {
+    m.store()
+        .history(id)
+        .unwrap()
+        .iter()
+        .map(|e| e.to)
+        .collect()
+}
+
+#[tokio::test]
+async fn full_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, fx) = setup(&dir);
+    let (rec, op) = m.create(request("m1", false)).await.unwrap();
+    assert_eq!(rec.active_op, Some(op.id));
+    let out = m.run(op).await.unwrap();
+    assert_eq!(
+        (out.machine.state, out.machine.pid, out.machine.active_op),
+        (State::Started, Some(1001), None)
+    );
+    let id = rec.id.clone();
+
+    let op = m
+        .begin(&id, OpKind::Stop, Source::User, Some("SIGINT".into()), None)
+        .await
+        .unwrap();
+    let out = m.run(op).await.unwrap();
+    assert_eq!(out.machine.state, State::Stopped);
+    assert_eq!(out.machine.pid, None);
+    let exit = out.machine.exit.unwrap();
+    assert!(exit.requested_stop);
+    assert_eq!(exit.signal.as_deref(), Some("SIGINT"));
+
+    let op = m
+        .begin(&id, OpKind::Start, Source::User, None, None)
+        .await
+        .unwrap();
+    assert_eq!(m.run(op).await.unwrap().machine.pid, Some(1002));
+    let op = m
+        .begin(&id, OpKind::Restart, Source::User, None, None)
+        .await
+        .unwrap();
+    assert_eq!(m.run(op).await.unwrap().machine.pid, Some(1003));
+    let op = m
+        .begin(&id, OpKind::Destroy, Source::User, None, None)
+        .await
+        .unwrap();
+    assert_eq!(m.run(op).await.unwrap().machine.state, State::Destroyed);
+
+    use State::*;
+    assert_eq!(
+        states(&m, &id),
+        [
+            Created, Starting, Started, Stopping, Stopped, Starting, Started, Restarting, Started,
+            Destroying, Destroyed
+        ]
+    );
+    assert_eq!(
+        fx.calls(),
+        [
+            "prepare m1",
+            "spawn m1",
+            "stop(SIGINT) m1",
+            "spawn m1",
+            "stop(SIGTERM) m1",
+            "spawn m1",
+            "stop(SIGTERM) m1",
+            "cleanup m1"
+        ]
+    );
+    assert!(m.store().operations().unwrap().is_empty());
+    assert!(m.store().check().unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn refused_operations_record_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, fx) = setup(&dir);
+    let (rec, op) = m.create(request("m1", false)).await.unwrap();
+    // Busy: the create operation is still in flight.
+    let err = m
+        .begin(&rec.id, OpKind::Stop, Source::User, None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, OpError::Store(StoreError::Busy { .. })),
+        "{err}"
+    );
+    m.run(op).await.unwrap();
+    let before = m.store().stats().unwrap();
+    let err = m
+        .begin(&rec.id, OpKind::Start, Source::User, None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "machine m1: a machine cannot go from started to starting"
+    );
+    let missing = MachineId::parse("nope").unwrap();
+    assert!(matches!(
+        m.begin(&missing, OpKind::Start, Source::User, None, None)
+            .await,
+        Err(OpError::Store(StoreError::NotFound(_)))
+    ));
+    assert_eq!(m.store().stats().unwrap().tables, before.tables);
+    assert_eq!(fx.calls(), ["prepare m1", "spawn m1"]);
+}
+
+#[tokio::test]
+async fn a_failed_spawn_fails_the_machine_and_frees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, fx) = setup(&dir);
+    *fx.fail_spawn.lock().unwrap() = true;
+    let (rec, op) = m.create(request("m1", false)).await.unwrap();
+    let err = m.run(op).await.unwrap_err();
+    assert!(
+        matches!(err, OpError::Effect { step: "spawn", .. }),
+        "{err}"
+    );
+    let now = m.store().machine(&rec.id).unwrap().unwrap();
+    assert_eq!((now.state, now.active_op), (State::Failed, None));
+    let last = m.store().history(&rec.id).unwrap().pop().unwrap();
+    assert!(last.reason.contains("no such file"), "{}", last.reason);
+    *fx.fail_spawn.lock().unwrap() = false;
+    let op = m
+        .begin(&rec.id, OpKind::Start, Source::User, None, None)
+        .await
+        .unwrap();
+    assert_eq!(m.run(op).await.unwrap().machine.state, State::Started);
+}
+
+/// An operation interrupted after its first step resumes from the second, after a reopen.
+#[tokio::test]
+async fn interrupted_operations_resume_from_their_first_unfinished_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, stop_id);
+    {
+        let (m, _) = setup(&dir);
+        let mut made = Vec::new();
+        for i in 0..3 {
+            let (rec, op) = m.create(request(&format!("m{i}"), true)).await.unwrap();
+            m.run(op).await.unwrap();
+            made.push(rec.id);
+        }
+        // m0: a start recorded, nothing done. m1: a start with mark_starting done (as if the
+        // agent died before spawning).
+        m.begin(&made[0], OpKind::Start, Source::User, None, None)
+            .await
+            .unwrap();
+        let op = m
+            .begin(&made[1], OpKind::Start, Source::User, None, None)
+            .await
+            .unwrap();
+        let op_id = op.id;
+        let id = made[1].clone();
+        m.store()
+            .write(move |w| {
+                w.transition(
+                    &id,
+                    berth_store::TransitionSpec::new(
+                        State::Starting,
+                        berth_types::EventKind::Start,
+                        Source::User,
+                        "start: mark_starting",
+                    ),
+                )?;
+                w.complete_step(op_id, "mark_starting")
+            })
+            .await
+            .unwrap();
+        // m2 was started, then a stop got as far as its signal (stop_workload not recorded).
+        let (rec, op) = m.create(request("m9", false)).await.unwrap();
+        m.run(op).await.unwrap();
+        let op = m
+            .begin(&rec.id, OpKind::Stop, Source::User, None, None)
+            .await
+            .unwrap();
+        let (op_id, id) = (op.id, rec.id.clone());
+        m.store()
+            .write(move |w| {
+                w.transition(
+                    &id,
+                    berth_store::TransitionSpec::new(
+                        State::Stopping,
+                        berth_types::EventKind::Stop,
+                        Source::User,
+                        "stop: mark_stopping",
+                    ),
+                )?;
+                w.complete_step(op_id, "mark_stopping")
+            })
+            .await
+            .unwrap();
+        ids = made;
+        stop_id = rec.id;
+    }
+
+    // A new agent: fresh effects that know m9's workload still runs (pid 4242).
+    let (m, fx) = setup(&dir);
+    fx.running.lock().unwrap().insert("m9".into(), 4242);
+    assert_eq!(m.store().operations().unwrap().len(), 3);
+    let results = m.resume_all().await.unwrap();
+    assert_eq!(results.len(), 3);
+    for (op, r) in &results {
+        assert!(r.is_ok(), "operation {op}: {:?}", r.as_ref().err());
+    }
+    assert_eq!(fx.calls(), ["spawn m0", "spawn m1", "stop(SIGTERM) m9"]);
+    for id in &ids[..2] {
+        assert_eq!(
+            m.store().machine(id).unwrap().unwrap().state,
+            State::Started
+        );
+    }
+    let stopped = m.store().machine(&stop_id).unwrap().unwrap();
+    assert_eq!(stopped.state, State::Stopped);
+    assert!(stopped.exit.unwrap().requested_stop);
+    assert!(m.store().operations().unwrap().is_empty());
+    let report = m.store().check().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+/// A step whose transition became illegal while the agent was down abandons its operation.
+#[tokio::test]
+async fn an_operation_that_cannot_complete_is_abandoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = setup(&dir);
+    let (rec, op) = m.create(request("m1", false)).await.unwrap();
+    m.run(op).await.unwrap();
+    let op = m
+        .begin(&rec.id, OpKind::Stop, Source::User, None, None)
+        .await
+        .unwrap();
+    let id = rec.id.clone();
+    // Meanwhile the workload exited on its own and was recorded as stopped.
+    m.store()
+        .write(move |w| {
+            w.transition(
+                &id,
+                berth_store::TransitionSpec::new(
+                    State::Stopped,
+                    berth_types::EventKind::Exit,
+                    Source::Berth,
+                    "exited",
+                ),
+            )
+        })
+        .await
+        .unwrap();
+    let err = m.run(op).await.unwrap_err();
+    assert!(
+        matches!(err, OpError::Store(StoreError::IllegalTransition { .. })),
+        "{err}"
+    );
+    let now = m.store().machine(&rec.id).unwrap().unwrap();
+    assert_eq!((now.state, now.active_op), (State::Stopped, None));
+    assert!(m.store().operations().unwrap().is_empty());
+}
