@@ -30,7 +30,7 @@ pub use timing::{OP_DURATION, SLOW_OPS, SlowOp, SlowOpHook};
 pub use writer::{TransitionSpec, WriteCtx};
 
 use timing::Timings;
-use writer::{BoxedJob, TypedJob, Writer};
+use writer::{BoxedJob, TypedJob, Writer, WriterCounters};
 
 /// Tunables of a [`Store`].
 #[derive(Clone)]
@@ -87,7 +87,19 @@ struct Inner {
     capacity: usize,
     timings: Timings,
     poisoned: Arc<AtomicBool>,
+    counters: Arc<WriterCounters>,
     open_kind: OpenKind,
+}
+
+/// What the writer has done since the store was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Commits (batches) made durable.
+    pub commits: u64,
+    /// Writes acknowledged in them.
+    pub writes: u64,
+    /// Writes waiting in the queue now.
+    pub queued: usize,
 }
 
 impl Drop for Inner {
@@ -133,7 +145,9 @@ impl Store {
         timings.finish("open", start, 0, 0, || format!("open {}", path.display()));
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let poisoned = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(WriterCounters::default());
         let writer = Writer {
+            counters: counters.clone(),
             db: db.clone(),
             rx,
             max_batch: options.max_batch.max(1),
@@ -156,6 +170,7 @@ impl Store {
                 capacity: options.queue_capacity.max(1),
                 timings,
                 poisoned,
+                counters,
                 open_kind,
             }),
         })
@@ -174,6 +189,20 @@ impl Store {
     /// Whether a commit has failed (the store then refuses writes until reopened).
     pub fn is_poisoned(&self) -> bool {
         self.inner.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Commits and writes so far, and the queue's depth.
+    pub fn writer_stats(&self) -> WriterStats {
+        let queued = self
+            .inner
+            .tx
+            .as_ref()
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity());
+        WriterStats {
+            commits: self.inner.counters.commits.load(Ordering::Relaxed),
+            writes: self.inner.counters.writes.load(Ordering::Relaxed),
+            queued,
+        }
     }
 
     fn enqueue<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T>>>

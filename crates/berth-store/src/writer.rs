@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use berth_types::{
@@ -445,6 +445,13 @@ pub(crate) fn decode_at<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Counters the writer keeps, readable from any thread.
+#[derive(Debug, Default)]
+pub(crate) struct WriterCounters {
+    pub commits: AtomicU64,
+    pub writes: AtomicU64,
+}
+
 /// State the writer thread owns.
 pub(crate) struct Writer {
     pub db: Arc<Database>,
@@ -453,6 +460,7 @@ pub(crate) struct Writer {
     pub commit_delay: Duration,
     pub timings: Timings,
     pub poisoned: Arc<AtomicBool>,
+    pub counters: Arc<WriterCounters>,
     pub next_seq: u64,
     pub next_op_id: u64,
 }
@@ -564,6 +572,8 @@ impl Writer {
         self.next_seq = next_seq;
         self.next_op_id = next_op_id;
         let n = batch.len();
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters.writes.fetch_add(n as u64, Ordering::Relaxed);
         self.timings.finish("commit", start, n, bytes, || {
             format!("group commit of {n} writes, {bytes} bytes of records")
         });

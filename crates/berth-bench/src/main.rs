@@ -1,0 +1,39 @@
+//! `berth-bench SUITE [--out DIR]`: the benchmarks behind `cargo xtask bench SUITE`.
+//!
+//! Each suite prints a table and writes `DIR/SUITE.json` (default `target/bench`).
+#![allow(clippy::print_stdout)]
+
+mod store;
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let suite = args.next().unwrap_or_default();
+    let mut out = PathBuf::from("target/bench");
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--out" => {
+                out = args
+                    .next()
+                    .map(PathBuf::from)
+                    .ok_or("--out needs a directory")?
+            }
+            other => return Err(format!("unknown argument {other:?}").into()),
+        }
+    }
+    std::fs::create_dir_all(&out)?;
+    match suite.as_str() {
+        "store" => store::run(&out),
+        _ => Err(format!("unknown suite {suite:?}; available: store").into()),
+    }
+}
+
+/// Percentile of sorted samples (nearest rank).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
