@@ -1,6 +1,7 @@
 //! A child process commits transitions from many concurrent tasks and is SIGKILLed at random
 //! moments, many times over. After each kill: redb's integrity check passes, every write that was
 //! acknowledged before the kill is present, and the event log has no gap.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use std::collections::BTreeMap;
 use std::io::BufRead;

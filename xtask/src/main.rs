@@ -92,12 +92,72 @@ fn ensure_system_packages() -> Result<(), String> {
 
 fn test(extra: &[String]) -> Result<(), String> {
     ensure_system_packages()?;
+    let mut totals = Totals::default();
+    // Doc tests are not part of --all-targets.
+    let doc = run_counted(cargo().args(["test", "--workspace", "--doc"]), &mut totals);
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--all-targets"]);
     cmd.args(extra);
-    run(&mut cmd)?;
-    // Doc tests are not part of --all-targets.
-    run(cargo().args(["test", "--workspace", "--doc"]))
+    let all = run_counted(&mut cmd, &mut totals);
+    // The plain closing line: a summary of every cargo test binary above.
+    println!(
+        "summary: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    doc.and(all)
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Adds the counts of a libtest `test result:` line to `totals`.
+fn count_line(line: &str, totals: &mut Totals) {
+    let Some(rest) = line.trim().strip_prefix("test result: ") else {
+        return;
+    };
+    for part in rest.split(';') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(what), Some(n)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        match what {
+            "passed" => totals.passed += n,
+            "failed" => totals.failed += n,
+            "ignored" => totals.ignored += n,
+            _ => {}
+        }
+    }
+}
+
+/// Runs a cargo test command, passing its output through and counting its results.
+fn run_counted(cmd: &mut Command, totals: &mut Totals) -> Result<(), String> {
+    use std::io::{BufRead, Write};
+    eprintln!("xtask: running {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not run {cmd:?}: {e}"))?;
+    if let Some(out) = child.stdout.take() {
+        let stdout = std::io::stdout();
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            count_line(&line, totals);
+            let mut lock = stdout.lock();
+            let _ = writeln!(lock, "{line}");
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed: {status}"))
+    }
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
@@ -111,4 +171,24 @@ fn bench(args: &[String]) -> Result<(), String> {
         "--",
         suite,
     ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_libtest_summaries() {
+        let mut t = Totals::default();
+        count_line(
+            "test result: ok. 7 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.81s",
+            &mut t,
+        );
+        count_line(
+            "test result: FAILED. 1 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out",
+            &mut t,
+        );
+        count_line("running 7 tests", &mut t);
+        assert_eq!((t.passed, t.failed, t.ignored), (8, 3, 2));
+    }
 }

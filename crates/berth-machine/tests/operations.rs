@@ -2,6 +2,7 @@
 //!
 //! The driver that runs real processes implements `Effects` in its own crate; here the effects
 //! only record what was asked of them, so the tests can check which steps ran, and how often.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

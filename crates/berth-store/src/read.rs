@@ -47,8 +47,8 @@ impl CheckReport {
     }
 }
 
-fn open_ro<'t, K: redb::Key + 'static, V: redb::Value + 'static>(
-    txn: &'t redb::ReadTransaction,
+fn open_ro<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
     def: TableDefinition<K, V>,
     op: &'static str,
 ) -> Result<redb::ReadOnlyTable<K, V>> {
@@ -240,10 +240,10 @@ impl Store {
             let (k, v) = entry.map_err(StoreError::db("check"))?;
             let seq = k.value();
             report.events += 1;
-            if let Some(prev) = prev {
-                if seq != prev + 1 {
-                    p.push(format!("event log gap: seq {prev} is followed by {seq}"));
-                }
+            if let Some(prev) = prev
+                && seq != prev + 1
+            {
+                p.push(format!("event log gap: seq {prev} is followed by {seq}"));
             }
             report.seq_range = Some((report.seq_range.map_or(seq, |r| r.0), seq));
             prev = Some(seq);
@@ -289,11 +289,11 @@ impl Store {
             check_history(&rec, &history, p);
         }
         for (m, h) in &histories {
-            if let Some(first) = h.first() {
-                if first.version == 1 {
-                    // Complete history of a machine whose record is gone: only retention may do that.
-                    p.push(format!("history of {m} has no machine record"));
-                }
+            if let Some(first) = h.first()
+                && first.version == 1
+            {
+                // Complete history of a machine whose record is gone: only retention may do that.
+                p.push(format!("history of {m} has no machine record"));
             }
         }
 
@@ -347,13 +347,13 @@ fn check_history(rec: &MachineRecord, history: &[Event], p: &mut Vec<String>) {
         }
     }
     for ev in history {
-        if let Some(from) = ev.from {
-            if !from.can_transition_to(ev.to) {
-                p.push(format!(
-                    "history of {} version {} is illegal: {from} → {}",
-                    rec.id, ev.version, ev.to
-                ));
-            }
+        if let Some(from) = ev.from
+            && !from.can_transition_to(ev.to)
+        {
+            p.push(format!(
+                "history of {} version {} is illegal: {from} → {}",
+                rec.id, ev.version, ev.to
+            ));
         }
     }
     let last = history.last().unwrap_or(first);

@@ -298,14 +298,14 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
     /// Records a transition, refusing an illegal one or a version mismatch.
     pub fn transition(&mut self, id: &MachineId, spec: TransitionSpec) -> Result<Event> {
         let mut rec = self.machine_required(id)?;
-        if let Some(expected) = spec.expect_version {
-            if expected != rec.version {
-                return Err(StoreError::VersionMismatch {
-                    id: id.clone(),
-                    expected,
-                    actual: rec.version,
-                });
-            }
+        if let Some(expected) = spec.expect_version
+            && expected != rec.version
+        {
+            return Err(StoreError::VersionMismatch {
+                id: id.clone(),
+                expected,
+                actual: rec.version,
+            });
         }
         rec.state
             .transition(spec.to)
@@ -422,11 +422,11 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
         let op = self
             .operation(op_id)?
             .ok_or(StoreError::OperationNotFound(op_id))?;
-        if let Some(mut rec) = self.machine(&op.machine_id)? {
-            if rec.active_op == Some(op_id) {
-                rec.active_op = None;
-                self.staged.machines.insert(rec.id.clone(), rec);
-            }
+        if let Some(mut rec) = self.machine(&op.machine_id)?
+            && rec.active_op == Some(op_id)
+        {
+            rec.active_op = None;
+            self.staged.machines.insert(rec.id.clone(), rec);
         }
         self.staged.operations.insert(op_id, None);
         Ok(())

@@ -1,4 +1,5 @@
 //! Helpers shared by the store's integration tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;

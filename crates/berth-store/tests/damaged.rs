@@ -1,4 +1,5 @@
 //! Files berth cannot trust are refused with a clear error and left byte-for-byte unchanged.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 mod common;
 

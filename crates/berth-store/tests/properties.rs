@@ -3,6 +3,7 @@
 //! Properties: the store accepts exactly the transitions the state machine allows (so no illegal
 //! one is ever persisted); event seqs are 1..=n with no gap; every machine's record equals the
 //! fold of its history; a closure that fails part-way leaves nothing behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 mod common;
 

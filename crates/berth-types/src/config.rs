@@ -178,10 +178,10 @@ impl MachineConfig {
                 return Err(bad("env", format!("value of {k} contains a NUL byte")));
             }
         }
-        if let Some(w) = &self.workdir {
-            if !w.starts_with('/') {
-                return Err(bad("workdir", format!("{w:?} must be an absolute path")));
-            }
+        if let Some(w) = &self.workdir
+            && !w.starts_with('/')
+        {
+            return Err(bad("workdir", format!("{w:?} must be an absolute path")));
         }
         self.stop.signal = normalize_signal(&self.stop.signal)
             .map_err(|e| bad("stop.signal", e))?
@@ -199,10 +199,10 @@ impl MachineConfig {
         if r.memory_mb == Some(0) {
             return Err(bad("resources.memory_mb", "must be at least 1"));
         }
-        if let Some(c) = r.cpus {
-            if !(c.is_finite() && c > 0.0 && c <= 4096.0) {
-                return Err(bad("resources.cpus", "must be a number of cores above 0"));
-            }
+        if let Some(c) = r.cpus
+            && !(c.is_finite() && c > 0.0 && c <= 4096.0)
+        {
+            return Err(bad("resources.cpus", "must be a number of cores above 0"));
         }
         if r.pids == Some(0) {
             return Err(bad("resources.pids", "must be at least 1"));
