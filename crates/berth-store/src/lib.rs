@@ -140,6 +140,13 @@ impl Store {
         };
         let start = timings.start();
         let (db, open_kind) = schema::open_database(&path, options.cache_size)?;
+        let caught_up = writer::catch_up_history(&db)?;
+        if caught_up > 0 {
+            tracing::info!(
+                rows = caught_up,
+                "materialized history rows left pending by an unclean shutdown"
+            );
+        }
         let db = Arc::new(db);
         let (next_seq, next_op_id) = Writer::load_counters(&db)?;
         timings.finish("open", start, 0, 0, || format!("open {}", path.display()));
@@ -156,6 +163,8 @@ impl Store {
             poisoned: poisoned.clone(),
             next_seq,
             next_op_id,
+            indexer: writer::Indexer::default(),
+            cache: Default::default(),
         };
         let handle = std::thread::Builder::new()
             .name("berth-store-writer".into())

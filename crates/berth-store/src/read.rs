@@ -23,6 +23,9 @@ pub struct StoreStats {
     pub tables: BTreeMap<String, u64>,
     /// The next event seq to be assigned.
     pub next_seq: u64,
+    /// Every event up to this seq has its row in the `history` index; later ones are read from
+    /// the log until the writer materializes them.
+    pub history_seq: u64,
 }
 
 /// What [`Store::check`] found.
@@ -45,6 +48,19 @@ impl CheckReport {
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty()
     }
+}
+
+/// Just enough of an event to filter the log by machine without building the whole event.
+#[derive(serde::Deserialize)]
+struct EventHead {
+    machine_id: String,
+    version: u64,
+}
+
+/// Every event with `seq <=` this has its row in the `history` table.
+fn history_watermark(txn: &redb::ReadTransaction) -> Result<u64> {
+    let meta = open_ro(txn, META, "history watermark")?;
+    Ok(crate::schema::read_u64(&meta, crate::schema::KEY_HISTORY_SEQ)?.unwrap_or(0))
 }
 
 fn open_ro<K: redb::Key + 'static, V: redb::Value + 'static>(
@@ -96,16 +112,35 @@ impl Store {
     }
 
     /// A machine's history, oldest first (empty if the machine is unknown).
+    ///
+    /// The `history` table is an index the writer materializes from the event log in bulk; events
+    /// above its `history_seq` watermark are read from the log, in the same snapshot.
     pub fn history(&self, id: &MachineId) -> Result<Vec<Event>> {
         let start = self.inner.timings.start();
         let txn = self.read_txn("history")?;
         let table = open_ro(&txn, HISTORY, "history")?;
-        let mut out = Vec::new();
+        let mut out: Vec<Event> = Vec::new();
         let range = (id.as_str(), 0u64)..=(id.as_str(), u64::MAX);
         for entry in table.range(range).map_err(StoreError::db("history"))? {
             let (k, v) = entry.map_err(StoreError::db("history"))?;
             let (m, ver) = k.value();
             out.push(decode_at("history", format!("({m}, {ver})"), v.value())?);
+        }
+        let watermark = history_watermark(&txn)?;
+        let events = open_ro(&txn, EVENTS, "history")?;
+        for entry in events
+            .range(watermark.saturating_add(1)..)
+            .map_err(StoreError::db("history"))?
+        {
+            let (k, v) = entry.map_err(StoreError::db("history"))?;
+            let head: EventHead = decode_at("events", k.value(), v.value())?;
+            // Rows of a machine in the index are a prefix of its history: take from the log only
+            // what comes after it.
+            if head.machine_id == id.as_str()
+                && out.last().is_none_or(|last| head.version > last.version)
+            {
+                out.push(decode_at("events", k.value(), v.value())?);
+            }
         }
         let n = out.len();
         self.inner.timings.finish("history", start, n, 0, || {
@@ -190,6 +225,7 @@ impl Store {
         count!(META, "meta");
         let meta = open_ro(&txn, META, "stats")?;
         let next_seq = crate::schema::read_u64(&meta, crate::schema::KEY_NEXT_SEQ)?.unwrap_or(1);
+        let history_seq = history_watermark(&txn)?;
         self.inner
             .timings
             .finish("stats", start, 0, 0, || "stats".into());
@@ -198,6 +234,7 @@ impl Store {
             live_bytes,
             tables,
             next_seq,
+            history_seq,
         })
     }
 
@@ -234,6 +271,7 @@ impl Store {
             }
         }
 
+        let watermark = history_watermark(&txn)?;
         let events_t = open_ro(&txn, EVENTS, "check")?;
         let mut prev: Option<u64> = None;
         for entry in events_t.iter().map_err(StoreError::db("check"))? {
@@ -258,8 +296,21 @@ impl Store {
                     let in_history = histories
                         .get(ev.machine_id.as_str())
                         .and_then(|h| h.iter().find(|h| h.version == ev.version));
-                    if in_history.is_some_and(|h| *h != ev) {
-                        p.push(format!("events[{seq}] differs from its history row"));
+                    match (seq <= watermark, in_history) {
+                        (true, Some(h)) if *h != ev => {
+                            p.push(format!("events[{seq}] differs from its history row"))
+                        }
+                        (true, None) => p.push(format!(
+                            "events[{seq}] is below the history watermark {watermark} but has no history row"
+                        )),
+                        // Materialized by a generation still in progress.
+                        (false, Some(h)) if *h != ev => {
+                            p.push(format!("events[{seq}] differs from its history row"))
+                        }
+                        (false, Some(_)) => {}
+                        // Not yet materialized: the log is this transition's history row.
+                        (false, None) => histories.entry(ev.machine_id.to_string()).or_default().push(ev),
+                        (true, Some(_)) => {}
                     }
                 }
                 Err(e) => p.push(e.to_string()),

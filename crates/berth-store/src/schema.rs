@@ -11,8 +11,13 @@
 //! | `operations` | operation id (`u64`)     | [`berth_types::OperationRecord`]        |
 //!
 //! `history` keys sort by machine then version, so one machine's history is one contiguous range.
-//! Meta keys: `schema_version` (u32), `next_seq` (u64), `next_op_id` (u64). They are raw integers,
-//! not codec records, so that any future berth can read the schema version.
+//! It is an index over the event log: a transition's event is written in the same transaction as
+//! its record change, and the writer copies events into `history` in bulk (every 50 ms, every
+//! 2048 events, at shutdown, and at open after a crash), advancing the `history_seq` watermark in
+//! the same transaction. Readers merge `history` with the log above the watermark.
+//!
+//! Meta keys: `schema_version` (u32), `next_seq`, `next_op_id`, `history_seq` (u64). They are raw
+//! integers, not codec records, so that any future berth can read the schema version.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -44,6 +49,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub(crate) const KEY_SCHEMA: &str = "schema_version";
 pub(crate) const KEY_NEXT_SEQ: &str = "next_seq";
 pub(crate) const KEY_NEXT_OP: &str = "next_op_id";
+pub(crate) const KEY_HISTORY_SEQ: &str = "history_seq";
 
 /// One schema migration: upgrades a file from `from` to `from + 1` inside one write transaction.
 #[derive(Debug, Clone, Copy)]

@@ -9,10 +9,10 @@
 //! closure returns `Ok`, so a refused write (illegal transition, unknown machine) changes nothing
 //! while the rest of its batch commits. Later closures in a batch see earlier ones' writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_types::{
     Event, EventKind, ExitInfo, MachineId, MachineRecord, OpKind, OperationRecord, Source, State,
@@ -23,7 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::codec;
 use crate::error::{Result, StoreError};
-use crate::schema::{self, EVENTS, HISTORY, KEY_NEXT_OP, KEY_NEXT_SEQ, MACHINES, META, OPERATIONS};
+use crate::schema::{
+    self, EVENTS, HISTORY, KEY_HISTORY_SEQ, KEY_NEXT_OP, KEY_NEXT_SEQ, MACHINES, META, OPERATIONS,
+};
 use crate::timing::Timings;
 
 /// A job the writer runs: applies its closure, later learns whether the commit succeeded.
@@ -74,7 +76,6 @@ pub(crate) type BoxedJob = Box<dyn Job>;
 /// Open tables of the batch's write transaction.
 pub(crate) struct Tables<'txn> {
     machines: Table<'txn, &'static str, &'static [u8]>,
-    history: Table<'txn, (&'static str, u64), &'static [u8]>,
     events: Table<'txn, u64, &'static [u8]>,
     operations: Table<'txn, u64, &'static [u8]>,
 }
@@ -148,11 +149,21 @@ impl TransitionSpec {
 /// event with the next `seq`, all in the same transaction as the record change.
 pub struct WriteCtx<'a, 'txn> {
     tables: &'a mut Tables<'txn>,
+    cache: &'a mut HashMap<MachineId, MachineRecord>,
     staged: Staged,
     committed_seq: u64,
     committed_op_id: u64,
     now: Timestamp,
     pub(crate) bytes: usize,
+    /// History rows of the events this batch committed, for the writer to materialize.
+    new_history: Vec<HistoryRow>,
+}
+
+/// A history row waiting to be materialized into the `history` table.
+pub(crate) struct HistoryRow {
+    machine_id: MachineId,
+    version: u64,
+    bytes: Vec<u8>,
 }
 
 impl std::fmt::Debug for WriteCtx<'_, '_> {
@@ -179,25 +190,30 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
 
     fn flush_staged(&mut self) -> Result<()> {
         let staged = std::mem::take(&mut self.staged);
-        for (id, rec) in &staged.machines {
-            let bytes = codec::encode(rec);
+        if self.cache.len() > MAX_CACHED_RECORDS {
+            self.cache.clear();
+        }
+        for (id, rec) in staged.machines {
+            let bytes = codec::encode(&rec);
             self.bytes += bytes.len();
             self.tables
                 .machines
                 .insert(id.as_str(), bytes.as_slice())
                 .map_err(StoreError::db("write machine"))?;
+            self.cache.insert(id, rec);
         }
-        for ev in &staged.events {
-            let bytes = codec::encode(ev);
-            self.bytes += 2 * bytes.len();
-            self.tables
-                .history
-                .insert((ev.machine_id.as_str(), ev.version), bytes.as_slice())
-                .map_err(StoreError::db("write history"))?;
+        for ev in staged.events {
+            let bytes = codec::encode(&ev);
+            self.bytes += bytes.len();
             self.tables
                 .events
                 .insert(ev.seq, bytes.as_slice())
                 .map_err(StoreError::db("write event"))?;
+            self.new_history.push(HistoryRow {
+                machine_id: ev.machine_id,
+                version: ev.version,
+                bytes,
+            });
         }
         for (id, op) in &staged.operations {
             match op {
@@ -230,6 +246,9 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
     /// The machine as this closure sees it (including its own staged writes).
     pub fn machine(&self, id: &MachineId) -> Result<Option<MachineRecord>> {
         if let Some(rec) = self.staged.machines.get(id) {
+            return Ok(Some(rec.clone()));
+        }
+        if let Some(rec) = self.cache.get(id) {
             return Ok(Some(rec.clone()));
         }
         let Some(v) = self
@@ -463,6 +482,167 @@ pub(crate) struct Writer {
     pub counters: Arc<WriterCounters>,
     pub next_seq: u64,
     pub next_op_id: u64,
+    pub indexer: Indexer,
+    /// Decoded machine records as last committed: the writer is the only writer, so it can skip
+    /// reading and decoding a record it already holds.
+    pub cache: HashMap<MachineId, MachineRecord>,
+}
+
+/// The writer's record cache is dropped when it grows past this (a host runs far fewer).
+const MAX_CACHED_RECORDS: usize = 100_000;
+
+/// A new generation of the history index starts at least this often...
+const HISTORY_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+/// ...or when this many rows wait (bounding the writer's memory and a history read's log scan).
+const HISTORY_FLUSH_ROWS: usize = 2048;
+/// Rows written per commit while a generation is in progress (whole machines at a time), so the
+/// cost is spread over several commits instead of stalling one.
+const HISTORY_SLICE_ROWS: usize = 256;
+
+/// Materializes the `history` index from the event log.
+///
+/// Committed events wait in `pending`. Every [`HISTORY_FLUSH_INTERVAL`] (or
+/// [`HISTORY_FLUSH_ROWS`] rows) they become a *generation*, sorted by (machine, version), which
+/// later commits write a slice at a time, each slice holding whole machines, so that the rows
+/// of a machine in the index are always a prefix of its history. When the last slice is written,
+/// the `history_seq` watermark moves to the generation's last seq in the same transaction.
+/// Writing many rows per machine at once touches each machine's leaf once per generation rather
+/// than once per transition: that is what makes group commit cheap for many machines.
+#[derive(Default)]
+pub(crate) struct Indexer {
+    pending: Vec<HistoryRow>,
+    generation: std::collections::VecDeque<HistoryRow>,
+    generation_through: u64,
+    last_generation: Option<Instant>,
+}
+
+impl Indexer {
+    /// Runs inside a commit, after its writes: takes the batch's new rows, maybe starts a
+    /// generation, and writes the next slice. `through` is the last seq this commit holds.
+    fn work(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        new_rows: Vec<HistoryRow>,
+        through: u64,
+    ) -> Result<()> {
+        self.pending.extend(new_rows);
+        let due = self.pending.len() >= HISTORY_FLUSH_ROWS
+            || self
+                .last_generation
+                .is_none_or(|t| t.elapsed() >= HISTORY_FLUSH_INTERVAL);
+        if self.generation.is_empty() && !self.pending.is_empty() && due {
+            let mut rows = std::mem::take(&mut self.pending);
+            rows.sort_unstable_by(|a, b| {
+                (&a.machine_id, a.version).cmp(&(&b.machine_id, b.version))
+            });
+            self.generation = rows.into();
+            self.generation_through = through;
+        }
+        if self.generation.is_empty() {
+            return Ok(());
+        }
+        let mut history = txn
+            .open_table(HISTORY)
+            .map_err(StoreError::db("open history"))?;
+        let mut written = 0;
+        while let Some(row) = self.generation.front() {
+            let boundary = self
+                .generation
+                .get(1)
+                .is_none_or(|next| next.machine_id != row.machine_id);
+            history
+                .insert((row.machine_id.as_str(), row.version), row.bytes.as_slice())
+                .map_err(StoreError::db("write history"))?;
+            self.generation.pop_front();
+            written += 1;
+            if boundary && written >= HISTORY_SLICE_ROWS {
+                break;
+            }
+        }
+        if self.generation.is_empty() {
+            set_watermark(txn, self.generation_through)?;
+            self.last_generation = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Writes everything outstanding (at shutdown).
+    fn finish(&mut self, txn: &redb::WriteTransaction, through: u64) -> Result<()> {
+        let mut rows: Vec<HistoryRow> = self.generation.drain(..).collect();
+        rows.append(&mut self.pending);
+        materialize(txn, rows, through)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.generation.is_empty()
+    }
+}
+
+fn set_watermark(txn: &redb::WriteTransaction, through: u64) -> Result<()> {
+    let mut meta = txn.open_table(META).map_err(StoreError::db("write meta"))?;
+    meta.insert(KEY_HISTORY_SEQ, through.to_le_bytes().as_slice())
+        .map_err(StoreError::db("write meta"))?;
+    Ok(())
+}
+
+/// Writes history rows and moves the watermark: every event with `seq <= through` has its row.
+fn materialize(
+    txn: &redb::WriteTransaction,
+    mut rows: Vec<HistoryRow>,
+    through: u64,
+) -> Result<()> {
+    rows.sort_unstable_by(|a, b| (&a.machine_id, a.version).cmp(&(&b.machine_id, b.version)));
+    let mut history = txn
+        .open_table(HISTORY)
+        .map_err(StoreError::db("open history"))?;
+    for row in &rows {
+        history
+            .insert((row.machine_id.as_str(), row.version), row.bytes.as_slice())
+            .map_err(StoreError::db("write history"))?;
+    }
+    set_watermark(txn, through)
+}
+
+/// At open: materializes every event above the watermark (left by a crash), in one durable
+/// transaction, so the writer starts with nothing pending.
+pub(crate) fn catch_up_history(db: &Database) -> Result<usize> {
+    let txn = db
+        .begin_write()
+        .map_err(StoreError::db("catch up history"))?;
+    let rows = {
+        let meta = txn
+            .open_table(META)
+            .map_err(StoreError::db("catch up history"))?;
+        let watermark = schema::read_u64(&meta, KEY_HISTORY_SEQ)?.unwrap_or(0);
+        let events = txn
+            .open_table(EVENTS)
+            .map_err(StoreError::db("catch up history"))?;
+        let mut rows = Vec::new();
+        let mut last = watermark;
+        for entry in events
+            .range(watermark.saturating_add(1)..)
+            .map_err(StoreError::db("catch up history"))?
+        {
+            let (k, v) = entry.map_err(StoreError::db("catch up history"))?;
+            let ev: Event = decode_at("events", k.value(), v.value())?;
+            last = k.value();
+            rows.push(HistoryRow {
+                machine_id: ev.machine_id,
+                version: ev.version,
+                bytes: v.value().to_vec(),
+            });
+        }
+        (rows, last)
+    };
+    let (rows, last) = rows;
+    let n = rows.len();
+    if n == 0 {
+        txn.abort().map_err(StoreError::db("catch up history"))?;
+        return Ok(0);
+    }
+    materialize(&txn, rows, last)?;
+    txn.commit().map_err(StoreError::db("catch up history"))?;
+    Ok(n)
 }
 
 impl Writer {
@@ -518,6 +698,23 @@ impl Writer {
                 job.finish(outcome);
             }
         }
+        // Every handle is gone: materialize what is pending so a clean shutdown leaves the
+        // history index complete (a crash leaves it to `catch_up_history` at the next open).
+        if !self.indexer.is_idle() && !self.poisoned.load(Ordering::Acquire) {
+            let through = self.next_seq - 1;
+            let indexer = &mut self.indexer;
+            let result = self
+                .db
+                .begin_write()
+                .map_err(StoreError::db("flush history"))
+                .and_then(|txn| {
+                    indexer.finish(&txn, through)?;
+                    txn.commit().map_err(StoreError::db("flush history"))
+                });
+            if let Err(e) = result {
+                tracing::error!(error = %e, "could not flush the history index at shutdown; it is rebuilt at the next open");
+            }
+        }
     }
 
     fn commit(&mut self, batch: &mut [BoxedJob]) -> Result<()> {
@@ -529,14 +726,12 @@ impl Writer {
         txn.set_durability(redb::Durability::Immediate)
             .map_err(StoreError::db("set durability"))?;
         let bytes;
+        let new_history;
         let (next_seq, next_op_id) = {
             let mut tables = Tables {
                 machines: txn
                     .open_table(MACHINES)
                     .map_err(StoreError::db("open machines"))?,
-                history: txn
-                    .open_table(HISTORY)
-                    .map_err(StoreError::db("open history"))?,
                 events: txn
                     .open_table(EVENTS)
                     .map_err(StoreError::db("open events"))?,
@@ -546,18 +741,22 @@ impl Writer {
             };
             let mut ctx = WriteCtx {
                 tables: &mut tables,
+                cache: &mut self.cache,
                 staged: Staged::default(),
                 committed_seq: self.next_seq,
                 committed_op_id: self.next_op_id,
                 now: Timestamp::now(),
                 bytes: 0,
+                new_history: Vec::new(),
             };
             for job in batch.iter_mut() {
                 job.apply(&mut ctx)?;
             }
             bytes = ctx.bytes;
+            new_history = std::mem::take(&mut ctx.new_history);
             (ctx.committed_seq, ctx.committed_op_id)
         };
+        self.indexer.work(&txn, new_history, next_seq - 1)?;
         if next_seq != self.next_seq || next_op_id != self.next_op_id {
             let mut meta = txn.open_table(META).map_err(StoreError::db("write meta"))?;
             meta.insert(KEY_NEXT_SEQ, next_seq.to_le_bytes().as_slice())
