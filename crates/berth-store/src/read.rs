@@ -176,9 +176,8 @@ impl Store {
     pub fn last_seq(&self) -> Result<u64> {
         let txn = self.read_txn("last_seq")?;
         let meta = open_ro(&txn, META, "last_seq")?;
-        Ok(crate::schema::read_u64(&meta, crate::schema::KEY_NEXT_SEQ)?
-            .unwrap_or(1)
-            .saturating_sub(1))
+        let events = open_ro(&txn, EVENTS, "last_seq")?;
+        Ok(crate::schema::next_seq(&meta, &events)? - 1)
     }
 
     /// Operations in flight, oldest first: after a restart, the ones to resume.
@@ -224,7 +223,7 @@ impl Store {
         count!(OPERATIONS, "operations");
         count!(META, "meta");
         let meta = open_ro(&txn, META, "stats")?;
-        let next_seq = crate::schema::read_u64(&meta, crate::schema::KEY_NEXT_SEQ)?.unwrap_or(1);
+        let next_seq = crate::schema::next_seq(&meta, &open_ro(&txn, EVENTS, "stats")?)?;
         let history_seq = history_watermark(&txn)?;
         self.inner
             .timings
@@ -250,7 +249,7 @@ impl Store {
         let p = &mut report.problems;
 
         let meta = open_ro(&txn, META, "check")?;
-        let next_seq = crate::schema::read_u64(&meta, crate::schema::KEY_NEXT_SEQ)?.unwrap_or(1);
+        let next_seq = crate::schema::next_seq(&meta, &open_ro(&txn, EVENTS, "check")?)?;
 
         let history_t = open_ro(&txn, HISTORY, "check")?;
         let mut histories: BTreeMap<String, Vec<Event>> = BTreeMap::new();

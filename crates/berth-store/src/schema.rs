@@ -18,6 +18,9 @@
 //!
 //! Meta keys: `schema_version` (u32), `next_seq`, `next_op_id`, `history_seq` (u64). They are raw
 //! integers, not codec records, so that any future berth can read the schema version.
+//! `next_seq` is a floor: the next seq is the greater of it and the log's last seq + 1, so a
+//! commit that only appends events need not write meta. Whatever deletes events from the log
+//! (retention) must raise `next_seq` first, so that a seq is never reused.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -75,6 +78,16 @@ pub enum OpenKind {
     Clean,
     /// The file had not been closed cleanly (crash, kill, power loss) and redb repaired it.
     Repaired,
+}
+
+/// The next seq to assign: the greater of the `next_seq` floor and the log's last seq + 1.
+pub(crate) fn next_seq(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    events: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<u64> {
+    let floor = read_u64(meta, KEY_NEXT_SEQ)?.unwrap_or(1);
+    let last = events.last().map_err(StoreError::db("read last event"))?;
+    Ok(floor.max(last.map_or(1, |(k, _)| k.value() + 1)))
 }
 
 pub(crate) fn read_u64(

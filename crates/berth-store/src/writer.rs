@@ -757,7 +757,10 @@ impl Writer {
             (ctx.committed_seq, ctx.committed_op_id)
         };
         self.indexer.work(&txn, new_history, next_seq - 1)?;
-        if next_seq != self.next_seq || next_op_id != self.next_op_id {
+        // The next seq follows from the log's last key, so a commit that only adds events leaves
+        // meta alone (one table fewer to write per commit). Operation ids are not derivable (a
+        // finished operation is deleted), so they are written whenever one is allocated.
+        if next_op_id != self.next_op_id {
             let mut meta = txn.open_table(META).map_err(StoreError::db("write meta"))?;
             meta.insert(KEY_NEXT_SEQ, next_seq.to_le_bytes().as_slice())
                 .map_err(StoreError::db("write meta"))?;
