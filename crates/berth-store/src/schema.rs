@@ -197,9 +197,10 @@ fn verify_checksums(db: &ReadOnlyDatabase) -> Result<(), String> {
             Err(e) => return Err(format!("table {name}: {e}")),
         };
         for entry in table.iter().map_err(|e| format!("table {name}: {e}"))? {
-            let (_, v) = entry.map_err(|e| format!("table {name}: {e}"))?;
-            codec::decode::<serde::de::IgnoredAny>(v.value())
-                .map_err(|r| format!("table {name}: {r}"))?;
+            let (k, v) = entry.map_err(|e| format!("table {name}: {e}"))?;
+            codec::decode::<serde::de::IgnoredAny>(v.value()).map_err(|r| {
+                format!("corrupt record in table {name} at key {:?}: {r}", k.value())
+            })?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use berth_store::schema::{META, Migration, migrate};
 use berth_store::{SCHEMA_VERSION, Store, StoreError, StoreOptions};
 use common::*;
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTable};
 
 fn populated(dir: &tempfile::TempDir) -> std::path::PathBuf {
     let path = dir.path().join("berth.redb");
@@ -241,4 +241,32 @@ fn an_unclean_damaged_file_is_put_back_as_it_was() {
     assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     assert!(!dir.path().join("berth.redb.pre-repair").exists());
+}
+
+#[test]
+fn a_corrupt_record_is_named_by_table_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = populated(&dir);
+    {
+        // Valid redb, valid page checksums, but a record whose payload no longer matches its CRC.
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(berth_store::schema::MACHINES).unwrap();
+            let mut bytes = t.get("m7").unwrap().unwrap().value().to_vec();
+            let last = bytes.len() - 3;
+            bytes[last] ^= 0x01;
+            t.insert("m7", bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let err = open_err(&path);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("table machines") && msg.contains("\"m7\""),
+        "{msg}"
+    );
+    assert!(msg.contains("checksum mismatch"), "{msg}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
 }

@@ -1,0 +1,82 @@
+//! Every database operation is reported through the `metrics` facade by name.
+//!
+//! This binary installs a global debugging recorder (the writer runs on its own thread, so a
+//! thread-local recorder would not see commits); it holds a single test for that reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use berth_store::{OP_DURATION, SLOW_OPS, Store, StoreOptions};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::{CompositeKey, MetricKind};
+
+fn op_label(key: &CompositeKey) -> Option<String> {
+    key.key()
+        .labels()
+        .find(|l| l.key() == "op")
+        .map(|l| l.value().to_owned())
+}
+
+#[test]
+fn operations_are_timed_by_name_and_slow_ones_counted() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        slow_op_threshold: Duration::from_millis(15),
+        commit_delay: Duration::from_millis(20),
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path().join("berth.redb"), opts).unwrap();
+    common::create(&store, "m1");
+    store
+        .machine(&berth_types::MachineId::parse("m1").unwrap())
+        .unwrap();
+    store.machines().unwrap();
+    store
+        .history(&berth_types::MachineId::parse("m1").unwrap())
+        .unwrap();
+    store.events_after(0, 10).unwrap();
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let mut timed = Vec::new();
+    let mut slow = Vec::new();
+    for (key, _, _, value) in &snapshot {
+        match (key.kind(), key.key().name()) {
+            (MetricKind::Histogram, name) if name == OP_DURATION => {
+                if let DebugValue::Histogram(samples) = value {
+                    assert!(!samples.is_empty());
+                }
+                timed.push(op_label(key).unwrap());
+            }
+            (MetricKind::Counter, name) if name == SLOW_OPS => {
+                if let DebugValue::Counter(n) = value {
+                    slow.push((op_label(key).unwrap(), *n));
+                }
+            }
+            _ => {}
+        }
+    }
+    for op in [
+        "open",
+        "commit",
+        "get_machine",
+        "list_machines",
+        "history",
+        "events",
+    ] {
+        assert!(
+            timed.iter().any(|t| t == op),
+            "{op} not timed; timed: {timed:?}"
+        );
+    }
+    assert_eq!(
+        slow,
+        [("commit".to_owned(), 1)],
+        "only the delayed commit is slow"
+    );
+}
