@@ -29,6 +29,7 @@ fn acknowledged_writes_survive_sigkill() {
     // Every ack ever seen: (machine, version) -> seq.
     let mut acked: BTreeMap<(String, u64), u64> = BTreeMap::new();
     let mut runs_with_acks = 0;
+    let mut repaired = 0;
 
     for run in 0..RUNS {
         let mut child = Command::new(env!("CARGO_BIN_EXE_store-crash-writer"))
@@ -69,7 +70,13 @@ fn acknowledged_writes_survive_sigkill() {
         }
 
         // redb's own integrity check (after its crash repair) passes.
-        check_file_integrity(&path).unwrap_or_else(|e| panic!("run {run}: integrity check: {e}"));
+        let integrity = check_file_integrity(&path)
+            .unwrap_or_else(|e| panic!("run {run}: integrity check: {e}"));
+        assert!(
+            integrity.passed,
+            "run {run}: redb integrity check failed: {integrity:?}"
+        );
+        repaired += usize::from(integrity.repaired_on_open);
 
         let store = Store::open(&path, StoreOptions::default()).unwrap();
         let report = store.check().unwrap();

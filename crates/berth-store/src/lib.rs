@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use error::{Result, StoreError};
 pub use read::{CheckReport, StoreStats};
-pub use schema::{OpenKind, SCHEMA_VERSION, check_file_integrity};
+pub use schema::{IntegrityReport, OpenKind, SCHEMA_VERSION, check_file_integrity};
 pub use timing::{OP_DURATION, SLOW_OPS, SlowOp, SlowOpHook};
 pub use writer::{TransitionSpec, WriteCtx};
 

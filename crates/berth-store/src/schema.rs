@@ -404,13 +404,24 @@ pub fn migrate(path: &Path, from: u32, migrations: &[Migration], target: u32) ->
     Ok(())
 }
 
+/// What [`check_file_integrity`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntegrityReport {
+    /// The file had not been closed cleanly and redb repaired it on open (normal after a crash).
+    pub repaired_on_open: bool,
+    /// redb's full check (every page checksum, allocator state) passed after the open.
+    pub passed: bool,
+}
+
 /// Runs redb's full integrity check on a file no process holds, after the same safety checks as
-/// an open. `Ok(true)`: clean; `Ok(false)`: it needed (and got) a repair.
-pub fn check_file_integrity(path: &Path) -> Result<bool> {
-    let (db, kind) = open_database(path, 64 << 20)?;
-    let mut db = db;
-    let clean = guarded(|| db.check_integrity())
+/// an open (a damaged file is refused untouched).
+pub fn check_file_integrity(path: &Path) -> Result<IntegrityReport> {
+    let (mut db, kind) = open_database(path, 64 << 20)?;
+    let passed = guarded(|| db.check_integrity())
         .map_err(|p| damaged(path, p))?
         .map_err(|e| damaged(path, e.to_string()))?;
-    Ok(clean && kind != OpenKind::Repaired)
+    Ok(IntegrityReport {
+        repaired_on_open: kind == OpenKind::Repaired,
+        passed,
+    })
 }
