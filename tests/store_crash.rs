@@ -120,6 +120,11 @@ fn acknowledged_writes_survive_sigkill() {
         runs_with_acks >= RUNS as usize * 3 / 4,
         "only {runs_with_acks} of {RUNS} runs acknowledged anything"
     );
+    // SIGKILL leaves the file needing redb's repair; if it never did, the kills missed every write.
+    assert!(
+        repaired >= RUNS as usize / 2,
+        "only {repaired} of {RUNS} kills left a file to repair"
+    );
     assert!(
         acked.len() > 1000,
         "only {} writes acknowledged in all; the test proves little",
