@@ -142,12 +142,36 @@ fn run_counted(cmd: &mut Command, totals: &mut Totals) -> Result<(), String> {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("could not run {cmd:?}: {e}"))?;
+    // Lines are read on a thread: a stray process that inherited cargo's stdout could keep the
+    // pipe open after cargo exits, and must not hang the test command.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
     if let Some(out) = child.stdout.take() {
-        let stdout = std::io::stdout();
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            count_line(&line, totals);
-            let mut lock = stdout.lock();
-            let _ = writeln!(lock, "{line}");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let stdout = std::io::stdout();
+    let print = |line: String, totals: &mut Totals| {
+        count_line(&line, totals);
+        let mut lock = stdout.lock();
+        let _ = writeln!(lock, "{line}");
+    };
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(line) => print(line, totals),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if child.try_wait().ok().flatten().is_some() {
+                    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(2)) {
+                        print(line, totals);
+                    }
+                    break;
+                }
+            }
         }
     }
     let status = child

@@ -1,0 +1,449 @@
+//! The agent's side of the driver: launch, watch, stop, signal, reattach, clean up.
+#![allow(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use berth_types::MachineConfig;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::cgroup::{Capabilities, Cgroups};
+use crate::files::{self, ExitRecord, ShimState, Spec};
+use crate::proc;
+use crate::shim::LaunchResult;
+
+/// How the driver uses cgroups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Use the host's cgroup2 hierarchy if there is one and it is writable.
+    Auto,
+    /// Do not use cgroups (process groups only; every limit is refused).
+    Off,
+    /// Use this directory (inside a cgroup2 mount) as berth's parent cgroup.
+    Root {
+        /// The cgroup2 mount point.
+        mount: PathBuf,
+        /// berth's parent cgroup under it.
+        root: PathBuf,
+    },
+}
+
+/// Driver settings.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Where machine directories live (`<data_dir>/machines`).
+    pub machines_dir: PathBuf,
+    /// The `berth-shim` executable.
+    pub shim: PathBuf,
+    /// cgroup use.
+    pub cgroup: CgroupMode,
+    /// Rotate a machine's log at this size.
+    pub log_max_bytes: u64,
+    /// Rotated log files kept.
+    pub log_keep: u32,
+    /// How long a launch may take before it is considered failed.
+    pub launch_timeout: Duration,
+}
+
+impl DriverConfig {
+    /// Defaults for a data directory, with the shim found beside the running executable.
+    pub fn new(machines_dir: PathBuf) -> Self {
+        let shim = std::env::var_os("BERTH_SHIM")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.parent().map(|d| d.join("berth-shim")))
+                    .unwrap_or_else(|| PathBuf::from("berth-shim"))
+            });
+        Self {
+            machines_dir,
+            shim,
+            cgroup: CgroupMode::Auto,
+            log_max_bytes: 10 << 20,
+            log_keep: 2,
+            launch_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Errors from the driver.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The workload could not be started.
+    #[error("{0}")]
+    Launch(String),
+    /// A workload of another launch still runs.
+    #[error("a workload from an earlier start (instance {0}) is still running")]
+    AlreadyRunning(String),
+    /// The signal name is not one berth knows.
+    #[error("{0}")]
+    BadSignal(String),
+    /// Nothing runs for this machine.
+    #[error("machine {0} has no running workload")]
+    NotRunning(String),
+    /// The supervisor vanished without recording the exit.
+    #[error("the supervisor of machine {0} exited without recording how the workload exited")]
+    Lost(String),
+    /// I/O.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the driver was doing.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DriverError {
+    let context = context.into();
+    move |source| DriverError::Io { context, source }
+}
+
+/// What a machine's directory says about its workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// No launch recorded.
+    NotStarted,
+    /// The shim (and so the workload's supervision) is alive.
+    Running(ShimState),
+    /// The workload exited and its shim recorded how.
+    Exited(ExitRecord),
+    /// The shim is gone without an exit record (killed, or the host rebooted).
+    Lost {
+        /// The last recorded instance.
+        state: ShimState,
+        /// Whether the workload itself still runs, unsupervised.
+        workload_alive: bool,
+    },
+}
+
+/// Runs workloads under per-machine shims.
+#[derive(Debug)]
+pub struct Driver {
+    cfg: DriverConfig,
+    cgroups: Option<Cgroups>,
+    caps: Capabilities,
+}
+
+impl Driver {
+    /// A driver; detects cgroups per `cfg.cgroup` and falls back to process groups.
+    pub fn new(cfg: DriverConfig) -> Result<Self, DriverError> {
+        std::fs::create_dir_all(&cfg.machines_dir)
+            .map_err(io(format!("create {}", cfg.machines_dir.display())))?;
+        let detected = match &cfg.cgroup {
+            CgroupMode::Off => Err("disabled by configuration".to_owned()),
+            CgroupMode::Auto => Cgroups::detect("berth"),
+            CgroupMode::Root { mount, root } => Cgroups::setup(mount, root),
+        };
+        let (cgroups, caps) = match detected {
+            Ok(cg) => {
+                let caps = cg.capabilities();
+                (Some(cg), caps)
+            }
+            Err(why) => {
+                tracing::warn!(reason = %why, "not using cgroups: machines are grouped by process group and no resource limit can be enforced");
+                (
+                    None,
+                    Capabilities {
+                        cgroup_unavailable: Some(why),
+                        ..Capabilities::default()
+                    },
+                )
+            }
+        };
+        tracing::info!(?caps, "driver capabilities");
+        Ok(Self { cfg, cgroups, caps })
+    }
+
+    /// What this host can enforce and measure.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// A machine's directory.
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.cfg.machines_dir.join(id)
+    }
+
+    /// A machine's log directory.
+    pub fn logs_dir(&self, id: &str) -> PathBuf {
+        self.dir(id).join(files::LOGS)
+    }
+
+    /// Creates the machine's directories (idempotent).
+    pub fn prepare(&self, id: &str) -> Result<(), DriverError> {
+        std::fs::create_dir_all(self.logs_dir(id))
+            .map_err(io(format!("create {}", self.logs_dir(id).display())))
+    }
+
+    /// What the machine's directory says about its workload.
+    pub fn probe(&self, id: &str) -> Probe {
+        let dir = self.dir(id);
+        let exit: Option<ExitRecord> = files::read_json(&dir.join(files::EXIT)).ok().flatten();
+        let Some(state) = files::read_json::<ShimState>(&dir.join(files::STATE))
+            .ok()
+            .flatten()
+        else {
+            return exit.map_or(Probe::NotStarted, Probe::Exited);
+        };
+        let this_boot = state.boot_id == proc::boot_id();
+        if this_boot && state.shim.is_alive() {
+            return Probe::Running(state);
+        }
+        match exit {
+            Some(rec) if rec.instance == state.instance => Probe::Exited(rec),
+            _ => Probe::Lost {
+                workload_alive: this_boot && state.workload.is_alive(),
+                state,
+            },
+        }
+    }
+
+    /// Starts the workload for launch `instance`, or, if that launch already happened (a resumed
+    /// operation), returns its pid without starting anything: idempotent.
+    pub async fn spawn(
+        &self,
+        id: &str,
+        config: &MachineConfig,
+        instance: &str,
+    ) -> Result<i32, DriverError> {
+        match self.probe(id) {
+            Probe::Running(s) if s.instance == instance => return Ok(s.workload.pid),
+            Probe::Exited(r) if r.instance == instance && r.error.is_none() => {
+                if let Some(s) = files::read_json::<ShimState>(&self.dir(id).join(files::STATE))
+                    .ok()
+                    .flatten()
+                {
+                    return Ok(s.workload.pid);
+                }
+            }
+            Probe::Running(s) => return Err(DriverError::AlreadyRunning(s.instance)),
+            Probe::Lost {
+                state,
+                workload_alive: true,
+            } => return Err(DriverError::AlreadyRunning(state.instance)),
+            _ => {}
+        }
+        self.prepare(id)?;
+        let dir = self.dir(id);
+        for f in [files::STATE, files::EXIT] {
+            match std::fs::remove_file(dir.join(f)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io(format!("remove stale {f}"))(e));
+                }
+                _ => {}
+            }
+        }
+        let cgroup = match &self.cgroups {
+            Some(cg) => Some(
+                cg.create(id, &config.resources)
+                    .map_err(io(format!("create cgroup for {id}")))?,
+            ),
+            None => None,
+        };
+        let workdir = config
+            .workdir
+            .as_ref()
+            .map_or_else(|| dir.clone(), PathBuf::from);
+        let spec = Spec {
+            instance: instance.to_owned(),
+            cmd: config.cmd.clone(),
+            env: config.env.clone(),
+            workdir,
+            cgroup,
+            log_max_bytes: self.cfg.log_max_bytes,
+            log_keep: self.cfg.log_keep,
+        };
+        files::write_json(&dir.join(files::SPEC), &spec).map_err(io("write spec.json"))?;
+        let launch = tokio::process::Command::new(&self.cfg.shim)
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(self.cfg.launch_timeout, launch)
+            .await
+            .map_err(|_| {
+                DriverError::Launch(format!(
+                    "the shim did not report within {:?}",
+                    self.cfg.launch_timeout
+                ))
+            })?
+            .map_err(io(format!("run {}", self.cfg.shim.display())))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let result: LaunchResult = serde_json::from_str(text.trim()).map_err(|_| {
+            DriverError::Launch(format!(
+                "the shim {} failed ({}): {}{}",
+                self.cfg.shim.display(),
+                out.status,
+                text.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        })?;
+        match result {
+            LaunchResult { pid: Some(pid), .. } => Ok(pid),
+            LaunchResult { error, .. } => Err(DriverError::Launch(
+                error.unwrap_or_else(|| "unknown launch failure".into()),
+            )),
+        }
+    }
+
+    /// Waits until the machine's shim exits, then returns how the workload exited.
+    pub async fn wait_exit(&self, id: &str) -> Result<ExitRecord, DriverError> {
+        loop {
+            match self.probe(id) {
+                Probe::Exited(rec) => return Ok(rec),
+                Probe::NotStarted => return Err(DriverError::NotRunning(id.to_owned())),
+                Probe::Lost { .. } => return Err(DriverError::Lost(id.to_owned())),
+                Probe::Running(state) => {
+                    // A pidfd becomes readable when the process exits; if the shim is already
+                    // gone (or its pid reused), probing again settles it.
+                    let Some(fd) = state.shim.pidfd() else {
+                        continue;
+                    };
+                    // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and
+                    // refers to the same pidfd for the AsyncFd's whole life.
+                    let afd = unsafe { tokio::io::unix::AsyncFd::register(fd) }
+                        .map_err(|e| io("watch pidfd")(std::io::Error::other(e.to_string())))?;
+                    let _ = afd.readable().await.map_err(io("watch pidfd"))?;
+                    // The shim writes exit.json before it exits; give a dying shim a moment to
+                    // be reaped so the probe does not see it as alive.
+                    for _ in 0..100 {
+                        if !state.shim.is_alive() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `signal` to the workload's process group.
+    pub fn signal(&self, id: &str, signal: &str) -> Result<(), DriverError> {
+        let sig = Signal::from_str(
+            berth_types::config::normalize_signal(signal).map_err(DriverError::BadSignal)?,
+        )
+        .map_err(|e| DriverError::BadSignal(e.to_string()))?;
+        let Probe::Running(state) = self.probe(id) else {
+            return Err(DriverError::NotRunning(id.to_owned()));
+        };
+        if !state.workload.is_alive() {
+            return Err(DriverError::NotRunning(id.to_owned()));
+        }
+        nix::sys::signal::killpg(Pid::from_raw(state.workload.pid), sig)
+            .map_err(|e| io(format!("signal {id}"))(std::io::Error::from(e)))
+    }
+
+    /// Kills everything the machine runs, at once.
+    pub fn kill_all(&self, id: &str) {
+        if let Probe::Running(state) | Probe::Lost { state, .. } = self.probe(id)
+            && state.workload.is_alive()
+        {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(state.workload.pid), Signal::SIGKILL);
+        }
+        if let Some(cg) = &self.cgroups {
+            let _ = cg.kill(id);
+        }
+    }
+
+    /// Stops the workload: `signal` to its process group, then SIGKILL to everything after
+    /// `timeout`. Idempotent: returns the recorded exit if it had already exited, `None` if it
+    /// never ran.
+    pub async fn stop(
+        &self,
+        id: &str,
+        signal: &str,
+        timeout: Duration,
+    ) -> Result<Option<ExitRecord>, DriverError> {
+        match self.probe(id) {
+            Probe::NotStarted => return Ok(None),
+            Probe::Exited(rec) => return Ok(Some(rec)),
+            Probe::Lost { workload_alive, .. } => {
+                if workload_alive {
+                    self.kill_all(id);
+                }
+                return Err(DriverError::Lost(id.to_owned()));
+            }
+            Probe::Running(_) => {}
+        }
+        match self.signal(id, signal) {
+            Ok(()) | Err(DriverError::NotRunning(_)) => {}
+            Err(e) => return Err(e),
+        }
+        if let Ok(done) = tokio::time::timeout(timeout, self.wait_exit(id)).await {
+            return done.map(Some);
+        }
+        tracing::info!(
+            machine = id,
+            ?timeout,
+            signal,
+            "workload ignored its stop signal; killing it"
+        );
+        self.kill_all(id);
+        match tokio::time::timeout(Duration::from_secs(10), self.wait_exit(id)).await {
+            Ok(done) => done.map(Some),
+            Err(_) => Err(DriverError::Launch(format!(
+                "machine {id} did not exit after SIGKILL"
+            ))),
+        }
+    }
+
+    /// Removes the machine's cgroup and directory (its workload must be stopped).
+    pub fn cleanup(&self, id: &str) -> Result<(), DriverError> {
+        self.kill_all(id);
+        if let Some(cg) = &self.cgroups {
+            cg.remove(id)
+                .map_err(io(format!("remove cgroup of {id}")))?;
+        }
+        match std::fs::remove_dir_all(self.dir(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io(format!("remove {}", self.dir(id).display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// CPU time (µs) and memory (bytes, where accounted) of a machine, from its cgroup.
+    pub fn usage(&self, id: &str) -> Option<(u64, Option<u64>)> {
+        self.cgroups.as_ref()?.usage(id)
+    }
+
+    /// Every machine directory and what it says: for reattachment and orphan detection.
+    pub fn scan(&self) -> Vec<(String, Probe)> {
+        let Ok(entries) = std::fs::read_dir(&self.cfg.machines_dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, Probe)> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .map(|id| {
+                let p = self.probe(&id);
+                (id, p)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// The machines directory.
+    pub fn machines_dir(&self) -> &Path {
+        &self.cfg.machines_dir
+    }
+}
+
+/// Converts a shim's exit record into the domain's exit info.
+pub fn exit_info(rec: &ExitRecord, requested_stop: bool) -> berth_types::ExitInfo {
+    berth_types::ExitInfo {
+        code: rec.code,
+        signal: rec.signal.clone(),
+        oom_killed: rec.oom_killed,
+        requested_stop,
+        at: berth_types::Timestamp::from_nanos(rec.at_ns),
+    }
+}

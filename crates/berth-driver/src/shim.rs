@@ -1,0 +1,387 @@
+//! `berth-shim`: the per-machine supervisor that outlives the agent.
+//!
+//! `berth-shim <machine dir>` is run by the agent for each start. It forks: the first process (the
+//! *launcher*) waits only until the workload is confirmed running (or failed to start), prints one
+//! JSON line with the outcome and exits, so the agent never has the long-lived shim as a child.
+//! The second (the *shim*) starts its own session, detaches from the agent's stdio, forks the
+//! workload into a session and process group of its own (and its cgroup), and then:
+//!
+//! - copies the workload's stdout and stderr into the rotating log;
+//! - reaps it, kills whatever it left in its process group and cgroup;
+//! - writes `exit.json` (code or signal, OOM, time) atomically and durably, and exits.
+//!
+//! The agent watches the shim through a pidfd and reads `exit.json` when it exits, whether the
+//! agent was running at that moment or learns of it after a restart. The shim is single-threaded
+//! and allocates nothing after fork in the child, and uses a few hundred KiB of memory.
+#![allow(unsafe_code)]
+// The launcher's one line on stdout is its protocol with the agent.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::files::{self, ExitRecord, ShimState, Spec};
+use crate::logs::RotatingLog;
+use crate::proc::{self, ProcessId};
+
+/// What the launcher prints for the agent.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct LaunchResult {
+    /// The workload's pid, when it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// Why it did not start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Entry point of the `berth-shim` binary. Returns the process exit code.
+pub fn main(args: &[String]) -> i32 {
+    let Some(dir) = args.get(1).map(PathBuf::from) else {
+        eprintln!("usage: berth-shim <machine dir>");
+        return 2;
+    };
+    let spec: Spec = match files::read_json(&dir.join(files::SPEC)) {
+        Ok(Some(s)) => s,
+        Ok(None) => return launcher_fail(&format!("{} has no {}", dir.display(), files::SPEC)),
+        Err(e) => return launcher_fail(&format!("reading spec: {e}")),
+    };
+    let (ready_r, ready_w) = match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return launcher_fail(&format!("pipe: {e}")),
+    };
+    // SAFETY: the launcher is single-threaded (no runtime, no threads started), so the child may
+    // do anything after fork.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => launcher_fail(&format!("fork: {e}")),
+        Ok(ForkResult::Parent { .. }) => {
+            drop(ready_w);
+            let mut out = String::new();
+            let mut buf = [0u8; 512];
+            while let Ok(n) = nix::unistd::read(&ready_r, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            let result: LaunchResult = serde_json::from_str(out.trim()).unwrap_or(LaunchResult {
+                pid: None,
+                error: Some("the shim died before reporting".into()),
+            });
+            let ok = result.pid.is_some();
+            println!("{}", serde_json::to_string(&result).unwrap_or_default());
+            if ok { 0 } else { 1 }
+        }
+        Ok(ForkResult::Child) => {
+            drop(ready_r);
+            supervise(&dir, &spec, ready_w)
+        }
+    }
+}
+
+fn launcher_fail(msg: &str) -> i32 {
+    let r = LaunchResult {
+        pid: None,
+        error: Some(msg.to_owned()),
+    };
+    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    1
+}
+
+fn report(ready: OwnedFd, result: &LaunchResult) {
+    let line = serde_json::to_string(result).unwrap_or_default();
+    let _ = nix::unistd::write(&ready, line.as_bytes());
+}
+
+/// Resolves the program like a shell would, with the workload's own PATH.
+fn resolve(program: &str, spec: &Spec) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    let path = spec
+        .env
+        .get("PATH")
+        .map(String::as_str)
+        .unwrap_or(DEFAULT_PATH);
+    std::env::split_paths(path)
+        .map(|d| d.join(program))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+fn cstring(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
+}
+
+fn detach_stdio(dir: &Path) {
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(null.as_fd());
+        let _ = nix::unistd::dup2_stdout(null.as_fd());
+    }
+    if let Ok(log) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("shim.log"))
+    {
+        let _ = nix::unistd::dup2_stderr(log.as_fd());
+    }
+}
+
+/// The long-lived shim. Never returns to the launcher's code path: exits the process.
+fn supervise(dir: &Path, spec: &Spec, ready: OwnedFd) -> i32 {
+    let _ = nix::unistd::setsid();
+    detach_stdio(dir);
+    // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
+    unsafe {
+        let _ = nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn);
+        let _ = nix::sys::signal::signal(Signal::SIGHUP, SigHandler::SigIgn);
+    }
+    match run_workload(dir, spec, ready) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berth-shim: {e}");
+            1
+        }
+    }
+}
+
+fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> {
+    let fail = |ready: OwnedFd, msg: String| -> Result<i32, String> {
+        let record = ExitRecord {
+            instance: spec.instance.clone(),
+            code: Some(127),
+            signal: None,
+            oom_killed: false,
+            at_ns: files::now_ns(),
+            error: Some(msg.clone()),
+        };
+        let _ = files::write_json(&dir.join(files::EXIT), &record);
+        report(
+            ready,
+            &LaunchResult {
+                pid: None,
+                error: Some(msg),
+            },
+        );
+        Ok(1)
+    };
+    let Some(program) = spec.cmd.first() else {
+        return fail(ready, "empty cmd".into());
+    };
+    let Some(path) = resolve(program, spec) else {
+        return fail(ready, format!("{program}: not found in PATH"));
+    };
+    // Everything the child needs is prepared before fork.
+    let path_c = cstring(&path.to_string_lossy())?;
+    let argv: Vec<CString> = spec
+        .cmd
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<Result<_, _>>()?;
+    let mut envp: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstring(&format!("{k}={v}")))
+        .collect::<Result<_, _>>()?;
+    if !spec.env.contains_key("PATH") {
+        envp.push(cstring(&format!("PATH={DEFAULT_PATH}"))?);
+    }
+    let workdir = cstring(&spec.workdir.to_string_lossy())?;
+    let cgroup_procs = match &spec.cgroup {
+        Some(cg) => Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(cg.join("cgroup.procs"))
+                .map_err(|e| format!("open {}/cgroup.procs: {e}", cg.display()))?,
+        ),
+        None => None,
+    };
+    let mut log = RotatingLog::open(&dir.join(files::LOGS), spec.log_max_bytes, spec.log_keep)
+        .map_err(|e| format!("open log: {e}"))?;
+    let devnull = std::fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+
+    // SAFETY: the shim is single-threaded; the child only makes system calls on values prepared
+    // above and then execs or _exits.
+    let child = match unsafe { nix::unistd::fork() } {
+        Err(e) => return fail(ready, format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            let errno = exec_child(
+                &path_c,
+                &argv,
+                &envp,
+                &workdir,
+                cgroup_procs.as_ref(),
+                &devnull,
+                &out_w,
+            );
+            let _ = nix::unistd::write(&err_w, &(errno as i32).to_le_bytes());
+            // SAFETY: _exit is async-signal-safe and skips the parent's atexit handlers and buffers.
+            unsafe { libc::_exit(127) }
+        }
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    drop(out_w);
+    drop(err_w);
+    drop(cgroup_procs);
+
+    // A CLOEXEC pipe: EOF means exec succeeded, four bytes are the errno of a failed exec.
+    let mut errno = [0u8; 4];
+    let n = nix::unistd::read(&err_r, &mut errno).unwrap_or(0);
+    drop(err_r);
+    if n == 4 {
+        let _ = waitpid(child, None);
+        let e = nix::errno::Errno::from_raw(i32::from_le_bytes(errno));
+        return fail(ready, format!("exec {}: {}", path.display(), e.desc()));
+    }
+
+    let workload =
+        ProcessId::of(child.as_raw()).ok_or("the workload vanished before it was recorded")?;
+    let shim =
+        ProcessId::of(std::process::id() as i32).ok_or("cannot read the shim's own identity")?;
+    let state = ShimState {
+        instance: spec.instance.clone(),
+        shim,
+        workload,
+        boot_id: proc::boot_id(),
+        started_at_ns: files::now_ns(),
+    };
+    files::write_json(&dir.join(files::STATE), &state)
+        .map_err(|e| format!("write shim.json: {e}"))?;
+    report(
+        ready,
+        &LaunchResult {
+            pid: Some(child.as_raw()),
+            error: None,
+        },
+    );
+
+    let status = pump_until_exit(child, &out_r, &mut log)?;
+    // Whatever the workload left behind in its group goes with it.
+    let _ = nix::sys::signal::killpg(child, Signal::SIGKILL);
+    if let Some(cg) = &spec.cgroup {
+        let _ = crate::cgroup::kill_dir(cg, cg.join("cgroup.kill").exists());
+    }
+    drain(&out_r, &mut log);
+    let (code, signal) = match status {
+        WaitStatus::Exited(_, code) => (Some(code), None),
+        WaitStatus::Signaled(_, sig, _) => (None, Some(sig.as_str().to_owned())),
+        other => (None, Some(format!("{other:?}"))),
+    };
+    let record = ExitRecord {
+        instance: spec.instance.clone(),
+        code,
+        signal,
+        oom_killed: spec
+            .cgroup
+            .as_deref()
+            .is_some_and(crate::cgroup::oom_killed),
+        at_ns: files::now_ns(),
+        error: None,
+    };
+    files::write_json(&dir.join(files::EXIT), &record)
+        .map_err(|e| format!("write exit.json: {e}"))?;
+    Ok(0)
+}
+
+/// In the forked child: become the workload. Returns only if exec failed (with errno).
+fn exec_child(
+    path: &CString,
+    argv: &[CString],
+    envp: &[CString],
+    workdir: &CString,
+    cgroup_procs: Option<&std::fs::File>,
+    devnull: &std::fs::File,
+    out: &OwnedFd,
+) -> nix::errno::Errno {
+    // Its own session and process group: signals to the group reach the whole workload tree and
+    // nothing else, and the agent's terminal or process group never reaches it.
+    if let Err(e) = nix::unistd::setsid() {
+        return e;
+    }
+    if let Some(mut procs) = cgroup_procs {
+        // "0" moves the writing process.
+        if procs.write_all(b"0").is_err() {
+            return nix::errno::Errno::last();
+        }
+    }
+    // Dispositions set to ignore and the signal mask survive exec: give the workload defaults.
+    for sig in [Signal::SIGPIPE, Signal::SIGHUP] {
+        // SAFETY: restoring the default disposition installs no handler code.
+        let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if let Err(e) = nix::unistd::chdir(workdir.as_c_str()) {
+        return e;
+    }
+    if let Err(e) = nix::unistd::dup2_stdin(devnull.as_fd())
+        .and_then(|()| nix::unistd::dup2_stdout(out.as_fd()))
+        .and_then(|()| nix::unistd::dup2_stderr(out.as_fd()))
+    {
+        return e;
+    }
+    match nix::unistd::execve(path, argv, envp) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}
+
+/// Copies output to the log until the workload exits; returns its wait status.
+fn pump_until_exit(child: Pid, out: &OwnedFd, log: &mut RotatingLog) -> Result<WaitStatus, String> {
+    let pidfd = proc::pidfd_open(child.as_raw()).map_err(|e| format!("pidfd_open: {e}"))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out_open = true;
+    loop {
+        let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        if out_open {
+            fds.push(PollFd::new(out.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("poll: {e}")),
+            Ok(_) => {}
+        }
+        let exited = fds[0].any().unwrap_or(false);
+        let readable = out_open && fds[1].any().unwrap_or(false);
+        drop(fds);
+        if readable {
+            match nix::unistd::read(out, &mut buf) {
+                Ok(0) => out_open = false,
+                Ok(n) => {
+                    let _ = log.write(&buf[..n]);
+                }
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                Err(_) => out_open = false,
+            }
+        }
+        if exited {
+            return waitpid(child, None).map_err(|e| format!("waitpid: {e}"));
+        }
+    }
+}
+
+/// Reads whatever output is left without waiting (a surviving grandchild may hold the pipe).
+fn drain(out: &OwnedFd, log: &mut RotatingLog) {
+    let _ = nix::fcntl::fcntl(out, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = nix::unistd::read(out, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        let _ = log.write(&buf[..n]);
+    }
+}
