@@ -1,13 +1,21 @@
 //! Durable machine operations: what create, start, stop, restart and destroy do, step by step,
-//! and how an operation interrupted by a crash is resumed.
+//! how an operation interrupted by a crash is resumed, and supervision (exits, restart policy,
+//! reconciliation with its blast-radius guard).
 //!
 //! Architecture invariant: every step's effect on the store (its transition, its being done, and
 //! for the last step the operation's removal) is one store write, so a crash leaves each step
 //! either wholly done or not done. Steps that act outside the store ([`Effects`]) may run again
-//! after a crash and must be idempotent. This crate never touches redb or HTTP directly.
+//! after a crash and must be idempotent. Decisions about a workload's exit are made inside the
+//! write that records them, against the committed record. This crate never touches redb, HTTP or
+//! processes directly.
 
 mod plan;
 mod runner;
+mod supervise;
 
 pub use plan::{Effect, PlanStep, plan};
 pub use runner::{CreateRequest, EffectError, Effects, Machines, OpError, OpOutcome};
+pub use supervise::{
+    AfterExit, DEFAULT_MAX_RETRIES, ExitOutcome, Observed, Planned, ReconcileConfig,
+    ReconcileReport, after_exit, backoff, describe_exit,
+};

@@ -37,6 +37,10 @@ pub trait Effects: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<ExitInfo>, EffectError>> + Send;
     /// Removes what `prepare` made.
     fn cleanup(&self, m: &MachineRecord) -> impl Future<Output = Result<(), EffectError>> + Send;
+    /// What the host says about the machine's workload right now (no side effects).
+    fn observe(&self, m: &MachineRecord) -> crate::Observed;
+    /// Workloads supervised on this host whose machine is not in `known` (no side effects).
+    fn orphans(&self, known: &std::collections::BTreeSet<String>) -> Vec<String>;
 }
 
 /// Why an operation did not complete.
@@ -132,6 +136,11 @@ impl<E: Effects> Machines<E> {
         &self.store
     }
 
+    /// The effects.
+    pub fn effects(&self) -> &Arc<E> {
+        &self.effects
+    }
+
     /// Records a machine and its create operation in one write; returns both. Run the operation
     /// with [`Machines::run`].
     pub async fn create(
@@ -176,10 +185,23 @@ impl<E: Effects> Machines<E> {
         signal: Option<String>,
         timeout: Option<Duration>,
     ) -> Result<OperationRecord, OpError> {
+        self.begin_with(id, kind, source, signal, timeout, serde_json::Map::new())
+            .await
+    }
+
+    /// [`Machines::begin`] with extra parameters stored on the operation.
+    pub(crate) async fn begin_with(
+        &self,
+        id: &MachineId,
+        kind: OpKind,
+        source: Source,
+        signal: Option<String>,
+        timeout: Option<Duration>,
+        mut params: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<OperationRecord, OpError> {
         let steps = plan(kind, true);
         let names: Vec<&'static str> = steps.iter().map(|s| s.name).collect();
         let first_to = steps.iter().find_map(|s| s.to).map(|(s, _)| s);
-        let mut params = serde_json::Map::new();
         if let Some(s) = signal {
             params.insert("signal".into(), s.into());
         }
@@ -260,15 +282,35 @@ impl<E: Effects> Machines<E> {
                 }
             };
             let (op_id, id, name, source) = (op.id, op.machine_id.clone(), step.name, op.source);
+            // An operation begun by supervision carries the exit that caused it and a reason,
+            // both recorded with its first transition.
+            let first = op.steps.iter().all(|s| s.done_at.is_none());
+            let exit = exit.or_else(|| {
+                first
+                    .then(|| {
+                        op.params
+                            .get("exit")
+                            .and_then(|e| serde_json::from_value(e.clone()).ok())
+                    })
+                    .flatten()
+            });
+            let step_reason = first
+                .then(|| {
+                    op.params
+                        .get("reason")
+                        .and_then(|r| r.as_str())
+                        .map(str::to_owned)
+                })
+                .flatten();
             let to = step.to;
             let kind = op.kind;
             let written = self
                 .store
                 .write(move |w| {
                     if let Some((to, event_kind)) = to {
-                        let mut spec =
-                            TransitionSpec::new(to, event_kind, source, reason(kind, name))
-                                .with_pid(if to == State::Started { pid } else { None });
+                        let why = step_reason.unwrap_or_else(|| reason(kind, name));
+                        let mut spec = TransitionSpec::new(to, event_kind, source, why)
+                            .with_pid(if to == State::Started { pid } else { None });
                         if let Some(exit) = exit {
                             spec = spec.with_exit(exit);
                         }
@@ -315,11 +357,17 @@ impl<E: Effects> Machines<E> {
         match step.effect {
             Effect::None => Ok((None, None)),
             Effect::Prepare => self.effects.prepare(machine).await.map(|()| (None, None)),
-            Effect::Spawn => self
-                .effects
-                .spawn(machine)
-                .await
-                .map(|pid| (Some(pid), None)),
+            Effect::Spawn => {
+                if let Some(ms) = op.params.get("delay_ms").and_then(|v| v.as_u64()) {
+                    // Restart-policy backoff. After an agent restart the wait starts over, which
+                    // only ever errs on the side of waiting longer.
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                self.effects
+                    .spawn(machine)
+                    .await
+                    .map(|pid| (Some(pid), None))
+            }
             Effect::StopWorkload => {
                 let (signal, timeout) = params_of(op);
                 let signal = signal.unwrap_or_else(|| machine.config.stop.signal.clone());

@@ -8,7 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_machine::{CreateRequest, EffectError, Effects, Machines, OpError};
+use berth_types::RestartPolicy;
+
+use berth_machine::{
+    CreateRequest, EffectError, Effects, ExitOutcome, Machines, Observed, OpError, ReconcileConfig,
+};
 use berth_store::{Store, StoreError, StoreOptions};
 use berth_types::{
     ExitInfo, MachineConfig, MachineId, MachineRecord, OpKind, Source, State, Timestamp,
@@ -20,6 +24,9 @@ struct Recorder {
     running: Mutex<BTreeMap<String, u32>>,
     next_pid: Mutex<u32>,
     fail_spawn: Mutex<bool>,
+    /// What `observe` reports per machine; absent means running with its recorded pid.
+    observed: Mutex<BTreeMap<String, Observed>>,
+    orphans: Mutex<Vec<String>>,
 }
 
 impl Recorder {
@@ -72,6 +79,25 @@ impl Effects for Recorder {
     async fn cleanup(&self, m: &MachineRecord) -> Result<(), EffectError> {
         self.log("cleanup", m);
         Ok(())
+    }
+    fn observe(&self, m: &MachineRecord) -> Observed {
+        self.observed
+            .lock()
+            .unwrap()
+            .get(m.id.as_str())
+            .cloned()
+            .unwrap_or(Observed::Running {
+                pid: m.pid.unwrap_or(0),
+            })
+    }
+    fn orphans(&self, known: &std::collections::BTreeSet<String>) -> Vec<String> {
+        self.orphans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| !known.contains(*o))
+            .cloned()
+            .collect()
     }
 }
 
@@ -348,4 +374,234 @@ async fn an_operation_that_cannot_complete_is_abandoned() {
     let now = m.store().machine(&rec.id).unwrap().unwrap();
     assert_eq!((now.state, now.active_op), (State::Stopped, None));
     assert!(m.store().operations().unwrap().is_empty());
+}
+
+fn exited(code: i32) -> ExitInfo {
+    ExitInfo {
+        code: Some(code),
+        at: Timestamp::now(),
+        ..ExitInfo::default()
+    }
+}
+
+async fn started(
+    m: &Machines<Recorder>,
+    id: &str,
+    policy: RestartPolicy,
+    max_retries: Option<u32>,
+) -> MachineRecord {
+    let mut req = request(id, false);
+    req.config.restart = berth_types::RestartConfig {
+        policy,
+        max_retries,
+    };
+    let (_, op) = m.create(req).await.unwrap();
+    m.run(op).await.unwrap().machine
+}
+
+#[tokio::test]
+async fn exits_follow_the_restart_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, fx) = setup(&dir);
+    // no: clean exit → stopped, unclean → failed.
+    let a = started(&m, "a", RestartPolicy::No, None).await;
+    assert!(matches!(
+        m.handle_exit(&a.id, a.pid, exited(0)).await.unwrap(),
+        ExitOutcome::Recorded(State::Stopped)
+    ));
+    let b = started(&m, "b", RestartPolicy::No, None).await;
+    assert!(matches!(
+        m.handle_exit(&b.id, b.pid, exited(2)).await.unwrap(),
+        ExitOutcome::Recorded(State::Failed)
+    ));
+    let last = m.store().history(&b.id).unwrap().pop().unwrap();
+    assert_eq!(
+        (last.source, last.reason.as_str()),
+        (Source::Berth, "exited with code 2")
+    );
+    assert_eq!(last.exit.unwrap().code, Some(2));
+
+    // on-failure with 2 retries: two restarts with growing backoff, then failed.
+    let mut c = started(&m, "c", RestartPolicy::OnFailure, Some(2)).await;
+    for attempt in 1..=2u32 {
+        fx.running.lock().unwrap().remove("c");
+        let t = std::time::Instant::now();
+        let ExitOutcome::Restart(op) = m.handle_exit(&c.id, c.pid, exited(1)).await.unwrap() else {
+            panic!("expected a restart")
+        };
+        c = m.run(op).await.unwrap().machine;
+        assert!(
+            t.elapsed() >= berth_machine::backoff(attempt - 1),
+            "restart {attempt} came before its backoff"
+        );
+        assert_eq!((c.state, c.restarts), (State::Started, attempt));
+    }
+    let restart_event = m
+        .store()
+        .history(&c.id)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.to == State::Restarting)
+        .unwrap();
+    assert_eq!(restart_event.source, Source::Berth);
+    assert!(
+        restart_event
+            .reason
+            .contains("exited with code 1; restart policy OnFailure: restart 1"),
+        "{}",
+        restart_event.reason
+    );
+    assert_eq!(restart_event.exit.unwrap().code, Some(1));
+    assert!(matches!(
+        m.handle_exit(&c.id, c.pid, exited(1)).await.unwrap(),
+        ExitOutcome::Recorded(State::Failed)
+    ));
+    let last = m.store().history(&c.id).unwrap().pop().unwrap();
+    assert!(
+        last.reason.contains("no restart left (restarted 2 times)"),
+        "{}",
+        last.reason
+    );
+
+    // A user start resets the count.
+    let op = m
+        .begin(&c.id, OpKind::Start, Source::User, None, None)
+        .await
+        .unwrap();
+    assert_eq!(m.run(op).await.unwrap().machine.restarts, 0);
+    assert!(m.store().check().unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn stale_and_concurrent_exits_are_not_misapplied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = setup(&dir);
+    let a = started(&m, "a", RestartPolicy::Always, None).await;
+    // An exit of another instance (another pid) is ignored.
+    assert!(matches!(
+        m.handle_exit(&a.id, Some(1), exited(1)).await.unwrap(),
+        ExitOutcome::Ignored
+    ));
+    // While an operation is in flight, the operation owns the exit.
+    let op = m
+        .begin(&a.id, OpKind::Stop, Source::User, None, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        m.handle_exit(&a.id, a.pid, exited(1)).await.unwrap(),
+        ExitOutcome::Deferred
+    ));
+    m.run(op).await.unwrap();
+    // A stopped machine's late exit changes nothing.
+    assert!(matches!(
+        m.handle_exit(&a.id, a.pid, exited(1)).await.unwrap(),
+        ExitOutcome::Ignored
+    ));
+    assert_eq!(
+        m.store().machine(&a.id).unwrap().unwrap().state,
+        State::Stopped
+    );
+}
+
+#[tokio::test]
+async fn reconcile_records_what_it_finds_and_reports_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, fx) = setup(&dir);
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(started(&m, &format!("m{i}"), RestartPolicy::No, None).await);
+    }
+    fx.observed.lock().unwrap().insert(
+        "m3".into(),
+        Observed::Exited {
+            pid: ids[3].pid.unwrap(),
+            exit: exited(4),
+        },
+    );
+    fx.observed.lock().unwrap().insert(
+        "m5".into(),
+        Observed::Gone {
+            reason: "supervisor gone, no exit recorded".into(),
+        },
+    );
+    fx.orphans.lock().unwrap().push("stray".into());
+    let report = m
+        .reconcile(&ReconcileConfig::default(), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.examined,
+            report.planned.len(),
+            report.applied,
+            report.blocked
+        ),
+        (10, 2, 2, false)
+    );
+    assert_eq!(report.orphans, ["stray"]);
+    assert_eq!(
+        m.store().machine(&ids[3].id).unwrap().unwrap().state,
+        State::Failed
+    );
+    let m5 = m.store().history(&ids[5].id).unwrap().pop().unwrap();
+    assert_eq!((m5.to, m5.source), (State::Failed, Source::Berth));
+    // The orphan is only reported: nothing was asked of the effects for it.
+    assert!(!fx.calls().iter().any(|c| c.contains("stray")));
+}
+
+#[tokio::test]
+async fn the_blast_radius_guard_refuses_a_pass_that_would_fail_most_machines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _fx) = setup(&dir);
+    let fx = m.effects().clone();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(started(&m, &format!("m{i}"), RestartPolicy::No, None).await);
+    }
+    for i in 0..6 {
+        fx.observed.lock().unwrap().insert(
+            format!("m{i}"),
+            Observed::Gone {
+                reason: "gone".into(),
+            },
+        );
+    }
+    let before = m.store().last_seq().unwrap();
+    let report = m
+        .reconcile(&ReconcileConfig::default(), false)
+        .await
+        .unwrap();
+    assert!(report.blocked);
+    assert_eq!((report.planned.len(), report.applied), (6, 0));
+    assert_eq!(
+        m.store().last_seq().unwrap(),
+        before,
+        "a blocked pass changes nothing"
+    );
+    // Configured off, or approved by an operator, the same pass goes through.
+    let off = ReconcileConfig {
+        guard: false,
+        ..ReconcileConfig::default()
+    };
+    let report = m.reconcile(&off, false).await.unwrap();
+    assert_eq!((report.blocked, report.applied), (false, 6));
+    // Small hosts: 3 of 4 is more than half, but not more than 3 machines.
+    let dir = tempfile::tempdir().unwrap();
+    let (m, fx) = setup(&dir);
+    for i in 0..4 {
+        started(&m, &format!("s{i}"), RestartPolicy::No, None).await;
+    }
+    for i in 0..3 {
+        fx.observed.lock().unwrap().insert(
+            format!("s{i}"),
+            Observed::Gone {
+                reason: "gone".into(),
+            },
+        );
+    }
+    let report = m
+        .reconcile(&ReconcileConfig::default(), false)
+        .await
+        .unwrap();
+    assert_eq!((report.blocked, report.applied), (false, 3));
 }

@@ -419,6 +419,7 @@ fn check_history(rec: &MachineRecord, history: &[Event], p: &mut Vec<String>) {
         folded.version = 0;
         folded.pid = None;
         folded.exit = None;
+        folded.restarts = 0;
         for ev in history {
             folded.apply(ev);
         }

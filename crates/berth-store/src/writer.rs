@@ -307,6 +307,7 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
         rec.created_at = self.now;
         rec.pid = None;
         rec.exit = None;
+        rec.restarts = 0;
         rec.active_op = None;
         let spec = TransitionSpec::new(State::Created, EventKind::Create, source, reason);
         let ev = self.push_event(&mut rec, None, spec);

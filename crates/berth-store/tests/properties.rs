@@ -17,14 +17,14 @@ use proptest::prelude::*;
 #[derive(Debug, Clone)]
 enum Op {
     Create(usize),
-    Transition(usize, State, bool),
+    Transition(usize, State, bool, bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => (0..6usize).prop_map(Op::Create),
-        4 => (0..6usize, proptest::sample::select(ALL_STATES.to_vec()), any::<bool>())
-            .prop_map(|(i, s, user)| Op::Transition(i, s, user)),
+        4 => (0..6usize, proptest::sample::select(ALL_STATES.to_vec()), any::<bool>(), any::<bool>())
+            .prop_map(|(i, s, user, restart)| Op::Transition(i, s, user, restart)),
     ]
 }
 
@@ -41,7 +41,7 @@ fn model_apply(model: &mut BTreeMap<usize, State>, op: &Op) -> Result<(), ()> {
             }
             model.insert(i, State::Created);
         }
-        Op::Transition(i, to, _) => {
+        Op::Transition(i, to, _, _) => {
             let from = model.get(&i).ok_or(())?;
             if !from.can_transition_to(to) {
                 return Err(());
@@ -57,13 +57,15 @@ fn store_apply(w: &mut berth_store::WriteCtx<'_, '_>, op: &Op) -> berth_store::R
         Op::Create(i) => w
             .create_machine(common::record(&format!("m{i}")), Source::User, "prop")
             .map(drop),
-        Op::Transition(i, to, user) => {
+        Op::Transition(i, to, user, restart) => {
             let source = if user { Source::User } else { Source::Berth };
-            w.transition(
-                &id(i),
-                TransitionSpec::new(to, EventKind::Start, source, "prop"),
-            )
-            .map(drop)
+            let kind = if restart {
+                EventKind::Restart
+            } else {
+                EventKind::Start
+            };
+            w.transition(&id(i), TransitionSpec::new(to, kind, source, "prop"))
+                .map(drop)
         }
     }
 }
@@ -126,6 +128,9 @@ proptest! {
             let mut folded = rec.clone();
             folded.state = State::Created;
             folded.version = 0;
+            folded.pid = None;
+            folded.exit = None;
+            folded.restarts = 0;
             for ev in &history {
                 if let Some(from) = ev.from {
                     prop_assert!(from.can_transition_to(ev.to), "illegal transition persisted: {ev:?}");

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Event, ExitInfo, MachineConfig, MachineId, State, Timestamp};
+use crate::{Event, EventKind, ExitInfo, MachineConfig, MachineId, Source, State, Timestamp};
 
 /// A machine as stored: the single source of truth for its current state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +32,10 @@ pub struct MachineRecord {
     /// How the workload last exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitInfo>,
+    /// Restarts by the restart policy since the last start a user asked for (derived from
+    /// history: each berth-initiated restart adds one, a user start resets it).
+    #[serde(default)]
+    pub restarts: u32,
     /// The durable operation currently running on this machine, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_op: Option<u64>,
@@ -57,6 +61,7 @@ impl MachineRecord {
             version: 0,
             pid: None,
             exit: None,
+            restarts: 0,
             active_op: None,
         }
     }
@@ -68,6 +73,11 @@ impl MachineRecord {
         self.version = ev.version;
         self.updated_at = ev.at;
         self.pid = ev.pid;
+        match (ev.kind, ev.source, ev.to) {
+            (EventKind::Restart, Source::Berth, State::Restarting) => self.restarts += 1,
+            (_, Source::User, State::Starting | State::Restarting) => self.restarts = 0,
+            _ => {}
+        }
         if ev.exit.is_some() {
             self.exit = ev.exit.clone();
         } else if ev.to == State::Started {

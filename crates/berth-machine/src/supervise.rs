@@ -1,0 +1,444 @@
+//! Supervision: what happens when a workload exits on its own, and reconciliation of the store
+//! with what actually runs.
+//!
+//! Every automated decision is logged with the inputs it saw. A reconciliation pass that would
+//! stop or fail more than half of the machines (and more than a few) acts on none of them: it
+//! raises the alarm and waits for an operator, because "everything died at once" is more often a
+//! broken observation than a fact (Hosted Graphite's failover of every node).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use berth_store::{StoreError, TransitionSpec};
+use berth_types::{
+    EventKind, ExitInfo, MachineId, MachineRecord, OpKind, OperationRecord, RestartConfig,
+    RestartPolicy, Source, State,
+};
+use serde::Serialize;
+
+use crate::runner::{Effects, Machines, OpError};
+
+/// What the host says about a machine's workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// Its supervisor runs; the workload has this pid.
+    Running {
+        /// Workload pid.
+        pid: u32,
+    },
+    /// It exited; its supervisor recorded how.
+    Exited {
+        /// The pid it had.
+        pid: u32,
+        /// How it exited.
+        exit: ExitInfo,
+    },
+    /// Gone without a record of how (supervisor killed, host rebooted).
+    Gone {
+        /// What was found.
+        reason: String,
+    },
+    /// Nothing was ever launched for it.
+    NotStarted,
+}
+
+/// Restart budget for `on-failure` when `max_retries` is not set.
+pub const DEFAULT_MAX_RETRIES: u32 = 10;
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// The delay before restart number `attempt` (0-based): 100 ms doubling, capped at 30 s.
+pub fn backoff(attempt: u32) -> Duration {
+    BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_CAP)
+}
+
+/// What to do after a workload exited on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum AfterExit {
+    /// Record it stopped (a clean exit, no restart).
+    Stop,
+    /// Record it failed (unclean exit, no restart left).
+    Fail,
+    /// Restart it after a delay.
+    Restart {
+        /// Backoff before the restart.
+        #[serde(with = "millis")]
+        delay: Duration,
+    },
+}
+
+mod millis {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+/// The restart policy as a pure function of the policy, the exit and restarts so far.
+pub fn after_exit(policy: &RestartConfig, exit: &ExitInfo, restarts: u32) -> AfterExit {
+    let clean = exit.code == Some(0) && exit.signal.is_none();
+    match policy.policy {
+        _ if exit.requested_stop => AfterExit::Stop,
+        RestartPolicy::No if clean => AfterExit::Stop,
+        RestartPolicy::No => AfterExit::Fail,
+        RestartPolicy::OnFailure if clean => AfterExit::Stop,
+        RestartPolicy::OnFailure
+            if restarts < policy.max_retries.unwrap_or(DEFAULT_MAX_RETRIES) =>
+        {
+            AfterExit::Restart {
+                delay: backoff(restarts),
+            }
+        }
+        RestartPolicy::OnFailure => AfterExit::Fail,
+        RestartPolicy::Always => AfterExit::Restart {
+            delay: backoff(restarts),
+        },
+    }
+}
+
+/// Describes an exit for a reason string.
+pub fn describe_exit(exit: &ExitInfo) -> String {
+    match (exit.code, &exit.signal) {
+        _ if exit.oom_killed => "killed by the OOM killer".to_owned(),
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(sig)) => format!("killed by {sig}"),
+        (None, None) => "exited (status unknown)".to_owned(),
+    }
+}
+
+/// What [`Machines::handle_exit`] did.
+#[derive(Debug, Clone)]
+pub enum ExitOutcome {
+    /// Recorded as stopped or failed.
+    Recorded(State),
+    /// A restart operation was recorded; run it.
+    Restart(OperationRecord),
+    /// An operation is in flight on the machine; it will see the exit itself, or the caller
+    /// should try again once it is done.
+    Deferred,
+    /// Not for the current instance, or the machine is no longer running: nothing to do.
+    Ignored,
+}
+
+/// Reconciliation settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ReconcileConfig {
+    /// The blast-radius guard is on.
+    pub guard: bool,
+    /// A pass is refused when it would act on more than this many machines...
+    pub guard_min: usize,
+    /// ...and more than this fraction of them.
+    pub guard_fraction: f64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            guard: true,
+            guard_min: 3,
+            guard_fraction: 0.5,
+        }
+    }
+}
+
+/// A correction a reconciliation pass found necessary.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Planned {
+    /// The machine.
+    pub machine_id: MachineId,
+    /// What the store says.
+    pub recorded: State,
+    /// What was observed.
+    pub observed: String,
+    /// The exit to record.
+    #[serde(skip)]
+    pub exit: ExitInfo,
+    /// The recorded pid it applies to.
+    #[serde(skip)]
+    pub pid: Option<u32>,
+}
+
+/// What a reconciliation pass saw and did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReconcileReport {
+    /// Machines examined.
+    pub examined: usize,
+    /// Corrections found.
+    pub planned: Vec<Planned>,
+    /// Corrections applied.
+    pub applied: usize,
+    /// The blast-radius guard refused the pass: nothing was applied.
+    pub blocked: bool,
+    /// Supervised workloads with no machine record: reported, never killed.
+    pub orphans: Vec<String>,
+    /// Machines in a transient state with no operation in flight.
+    pub stranded: Vec<MachineId>,
+}
+
+impl<E: Effects> Machines<E> {
+    /// Handles a workload that exited on its own (pid `pid`): records it stopped or failed, or
+    /// records a restart operation per the machine's restart policy, in one write.
+    pub async fn handle_exit(
+        &self,
+        id: &MachineId,
+        pid: Option<u32>,
+        exit: ExitInfo,
+    ) -> Result<ExitOutcome, OpError> {
+        let id2 = id.clone();
+        let outcome = self
+            .store()
+            .write(move |w| {
+                let rec = w
+                    .machine(&id2)?
+                    .ok_or_else(|| StoreError::NotFound(id2.clone()))?;
+                if rec.active_op.is_some() {
+                    return Ok((ExitOutcome::Deferred, None));
+                }
+                if rec.state != State::Started || (pid.is_some() && rec.pid != pid) {
+                    return Ok((ExitOutcome::Ignored, None));
+                }
+                let decision = after_exit(&rec.config.restart, &exit, rec.restarts);
+                let what = describe_exit(&exit);
+                let outcome = match decision {
+                    AfterExit::Stop | AfterExit::Fail => {
+                        let to = if decision == AfterExit::Stop {
+                            State::Stopped
+                        } else {
+                            State::Failed
+                        };
+                        let reason = if to == State::Failed
+                            && rec.config.restart.policy == RestartPolicy::OnFailure
+                        {
+                            format!("{what}; no restart left (restarted {} times)", rec.restarts)
+                        } else {
+                            what.clone()
+                        };
+                        w.transition(
+                            &id2,
+                            TransitionSpec::new(to, EventKind::Exit, Source::Berth, reason)
+                                .with_exit(exit.clone()),
+                        )?;
+                        ExitOutcome::Recorded(to)
+                    }
+                    AfterExit::Restart { delay } => {
+                        let steps: Vec<&str> = crate::plan(OpKind::Restart, true)
+                            .iter()
+                            .map(|s| s.name)
+                            .collect();
+                        let reason = format!(
+                            "{what}; restart policy {:?}: restart {} in {}ms",
+                            rec.config.restart.policy,
+                            rec.restarts + 1,
+                            delay.as_millis()
+                        );
+                        let params = serde_json::json!({
+                            "delay_ms": delay.as_millis() as u64,
+                            "exit": exit,
+                            "reason": reason,
+                        });
+                        ExitOutcome::Restart(w.begin_operation(
+                            &id2,
+                            OpKind::Restart,
+                            Source::Berth,
+                            params,
+                            &steps,
+                        )?)
+                    }
+                };
+                Ok((outcome, Some((rec, decision))))
+            })
+            .await?;
+        let (outcome, seen) = outcome;
+        if let Some((rec, decision)) = seen {
+            tracing::info!(
+                machine = %id, pid = ?rec.pid, policy = ?rec.config.restart.policy, restarts = rec.restarts,
+                exit = %describe_exit(&exit_of(&outcome, &rec)), ?decision, "workload exited on its own"
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// One reconciliation pass: compares every machine recorded as started (with no operation in
+    /// flight) with what runs, and records what it finds — unless the blast-radius guard refuses,
+    /// or `approved` overrides it. Orphans are reported, never touched.
+    pub async fn reconcile(
+        &self,
+        cfg: &ReconcileConfig,
+        approved: bool,
+    ) -> Result<ReconcileReport, OpError> {
+        let machines = self.store().machines()?;
+        let mut report = ReconcileReport {
+            examined: machines.len(),
+            ..ReconcileReport::default()
+        };
+        let live = machines
+            .iter()
+            .filter(|m| !matches!(m.state, State::Destroyed))
+            .count();
+        for m in &machines {
+            if m.active_op.is_some() {
+                continue;
+            }
+            if m.state.is_transient() {
+                report.stranded.push(m.id.clone());
+                continue;
+            }
+            if m.state != State::Started {
+                continue;
+            }
+            let observed = self.effects().observe(m);
+            let (exit, what) = match &observed {
+                Observed::Running { pid } if Some(*pid) == m.pid => continue,
+                Observed::Running { pid } => {
+                    tracing::warn!(machine = %m.id, recorded = ?m.pid, running = pid, "running pid differs from the recorded one");
+                    continue;
+                }
+                Observed::Exited { exit, .. } => (exit.clone(), describe_exit(exit)),
+                Observed::Gone { reason } => (unknown_exit(), reason.clone()),
+                Observed::NotStarted => {
+                    (unknown_exit(), "no workload was ever launched".to_owned())
+                }
+            };
+            report.planned.push(Planned {
+                machine_id: m.id.clone(),
+                recorded: m.state,
+                observed: what,
+                exit,
+                pid: m.pid,
+            });
+        }
+        let known: BTreeSet<String> = machines
+            .iter()
+            .filter(|m| m.state != State::Destroyed)
+            .map(|m| m.id.to_string())
+            .collect();
+        report.orphans = self.effects().orphans(&known);
+        for o in &report.orphans {
+            tracing::warn!(supervisor = %o, "orphan: a supervised workload with no machine record; left running for an operator (berth doctor)");
+        }
+        for s in &report.stranded {
+            tracing::warn!(machine = %s, "machine in a transient state with no operation in flight");
+        }
+
+        let n = report.planned.len();
+        let too_many = n > cfg.guard_min && (n as f64) > cfg.guard_fraction * live as f64;
+        if cfg.guard && too_many && !approved {
+            report.blocked = true;
+            tracing::error!(
+                would_change = n, machines = live, planned = ?report.planned,
+                "blast-radius guard: this reconciliation would stop or fail more than half of the machines; \
+                 nothing was changed. Check the host, then approve the pass or fix what it observed"
+            );
+            return Ok(report);
+        }
+        for p in &report.planned {
+            tracing::info!(machine = %p.machine_id, recorded = %p.recorded, observed = %p.observed, "reconcile: recording what was observed");
+            match self.handle_exit(&p.machine_id, p.pid, p.exit.clone()).await {
+                Ok(ExitOutcome::Restart(op)) => {
+                    report.applied += 1;
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = me.run(op).await {
+                            tracing::warn!(error = %e, "restart after reconciliation failed");
+                        }
+                    });
+                }
+                Ok(ExitOutcome::Recorded(_)) => report.applied += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(machine = %p.machine_id, error = %e, "reconcile: could not record")
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn unknown_exit() -> ExitInfo {
+    ExitInfo {
+        at: berth_types::Timestamp::now(),
+        ..ExitInfo::default()
+    }
+}
+
+fn exit_of(outcome: &ExitOutcome, rec: &MachineRecord) -> ExitInfo {
+    match outcome {
+        ExitOutcome::Restart(op) => op
+            .params
+            .get("exit")
+            .and_then(|e| serde_json::from_value(e.clone()).ok()),
+        _ => rec.exit.clone(),
+    }
+    .unwrap_or_else(unknown_exit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(code: Option<i32>, signal: Option<&str>) -> ExitInfo {
+        ExitInfo {
+            code,
+            signal: signal.map(str::to_owned),
+            ..unknown_exit()
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(5), Duration::from_millis(3200));
+        assert_eq!(backoff(9), Duration::from_secs(30));
+        assert_eq!(backoff(1000), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn restart_policies() {
+        let cfg = |policy, max_retries| RestartConfig {
+            policy,
+            max_retries,
+        };
+        let ok = exit(Some(0), None);
+        let bad = exit(Some(1), None);
+        let killed = exit(None, Some("SIGKILL"));
+        let stopped = ExitInfo {
+            requested_stop: true,
+            ..bad.clone()
+        };
+        use AfterExit::*;
+        use RestartPolicy::*;
+        assert_eq!(after_exit(&cfg(No, None), &ok, 0), Stop);
+        assert_eq!(after_exit(&cfg(No, None), &bad, 0), Fail);
+        assert_eq!(after_exit(&cfg(OnFailure, Some(2)), &ok, 0), Stop);
+        assert_eq!(
+            after_exit(&cfg(OnFailure, Some(2)), &bad, 0),
+            Restart { delay: backoff(0) }
+        );
+        assert_eq!(
+            after_exit(&cfg(OnFailure, Some(2)), &killed, 1),
+            Restart { delay: backoff(1) }
+        );
+        assert_eq!(after_exit(&cfg(OnFailure, Some(2)), &bad, 2), Fail);
+        assert_eq!(
+            after_exit(&cfg(OnFailure, None), &bad, DEFAULT_MAX_RETRIES),
+            Fail
+        );
+        assert_eq!(
+            after_exit(&cfg(Always, None), &ok, 50),
+            Restart {
+                delay: Duration::from_secs(30)
+            }
+        );
+        assert_eq!(
+            after_exit(&cfg(Always, None), &stopped, 0),
+            Stop,
+            "a requested stop is never restarted"
+        );
+    }
+}
