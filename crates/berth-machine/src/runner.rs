@@ -216,7 +216,17 @@ impl<E: Effects> Machines<E> {
                     .machine(&id)?
                     .ok_or_else(|| StoreError::NotFound(id.clone()))?;
                 if let Some(op) = rec.active_op {
-                    return Err(StoreError::Busy { id: id.clone(), op });
+                    // A user's stop or destroy supersedes a restart berth began on its own (a
+                    // crash-looping machine must be stoppable); anything else waits its turn.
+                    let running = w.operation(op)?;
+                    let supersedes = source == Source::User
+                        && matches!(kind, OpKind::Stop | OpKind::Destroy)
+                        && running.as_ref().is_some_and(|r| r.source == Source::Berth && r.kind == OpKind::Restart);
+                    if !supersedes {
+                        return Err(StoreError::Busy { id: id.clone(), op });
+                    }
+                    tracing::info!(machine = %id, superseded = op, ?kind, "user operation supersedes a policy restart");
+                    w.finish_operation(op)?;
                 }
                 if let Some(to) = first_to {
                     rec.state
@@ -268,6 +278,10 @@ impl<E: Effects> Machines<E> {
         let mut machine = self.machine(&op.machine_id)?;
         for (i, step) in remaining.into_iter().enumerate() {
             let is_last = i + 1 == last;
+            if step.effect != Effect::None && self.store.operation(op.id)?.is_none() {
+                tracing::info!(machine = %op.machine_id, op = op.id, step = step.name, "operation was superseded; stopping here");
+                return Err(StoreError::OperationNotFound(op.id).into());
+            }
             let effect = self.run_effect(step, &machine, &op).await;
             let (pid, exit) = match effect {
                 Ok(v) => v,
@@ -328,7 +342,24 @@ impl<E: Effects> Machines<E> {
                 .await;
             let (m, o) = match written {
                 Ok(v) => v,
+                Err(e @ StoreError::OperationNotFound(_)) => {
+                    // Superseded while the effect ran: a workload it started is not wanted.
+                    if step.effect == Effect::Spawn {
+                        tracing::info!(machine = %op.machine_id, op = op.id, "superseded after spawning; stopping the new workload");
+                        let _ = self
+                            .effects
+                            .stop_workload(&machine, "SIGKILL", Duration::from_secs(5))
+                            .await;
+                    }
+                    return Err(e.into());
+                }
                 Err(e @ (StoreError::IllegalTransition { .. } | StoreError::NotFound(_))) => {
+                    if step.effect == Effect::Spawn {
+                        let _ = self
+                            .effects
+                            .stop_workload(&machine, "SIGKILL", Duration::from_secs(5))
+                            .await;
+                    }
                     // The machine moved on without us (reconciled, or changed by another
                     // version): this operation can never complete, so it must not keep the
                     // machine busy.
@@ -362,6 +393,9 @@ impl<E: Effects> Machines<E> {
                     // Restart-policy backoff. After an agent restart the wait starts over, which
                     // only ever errs on the side of waiting longer.
                     tokio::time::sleep(Duration::from_millis(ms)).await;
+                    if matches!(self.store.operation(op.id), Ok(None)) {
+                        return Err(EffectError("superseded during the restart backoff".into()));
+                    }
                 }
                 self.effects
                     .spawn(machine)

@@ -183,11 +183,14 @@ pub struct ReconcileReport {
 impl<E: Effects> Machines<E> {
     /// Handles a workload that exited on its own (pid `pid`): records it stopped or failed, or
     /// records a restart operation per the machine's restart policy, in one write.
+    ///
+    /// `observed` describes the exit when the exit itself says nothing (a vanished workload).
     pub async fn handle_exit(
         &self,
         id: &MachineId,
         pid: Option<u32>,
         exit: ExitInfo,
+        observed: Option<String>,
     ) -> Result<ExitOutcome, OpError> {
         let id2 = id.clone();
         let outcome = self
@@ -203,7 +206,10 @@ impl<E: Effects> Machines<E> {
                     return Ok((ExitOutcome::Ignored, None));
                 }
                 let decision = after_exit(&rec.config.restart, &exit, rec.restarts);
-                let what = describe_exit(&exit);
+                let what = match (&observed, exit.code, &exit.signal) {
+                    (Some(o), None, None) => o.clone(),
+                    _ => describe_exit(&exit),
+                };
                 let outcome = match decision {
                     AfterExit::Stop | AfterExit::Fail => {
                         let to = if decision == AfterExit::Stop {
@@ -329,8 +335,13 @@ impl<E: Effects> Machines<E> {
         let too_many = n > cfg.guard_min && (n as f64) > cfg.guard_fraction * live as f64;
         if cfg.guard && too_many && !approved {
             report.blocked = true;
+            let planned: Vec<String> = report
+                .planned
+                .iter()
+                .map(|p| format!("{}: {}", p.machine_id, p.observed))
+                .collect();
             tracing::error!(
-                would_change = n, machines = live, planned = ?report.planned,
+                would_change = n, machines = live, planned = ?planned,
                 "blast-radius guard: this reconciliation would stop or fail more than half of the machines; \
                  nothing was changed. Check the host, then approve the pass or fix what it observed"
             );
@@ -338,7 +349,11 @@ impl<E: Effects> Machines<E> {
         }
         for p in &report.planned {
             tracing::info!(machine = %p.machine_id, recorded = %p.recorded, observed = %p.observed, "reconcile: recording what was observed");
-            match self.handle_exit(&p.machine_id, p.pid, p.exit.clone()).await {
+            let observed = Some(p.observed.clone());
+            match self
+                .handle_exit(&p.machine_id, p.pid, p.exit.clone(), observed)
+                .await
+            {
                 Ok(ExitOutcome::Restart(op)) => {
                     report.applied += 1;
                     let me = self.clone();

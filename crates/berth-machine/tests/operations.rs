@@ -406,12 +406,12 @@ async fn exits_follow_the_restart_policy() {
     // no: clean exit → stopped, unclean → failed.
     let a = started(&m, "a", RestartPolicy::No, None).await;
     assert!(matches!(
-        m.handle_exit(&a.id, a.pid, exited(0)).await.unwrap(),
+        m.handle_exit(&a.id, a.pid, exited(0), None).await.unwrap(),
         ExitOutcome::Recorded(State::Stopped)
     ));
     let b = started(&m, "b", RestartPolicy::No, None).await;
     assert!(matches!(
-        m.handle_exit(&b.id, b.pid, exited(2)).await.unwrap(),
+        m.handle_exit(&b.id, b.pid, exited(2), None).await.unwrap(),
         ExitOutcome::Recorded(State::Failed)
     ));
     let last = m.store().history(&b.id).unwrap().pop().unwrap();
@@ -426,7 +426,8 @@ async fn exits_follow_the_restart_policy() {
     for attempt in 1..=2u32 {
         fx.running.lock().unwrap().remove("c");
         let t = std::time::Instant::now();
-        let ExitOutcome::Restart(op) = m.handle_exit(&c.id, c.pid, exited(1)).await.unwrap() else {
+        let ExitOutcome::Restart(op) = m.handle_exit(&c.id, c.pid, exited(1), None).await.unwrap()
+        else {
             panic!("expected a restart")
         };
         c = m.run(op).await.unwrap().machine;
@@ -453,7 +454,7 @@ async fn exits_follow_the_restart_policy() {
     );
     assert_eq!(restart_event.exit.unwrap().code, Some(1));
     assert!(matches!(
-        m.handle_exit(&c.id, c.pid, exited(1)).await.unwrap(),
+        m.handle_exit(&c.id, c.pid, exited(1), None).await.unwrap(),
         ExitOutcome::Recorded(State::Failed)
     ));
     let last = m.store().history(&c.id).unwrap().pop().unwrap();
@@ -479,7 +480,9 @@ async fn stale_and_concurrent_exits_are_not_misapplied() {
     let a = started(&m, "a", RestartPolicy::Always, None).await;
     // An exit of another instance (another pid) is ignored.
     assert!(matches!(
-        m.handle_exit(&a.id, Some(1), exited(1)).await.unwrap(),
+        m.handle_exit(&a.id, Some(1), exited(1), None)
+            .await
+            .unwrap(),
         ExitOutcome::Ignored
     ));
     // While an operation is in flight, the operation owns the exit.
@@ -488,13 +491,13 @@ async fn stale_and_concurrent_exits_are_not_misapplied() {
         .await
         .unwrap();
     assert!(matches!(
-        m.handle_exit(&a.id, a.pid, exited(1)).await.unwrap(),
+        m.handle_exit(&a.id, a.pid, exited(1), None).await.unwrap(),
         ExitOutcome::Deferred
     ));
     m.run(op).await.unwrap();
     // A stopped machine's late exit changes nothing.
     assert!(matches!(
-        m.handle_exit(&a.id, a.pid, exited(1)).await.unwrap(),
+        m.handle_exit(&a.id, a.pid, exited(1), None).await.unwrap(),
         ExitOutcome::Ignored
     ));
     assert_eq!(

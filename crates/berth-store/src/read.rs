@@ -197,6 +197,21 @@ impl Store {
         Ok(out)
     }
 
+    /// One operation in flight, if it still is.
+    pub fn operation(&self, op_id: u64) -> Result<Option<OperationRecord>> {
+        let start = self.inner.timings.start();
+        let txn = self.read_txn("operation")?;
+        let table = open_ro(&txn, OPERATIONS, "operation")?;
+        let op = match table.get(op_id).map_err(StoreError::db("operation"))? {
+            Some(v) => Some(decode_at("operations", op_id, v.value())?),
+            None => None,
+        };
+        self.inner
+            .timings
+            .finish("operation", start, 1, 0, || format!("operation {op_id}"));
+        Ok(op)
+    }
+
     /// File size, bytes in use and rows per table.
     pub fn stats(&self) -> Result<StoreStats> {
         let start = self.inner.timings.start();

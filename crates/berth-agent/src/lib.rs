@@ -1,0 +1,277 @@
+//! The agent's core: the store, the driver and the machine operations assembled, with the loops
+//! that supervise workloads. `berthd` wraps this in config, signals and an HTTP API.
+//!
+//! Architecture invariant: at start-up the agent reattaches to every running supervisor before
+//! anything else can act, resumes every operation left in flight, and reconciles (guarded); it
+//! never restarts a workload merely because the agent restarted. Every automated action goes
+//! through `berth-machine`, so it is recorded with its reason before it is reported.
+
+mod effects;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_driver::{Driver, DriverConfig, Probe};
+use berth_machine::{
+    CreateRequest, ExitOutcome, Machines, OpError, ReconcileConfig, ReconcileReport,
+};
+use berth_store::{Store, StoreOptions};
+use berth_types::{MachineId, MachineRecord, OpKind, Source};
+use tokio::sync::mpsc;
+
+pub use effects::{ExitNotice, HostEffects};
+
+/// Everything the agent needs to start.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The data directory (`berth.redb`, `machines/`).
+    pub data_dir: PathBuf,
+    /// Store tunables.
+    pub store: StoreOptions,
+    /// Driver settings (`machines_dir` is set from `data_dir`).
+    pub driver: DriverConfig,
+    /// Reconciliation and its guard.
+    pub reconcile: ReconcileConfig,
+    /// Time between reconciliation passes.
+    pub reconcile_interval: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            driver: DriverConfig::new(data_dir.join("machines")),
+            data_dir,
+            store: StoreOptions::default(),
+            reconcile: ReconcileConfig::default(),
+            reconcile_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] berth_store::StoreError),
+    /// The driver could not be set up.
+    #[error(transparent)]
+    Driver(#[from] berth_driver::DriverError),
+    /// An operation failed.
+    #[error(transparent)]
+    Op(#[from] OpError),
+}
+
+/// What supervision has seen lately (for health, host status and `berth doctor`).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SupervisionStatus {
+    /// The last reconciliation pass.
+    pub last_reconcile: Option<ReconcileReport>,
+    /// Operations resumed at start-up.
+    pub resumed_operations: usize,
+    /// Workloads reattached at start-up.
+    pub reattached: usize,
+}
+
+/// The running agent.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    machines: Machines<HostEffects>,
+    status: Arc<Mutex<SupervisionStatus>>,
+    reconcile: ReconcileConfig,
+}
+
+impl Agent {
+    /// Opens the store, sets up the driver, reattaches to running workloads, resumes operations
+    /// and starts the supervision loops.
+    pub async fn start(mut cfg: AgentConfig) -> Result<Agent, AgentError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| berth_store::StoreError::Io {
+            context: format!("create {}", cfg.data_dir.display()),
+            source: e,
+        })?;
+        cfg.driver.machines_dir = cfg.data_dir.join("machines");
+        let store = Store::open(cfg.data_dir.join("berth.redb"), cfg.store.clone())?;
+        let driver = Arc::new(Driver::new(cfg.driver.clone())?);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let effects = Arc::new(HostEffects::new(driver.clone(), tx));
+        let machines = Machines::new(store.clone(), effects.clone());
+        let agent = Agent {
+            machines,
+            status: Arc::default(),
+            reconcile: cfg.reconcile,
+        };
+
+        // Reattach first: every supervisor that runs gets a watcher, nothing is restarted.
+        let mut reattached = 0;
+        for m in store.machines()? {
+            if let Probe::Running(s) = driver.probe(m.id.as_str()) {
+                effects.watch(m.id.as_str(), s.workload.pid);
+                reattached += 1;
+                tracing::info!(machine = %m.id, pid = s.workload.pid, state = %m.state, "reattached to running workload");
+            }
+        }
+        let resumed = store.operations()?.len();
+        if let Ok(mut s) = agent.status.lock() {
+            s.reattached = reattached;
+            s.resumed_operations = resumed;
+        }
+
+        tokio::spawn(agent.clone().exit_loop(rx));
+        let me = agent.clone();
+        tokio::spawn(async move {
+            match me.machines.resume_all().await {
+                Ok(results) => {
+                    for (op, r) in results {
+                        match r {
+                            Ok(o) => me.after_op(&o.machine),
+                            Err(e) => tracing::warn!(op, error = %e, "resumed operation failed"),
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not resume operations"),
+            }
+        });
+        let me = agent.clone();
+        let interval = cfg.reconcile_interval;
+        tokio::spawn(async move {
+            loop {
+                me.reconcile_once(false).await;
+                tokio::time::sleep(interval).await;
+            }
+        });
+        Ok(agent)
+    }
+
+    /// The machine operations.
+    pub fn machines(&self) -> &Machines<HostEffects> {
+        &self.machines
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        self.machines.store()
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &Arc<Driver> {
+        self.machines.effects().driver()
+    }
+
+    /// What supervision has seen lately.
+    pub fn status(&self) -> SupervisionStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Runs one reconciliation pass; `approved` overrides the blast-radius guard.
+    pub async fn reconcile_once(&self, approved: bool) -> Option<ReconcileReport> {
+        match self.machines.reconcile(&self.reconcile, approved).await {
+            Ok(report) => {
+                metrics::gauge!("berth_reconcile_blocked").set(if report.blocked {
+                    1.0
+                } else {
+                    0.0
+                });
+                if let Ok(mut s) = self.status.lock() {
+                    s.last_reconcile = Some(report.clone());
+                }
+                Some(report)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reconciliation failed");
+                None
+            }
+        }
+    }
+
+    /// Creates a machine and, unless `skip_start`, starts it; returns the machine afterwards.
+    pub async fn create(&self, req: CreateRequest) -> Result<MachineRecord, OpError> {
+        let (_, op) = self.machines.create(req).await?;
+        let out = self.machines.run(op).await?;
+        self.after_op(&out.machine);
+        Ok(out.machine)
+    }
+
+    /// Runs a lifecycle operation to completion.
+    pub async fn operate(
+        &self,
+        id: &MachineId,
+        kind: OpKind,
+        signal: Option<String>,
+        timeout: Option<Duration>,
+    ) -> Result<MachineRecord, OpError> {
+        let op = self
+            .machines
+            .begin(id, kind, Source::User, signal, timeout)
+            .await?;
+        let out = self.machines.run(op).await?;
+        self.after_op(&out.machine);
+        Ok(out.machine)
+    }
+
+    /// After an operation left a machine started: if its workload already exited meanwhile
+    /// (the exit was deferred while the operation ran), handle that now.
+    fn after_op(&self, m: &MachineRecord) {
+        if m.state == berth_types::State::Started
+            && let Probe::Exited(rec) = self.driver().probe(m.id.as_str())
+        {
+            let me = self.clone();
+            let (id, pid) = (m.id.clone(), m.pid);
+            tokio::spawn(async move {
+                me.apply_exit(id, pid, berth_driver::exit_info(&rec, false))
+                    .await;
+            });
+        }
+    }
+
+    async fn exit_loop(self, mut rx: mpsc::UnboundedReceiver<ExitNotice>) {
+        while let Some(notice) = rx.recv().await {
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.machines
+                    .effects()
+                    .unwatch(&notice.machine_id, notice.pid);
+                let Ok(id) = MachineId::parse(&notice.machine_id) else {
+                    return;
+                };
+                match notice.result {
+                    Ok(exit) => me.apply_exit(id, Some(notice.pid), exit).await,
+                    // Lost supervisor: the reconciler records it, under its guard.
+                    Err(e) => {
+                        tracing::warn!(machine = %id, error = %e, "supervisor ended without an exit record")
+                    }
+                }
+            });
+        }
+    }
+
+    async fn apply_exit(&self, id: MachineId, pid: Option<u32>, exit: berth_types::ExitInfo) {
+        // While an operation owns the machine, wait for it: it may consume the exit (stop,
+        // destroy) or leave the machine started (start, restart), when the exit applies.
+        for _ in 0..6000 {
+            match self
+                .machines
+                .handle_exit(&id, pid, exit.clone(), None)
+                .await
+            {
+                Ok(ExitOutcome::Deferred) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Ok(ExitOutcome::Restart(op)) => {
+                    match self.machines.run(op).await {
+                        Ok(out) => self.after_op(&out.machine),
+                        Err(e) => tracing::warn!(machine = %id, error = %e, "restart failed"),
+                    }
+                    return;
+                }
+                Ok(_) => return,
+                Err(OpError::Store(berth_store::StoreError::Overloaded { .. })) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => {
+                    tracing::warn!(machine = %id, error = %e, "could not record exit");
+                    return;
+                }
+            }
+        }
+    }
+}
