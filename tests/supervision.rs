@@ -363,3 +363,27 @@ fn orphaned_supervisors_are_reported_not_killed() {
         .unwrap();
     driver.cleanup("stray").unwrap();
 }
+
+#[test]
+fn a_limit_this_host_cannot_enforce_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(dir.path());
+    let caps = berth_driver::cgroup::Cgroups::detect("berth")
+        .map(|c| c.capabilities())
+        .unwrap_or_default();
+    let err = h.call(json!({"op": "create", "id": "big", "config": {"cmd": ["sleep", "1"], "resources": {"memory_mb": 64}}}));
+    if caps.memory_limit {
+        assert!(err.is_ok(), "{err:?}");
+        destroy_all(&mut h, &["big".into()]);
+    } else {
+        let err = err.unwrap_err();
+        assert!(
+            err.starts_with("config.resources.memory_mb: this host cannot enforce"),
+            "{err}"
+        );
+        assert!(
+            h.call(json!({"op": "get", "id": "big"})).is_err(),
+            "nothing may be recorded"
+        );
+    }
+}

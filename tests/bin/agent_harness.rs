@@ -67,10 +67,8 @@ async fn handle(agent: &Agent, line: &str) -> Result<Value, String> {
         |m: berth_types::MachineRecord| serde_json::to_value(m).map_err(|e| e.to_string());
     match op {
         "create" => {
-            let mut config: MachineConfig =
+            let config: MachineConfig =
                 serde_json::from_value(cmd["config"].clone()).map_err(|e| e.to_string())?;
-            config.validate().map_err(|e| e.to_string())?;
-            agent.driver().capabilities().check(&config.resources)?;
             let req = CreateRequest {
                 id: Some(id()?),
                 name: None,

@@ -18,7 +18,9 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask test [-- CARGO TEST ARGS] | cargo xtask bench <store>");
+            eprintln!(
+                "usage: cargo xtask test [-- CARGO TEST ARGS] | cargo xtask bench <store|driver>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -185,7 +187,19 @@ fn run_counted(cmd: &mut Command, totals: &mut Totals) -> Result<(), String> {
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
-    let suite = args.first().ok_or("usage: cargo xtask bench <store>")?;
+    let suite = args
+        .first()
+        .ok_or("usage: cargo xtask bench <store|driver>")?;
+    // The driver suite launches the real supervisor, found beside the bench binary.
+    run(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "berth-driver",
+        "--bin",
+        "berth-shim",
+    ]))?;
     run(cargo().args([
         "run",
         "--release",

@@ -121,6 +121,10 @@ impl Effects for HostEffects {
         self.driver.cleanup(m.id.as_str()).map_err(effect_err)
     }
 
+    fn check_config(&self, config: &berth_types::MachineConfig) -> Result<(), String> {
+        self.driver.capabilities().check(&config.resources)
+    }
+
     fn observe(&self, m: &MachineRecord) -> Observed {
         match self.driver.probe(m.id.as_str()) {
             Probe::Running(s) => Observed::Running {

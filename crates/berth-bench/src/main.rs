@@ -3,6 +3,7 @@
 //! Each suite prints a table and writes `DIR/SUITE.json` (default `target/bench`).
 #![allow(clippy::print_stdout)]
 
+mod driver;
 mod store;
 
 use std::path::PathBuf;
@@ -25,7 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&out)?;
     match suite.as_str() {
         "store" => store::run(&out),
-        _ => Err(format!("unknown suite {suite:?}; available: store").into()),
+        "driver" => driver::run(&out),
+        _ => Err(format!("unknown suite {suite:?}; available: store, driver").into()),
     }
 }
 

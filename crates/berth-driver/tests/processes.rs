@@ -389,3 +389,31 @@ async fn without_cgroup_access_workloads_still_run_and_limits_are_refused() {
     d.spawn(&m, &sh("exit 5"), "1").await.unwrap();
     assert_eq!(d.wait_exit(&m).await.unwrap().code, Some(5));
 }
+
+/// A supervisor costs at most 2 MiB of resident memory (`cargo xtask bench driver` measures it
+/// over 100 machines in a release build).
+#[tokio::test]
+async fn a_supervisor_stays_under_two_mib_of_rss() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir, CgroupMode::Off);
+    let m = id();
+    d.spawn(&m, &MachineConfig::command(["sleep", "1000"]), "1")
+        .await
+        .unwrap();
+    let Probe::Running(state) = d.probe(&m) else {
+        panic!("not running")
+    };
+    let status = std::fs::read_to_string(format!("/proc/{}/status", state.shim.pid)).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    d.stop(&m, "SIGKILL", Duration::from_secs(1)).await.unwrap();
+    assert!(rss_kib <= 2048, "berth-shim uses {rss_kib} KiB");
+}

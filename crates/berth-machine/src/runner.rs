@@ -37,6 +37,9 @@ pub trait Effects: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<ExitInfo>, EffectError>> + Send;
     /// Removes what `prepare` made.
     fn cleanup(&self, m: &MachineRecord) -> impl Future<Output = Result<(), EffectError>> + Send;
+    /// Refuses a config this host cannot honour (a resource limit it cannot enforce), with a
+    /// message naming the field. Called before anything is recorded.
+    fn check_config(&self, config: &MachineConfig) -> Result<(), String>;
     /// What the host says about the machine's workload right now (no side effects).
     fn observe(&self, m: &MachineRecord) -> crate::Observed;
     /// Workloads supervised on this host whose machine is not in `known` (no side effects).
@@ -59,6 +62,9 @@ pub enum OpError {
         /// What went wrong.
         error: EffectError,
     },
+    /// The request is invalid: nothing was recorded.
+    #[error("{0}")]
+    Invalid(String),
     /// The stored operation names a step this build does not know (written by another version).
     #[error("operation {op} has step {step:?}, which is not in its plan")]
     UnknownPlan {
@@ -147,6 +153,14 @@ impl<E: Effects> Machines<E> {
         &self,
         req: CreateRequest,
     ) -> Result<(MachineRecord, OperationRecord), OpError> {
+        let mut config = req.config;
+        config
+            .validate()
+            .map_err(|e| OpError::Invalid(e.to_string()))?;
+        self.effects
+            .check_config(&config)
+            .map_err(OpError::Invalid)?;
+        let req = CreateRequest { config, ..req };
         let id = req.id.clone().unwrap_or_else(MachineId::generate);
         let rec = MachineRecord::new(
             id.clone(),

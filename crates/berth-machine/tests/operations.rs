@@ -80,6 +80,14 @@ impl Effects for Recorder {
         self.log("cleanup", m);
         Ok(())
     }
+    fn check_config(&self, config: &MachineConfig) -> Result<(), String> {
+        match config.resources.memory_mb {
+            Some(_) => {
+                Err("config.resources.memory_mb: this host cannot enforce a memory limit".into())
+            }
+            None => Ok(()),
+        }
+    }
     fn observe(&self, m: &MachineRecord) -> Observed {
         self.observed
             .lock()
@@ -607,4 +615,26 @@ async fn the_blast_radius_guard_refuses_a_pass_that_would_fail_most_machines() {
         .await
         .unwrap();
     assert_eq!((report.blocked, report.applied), (false, 3));
+}
+
+#[tokio::test]
+async fn an_unenforceable_or_invalid_config_is_refused_before_anything_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, fx) = setup(&dir);
+    let mut req = request("m1", false);
+    req.config.resources.memory_mb = Some(64);
+    let err = m.create(req).await.unwrap_err();
+    assert!(
+        matches!(&err, OpError::Invalid(msg) if msg.starts_with("config.resources.memory_mb")),
+        "{err}"
+    );
+    let mut req = request("m2", false);
+    req.config.cmd.clear();
+    assert!(matches!(
+        m.create(req).await.unwrap_err(),
+        OpError::Invalid(_)
+    ));
+    assert!(m.store().machines().unwrap().is_empty());
+    assert_eq!(m.store().last_seq().unwrap(), 0);
+    assert!(fx.calls().is_empty());
 }
