@@ -343,6 +343,7 @@ fn orphaned_supervisors_are_reported_not_killed() {
         .unwrap();
     let mut cfg = berth_driver::DriverConfig::new(dir.path().join("machines"));
     cfg.shim = shim_path();
+    cfg.shim_args = Vec::new();
     let driver = berth_driver::Driver::new(cfg).unwrap();
     let pid = rt
         .block_on(driver.spawn(

@@ -35,8 +35,10 @@ pub enum CgroupMode {
 pub struct DriverConfig {
     /// Where machine directories live (`<data_dir>/machines`).
     pub machines_dir: PathBuf,
-    /// The `berth-shim` executable.
+    /// The supervisor executable: `berth-shim`, or an executable with a shim subcommand.
     pub shim: PathBuf,
+    /// Arguments before the machine directory (e.g. `["shim"]` for `berthd shim <dir>`).
+    pub shim_args: Vec<String>,
     /// cgroup use.
     pub cgroup: CgroupMode,
     /// Rotate a machine's log at this size.
@@ -50,17 +52,22 @@ pub struct DriverConfig {
 impl DriverConfig {
     /// Defaults for a data directory, with the shim found beside the running executable.
     pub fn new(machines_dir: PathBuf) -> Self {
-        let shim = std::env::var_os("BERTH_SHIM")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                std::env::current_exe()
-                    .ok()
-                    .and_then(|p| p.parent().map(|d| d.join("berth-shim")))
-                    .unwrap_or_else(|| PathBuf::from("berth-shim"))
-            });
+        // BERTH_SHIM, else a berth-shim beside this executable, else this executable's own
+        // hidden `shim` subcommand (berthd has one).
+        let exe = std::env::current_exe().ok();
+        let beside = exe
+            .as_ref()
+            .and_then(|p| p.parent().map(|d| d.join("berth-shim")));
+        let (shim, shim_args) = match (std::env::var_os("BERTH_SHIM"), beside, exe) {
+            (Some(s), _, _) => (PathBuf::from(s), Vec::new()),
+            (None, Some(b), _) if b.exists() => (b, Vec::new()),
+            (None, _, Some(exe)) => (exe, vec!["shim".to_owned()]),
+            (None, _, None) => (PathBuf::from("berth-shim"), Vec::new()),
+        };
         Self {
             machines_dir,
             shim,
+            shim_args,
             cgroup: CgroupMode::Auto,
             log_max_bytes: 10 << 20,
             log_keep: 2,
@@ -259,6 +266,7 @@ impl Driver {
         };
         files::write_json(&dir.join(files::SPEC), &spec).map_err(io("write spec.json"))?;
         let launch = tokio::process::Command::new(&self.cfg.shim)
+            .args(&self.cfg.shim_args)
             .arg(&dir)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())

@@ -11,6 +11,7 @@ use berth_types::{MachineConfig, MachineId, ResourceLimits};
 fn driver(dir: &tempfile::TempDir, cgroup: CgroupMode) -> Driver {
     let mut cfg = DriverConfig::new(dir.path().join("machines"));
     cfg.shim = PathBuf::from(env!("CARGO_BIN_EXE_berth-shim"));
+    cfg.shim_args = Vec::new();
     cfg.cgroup = cgroup;
     Driver::new(cfg).unwrap()
 }

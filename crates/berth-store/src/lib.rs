@@ -88,6 +88,7 @@ struct Inner {
     timings: Timings,
     poisoned: Arc<AtomicBool>,
     counters: Arc<WriterCounters>,
+    seq_rx: tokio::sync::watch::Receiver<u64>,
     open_kind: OpenKind,
 }
 
@@ -153,7 +154,9 @@ impl Store {
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let poisoned = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(WriterCounters::default());
+        let (seq_tx, seq_rx) = tokio::sync::watch::channel(next_seq - 1);
         let writer = Writer {
+            seq_tx,
             counters: counters.clone(),
             db: db.clone(),
             rx,
@@ -180,6 +183,7 @@ impl Store {
                 timings,
                 poisoned,
                 counters,
+                seq_rx,
                 open_kind,
             }),
         })
@@ -198,6 +202,12 @@ impl Store {
     /// Whether a commit has failed (the store then refuses writes until reopened).
     pub fn is_poisoned(&self) -> bool {
         self.inner.poisoned.load(Ordering::Acquire)
+    }
+
+    /// The last committed event seq, updated after every commit: await `changed()` to learn of
+    /// new events or transitions without polling.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.seq_rx.clone()
     }
 
     /// Commits and writes so far, and the queue's depth.

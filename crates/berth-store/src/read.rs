@@ -448,3 +448,49 @@ fn check_history(rec: &MachineRecord, history: &[Event], p: &mut Vec<String>) {
         }
     }
 }
+
+impl Store {
+    /// Writes a consistent copy of the database, as of one read snapshot, to a new file at
+    /// `dest` (which must not exist). Writers are not paused: this is how berth backs up online.
+    pub fn backup_to(&self, dest: &std::path::Path) -> Result<u64> {
+        let start = self.inner.timings.start();
+        if dest.exists() {
+            return Err(StoreError::Io {
+                context: format!("backup to {}", dest.display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "destination exists",
+                ),
+            });
+        }
+        let txn = self.read_txn("backup")?;
+        let out = redb::Database::create(dest).map_err(StoreError::db("backup"))?;
+        let w = out.begin_write().map_err(StoreError::db("backup"))?;
+        let mut rows = 0u64;
+        macro_rules! copy {
+            ($def:expr) => {{
+                let src = open_ro(&txn, $def, "backup")?;
+                let mut dst = w.open_table($def).map_err(StoreError::db("backup"))?;
+                for entry in src.iter().map_err(StoreError::db("backup"))? {
+                    let (k, v) = entry.map_err(StoreError::db("backup"))?;
+                    dst.insert(k.value(), v.value())
+                        .map_err(StoreError::db("backup"))?;
+                    rows += 1;
+                }
+            }};
+        }
+        copy!(META);
+        copy!(MACHINES);
+        copy!(HISTORY);
+        copy!(EVENTS);
+        copy!(OPERATIONS);
+        w.commit().map_err(StoreError::db("backup"))?;
+        drop(out);
+        self.inner
+            .timings
+            .finish("backup", start, rows as usize, 0, || {
+                format!("backup of {rows} rows")
+            });
+        Ok(rows)
+    }
+}

@@ -481,6 +481,8 @@ pub(crate) struct Writer {
     pub timings: Timings,
     pub poisoned: Arc<AtomicBool>,
     pub counters: Arc<WriterCounters>,
+    /// The last committed seq, published after each commit (for long-polls).
+    pub seq_tx: tokio::sync::watch::Sender<u64>,
     pub next_seq: u64,
     pub next_op_id: u64,
     pub indexer: Indexer,
@@ -776,6 +778,7 @@ impl Writer {
         self.next_op_id = next_op_id;
         let n = batch.len();
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.seq_tx.send_replace(next_seq - 1);
         self.counters.writes.fetch_add(n as u64, Ordering::Relaxed);
         self.timings.finish("commit", start, n, bytes, || {
             format!("group commit of {n} writes, {bytes} bytes of records")

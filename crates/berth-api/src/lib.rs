@@ -1,0 +1,172 @@
+//! berth's HTTP API. The same routes are served on the unix socket (the operator's lane: no
+//! token, file permissions are the guard) and on TCP (bearer token); each lane has its own bound
+//! on concurrent mutations, so a flood on TCP never locks the operator out.
+//!
+//! Architecture invariant: handlers parse and validate, then call the agent core; they hold no
+//! machine state of their own beyond leases, idempotency keys and the cordon flag. A lifecycle
+//! operation runs in its own task, so a client that disconnects cannot cancel it half-way.
+//! Every failure is `{"error", "code"}`; every response carries `x-request-id`.
+
+mod error;
+mod machines;
+mod server;
+mod system;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_agent::Agent;
+use berth_api_types::{Lease, SlowOp};
+use tokio::sync::Semaphore;
+
+pub use error::{ApiError, ApiResult};
+pub use server::{Lane, router};
+
+/// Recent slow database operations, bounded (the newest `capacity`).
+#[derive(Debug)]
+pub struct SlowOps {
+    ring: Mutex<VecDeque<SlowOp>>,
+    capacity: usize,
+}
+
+impl SlowOps {
+    /// An empty ring.
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            ring: Mutex::new(VecDeque::new()),
+            capacity,
+        })
+    }
+
+    /// Records one (called from the store's slow-op hook).
+    pub fn push(&self, s: &berth_store::SlowOp) {
+        if let Ok(mut r) = self.ring.lock() {
+            if r.len() == self.capacity {
+                r.pop_front();
+            }
+            r.push_back(SlowOp {
+                op: s.op.to_owned(),
+                duration_ms: s.duration.as_secs_f64() * 1e3,
+                threshold_ms: s.threshold.as_secs_f64() * 1e3,
+                at: s.at,
+                batch_size: s.batch_size,
+                bytes: s.bytes,
+                detail: s.detail.clone(),
+            });
+        }
+    }
+
+    /// Newest first.
+    pub fn list(&self) -> Vec<SlowOp> {
+        self.ring
+            .lock()
+            .map(|r| r.iter().rev().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// API settings.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// The data directory (for the cordon flag and host info).
+    pub data_dir: PathBuf,
+    /// Most machines (not destroyed) on this host.
+    pub max_machines: usize,
+    /// A health check turns `degraded` while a slow operation happened within this window.
+    pub slow_window: Duration,
+    /// Renders `/metrics`.
+    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("data_dir", &self.data_dir)
+            .field("max_machines", &self.max_machines)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State shared by both lanes.
+#[derive(Debug)]
+pub struct Shared {
+    agent: Agent,
+    cfg: ApiConfig,
+    cordoned: AtomicBool,
+    leases: Mutex<HashMap<String, Lease>>,
+    idempotency: Mutex<HashMap<String, Option<String>>>,
+    slow_ops: Arc<SlowOps>,
+}
+
+impl Shared {
+    /// Shared state over a running agent. The cordon flag is read back from the data dir.
+    pub fn new(agent: Agent, cfg: ApiConfig, slow_ops: Arc<SlowOps>) -> Arc<Self> {
+        let cordoned = cfg.data_dir.join("cordoned").exists();
+        Arc::new(Self {
+            agent,
+            cfg,
+            cordoned: AtomicBool::new(cordoned),
+            leases: Mutex::new(HashMap::new()),
+            idempotency: Mutex::new(HashMap::new()),
+            slow_ops,
+        })
+    }
+
+    /// The agent.
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    fn is_cordoned(&self) -> bool {
+        self.cordoned.load(Ordering::Acquire)
+    }
+
+    fn set_cordoned(&self, on: bool) -> ApiResult<()> {
+        let flag = self.cfg.data_dir.join("cordoned");
+        let r = if on {
+            std::fs::write(&flag, b"cordoned\n")
+        } else {
+            std::fs::remove_file(&flag).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+        };
+        r.map_err(|e| ApiError::internal(format!("persisting the cordon flag: {e}")))?;
+        self.cordoned.store(on, Ordering::Release);
+        tracing::info!(cordoned = on, "host cordon changed");
+        Ok(())
+    }
+}
+
+/// A lane: shared state, an optional bearer token, and a bound on concurrent mutations.
+pub fn lane(
+    shared: Arc<Shared>,
+    name: &'static str,
+    token: Option<String>,
+    max_inflight: usize,
+) -> Lane {
+    Lane {
+        shared,
+        name,
+        token,
+        permits: Arc::new(Semaphore::new(max_inflight.max(1))),
+    }
+}
+
+/// A random hex string of `bytes` bytes of OS randomness.
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    if getrandom::fill(&mut b).is_err() {
+        let t = berth_types::Timestamp::now().as_nanos().to_le_bytes();
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = t[i % 8] ^ (i as u8);
+        }
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,384 @@
+//! berthd's configuration: embedded defaults, then `/etc/berth/berth.toml` (or `--config`), then
+//! environment variables, then flags. Validated completely before any port is bound; an error
+//! names the key and says what is wrong with it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The config file, as written. Every key is optional; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub api: ApiSection,
+    #[serde(default)]
+    pub db: DbSection,
+    #[serde(default)]
+    pub retention: RetentionSection,
+    #[serde(default)]
+    pub compaction: CompactionSection,
+    #[serde(default)]
+    pub fault: FaultSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub reconcile: ReconcileSection,
+    #[serde(default)]
+    pub driver: DriverSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    pub listen: Option<String>,
+    pub socket: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub max_inflight_mutations: Option<usize>,
+    pub socket_max_inflight_mutations: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbSection {
+    pub slow_op_threshold: Option<String>,
+    pub slow_op_window: Option<String>,
+    pub write_queue: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    pub destroyed_machine_ttl: Option<String>,
+    pub max_events_per_machine: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionSection {
+    pub auto: Option<bool>,
+    pub min_file_size: Option<String>,
+    pub garbage_ratio: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSection {
+    pub db_delay: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_machines: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSection {
+    pub interval: Option<String>,
+    pub blast_radius_guard: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriverSection {
+    /// `auto` or `off`.
+    pub cgroup: Option<String>,
+    pub shim: Option<PathBuf>,
+    pub log_max_size: Option<String>,
+    pub log_keep: Option<u32>,
+}
+
+/// Flags and environment (flags win; clap reads the env variables).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub socket: Option<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub socket: PathBuf,
+    pub token_file: PathBuf,
+    pub max_inflight: usize,
+    pub socket_max_inflight: usize,
+    pub slow_op_threshold: Duration,
+    pub slow_op_window: Duration,
+    pub write_queue: usize,
+    pub db_delay: Duration,
+    pub max_machines: usize,
+    pub reconcile_interval: Duration,
+    pub blast_radius_guard: bool,
+    pub cgroup_off: bool,
+    pub shim: Option<PathBuf>,
+    pub log_max_bytes: u64,
+    pub log_keep: u32,
+    pub destroyed_machine_ttl: Duration,
+    pub max_events_per_machine: u64,
+    pub compaction_auto: bool,
+    pub compaction_min_file_size: u64,
+    pub compaction_garbage_ratio: f64,
+    pub config_file: Option<PathBuf>,
+}
+
+/// A configuration error: which key, and why.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn duration(key: &str, v: Option<&String>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s.trim()).map_err(|e| {
+            ConfigError(format!(
+                "{key}: invalid duration {s:?}: {e} (examples: \"100ms\", \"24h\")"
+            ))
+        }),
+    }
+}
+
+fn size(key: &str, v: Option<&String>, default: u64) -> Result<u64, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => s
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| {
+                ConfigError(format!(
+                    "{key}: invalid size {s:?}: {e} (examples: \"64MiB\", \"1GiB\")"
+                ))
+            }),
+    }
+}
+
+/// The default data directory: `/var/lib/berth` as root, else `$XDG_STATE_HOME/berth`
+/// (falling back to `~/.local/state/berth`).
+pub fn default_data_dir(is_root: bool) -> PathBuf {
+    if is_root {
+        return PathBuf::from("/var/lib/berth");
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("berth");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/berth")
+}
+
+/// Reads the config file: an explicit one must exist; the default one only if it exists.
+pub fn read_file(explicit: Option<&Path>) -> Result<(File, Option<PathBuf>), ConfigError> {
+    let (path, required) = match explicit {
+        Some(p) => (p.to_owned(), true),
+        None => (PathBuf::from("/etc/berth/berth.toml"), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let file: File = toml::from_str(&text).map_err(|e| {
+                ConfigError(format!("{}: {}", path.display(), e.to_string().trim()))
+            })?;
+            Ok((file, Some(path)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            Ok((File::default(), None))
+        }
+        Err(e) => Err(ConfigError(format!("{}: {e}", path.display()))),
+    }
+}
+
+impl Config {
+    /// Builds and validates the configuration.
+    pub fn build(
+        file: File,
+        config_file: Option<PathBuf>,
+        o: &Overrides,
+        is_root: bool,
+    ) -> Result<Config, ConfigError> {
+        let data_dir = o
+            .data_dir
+            .clone()
+            .or(file.data_dir.clone())
+            .unwrap_or_else(|| default_data_dir(is_root));
+        if data_dir.as_os_str().is_empty() {
+            return Err(ConfigError("data_dir: must not be empty".into()));
+        }
+        let listen_raw = o
+            .listen
+            .clone()
+            .or(file.api.listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:4280".into());
+        let listen = match listen_raw.as_str() {
+            "" | "off" | "none" => None,
+            s => Some(s.parse::<SocketAddr>().map_err(|e| {
+                ConfigError(format!(
+                    "api.listen: {s:?} is not an address like 127.0.0.1:4280 ({e})"
+                ))
+            })?),
+        };
+        let socket = o
+            .socket
+            .clone()
+            .or(file.api.socket.clone())
+            .unwrap_or_else(|| data_dir.join("berth.sock"));
+        let token_file = file
+            .api
+            .token_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("token"));
+        let ratio = file.compaction.garbage_ratio.unwrap_or(0.5);
+        if !(0.0..1.0).contains(&ratio) {
+            return Err(ConfigError(format!(
+                "compaction.garbage_ratio: {ratio} must be at least 0 and below 1"
+            )));
+        }
+        let cgroup_off = match file.driver.cgroup.as_deref() {
+            None | Some("auto") => false,
+            Some("off") => true,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "driver.cgroup: {other:?} must be \"auto\" or \"off\""
+                )));
+            }
+        };
+        let positive = |key: &str, v: Option<usize>, d: usize| -> Result<usize, ConfigError> {
+            match v {
+                Some(0) => Err(ConfigError(format!("{key}: must be at least 1"))),
+                Some(n) => Ok(n),
+                None => Ok(d),
+            }
+        };
+        Ok(Config {
+            listen,
+            socket,
+            token_file,
+            max_inflight: positive(
+                "api.max_inflight_mutations",
+                file.api.max_inflight_mutations,
+                64,
+            )?,
+            socket_max_inflight: positive(
+                "api.socket_max_inflight_mutations",
+                file.api.socket_max_inflight_mutations,
+                16,
+            )?,
+            slow_op_threshold: duration(
+                "db.slow_op_threshold",
+                file.db.slow_op_threshold.as_ref(),
+                Duration::from_millis(100),
+            )?,
+            slow_op_window: duration(
+                "db.slow_op_window",
+                file.db.slow_op_window.as_ref(),
+                Duration::from_secs(300),
+            )?,
+            write_queue: positive("db.write_queue", file.db.write_queue, 4096)?,
+            db_delay: duration(
+                "fault.db_delay",
+                file.fault.db_delay.as_ref(),
+                Duration::ZERO,
+            )?,
+            max_machines: positive("limits.max_machines", file.limits.max_machines, 1000)?,
+            reconcile_interval: duration(
+                "reconcile.interval",
+                file.reconcile.interval.as_ref(),
+                Duration::from_secs(10),
+            )?,
+            blast_radius_guard: file.reconcile.blast_radius_guard.unwrap_or(true),
+            cgroup_off,
+            shim: file.driver.shim.clone(),
+            log_max_bytes: size(
+                "driver.log_max_size",
+                file.driver.log_max_size.as_ref(),
+                10 << 20,
+            )?,
+            log_keep: file.driver.log_keep.unwrap_or(2),
+            destroyed_machine_ttl: duration(
+                "retention.destroyed_machine_ttl",
+                file.retention.destroyed_machine_ttl.as_ref(),
+                Duration::from_secs(24 * 3600),
+            )?,
+            max_events_per_machine: file.retention.max_events_per_machine.unwrap_or(1000),
+            compaction_auto: file.compaction.auto.unwrap_or(true),
+            compaction_min_file_size: size(
+                "compaction.min_file_size",
+                file.compaction.min_file_size.as_ref(),
+                64 << 20,
+            )?,
+            compaction_garbage_ratio: ratio,
+            data_dir,
+            config_file,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(toml_text: &str) -> Result<Config, String> {
+        let file: File = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        Config::build(file, None, &Overrides::default(), true).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn embedded_defaults() {
+        let c = build("").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/berth"));
+        assert_eq!(c.socket, PathBuf::from("/var/lib/berth/berth.sock"));
+        assert_eq!(c.listen, Some("127.0.0.1:4280".parse().unwrap()));
+        assert_eq!(c.token_file, PathBuf::from("/var/lib/berth/token"));
+        assert_eq!(c.slow_op_threshold, Duration::from_millis(100));
+        assert_eq!(c.compaction_min_file_size, 64 << 20);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, want) in [
+            ("[db]\nslow_op_threshold = \"fast\"", "db.slow_op_threshold"),
+            ("[api]\nlisten = \"everywhere\"", "api.listen"),
+            (
+                "[compaction]\nmin_file_size = \"huge\"",
+                "compaction.min_file_size",
+            ),
+            (
+                "[compaction]\ngarbage_ratio = 1.5",
+                "compaction.garbage_ratio",
+            ),
+            ("[db]\nbogus = 1", "unknown field `bogus`"),
+            ("[fault]\ndb_delay = \"1 fortnight\"", "fault.db_delay"),
+        ] {
+            let err = build(text).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_and_env_override_the_file() {
+        let file: File =
+            toml::from_str("data_dir = \"/srv/a\"\n[api]\nlisten = \"127.0.0.1:1\"").unwrap();
+        let o = Overrides {
+            data_dir: Some("/srv/b".into()),
+            listen: Some("off".into()),
+            ..Overrides::default()
+        };
+        let c = Config::build(file, None, &o, false).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/b"));
+        assert_eq!(c.listen, None);
+        assert_eq!(c.socket, PathBuf::from("/srv/b/berth.sock"));
+    }
+}

@@ -1,0 +1,268 @@
+//! `berthd`: the per-host agent. Reads its configuration (validated before any port is bound),
+//! opens the data directory (refusing one held by another agent), starts the agent core, serves
+//! the API on the unix socket and on TCP, and on SIGTERM/SIGINT stops accepting, drains, and exits
+//! 0 — workloads keep running under their supervisors.
+#![allow(clippy::print_stderr)]
+
+mod config;
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_agent::{Agent, AgentConfig};
+use berth_api::{ApiConfig, Shared, SlowOps};
+use clap::Parser;
+
+/// The per-host berth agent.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Config file (default: /etc/berth/berth.toml, only if it exists).
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Data directory (default: /var/lib/berth as root, else $XDG_STATE_HOME/berth).
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    data_dir: Option<std::path::PathBuf>,
+    /// TCP address of the API (default 127.0.0.1:4280; "off" for none).
+    #[arg(long, env = "BERTH_LISTEN")]
+    listen: Option<String>,
+    /// Unix socket of the API (default <data_dir>/berth.sock).
+    #[arg(long, env = "BERTH_SOCKET")]
+    socket: Option<std::path::PathBuf>,
+}
+
+fn main() -> ExitCode {
+    // `berthd shim <machine dir>`: the per-machine supervisor, when no berth-shim binary is
+    // installed beside berthd. Dispatched before any runtime or logging is set up.
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some("shim") {
+        let args = [raw[0].clone(), raw.get(2).cloned().unwrap_or_default()];
+        return ExitCode::from(u8::try_from(berth_driver::shim::main(&args)).unwrap_or(1));
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("BERTH_LOG")
+                .or_else(|_| std::env::var("RUST_LOG"))
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let overrides = config::Overrides {
+        config: args.config,
+        data_dir: args.data_dir,
+        listen: args.listen,
+        socket: args.socket,
+    };
+    let is_root = std::fs::metadata("/proc/self").map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid() == 0
+    });
+    let cfg = match config::read_file(overrides.config.as_deref()).and_then(|(file, path)| {
+        config::Config::build(file, path, &overrides, is_root.unwrap_or(false))
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berthd: invalid configuration: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berthd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads the API token, creating it (0600, random) on first start.
+fn token(path: &Path) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {
+            return Err(format!(
+                "{} is empty; delete it to have a new token generated",
+                path.display()
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    }
+    let token = berth_api::random_hex(32);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("creating {}: {e}", path.display()))?;
+    writeln!(f, "{token}")
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    tracing::info!(path = %path.display(), "created a new API token");
+    Ok(token)
+}
+
+/// Tells systemd we are ready, when it asked (`Type=notify`).
+fn notify_ready() {
+    let Some(addr) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let name = addr.to_string_lossy().into_owned();
+    let sent = if let Some(abstract_name) = name.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .and_then(|a| sock.send_to_addr(b"READY=1\n", &a))
+    } else {
+        sock.send_to(b"READY=1\n", &name)
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
+async fn run(cfg: config::Config) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+
+    let slow = SlowOps::new(256);
+    let hook_ring = slow.clone();
+    let mut agent_cfg = AgentConfig::new(cfg.data_dir.clone());
+    agent_cfg.store.slow_op_threshold = cfg.slow_op_threshold;
+    agent_cfg.store.commit_delay = cfg.db_delay;
+    agent_cfg.store.queue_capacity = cfg.write_queue;
+    agent_cfg.store.slow_op_hook = Some(Arc::new(move |s: &berth_store::SlowOp| hook_ring.push(s)));
+    if cfg.cgroup_off {
+        agent_cfg.driver.cgroup = berth_driver::CgroupMode::Off;
+    }
+    if let Some(shim) = &cfg.shim {
+        agent_cfg.driver.shim = shim.clone();
+        agent_cfg.driver.shim_args = Vec::new();
+    }
+    agent_cfg.driver.log_max_bytes = cfg.log_max_bytes;
+    agent_cfg.driver.log_keep = cfg.log_keep;
+    agent_cfg.reconcile.guard = cfg.blast_radius_guard;
+    agent_cfg.reconcile_interval = cfg.reconcile_interval;
+    tracing::warn!(
+        destroyed_machine_ttl = ?cfg.destroyed_machine_ttl, max_events_per_machine = cfg.max_events_per_machine,
+        compaction_auto = cfg.compaction_auto, compaction_min_file_size = cfg.compaction_min_file_size,
+        compaction_garbage_ratio = cfg.compaction_garbage_ratio,
+        "retention and compaction settings are validated but not enforced yet: history is kept in full"
+    );
+    if !cfg.db_delay.is_zero() {
+        tracing::warn!(delay = ?cfg.db_delay, "fault injection: every database commit is delayed (fault.db_delay)");
+    }
+    if !agent_cfg.driver.shim.exists() {
+        return Err(format!(
+            "the supervisor binary {} does not exist (driver.shim)",
+            agent_cfg.driver.shim.display()
+        ));
+    }
+
+    // Opening the store takes the data dir's lock: a second agent stops here, before it could
+    // touch the first one's socket.
+    let agent = Agent::start(agent_cfg).await.map_err(|e| e.to_string())?;
+    let token = token(&cfg.token_file)?;
+    let render = Arc::new(move || prometheus.render()) as Arc<dyn Fn() -> String + Send + Sync>;
+    let shared = Shared::new(
+        agent,
+        ApiConfig {
+            data_dir: cfg.data_dir.clone(),
+            max_machines: cfg.max_machines,
+            slow_window: cfg.slow_op_window,
+            metrics: Some(render),
+        },
+        slow,
+    );
+
+    match std::fs::remove_file(&cfg.socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("removing stale {}: {e}", cfg.socket.display()));
+        }
+        _ => {}
+    }
+    let unix = tokio::net::UnixListener::bind(&cfg.socket)
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.socket.display()))?;
+    std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod {}: {e}", cfg.socket.display()))?;
+    let tcp = match cfg.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let socket_lane = berth_api::lane(shared.clone(), "socket", None, cfg.socket_max_inflight);
+    let mut servers = Vec::new();
+    servers.push(tokio::spawn(
+        axum::serve(unix, berth_api::router(socket_lane))
+            .with_graceful_shutdown(shutdown(stop_rx.clone()))
+            .into_future(),
+    ));
+    if let Some(tcp) = tcp {
+        let tcp_lane = berth_api::lane(shared.clone(), "tcp", Some(token), cfg.max_inflight);
+        servers.push(tokio::spawn(
+            axum::serve(tcp, berth_api::router(tcp_lane))
+                .with_graceful_shutdown(shutdown(stop_rx.clone()))
+                .into_future(),
+        ));
+    }
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(), socket = %cfg.socket.display(), listen = ?cfg.listen,
+        config = ?cfg.config_file, "berthd ready"
+    );
+    notify_ready();
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+    let _ = stop_tx.send(true);
+    let drain = async {
+        for s in servers {
+            let _ = s.await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still in flight after 10s; exiting anyway (operations resume at the next start)"
+        );
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    tracing::info!("berthd stopped; workloads keep running under their supervisors");
+    Ok(())
+}
