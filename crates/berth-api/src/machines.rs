@@ -180,12 +180,13 @@ pub(crate) async fn create(
     }
     let result = create_inner(&lane, req, key.clone()).await;
     if let Some(key) = key
-        && let Ok(mut map) = lane.shared.idempotency.lock() {
-            match &result {
-                Ok(m) => map.insert(key, Some(m.id.to_string())),
-                Err(_) => map.remove(&key),
-            };
-        }
+        && let Ok(mut map) = lane.shared.idempotency.lock()
+    {
+        match &result {
+            Ok(m) => map.insert(key, Some(m.id.to_string())),
+            Err(_) => map.remove(&key),
+        };
+    }
     result.map(|m| (StatusCode::CREATED, Json(m)).into_response())
 }
 

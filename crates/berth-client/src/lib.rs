@@ -1,0 +1,448 @@
+//! A typed client for berth's HTTP API, over the unix socket (no token) or TCP (bearer token).
+//!
+//! Architecture invariant: no retries, no caching — each call is one request on a fresh
+//! connection, and every failure says whether the agent was unreachable or answered with an error.
+
+use std::path::PathBuf;
+
+use berth_api_types::{
+    CreateMachine, DbStats, ErrorBody, EventsPage, Health, HostInfo, SlowOp, StopRequest,
+};
+use berth_types::{Event, MachineRecord};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+
+/// Where the agent listens.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// The unix socket.
+    Unix(PathBuf),
+    /// TCP `host:port`, with a bearer token.
+    Tcp {
+        /// `host:port`.
+        addr: String,
+        /// The token from the agent's token file.
+        token: Option<String>,
+    },
+}
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No agent answered.
+    #[error("cannot reach berthd at {endpoint}: {reason}")]
+    Unreachable {
+        /// Where we tried.
+        endpoint: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The agent answered with an error.
+    #[error("{} ({})", .body.error, .body.code)]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The error body.
+        body: ErrorBody,
+    },
+    /// The answer could not be understood.
+    #[error("unexpected answer from berthd: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The API error code, if the agent answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { body, .. } => Some(&body.code),
+            _ => None,
+        }
+    }
+}
+
+/// A response: status, headers and body.
+#[derive(Debug)]
+pub struct Response {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: hyper::HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// The client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoint: Endpoint,
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Client {
+    /// A client for `endpoint`.
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self { endpoint }
+    }
+
+    fn describe(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Unix(p) => p.display().to_string(),
+            Endpoint::Tcp { addr, .. } => format!("http://{addr}"),
+        }
+    }
+
+    /// One raw request.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<Response, ClientError> {
+        let unreachable = |reason: String| ClientError::Unreachable {
+            endpoint: self.describe(),
+            reason,
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "berthd");
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        if let Endpoint::Tcp { token: Some(t), .. } = &self.endpoint {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        let resp = match &self.endpoint {
+            Endpoint::Unix(p) => {
+                let s = tokio::net::UnixStream::connect(p)
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                send(TokioIo::new(s), req).await.map_err(unreachable)?
+            }
+            Endpoint::Tcp { addr, .. } => {
+                let s = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                send(TokioIo::new(s), req).await.map_err(unreachable)?
+            }
+        };
+        Ok(resp)
+    }
+
+    /// A streaming GET: calls `chunk` with each piece of the body as it arrives.
+    pub async fn stream(
+        &self,
+        path: &str,
+        mut chunk: impl FnMut(&[u8]),
+    ) -> Result<(), ClientError> {
+        let unreachable = |reason: String| ClientError::Unreachable {
+            endpoint: self.describe(),
+            reason,
+        };
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header("host", "berthd");
+        if let Endpoint::Tcp { token: Some(t), .. } = &self.endpoint {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        let resp = match &self.endpoint {
+            Endpoint::Unix(p) => {
+                let s = tokio::net::UnixStream::connect(p)
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                open(TokioIo::new(s), req).await.map_err(unreachable)?
+            }
+            Endpoint::Tcp { addr, .. } => {
+                let s = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                open(TokioIo::new(s), req).await.map_err(unreachable)?
+            }
+        };
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| ClientError::Decode(e.to_string()))?
+                .to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Decode(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                chunk(data);
+            }
+        }
+        Ok(())
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
+        let r = self.raw(method, path, body, headers).await?;
+        if !r.status.is_success() {
+            return Err(api_error(r.status, &r.body));
+        }
+        serde_json::from_slice(&r.body)
+            .map_err(|e| ClientError::Decode(format!("{e}: {}", String::from_utf8_lossy(&r.body))))
+    }
+
+    /// `POST /v1/machines`.
+    pub async fn create(
+        &self,
+        req: &CreateMachine,
+        idempotency_key: Option<&str>,
+    ) -> Result<MachineRecord, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let headers: Vec<(&str, &str)> = idempotency_key
+            .map(|k| ("idempotency-key", k))
+            .into_iter()
+            .collect();
+        self.call(Method::POST, "/v1/machines", Some(body), &headers)
+            .await
+    }
+
+    /// `GET /v1/machines`.
+    pub async fn list(
+        &self,
+        state: Option<&str>,
+        include_destroyed: bool,
+    ) -> Result<Vec<MachineRecord>, ClientError> {
+        let mut q = Vec::new();
+        if let Some(s) = state {
+            q.push(format!("state={}", enc(s)));
+        }
+        if include_destroyed {
+            q.push("include_destroyed=true".into());
+        }
+        let path = if q.is_empty() {
+            "/v1/machines".to_owned()
+        } else {
+            format!("/v1/machines?{}", q.join("&"))
+        };
+        self.call(Method::GET, &path, None, &[]).await
+    }
+
+    /// `GET /v1/machines/{id}`.
+    pub async fn get(&self, id: &str) -> Result<MachineRecord, ClientError> {
+        self.call(Method::GET, &format!("/v1/machines/{}", enc(id)), None, &[])
+            .await
+    }
+
+    /// `POST /v1/machines/{id}/start|restart`.
+    pub async fn action(&self, id: &str, action: &str) -> Result<MachineRecord, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/machines/{}/{action}", enc(id)),
+            None,
+            &[],
+        )
+        .await
+    }
+
+    /// `POST /v1/machines/{id}/stop`.
+    pub async fn stop(&self, id: &str, req: &StopRequest) -> Result<MachineRecord, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.call(
+            Method::POST,
+            &format!("/v1/machines/{}/stop", enc(id)),
+            Some(body),
+            &[],
+        )
+        .await
+    }
+
+    /// `POST /v1/machines/{id}/signal`.
+    pub async fn signal(&self, id: &str, signal: &str) -> Result<MachineRecord, ClientError> {
+        let body = serde_json::to_vec(&serde_json::json!({ "signal": signal }))
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.call(
+            Method::POST,
+            &format!("/v1/machines/{}/signal", enc(id)),
+            Some(body),
+            &[],
+        )
+        .await
+    }
+
+    /// `DELETE /v1/machines/{id}`.
+    pub async fn destroy(&self, id: &str, force: bool) -> Result<MachineRecord, ClientError> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/machines/{}?force={force}", enc(id)),
+            None,
+            &[],
+        )
+        .await
+    }
+
+    /// `GET /v1/machines/{id}/wait`.
+    pub async fn wait(
+        &self,
+        id: &str,
+        state: &str,
+        timeout: &str,
+    ) -> Result<MachineRecord, ClientError> {
+        self.call(
+            Method::GET,
+            &format!(
+                "/v1/machines/{}/wait?state={}&timeout={}",
+                enc(id),
+                enc(state),
+                enc(timeout)
+            ),
+            None,
+            &[],
+        )
+        .await
+    }
+
+    /// `GET /v1/machines/{id}/events`.
+    pub async fn machine_events(&self, id: &str) -> Result<Vec<Event>, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/v1/machines/{}/events", enc(id)),
+            None,
+            &[],
+        )
+        .await
+    }
+
+    /// `GET /v1/events`.
+    pub async fn events(
+        &self,
+        after: u64,
+        limit: usize,
+        wait: Option<&str>,
+    ) -> Result<EventsPage, ClientError> {
+        let w = wait
+            .map(|w| format!("&wait={}", enc(w)))
+            .unwrap_or_default();
+        self.call(
+            Method::GET,
+            &format!("/v1/events?after={after}&limit={limit}{w}"),
+            None,
+            &[],
+        )
+        .await
+    }
+
+    /// `GET /v1/host`.
+    pub async fn host(&self) -> Result<HostInfo, ClientError> {
+        self.call(Method::GET, "/v1/host", None, &[]).await
+    }
+
+    /// `POST /v1/host/cordon|uncordon`.
+    pub async fn set_cordon(&self, on: bool) -> Result<HostInfo, ClientError> {
+        let path = if on {
+            "/v1/host/cordon"
+        } else {
+            "/v1/host/uncordon"
+        };
+        self.call(Method::POST, path, None, &[]).await
+    }
+
+    /// `GET /v1/health`.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.call(Method::GET, "/v1/health", None, &[]).await
+    }
+
+    /// `GET /v1/db/stats`.
+    pub async fn db_stats(&self) -> Result<DbStats, ClientError> {
+        self.call(Method::GET, "/v1/db/stats", None, &[]).await
+    }
+
+    /// `GET /v1/db/slow-ops`.
+    pub async fn slow_ops(&self) -> Result<Vec<SlowOp>, ClientError> {
+        self.call(Method::GET, "/v1/db/slow-ops", None, &[]).await
+    }
+
+    /// `POST /v1/db/compact`.
+    pub async fn compact(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::POST, "/v1/db/compact", None, &[]).await
+    }
+
+    /// `GET /v1/db/backup`: the snapshot's bytes.
+    pub async fn backup(&self) -> Result<Bytes, ClientError> {
+        let r = self.raw(Method::GET, "/v1/db/backup", None, &[]).await?;
+        if !r.status.is_success() {
+            return Err(api_error(r.status, &r.body));
+        }
+        Ok(r.body)
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let body = serde_json::from_slice::<ErrorBody>(body).unwrap_or_else(|_| ErrorBody {
+        error: String::from_utf8_lossy(body).into_owned(),
+        code: "internal".into(),
+    });
+    ClientError::Api {
+        status: status.as_u16(),
+        body,
+    }
+}
+
+async fn open<S>(
+    io: S,
+    req: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    S: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    sender.send_request(req).await.map_err(|e| e.to_string())
+}
+
+async fn send<S>(io: S, req: Request<Full<Bytes>>) -> Result<Response, String>
+where
+    S: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let resp = open(io, req).await?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}

@@ -1,0 +1,256 @@
+//! Tables and lines for people. (`--json` prints the API's values unchanged.)
+
+use berth_api_types::{HostInfo, SlowOp};
+use berth_types::{Event, MachineRecord, Timestamp};
+use comfy_table::presets::NOTHING;
+use comfy_table::{ContentArrangement, Table};
+
+/// "3s ago", "5m ago", "2h ago", "4d ago".
+pub fn ago(t: Timestamp) -> String {
+    let d = Timestamp::now().saturating_since(t).as_secs();
+    match d {
+        0..60 => format!("{d}s ago"),
+        60..3600 => format!("{}m ago", d / 60),
+        3600..86400 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    t
+}
+
+fn exit_text(m: &MachineRecord) -> String {
+    m.exit
+        .as_ref()
+        .map_or_else(String::new, |e| match (e.code, &e.signal) {
+            (Some(c), _) => format!("code {c}"),
+            (None, Some(s)) => s.clone(),
+            _ => "unknown".into(),
+        })
+}
+
+pub fn machines(ms: &[MachineRecord]) -> String {
+    let mut t = table(&[
+        "ID", "NAME", "STATE", "PID", "COMMAND", "UPDATED", "CREATED",
+    ]);
+    for m in ms {
+        t.add_row(vec![
+            m.id.to_string(),
+            m.name.clone(),
+            m.state.to_string(),
+            m.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+            m.config.cmd.join(" "),
+            ago(m.updated_at),
+            ago(m.created_at),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn machine_line(m: &MachineRecord) -> String {
+    let pid = m.pid.map(|p| format!(" pid {p}")).unwrap_or_default();
+    format!("{} {}{pid}", m.id, m.state)
+}
+
+pub fn events(evs: &[Event]) -> String {
+    let mut t = table(&["SEQ", "TYPE", "FROM", "TO", "SOURCE", "WHEN", "REASON"]);
+    for e in evs {
+        t.add_row(vec![
+            e.seq.to_string(),
+            format!("{:?}", e.kind).to_lowercase(),
+            e.from.map_or_else(|| "-".into(), |s| s.to_string()),
+            e.to.to_string(),
+            format!("{:?}", e.source).to_lowercase(),
+            ago(e.at),
+            e.reason.clone(),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn event_line(e: &Event) -> String {
+    let from = e.from.map_or_else(|| "-".into(), |s| s.to_string());
+    format!(
+        "{:>8} {} {} {from} → {} ({:?}) {}",
+        e.seq, e.at, e.machine_id, e.to, e.source, e.reason
+    )
+}
+
+pub fn status(m: &MachineRecord, evs: &[Event]) -> String {
+    let mut t = table(&["", ""]);
+    let rows: Vec<(&str, String)> = vec![
+        ("ID", m.id.to_string()),
+        ("Name", m.name.clone()),
+        ("State", m.state.to_string()),
+        ("PID", m.pid.map_or_else(|| "-".into(), |p| p.to_string())),
+        ("Command", m.config.cmd.join(" ")),
+        (
+            "Restart",
+            format!("{:?} (restarts: {})", m.config.restart.policy, m.restarts),
+        ),
+        ("Last exit", exit_text(m)),
+        ("Version", m.version.to_string()),
+        (
+            "Created",
+            format!("{} ({})", m.created_at, ago(m.created_at)),
+        ),
+        (
+            "Updated",
+            format!("{} ({})", m.updated_at, ago(m.updated_at)),
+        ),
+    ];
+    for (k, v) in rows {
+        t.add_row(vec![k.to_owned(), v]);
+    }
+    format!("{t}\n\nEvent log\n{}", events(evs))
+}
+
+pub fn host(h: &HostInfo) -> String {
+    let mut t = table(&["", ""]);
+    t.add_row(vec!["Hostname".to_owned(), h.hostname.clone()]);
+    t.add_row(vec!["Version".to_owned(), h.version.clone()]);
+    t.add_row(vec!["Data dir".to_owned(), h.data_dir.clone()]);
+    t.add_row(vec!["Cordoned".to_owned(), h.cordoned.to_string()]);
+    let counts: Vec<String> = h.machines.iter().map(|(s, n)| format!("{s}={n}")).collect();
+    t.add_row(vec![
+        "Machines".to_owned(),
+        if counts.is_empty() {
+            "none".into()
+        } else {
+            counts.join(" ")
+        },
+    ]);
+    let caps = &h.capabilities;
+    let yes = |k: &str| {
+        if caps[k].as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        }
+    };
+    t.add_row(vec![
+        "cgroup".to_owned(),
+        format!("{} (kill: {})", yes("cgroup"), yes("cgroup_kill")),
+    ]);
+    t.add_row(vec![
+        "Limits".to_owned(),
+        format!(
+            "memory: {}, cpu: {}, pids: {}",
+            yes("memory_limit"),
+            yes("cpu_limit"),
+            yes("pids_limit")
+        ),
+    ]);
+    let last = &h.supervision["last_reconcile"];
+    t.add_row(vec![
+        "Reconcile".to_owned(),
+        if last["blocked"].as_bool() == Some(true) {
+            "BLOCKED by the blast-radius guard".into()
+        } else {
+            "ok".into()
+        },
+    ]);
+    t.to_string()
+}
+
+pub fn db_stats(v: &serde_json::Value) -> String {
+    let mut t = table(&["", ""]);
+    let mib = |k: &str| format!("{:.1} MiB", v[k].as_f64().unwrap_or(0.0) / 1048576.0);
+    t.add_row(vec!["File size".to_owned(), mib("file_size_bytes")]);
+    t.add_row(vec!["Live bytes".to_owned(), mib("live_bytes")]);
+    t.add_row(vec![
+        "Garbage ratio".to_owned(),
+        format!("{:.2}", v["garbage_ratio"].as_f64().unwrap_or(0.0)),
+    ]);
+    if let Some(tables) = v["tables"].as_object() {
+        for (k, n) in tables {
+            t.add_row(vec![format!("rows in {k}"), n.to_string()]);
+        }
+    }
+    t.add_row(vec![
+        "Last compaction".to_owned(),
+        if v["last_compaction"].is_null() {
+            "never".into()
+        } else {
+            v["last_compaction"].to_string()
+        },
+    ]);
+    t.to_string()
+}
+
+pub fn slow_ops(ops: &[SlowOp]) -> String {
+    if ops.is_empty() {
+        return "no slow database operations recorded".into();
+    }
+    let mut t = table(&["WHEN", "OP", "MS", "BATCH", "BYTES", "DETAIL"]);
+    for o in ops {
+        t.add_row(vec![
+            ago(o.at),
+            o.op.clone(),
+            format!("{:.1}", o.duration_ms),
+            o.batch_size.to_string(),
+            o.bytes.to_string(),
+            o.detail.clone(),
+        ]);
+    }
+    t.to_string()
+}
+
+/// Compares what the agent recorded with what runs on this host.
+pub fn doctor(h: &HostInfo, ms: &[MachineRecord]) -> serde_json::Value {
+    let mut problems: Vec<String> = Vec::new();
+    for m in ms {
+        if m.state == berth_types::State::Started {
+            let alive = m
+                .pid
+                .is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                problems.push(format!(
+                    "machine {} is recorded started but pid {:?} is not running",
+                    m.id, m.pid
+                ));
+            }
+        }
+        if m.state.is_transient() && m.active_op.is_none() {
+            problems.push(format!(
+                "machine {} is {} with no operation in flight",
+                m.id, m.state
+            ));
+        }
+    }
+    let last = &h.supervision["last_reconcile"];
+    for o in last["orphans"].as_array().into_iter().flatten() {
+        problems.push(format!(
+            "orphan supervisor {o}: a workload runs with no machine record"
+        ));
+    }
+    if last["blocked"].as_bool() == Some(true) {
+        problems.push("the blast-radius guard blocked reconciliation; inspect, then POST /v1/host/reconcile?approve=true".into());
+    }
+    serde_json::json!({ "machines": ms.len(), "problems": problems, "last_reconcile": last })
+}
+
+pub fn doctor_text(v: &serde_json::Value) -> String {
+    let problems: Vec<&str> = v["problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str())
+        .collect();
+    if problems.is_empty() {
+        return format!(
+            "{} machines; the database and the live processes agree",
+            v["machines"]
+        );
+    }
+    let mut s = format!("{} problem(s):\n", problems.len());
+    for p in problems {
+        s.push_str(&format!("  - {p}\n"));
+    }
+    s
+}
