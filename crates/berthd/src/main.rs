@@ -166,7 +166,7 @@ async fn run(cfg: config::Config) -> Result<(), String> {
     agent_cfg.driver.log_keep = cfg.log_keep;
     agent_cfg.reconcile.guard = cfg.blast_radius_guard;
     agent_cfg.reconcile_interval = cfg.reconcile_interval;
-    tracing::warn!(
+    tracing::info!(
         destroyed_machine_ttl = ?cfg.destroyed_machine_ttl, max_events_per_machine = cfg.max_events_per_machine,
         compaction_auto = cfg.compaction_auto, compaction_min_file_size = cfg.compaction_min_file_size,
         compaction_garbage_ratio = cfg.compaction_garbage_ratio,

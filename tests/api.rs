@@ -1,0 +1,713 @@
+//! berthd and the berth CLI end to end: the real binaries, a real socket and TCP port, real
+//! processes. Lifecycle, wait, the event stream across a restart, auth, bad input (and that it
+//! changes nothing), overload, the operator lane, idempotent creates, cordon, start-up refusals.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_client::Method;
+use berth_client::{Client, ClientError, Endpoint};
+use serde_json::{Value, json};
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_agent-harness"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Builds a workspace binary when this package's tests run on their own.
+fn built(name: &str, package: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        assert!(
+            Command::new(cargo)
+                .args(["build", "-p", package, "--bin", name])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real berthd on a temporary data dir.
+struct Agent {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+    config: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path, extra_config: &str) -> Agent {
+        let port = free_port();
+        let config = dir.join("berth.toml");
+        std::fs::write(
+            &config,
+            format!("[reconcile]\ninterval = \"200ms\"\n{extra_config}"),
+        )
+        .unwrap();
+        let mut a = Agent {
+            child: None,
+            dir: dir.to_owned(),
+            port,
+            config,
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(built("berthd", "berthd"))
+            .args([
+                "--data-dir",
+                self.dir.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+            ])
+            .arg("--config")
+            .arg(&self.config)
+            .env("BERTH_SHIM", built("berth-shim", "berth-driver"))
+            .env("BERTH_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !(self.dir.join("berth.sock").exists()
+            && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok())
+        {
+            assert!(Instant::now() < deadline, "berthd did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn socket(&self) -> Client {
+        Client::new(Endpoint::Unix(self.dir.join("berth.sock")))
+    }
+
+    fn tcp(&self, token: Option<String>) -> Client {
+        Client::new(Endpoint::Tcp {
+            addr: format!("127.0.0.1:{}", self.port),
+            token,
+        })
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(built("berth", "berth"))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// SIGTERM; returns the exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // Leave no workload behind: destroy everything, then stop the agent.
+        if self.child.is_some() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let c = self.socket();
+            if let Ok(ms) = rt.block_on(c.list(None, false)) {
+                for m in ms {
+                    let _ = rt.block_on(c.destroy(m.id.as_str(), true));
+                }
+            }
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn create_body(cmd: &[&str]) -> berth_api_types::CreateMachine {
+    berth_api_types::CreateMachine {
+        name: None,
+        config: berth_types::MachineConfig::command(cmd.iter().copied()),
+        metadata: Default::default(),
+        skip_start: false,
+    }
+}
+
+#[test]
+fn lifecycle_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "");
+    let rt = rt();
+    let c = agent.tcp(Some(agent.token()));
+    rt.block_on(async {
+        let m = c
+            .create(&create_body(&["sleep", "1000"]), None)
+            .await
+            .unwrap();
+        assert_eq!(m.state.to_string(), "started");
+        let id = m.id.to_string();
+        assert_eq!(c.get(&id).await.unwrap().pid, m.pid);
+        let stopped = c.stop(&id, &Default::default()).await.unwrap();
+        assert_eq!(stopped.state.to_string(), "stopped");
+        assert_eq!(
+            c.action(&id, "start").await.unwrap().state.to_string(),
+            "started"
+        );
+        assert_eq!(
+            c.action(&id, "restart").await.unwrap().state.to_string(),
+            "started"
+        );
+        let gone = c.destroy(&id, true).await.unwrap();
+        assert_eq!(gone.state.to_string(), "destroyed");
+        assert!(c.list(None, false).await.unwrap().is_empty());
+        assert_eq!(c.list(None, true).await.unwrap().len(), 1);
+        let evs: Vec<String> = c
+            .machine_events(&id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.to.to_string())
+            .collect();
+        assert_eq!(evs.first().map(String::as_str), Some("created"));
+        assert_eq!(evs.last().map(String::as_str), Some("destroyed"));
+        // Every response carries a request id.
+        let r = c.raw(Method::GET, "/v1/health", None, &[]).await.unwrap();
+        assert!(r.headers.contains_key("x-request-id"));
+    });
+}
+
+#[test]
+fn lifecycle_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "");
+    let out = agent.cli(&[
+        "machine",
+        "create",
+        "--name",
+        "web",
+        "-e",
+        "WORD=hello",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "echo $WORD; sleep 1000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = m["id"].as_str().unwrap().to_owned();
+    assert_eq!(m["state"], "started");
+    let ls = String::from_utf8(agent.cli(&["machine", "ls"]).stdout).unwrap();
+    assert!(
+        ls.contains(&id) && ls.contains("web") && ls.contains("started") && ls.contains("ago"),
+        "{ls}"
+    );
+    assert_eq!(
+        String::from_utf8(agent.cli(&["machine", "ls", "-q"]).stdout)
+            .unwrap()
+            .trim(),
+        id
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let logs = agent.cli(&["logs", &id]);
+    assert_eq!(String::from_utf8(logs.stdout).unwrap(), "hello\n");
+    assert!(
+        agent
+            .cli(&["machine", "stop", &id, "--timeout", "2s"])
+            .status
+            .success()
+    );
+    let status = String::from_utf8(agent.cli(&["machine", "status", &id]).stdout).unwrap();
+    assert!(
+        status.contains("stopped")
+            && status.contains("Event log")
+            && status.contains("stop_workload"),
+        "{status}"
+    );
+    let wait = agent.cli(&[
+        "machine",
+        "wait",
+        &id,
+        "--state",
+        "stopped",
+        "--timeout",
+        "1s",
+    ]);
+    assert!(wait.status.success());
+    assert!(agent.cli(&["machine", "destroy", &id]).status.success());
+    // Exit codes: not found 4, usage 2.
+    assert_eq!(
+        agent
+            .cli(&["machine", "status", "nosuchmachine"])
+            .status
+            .code(),
+        Some(4)
+    );
+    assert_eq!(agent.cli(&["machine", "frobnicate"]).status.code(), Some(2));
+    let events: Vec<Value> = String::from_utf8(agent.cli(&["events", "--json"]).stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events.len() >= 6);
+    let doctor = agent.cli(&["doctor", "--json"]);
+    assert!(
+        doctor.status.success(),
+        "{}",
+        String::from_utf8_lossy(&doctor.stdout)
+    );
+}
+
+#[test]
+fn wait_and_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "");
+    let rt = rt();
+    let c = agent.socket();
+    rt.block_on(async {
+        let m = c
+            .create(&create_body(&["sh", "-c", "sleep 0.3; exit 0"]), None)
+            .await
+            .unwrap();
+        let id = m.id.to_string();
+        let t = Instant::now();
+        let done = c.wait(&id, "stopped", "10s").await.unwrap();
+        assert_eq!(done.state.to_string(), "stopped");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let t = Instant::now();
+        let err = c.wait(&id, "started", "300ms").await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Api { status: 408, .. }),
+            "{err}"
+        );
+        assert_eq!(err.code(), Some("timeout"));
+        assert!(t.elapsed() >= Duration::from_millis(300));
+    });
+}
+
+#[test]
+fn the_event_stream_resumes_across_a_restart_with_no_gap_and_no_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(dir.path(), "");
+    let rt = rt();
+    let mut seen: Vec<u64> = Vec::new();
+    let mut after = 0;
+    rt.block_on(async {
+        let c = agent.socket();
+        for _ in 0..3 {
+            c.create(&create_body(&["sleep", "1000"]), None)
+                .await
+                .unwrap();
+        }
+        let page = c.events(after, 4, None).await.unwrap();
+        seen.extend(page.events.iter().map(|e| e.seq));
+        after = page.last_seq;
+    });
+    assert!(agent.stop().success(), "berthd exits 0 on SIGTERM");
+    agent.spawn();
+    rt.block_on(async {
+        let c = agent.socket();
+        let ms = c.list(None, false).await.unwrap();
+        assert_eq!(ms.len(), 3, "workloads kept running across the restart");
+        for m in &ms {
+            assert_eq!(m.state.to_string(), "started");
+            c.stop(m.id.as_str(), &Default::default()).await.unwrap();
+        }
+        loop {
+            let page = c.events(after, 5, Some("200ms")).await.unwrap();
+            if page.events.is_empty() {
+                break;
+            }
+            seen.extend(page.events.iter().map(|e| e.seq));
+            after = page.last_seq;
+        }
+    });
+    assert_eq!(
+        seen,
+        (1..=seen.len() as u64).collect::<Vec<_>>(),
+        "gap or duplicate in {seen:?}"
+    );
+    assert!(seen.len() >= 3 * 3 + 3 * 2);
+}
+
+#[test]
+fn tcp_needs_the_token_and_the_socket_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "");
+    let rt = rt();
+    rt.block_on(async {
+        for token in [None, Some("wrong".to_owned())] {
+            let err = agent.tcp(token).health().await.unwrap_err();
+            assert!(
+                matches!(&err, ClientError::Api { status: 401, .. }),
+                "{err}"
+            );
+        }
+        agent.tcp(Some(agent.token())).health().await.unwrap();
+        agent.socket().health().await.unwrap();
+    });
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| {
+        std::fs::metadata(dir.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("token"), 0o600);
+    assert_eq!(mode("berth.sock"), 0o600);
+}
+
+/// Method, path, body, expected status, code, and a phrase the message must contain.
+type Case = (Method, String, Option<String>, u16, &'static str, &'static str);
+
+#[test]
+fn bad_input_gets_a_precise_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "[limits]\nmax_machines = 2\n");
+    let rt = rt();
+    let c = agent.socket();
+    rt.block_on(async {
+        let m = c
+            .create(&create_body(&["sleep", "1000"]), None)
+            .await
+            .unwrap();
+        let id = m.id.to_string();
+        let snapshot = || async {
+            (
+                c.list(None, true).await.unwrap(),
+                c.events(0, 1000, None).await.unwrap().last_seq,
+            )
+        };
+        let before = snapshot().await;
+        let huge = format!("{{\"config\":{{\"cmd\":[\"{}\"]}}}}", "x".repeat(1 << 20));
+        let cases: Vec<Case> = vec![
+            (
+                Method::POST,
+                "/v1/machines".into(),
+                Some(huge),
+                413,
+                "too_large",
+                "body",
+            ),
+            (
+                Method::POST,
+                "/v1/machines".into(),
+                Some("{not json".into()),
+                400,
+                "invalid",
+                "JSON",
+            ),
+            (
+                Method::POST,
+                "/v1/machines".into(),
+                Some(r#"{"config":{"cmd":["x"]},"colour":"red"}"#.into()),
+                400,
+                "invalid",
+                "unknown field `colour`",
+            ),
+            (
+                Method::POST,
+                "/v1/machines".into(),
+                Some(r#"{"config":{"cmd":["x"],"stop":{"timeout":"soon"}}}"#.into()),
+                400,
+                "invalid",
+                "invalid duration",
+            ),
+            (
+                Method::POST,
+                "/v1/machines".into(),
+                Some(r#"{"config":{"cmd":["x"],"stop":{"signal":"SIGNOPE"}}}"#.into()),
+                400,
+                "invalid",
+                "unknown signal",
+            ),
+            (
+                Method::POST,
+                "/v1/machines".into(),
+                Some(r#"{"config":{"cmd":[]}}"#.into()),
+                400,
+                "invalid",
+                "config.cmd",
+            ),
+            (
+                Method::GET,
+                "/v1/machines/NOT..VALID".into(),
+                None,
+                400,
+                "invalid",
+                "invalid machine id",
+            ),
+            (
+                Method::GET,
+                "/v1/machines/nosuchmachine".into(),
+                None,
+                404,
+                "not_found",
+                "not found",
+            ),
+            (
+                Method::POST,
+                format!("/v1/machines/{id}/start"),
+                None,
+                409,
+                "conflict",
+                "cannot go from started to starting",
+            ),
+            (
+                Method::POST,
+                format!("/v1/machines/{id}/signal"),
+                Some(r#"{"signal":"SIGWHAT"}"#.into()),
+                400,
+                "invalid",
+                "unknown signal",
+            ),
+            (
+                Method::POST,
+                format!("/v1/machines/{id}/stop"),
+                Some(r#"{"timeout":"forever"}"#.into()),
+                400,
+                "invalid",
+                "invalid duration",
+            ),
+            (
+                Method::GET,
+                format!("/v1/machines/{id}/wait?state=sleeping"),
+                None,
+                400,
+                "invalid",
+                "unknown state",
+            ),
+            (
+                Method::GET,
+                "/v1/events?after=minus".into(),
+                None,
+                400,
+                "invalid",
+                "after",
+            ),
+            (
+                Method::DELETE,
+                format!("/v1/machines/{id}"),
+                None,
+                409,
+                "conflict",
+                "force=true",
+            ),
+        ];
+        for (method, path, body, status, code, needle) in cases {
+            let r = c
+                .raw(method.clone(), &path, body.map(String::into_bytes), &[])
+                .await
+                .unwrap();
+            let v: Value = serde_json::from_slice(&r.body).unwrap_or(json!({}));
+            assert_eq!(r.status.as_u16(), status, "{method} {path}: {v}");
+            assert_eq!(v["code"], code, "{method} {path}: {v}");
+            assert!(
+                v["error"].as_str().unwrap_or_default().contains(needle),
+                "{method} {path}: {v}"
+            );
+        }
+        assert_eq!(
+            snapshot().await,
+            before,
+            "a refused request changed something"
+        );
+        // The machine limit refuses with conflict.
+        c.create(&create_body(&["sleep", "1000"]), None)
+            .await
+            .unwrap();
+        let err = c
+            .create(&create_body(&["sleep", "1000"]), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some("conflict"), "{err}");
+        assert!(err.to_string().contains("limits.max_machines"));
+    });
+}
+
+#[test]
+fn idempotent_creates_and_cordon() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "");
+    let rt = rt();
+    let c = agent.socket();
+    rt.block_on(async {
+        let a = c
+            .create(&create_body(&["sleep", "1000"]), Some("req-42"))
+            .await
+            .unwrap();
+        let b = c
+            .create(&create_body(&["sleep", "1000"]), Some("req-42"))
+            .await
+            .unwrap();
+        assert_eq!(a.id, b.id, "a retried create returns the original machine");
+        assert_eq!(c.list(None, false).await.unwrap().len(), 1);
+        c.set_cordon(true).await.unwrap();
+        let err = c
+            .create(&create_body(&["sleep", "1000"]), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some("cordoned"));
+        assert!(c.health().await.unwrap().cordoned);
+        assert!(
+            c.get(a.id.as_str()).await.unwrap().state.to_string() == "started",
+            "existing machines keep running"
+        );
+        c.set_cordon(false).await.unwrap();
+        c.create(&create_body(&["sleep", "1000"]), None)
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn overload_is_refused_at_once_and_the_operator_lane_stays_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "[api]\nmax_inflight_mutations = 1\n");
+    let rt = rt();
+    rt.block_on(async {
+        let tcp = agent.tcp(Some(agent.token()));
+        // A workload that ignores SIGTERM makes its stop take the whole grace period.
+        let m = tcp
+            .create(
+                &create_body(&["sh", "-c", "trap '' TERM; sleep 1000"]),
+                None,
+            )
+            .await
+            .unwrap();
+        let id = m.id.to_string();
+        let slow = {
+            let tcp = tcp.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let req = berth_api_types::StopRequest {
+                    signal: None,
+                    timeout: Some(berth_types::time::HumanDuration(Duration::from_secs(2))),
+                };
+                tcp.stop(&id, &req).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The TCP lane is saturated: an immediate 429 with Retry-After.
+        let t = Instant::now();
+        let r = tcp
+            .raw(
+                Method::POST,
+                "/v1/machines",
+                Some(br#"{"config":{"cmd":["true"]}}"#.to_vec()),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status.as_u16(), 429);
+        assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "the refusal must not wait"
+        );
+        // Reads are not mutations; the operator's socket lane still mutates.
+        tcp.get(&id).await.unwrap();
+        let op = agent
+            .socket()
+            .create(&create_body(&["sleep", "1000"]), None)
+            .await
+            .unwrap();
+        assert_eq!(op.state.to_string(), "started");
+        let stopped = slow.await.unwrap().unwrap();
+        assert_eq!(stopped.exit.unwrap().signal.as_deref(), Some("SIGKILL"));
+    });
+}
+
+#[test]
+fn startup_refusals_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "");
+    // A second agent on the same data dir.
+    let out = Command::new(built("berthd", "berthd"))
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "off",
+            "--socket",
+        ])
+        .arg(dir.path().join("other.sock"))
+        .env("BERTH_SHIM", built("berth-shim", "berth-driver"))
+        .env("BERTH_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another berthd"), "{err}");
+    assert!(
+        dir.path().join("berth.sock").exists(),
+        "the first agent's socket is untouched"
+    );
+    drop(agent);
+    // A bad config names the key, before anything is bound.
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[db]\nslow_op_threshold = \"quickly\"\n").unwrap();
+    let port = free_port();
+    let out = Command::new(built("berthd", "berthd"))
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("db.slow_op_threshold") && err.lines().count() == 1,
+        "{err}"
+    );
+}
