@@ -403,7 +403,14 @@ fn tcp_needs_the_token_and_the_socket_does_not() {
 }
 
 /// Method, path, body, expected status, code, and a phrase the message must contain.
-type Case = (Method, String, Option<String>, u16, &'static str, &'static str);
+type Case = (
+    Method,
+    String,
+    Option<String>,
+    u16,
+    &'static str,
+    &'static str,
+);
 
 #[test]
 fn bad_input_gets_a_precise_error_and_changes_nothing() {
@@ -710,4 +717,211 @@ fn startup_refusals_are_one_clear_line() {
         err.contains("db.slow_op_threshold") && err.lines().count() == 1,
         "{err}"
     );
+}
+
+fn openapi() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Validates `v` against `schema` for the subset of JSON Schema the document uses: `$ref`,
+/// `type` (one or several), `required`, `properties`, `additionalProperties`, `items`, `enum`.
+fn validate(v: &Value, schema: &Value, doc: &Value, at: &str) -> Result<(), String> {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return validate(v, &doc["components"]["schemas"][name], doc, at);
+    }
+    let type_ok = |t: &str| match t {
+        "string" => v.is_string(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "number" => v.is_number(),
+        "boolean" => v.is_boolean(),
+        "array" => v.is_array(),
+        "object" => v.is_object(),
+        "null" => v.is_null(),
+        _ => false,
+    };
+    match &schema["type"] {
+        Value::String(t) if !type_ok(t) => return Err(format!("{at}: expected {t}, got {v}")),
+        Value::Array(ts) if !ts.iter().any(|t| type_ok(t.as_str().unwrap_or(""))) => {
+            return Err(format!("{at}: expected one of {ts:?}, got {v}"));
+        }
+        _ => {}
+    }
+    if let Some(options) = schema["enum"].as_array() {
+        if !options.contains(v) {
+            return Err(format!("{at}: {v} is not one of {options:?}"));
+        }
+    }
+    if let Some(obj) = v.as_object() {
+        for r in schema["required"].as_array().into_iter().flatten() {
+            let r = r.as_str().unwrap();
+            if !obj.contains_key(r) {
+                return Err(format!("{at}: missing required {r}"));
+            }
+        }
+        for (k, val) in obj {
+            match (&schema["properties"][k], &schema["additionalProperties"]) {
+                (Value::Null, Value::Bool(false)) => {
+                    return Err(format!("{at}: undocumented field {k}"));
+                }
+                (Value::Null, Value::Object(_)) => validate(
+                    val,
+                    &schema["additionalProperties"],
+                    doc,
+                    &format!("{at}.{k}"),
+                )?,
+                (Value::Null, _) => {}
+                (s, _) => validate(val, s, doc, &format!("{at}.{k}"))?,
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), v.as_array()) {
+        for (i, item) in arr.iter().enumerate() {
+            validate(item, items, doc, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The OpenAPI document and the server agree: every served route is documented, every
+/// documented route is served, and real responses are valid against the document's schemas.
+#[test]
+fn the_openapi_document_matches_the_server() {
+    let doc = openapi();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut served: Vec<(String, String)> = berth_api::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    served.sort();
+    assert_eq!(
+        served, documented,
+        "served routes (left) and documented routes (right) differ"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "");
+    let c = agent.socket();
+    let rt = rt();
+    let check = |what: &str, body: &[u8], schema: Value| {
+        let v: Value = serde_json::from_slice(body).unwrap_or_else(|e| panic!("{what}: {e}"));
+        validate(&v, &schema, &doc, what).unwrap_or_else(|e| panic!("{e}"));
+    };
+    let response_schema = |path: &str, method: &str, status: &str| {
+        doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+            .clone()
+    };
+    rt.block_on(async {
+        let m = c
+            .create(&create_body(&["sleep", "1000"]), None)
+            .await
+            .unwrap();
+        let id = m.id.to_string();
+        let lease = c
+            .raw(Method::POST, &format!("/v1/machines/{id}/lease"), None, &[])
+            .await
+            .unwrap();
+        assert_eq!(lease.status.as_u16(), 201);
+        check(
+            "lease",
+            &lease.body,
+            response_schema("/v1/machines/{id}/lease", "post", "201"),
+        );
+        let nonce = serde_json::from_slice::<Value>(&lease.body).unwrap()["nonce"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // While leased, a mutation without the nonce is refused; with it, allowed.
+        let r = c
+            .raw(Method::POST, &format!("/v1/machines/{id}/stop"), None, &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&r.body).unwrap()["code"],
+            "lease_required"
+        );
+        let r = c
+            .raw(
+                Method::POST,
+                &format!("/v1/machines/{id}/stop"),
+                None,
+                &[("berth-lease-nonce", "nope")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&r.body).unwrap()["code"],
+            "lease_mismatch"
+        );
+        let r = c
+            .raw(
+                Method::POST,
+                &format!("/v1/machines/{id}/stop"),
+                None,
+                &[("berth-lease-nonce", &nonce)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status.as_u16(), 200);
+        check(
+            "stop",
+            &r.body,
+            response_schema("/v1/machines/{id}/stop", "post", "200"),
+        );
+        let r = c
+            .raw(
+                Method::DELETE,
+                &format!("/v1/machines/{id}/lease"),
+                None,
+                &[("berth-lease-nonce", &nonce)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status.as_u16(), 204);
+
+        for (path, doc_path) in [
+            ("/v1/machines".to_owned(), "/v1/machines"),
+            (format!("/v1/machines/{id}"), "/v1/machines/{id}"),
+            (
+                format!("/v1/machines/{id}/events"),
+                "/v1/machines/{id}/events",
+            ),
+            ("/v1/events?after=0".to_owned(), "/v1/events"),
+            ("/v1/health".to_owned(), "/v1/health"),
+            ("/v1/host".to_owned(), "/v1/host"),
+            ("/v1/db/stats".to_owned(), "/v1/db/stats"),
+            ("/v1/db/slow-ops".to_owned(), "/v1/db/slow-ops"),
+        ] {
+            let r = c.raw(Method::GET, &path, None, &[]).await.unwrap();
+            assert_eq!(r.status.as_u16(), 200, "{path}");
+            check(&path, &r.body, response_schema(doc_path, "get", "200"));
+        }
+        let r = c
+            .raw(Method::GET, "/v1/machines/nosuchmachine", None, &[])
+            .await
+            .unwrap();
+        check(
+            "404",
+            &r.body,
+            json!({"$ref": "#/components/schemas/Error"}),
+        );
+        let r = c
+            .raw(Method::GET, "/v1/nothing/here", None, &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status.as_u16(), 404);
+        let metrics = c.raw(Method::GET, "/metrics", None, &[]).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&metrics.body).contains("berth_db_operation_duration_seconds")
+        );
+        let backup = c.backup().await.unwrap();
+        assert!(backup.len() > 4096, "a backup is a redb file");
+    });
 }

@@ -23,7 +23,7 @@ use berth_api_types::{Lease, SlowOp};
 use tokio::sync::Semaphore;
 
 pub use error::{ApiError, ApiResult};
-pub use server::{Lane, router};
+pub use server::{Lane, ROUTES, router};
 
 /// Recent slow database operations, bounded (the newest `capacity`).
 #[derive(Debug)]

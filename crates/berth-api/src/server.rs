@@ -8,7 +8,6 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use berth_api_types::REQUEST_ID_HEADER;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -40,38 +39,50 @@ impl Lane {
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1 << 20;
 
+/// Registers each route and records it in [`ROUTES`], so the list cannot drift from what is
+/// served (the OpenAPI test compares the two).
+macro_rules! api_routes {
+    ($( $method:ident $path:literal => $handler:path ),* $(,)?) => {
+        /// Every (method, path) the API serves.
+        pub const ROUTES: &[(&str, &str)] = &[ $( (stringify!($method), $path) ),* ];
+
+        fn add_routes(r: Router<Lane>) -> Router<Lane> {
+            r $( .route($path, axum::routing::$method($handler)) )*
+        }
+    };
+}
+
+api_routes! {
+    get "/v1/health" => system::health,
+    get "/metrics" => system::metrics,
+    get "/v1/host" => system::host,
+    post "/v1/host/cordon" => system::cordon,
+    post "/v1/host/uncordon" => system::uncordon,
+    post "/v1/host/reconcile" => system::reconcile,
+    post "/v1/machines" => machines::create,
+    get "/v1/machines" => machines::list,
+    get "/v1/machines/{id}" => machines::get,
+    delete "/v1/machines/{id}" => machines::destroy,
+    post "/v1/machines/{id}/start" => machines::start,
+    post "/v1/machines/{id}/stop" => machines::stop,
+    post "/v1/machines/{id}/restart" => machines::restart,
+    post "/v1/machines/{id}/signal" => machines::signal,
+    get "/v1/machines/{id}/wait" => machines::wait,
+    get "/v1/machines/{id}/events" => machines::events,
+    get "/v1/machines/{id}/logs" => machines::logs,
+    post "/v1/machines/{id}/lease" => machines::lease_acquire,
+    get "/v1/machines/{id}/lease" => machines::lease_get,
+    delete "/v1/machines/{id}/lease" => machines::lease_release,
+    get "/v1/events" => system::events,
+    get "/v1/db/stats" => system::db_stats,
+    post "/v1/db/compact" => system::db_compact,
+    get "/v1/db/slow-ops" => system::slow_ops,
+    get "/v1/db/backup" => system::db_backup,
+}
+
 /// All routes of the public interface, for one lane.
 pub fn router(lane: Lane) -> Router {
-    Router::new()
-        .route("/v1/health", get(system::health))
-        .route("/metrics", get(system::metrics))
-        .route("/v1/host", get(system::host))
-        .route("/v1/host/cordon", post(system::cordon))
-        .route("/v1/host/uncordon", post(system::uncordon))
-        .route("/v1/host/reconcile", post(system::reconcile))
-        .route("/v1/machines", post(machines::create).get(machines::list))
-        .route(
-            "/v1/machines/{id}",
-            get(machines::get).delete(machines::destroy),
-        )
-        .route("/v1/machines/{id}/start", post(machines::start))
-        .route("/v1/machines/{id}/stop", post(machines::stop))
-        .route("/v1/machines/{id}/restart", post(machines::restart))
-        .route("/v1/machines/{id}/signal", post(machines::signal))
-        .route("/v1/machines/{id}/wait", get(machines::wait))
-        .route("/v1/machines/{id}/events", get(machines::events))
-        .route("/v1/machines/{id}/logs", get(machines::logs))
-        .route(
-            "/v1/machines/{id}/lease",
-            post(machines::lease_acquire)
-                .get(machines::lease_get)
-                .delete(machines::lease_release),
-        )
-        .route("/v1/events", get(system::events))
-        .route("/v1/db/stats", get(system::db_stats))
-        .route("/v1/db/compact", post(system::db_compact))
-        .route("/v1/db/slow-ops", get(system::slow_ops))
-        .route("/v1/db/backup", get(system::db_backup))
+    add_routes(Router::new())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(lane.clone(), auth))
         .layer(axum::middleware::from_fn(observe))
