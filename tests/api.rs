@@ -748,10 +748,10 @@ fn validate(v: &Value, schema: &Value, doc: &Value, at: &str) -> Result<(), Stri
         }
         _ => {}
     }
-    if let Some(options) = schema["enum"].as_array() {
-        if !options.contains(v) {
-            return Err(format!("{at}: {v} is not one of {options:?}"));
-        }
+    if let Some(options) = schema["enum"].as_array()
+        && !options.contains(v)
+    {
+        return Err(format!("{at}: {v} is not one of {options:?}"));
     }
     if let Some(obj) = v.as_object() {
         for r in schema["required"].as_array().into_iter().flatten() {

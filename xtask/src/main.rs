@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [-- CARGO TEST ARGS] | cargo xtask bench <store|driver>"
+                "usage: cargo xtask test [-- CARGO TEST ARGS] | cargo xtask bench <store|driver|api>"
             );
             return ExitCode::from(2);
         }
@@ -189,7 +189,7 @@ fn run_counted(cmd: &mut Command, totals: &mut Totals) -> Result<(), String> {
 fn bench(args: &[String]) -> Result<(), String> {
     let suite = args
         .first()
-        .ok_or("usage: cargo xtask bench <store|driver>")?;
+        .ok_or("usage: cargo xtask bench <store|driver|api>")?;
     // The driver suite launches the real supervisor, found beside the bench binary.
     run(cargo().args([
         "build",
@@ -199,6 +199,10 @@ fn bench(args: &[String]) -> Result<(), String> {
         "berth-driver",
         "--bin",
         "berth-shim",
+        "-p",
+        "berthd",
+        "--bin",
+        "berthd",
     ]))?;
     run(cargo().args([
         "run",

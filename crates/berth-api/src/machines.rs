@@ -200,15 +200,19 @@ async fn create_inner(
             "metadata keys starting with berth/ are reserved",
         ));
     }
-    let live = lane
-        .shared
-        .agent
-        .store()
-        .machines()?
-        .iter()
-        .filter(|m| m.state != MState::Destroyed)
-        .count();
-    if live >= lane.shared.cfg.max_machines {
+    // Counting live machines decodes every record; the table's row count (O(1)) is an upper
+    // bound, so the exact count is only needed near the limit.
+    let store = lane.shared.agent.store();
+    let max = lane.shared.cfg.max_machines;
+    let near = store.machine_rows()? as usize >= max;
+    if near
+        && store
+            .machines()?
+            .iter()
+            .filter(|m| m.state != MState::Destroyed)
+            .count()
+            >= max
+    {
         return Err(ApiError::conflict(format!(
             "this host runs its limit of {} machines (limits.max_machines)",
             lane.shared.cfg.max_machines

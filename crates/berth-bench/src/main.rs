@@ -3,6 +3,7 @@
 //! Each suite prints a table and writes `DIR/SUITE.json` (default `target/bench`).
 #![allow(clippy::print_stdout)]
 
+mod api;
 mod driver;
 mod store;
 
@@ -27,7 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     match suite.as_str() {
         "store" => store::run(&out),
         "driver" => driver::run(&out),
-        _ => Err(format!("unknown suite {suite:?}; available: store, driver").into()),
+        "api" => api::run(&out),
+        _ => Err(format!("unknown suite {suite:?}; available: store, driver, api").into()),
     }
 }
 

@@ -264,7 +264,8 @@ impl Driver {
             log_max_bytes: self.cfg.log_max_bytes,
             log_keep: self.cfg.log_keep,
         };
-        files::write_json(&dir.join(files::SPEC), &spec).map_err(io("write spec.json"))?;
+        // Not fsynced: after a crash the launch is retried and writes it again.
+        files::write_json_fast(&dir.join(files::SPEC), &spec).map_err(io("write spec.json"))?;
         let launch = tokio::process::Command::new(&self.cfg.shim)
             .args(&self.cfg.shim_args)
             .arg(&dir)

@@ -197,6 +197,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Rows in the machines table (destroyed machines included until retention removes them);
+    /// O(1), from redb's table header.
+    pub fn machine_rows(&self) -> Result<u64> {
+        let txn = self.read_txn("machine_rows")?;
+        let table = open_ro(&txn, MACHINES, "machine_rows")?;
+        table.len().map_err(StoreError::db("machine_rows"))
+    }
+
     /// One operation in flight, if it still is.
     pub fn operation(&self, op_id: u64) -> Result<Option<OperationRecord>> {
         let start = self.inner.timings.start();

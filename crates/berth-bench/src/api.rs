@@ -1,0 +1,228 @@
+//! `bench api`: a real release `berthd` on loopback. Create+start of `/bin/sleep` machines over
+//! HTTP from 16 concurrent clients (rate, and create→started latency: the create returns once the
+//! machine is started); GET /v1/machines/{id} throughput over keep-alive connections; berthd's
+//! RSS when idle.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_client::{Client, Endpoint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+
+use crate::percentile;
+
+const CLIENTS: usize = 16;
+const MACHINES: usize = 400;
+const GET_SECONDS: u64 = 3;
+
+#[derive(Serialize)]
+struct Report {
+    create_clients: usize,
+    machines: usize,
+    creates_per_sec: f64,
+    create_to_started_p50_ms: f64,
+    create_to_started_p99_ms: f64,
+    get_connections: usize,
+    gets_per_sec: f64,
+    get_p99_ms: f64,
+    idle_rss_mib: f64,
+    rss_with_machines_mib: f64,
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+pub fn run(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let exe_dir = std::env::current_exe()?
+        .parent()
+        .ok_or("no exe dir")?
+        .to_owned();
+    let berthd = exe_dir.join("berthd");
+    let dir = out.join("api-data");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = dir.join("berth.toml");
+    std::fs::write(
+        &config,
+        "[api]\nmax_inflight_mutations = 64\n[limits]\nmax_machines = 10000\n",
+    )?;
+    let mut child = Command::new(&berthd)
+        .args([
+            "--data-dir",
+            dir.to_str().ok_or("path")?,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--config",
+            config.to_str().ok_or("path")?,
+        ])
+        .env("BERTH_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("run {}: {e}", berthd.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !dir.join("token").exists()
+    {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err("berthd did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_rss = rss_mib(child.id());
+    let token = std::fs::read_to_string(dir.join("token"))?
+        .trim()
+        .to_owned();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let client = Client::new(Endpoint::Tcp {
+            addr: format!("127.0.0.1:{port}"),
+            token: Some(token.clone()),
+        });
+        // Create + start.
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..CLIENTS {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut ids = Vec::new();
+                for _ in (w..MACHINES).step_by(CLIENTS) {
+                    let req = berth_api_types::CreateMachine {
+                        name: None,
+                        config: berth_types::MachineConfig::command(["/bin/sleep", "1000"]),
+                        metadata: Default::default(),
+                        skip_start: false,
+                    };
+                    let t = Instant::now();
+                    let m = client.create(&req, None).await.map_err(|e| e.to_string())?;
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    if m.state != berth_types::State::Started {
+                        return Err(format!("{} is {}", m.id, m.state));
+                    }
+                    ids.push(m.id.to_string());
+                }
+                Ok::<_, String>((lat, ids))
+            }));
+        }
+        let mut lat = Vec::new();
+        let mut ids = Vec::new();
+        for t in tasks {
+            let (l, i) = t.await.map_err(|e| e.to_string())??;
+            lat.extend(l);
+            ids.extend(i);
+        }
+        let create_secs = start.elapsed().as_secs_f64();
+        lat.sort_by(|a, b| a.total_cmp(b));
+
+        // GETs over keep-alive connections.
+        let end = Instant::now() + Duration::from_secs(GET_SECONDS);
+        let mut tasks = Vec::new();
+        for w in 0..CLIENTS {
+            let path = format!("/v1/machines/{}", ids[w % ids.len()]);
+            let token = token.clone();
+            tasks.push(tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                let mut lat = Vec::new();
+                while Instant::now() < end {
+                    let req = hyper::Request::get(&path)
+                        .header("host", "berthd")
+                        .header("authorization", format!("Bearer {token}"))
+                        .body(Full::new(Bytes::new()))
+                        .map_err(|e| e.to_string())?;
+                    let t = Instant::now();
+                    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+                    let ok = resp.status().is_success();
+                    resp.into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if !ok {
+                        return Err("GET failed".to_owned());
+                    }
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                Ok::<_, String>(lat)
+            }));
+        }
+        let mut get_lat = Vec::new();
+        for t in tasks {
+            get_lat.extend(t.await.map_err(|e| e.to_string())??);
+        }
+        get_lat.sort_by(|a, b| a.total_cmp(b));
+        let rss_with = rss_mib(child.id());
+        for id in &ids {
+            let _ = client.destroy(id, true).await;
+        }
+        Ok::<_, String>(Report {
+            create_clients: CLIENTS,
+            machines: ids.len(),
+            creates_per_sec: ids.len() as f64 / create_secs,
+            create_to_started_p50_ms: percentile(&lat, 50.0),
+            create_to_started_p99_ms: percentile(&lat, 99.0),
+            get_connections: CLIENTS,
+            gets_per_sec: get_lat.len() as f64 / GET_SECONDS as f64,
+            get_p99_ms: percentile(&get_lat, 99.0),
+            idle_rss_mib: idle_rss,
+            rss_with_machines_mib: rss_with,
+        })
+    });
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = result?;
+    println!("berthd (release) on loopback TCP with a bearer token:");
+    println!(
+        "  create+start of {} /bin/sleep machines, {} clients: {:.0} machines/s; create→started p50 {:.1} ms, p99 {:.1} ms",
+        report.machines,
+        report.create_clients,
+        report.creates_per_sec,
+        report.create_to_started_p50_ms,
+        report.create_to_started_p99_ms
+    );
+    println!(
+        "  GET /v1/machines/{{id}}, {} keep-alive connections: {:.0} requests/s, p99 {:.2} ms",
+        report.get_connections, report.gets_per_sec, report.get_p99_ms
+    );
+    println!(
+        "  berthd RSS: idle {:.1} MiB; with {} machines {:.1} MiB",
+        report.idle_rss_mib, report.machines, report.rss_with_machines_mib
+    );
+    let json = out.join("api.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+    println!("\nwrote {}", json.display());
+    Ok(())
+}
