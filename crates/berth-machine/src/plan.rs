@@ -74,7 +74,8 @@ const MARK_DESTROYED: PlanStep = step(
 /// The plan for an operation. `start` matters only for `Create` (false with `skip_start`).
 pub fn plan(kind: OpKind, start: bool) -> &'static [PlanStep] {
     match (kind, start) {
-        (OpKind::Create, true) => &[PREPARE, MARK_STARTING, SPAWN],
+        // Spawning prepares the machine's directories itself (idempotently).
+        (OpKind::Create, true) => &[MARK_STARTING, SPAWN],
         (OpKind::Create, false) => &[PREPARE],
         (OpKind::Start, _) => &[MARK_STARTING, SPAWN],
         (OpKind::Stop, _) => &[MARK_STOPPING, STOP_TO_STOPPED],

@@ -186,7 +186,6 @@ async fn full_lifecycle() {
     assert_eq!(
         fx.calls(),
         [
-            "prepare m1",
             "spawn m1",
             "stop(SIGINT) m1",
             "spawn m1",
@@ -231,7 +230,7 @@ async fn refused_operations_record_nothing() {
         Err(OpError::Store(StoreError::NotFound(_)))
     ));
     assert_eq!(m.store().stats().unwrap().tables, before.tables);
-    assert_eq!(fx.calls(), ["prepare m1", "spawn m1"]);
+    assert_eq!(fx.calls(), ["spawn m1"]);
 }
 
 #[tokio::test]
@@ -270,55 +269,27 @@ async fn interrupted_operations_resume_from_their_first_unfinished_step() {
             m.run(op).await.unwrap();
             made.push(rec.id);
         }
-        // m0: a start recorded, nothing done. m1: a start with mark_starting done (as if the
-        // agent died before spawning).
-        m.begin(&made[0], OpKind::Start, Source::User, None, None)
-            .await
-            .unwrap();
-        let op = m
-            .begin(&made[1], OpKind::Start, Source::User, None, None)
-            .await
-            .unwrap();
-        let op_id = op.id;
-        let id = made[1].clone();
-        m.store()
-            .write(move |w| {
-                w.transition(
-                    &id,
-                    berth_store::TransitionSpec::new(
-                        State::Starting,
-                        berth_types::EventKind::Start,
-                        Source::User,
-                        "start: mark_starting",
-                    ),
-                )?;
-                w.complete_step(op_id, "mark_starting")
-            })
-            .await
-            .unwrap();
-        // m2 was started, then a stop got as far as its signal (stop_workload not recorded).
+        // m0 and m1: a start recorded (its mark_starting is done in the same write), and the
+        // agent died before spawning.
+        for id in &made[..2] {
+            let op = m
+                .begin(id, OpKind::Start, Source::User, None, None)
+                .await
+                .unwrap();
+            assert_eq!(op.next_step(), Some("spawn"));
+        }
+        // m9 was started, then a stop got as far as its signal (stop_workload not recorded).
         let (rec, op) = m.create(request("m9", false)).await.unwrap();
         m.run(op).await.unwrap();
         let op = m
             .begin(&rec.id, OpKind::Stop, Source::User, None, None)
             .await
             .unwrap();
-        let (op_id, id) = (op.id, rec.id.clone());
-        m.store()
-            .write(move |w| {
-                w.transition(
-                    &id,
-                    berth_store::TransitionSpec::new(
-                        State::Stopping,
-                        berth_types::EventKind::Stop,
-                        Source::User,
-                        "stop: mark_stopping",
-                    ),
-                )?;
-                w.complete_step(op_id, "mark_stopping")
-            })
-            .await
-            .unwrap();
+        assert_eq!(op.next_step(), Some("stop_workload"));
+        assert_eq!(
+            m.store().machine(&rec.id).unwrap().unwrap().state,
+            State::Stopping
+        );
         ids = made;
         stop_id = rec.id;
     }
