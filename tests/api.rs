@@ -18,20 +18,33 @@ fn bin_dir() -> PathBuf {
         .to_owned()
 }
 
-/// Builds a workspace binary when this package's tests run on their own.
-fn built(name: &str, package: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    if !path.exists() {
+/// The path of a workspace binary, built (once per test process) so it is never stale when
+/// this package's tests run on their own; under `cargo xtask test` the build is a no-op.
+fn built(name: &str, _package: &str) -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        assert!(
-            Command::new(cargo)
-                .args(["build", "-p", package, "--bin", name])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-    path
+        let ok = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "berthd",
+                "--bin",
+                "berthd",
+                "-p",
+                "berth",
+                "--bin",
+                "berth",
+                "-p",
+                "berth-driver",
+                "--bin",
+                "berth-shim",
+            ])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "building the binaries failed");
+    });
+    bin_dir().join(name)
 }
 
 fn free_port() -> u16 {
@@ -294,6 +307,18 @@ fn lifecycle_through_the_cli() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(events.len() >= 6);
+    let check = agent.cli(&["db", "check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("database OK"));
+    // --offline refuses while the agent holds the data dir.
+    let offline = agent.cli(&["db", "stats", "--offline"]);
+    assert_eq!(offline.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&offline.stderr);
+    assert!(err.contains("run without --offline"), "{err}");
     let doctor = agent.cli(&["doctor", "--json"]);
     assert!(
         doctor.status.success(),
@@ -924,4 +949,40 @@ fn the_openapi_document_matches_the_server() {
         let backup = c.backup().await.unwrap();
         assert!(backup.len() > 4096, "a backup is a redb file");
     });
+}
+
+/// With NOTIFY_SOCKET set (systemd's Type=notify), berthd says READY=1 once it serves.
+#[test]
+fn berthd_notifies_systemd_when_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(built("berthd", "berthd"))
+        .args(["--data-dir", data.to_str().unwrap(), "--listen", "off"])
+        .env("NOTIFY_SOCKET", &notify)
+        .env("BERTH_SHIM", built("berth-shim", "berth-driver"))
+        .env("BERTH_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = listener.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1\n");
+    assert!(
+        data.join("berth.sock").exists(),
+        "READY=1 comes after the socket is served"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        !data.join("berth.sock").exists(),
+        "the socket is removed on a clean stop"
+    );
 }

@@ -78,6 +78,7 @@ api_routes! {
     post "/v1/db/compact" => system::db_compact,
     get "/v1/db/slow-ops" => system::slow_ops,
     get "/v1/db/backup" => system::db_backup,
+    get "/v1/db/check" => system::db_check,
 }
 
 /// All routes of the public interface, for one lane.

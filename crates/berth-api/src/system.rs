@@ -238,3 +238,17 @@ pub(crate) async fn db_backup(State(lane): State<Lane>) -> ApiResult<Response> {
     )
         .into_response())
 }
+
+/// Consistency check of the live database (cross-table invariants, in one read snapshot). redb's
+/// page-level integrity check needs the file to itself: `berth db check --offline`.
+pub(crate) async fn db_check(State(lane): State<Lane>) -> ApiResult<Json<serde_json::Value>> {
+    let store = lane.shared.agent.store().clone();
+    let report = tokio::task::spawn_blocking(move || store.check())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(serde_json::json!({
+        "ok": report.is_ok(),
+        "schema_version": berth_store::SCHEMA_VERSION,
+        "report": report,
+    })))
+}

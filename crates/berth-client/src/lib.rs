@@ -388,6 +388,11 @@ impl Client {
         self.call(Method::GET, "/v1/db/slow-ops", None, &[]).await
     }
 
+    /// `GET /v1/db/check`.
+    pub async fn db_check(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::GET, "/v1/db/check", None, &[]).await
+    }
+
     /// `POST /v1/db/compact`.
     pub async fn compact(&self) -> Result<serde_json::Value, ClientError> {
         self.call(Method::POST, "/v1/db/compact", None, &[]).await

@@ -560,10 +560,33 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
         }
         DbCmd::Check { offline, out } => {
             if !offline {
-                return Err(Fail(
-                    1,
-                    "an online check is not implemented yet; stop berthd and use --offline".into(),
-                ));
+                let v = cli.client()?.db_check().await?;
+                let ok = v["ok"].as_bool() == Some(true);
+                if out.json {
+                    print_json(&v);
+                } else {
+                    let r = &v["report"];
+                    println!(
+                        "consistency: {} machines, {} events, {} operations in flight",
+                        r["machines"], r["events"], r["operations"]
+                    );
+                    for p in r["problems"].as_array().into_iter().flatten() {
+                        println!("  problem: {}", p.as_str().unwrap_or_default());
+                    }
+                    println!(
+                        "{}",
+                        if ok {
+                            "database OK (redb page integrity needs --offline)"
+                        } else {
+                            "database has problems"
+                        }
+                    );
+                }
+                return if ok {
+                    Ok(())
+                } else {
+                    Err(Fail(1, "the check found problems".into()))
+                };
             }
             let path = cli.data_dir().join("berth.redb");
             let integrity =

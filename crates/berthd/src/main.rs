@@ -240,13 +240,14 @@ async fn run(cfg: config::Config) -> Result<(), String> {
         data_dir = %cfg.data_dir.display(), socket = %cfg.socket.display(), listen = ?cfg.listen,
         config = ?cfg.config_file, "berthd ready"
     );
+    // Handlers first: a SIGTERM arriving right after READY=1 must drain, not kill.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     notify_ready();
-
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| e.to_string())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
     let _ = stop_tx.send(true);
     let drain = async {
