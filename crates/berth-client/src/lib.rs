@@ -105,14 +105,14 @@ impl Client {
         }
     }
 
-    /// One raw request.
-    pub async fn raw(
+    /// Builds a request (with the token on TCP) and sends it on a fresh connection.
+    async fn send_request(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
-    ) -> Result<Response, ClientError> {
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable {
             endpoint: self.describe(),
             reason,
@@ -133,21 +133,44 @@ impl Client {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Decode(e.to_string()))?;
-        let resp = match &self.endpoint {
+        match &self.endpoint {
             Endpoint::Unix(p) => {
                 let s = tokio::net::UnixStream::connect(p)
                     .await
                     .map_err(|e| unreachable(e.to_string()))?;
-                send(TokioIo::new(s), req).await.map_err(unreachable)?
+                open(TokioIo::new(s), req).await.map_err(unreachable)
             }
             Endpoint::Tcp { addr, .. } => {
                 let s = tokio::net::TcpStream::connect(addr)
                     .await
                     .map_err(|e| unreachable(e.to_string()))?;
-                send(TokioIo::new(s), req).await.map_err(unreachable)?
+                open(TokioIo::new(s), req).await.map_err(unreachable)
             }
-        };
-        Ok(resp)
+        }
+    }
+
+    /// One raw request; the whole body is read.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<Response, ClientError> {
+        let resp = self.send_request(method, path, body, headers).await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?
+            .to_bytes();
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// A streaming GET: calls `chunk` with each piece of the body as it arrives.
@@ -156,34 +179,7 @@ impl Client {
         path: &str,
         mut chunk: impl FnMut(&[u8]),
     ) -> Result<(), ClientError> {
-        let unreachable = |reason: String| ClientError::Unreachable {
-            endpoint: self.describe(),
-            reason,
-        };
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header("host", "berthd");
-        if let Endpoint::Tcp { token: Some(t), .. } = &self.endpoint {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = req
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
-        let resp = match &self.endpoint {
-            Endpoint::Unix(p) => {
-                let s = tokio::net::UnixStream::connect(p)
-                    .await
-                    .map_err(|e| unreachable(e.to_string()))?;
-                open(TokioIo::new(s), req).await.map_err(unreachable)?
-            }
-            Endpoint::Tcp { addr, .. } => {
-                let s = tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| unreachable(e.to_string()))?;
-                open(TokioIo::new(s), req).await.map_err(unreachable)?
-            }
-        };
+        let resp = self.send_request(Method::GET, path, None, &[]).await?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
@@ -431,24 +427,4 @@ where
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     sender.send_request(req).await.map_err(|e| e.to_string())
-}
-
-async fn send<S>(io: S, req: Request<Full<Bytes>>) -> Result<Response, String>
-where
-    S: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let resp = open(io, req).await?;
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
 }
