@@ -11,22 +11,22 @@ use std::time::{Duration, Instant};
 use berth_driver::proc::ProcessId;
 use serde_json::{Value, json};
 
+/// The supervisor binary, built once per test process so it is never stale when this package's
+/// tests run on their own (under `cargo xtask test` the build is a no-op).
 fn shim_path() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_agent-harness"))
-        .parent()
-        .unwrap()
-        .to_owned();
-    let shim = dir.join("berth-shim");
-    if !shim.exists() {
-        // Built with the workspace; build it when this package's tests run alone.
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let ok = Command::new(cargo)
             .args(["build", "-p", "berth-driver", "--bin", "berth-shim"])
             .status()
             .unwrap();
-        assert!(ok.success());
-    }
-    shim
+        assert!(ok.success(), "building berth-shim failed");
+    });
+    Path::new(env!("CARGO_BIN_EXE_agent-harness"))
+        .parent()
+        .unwrap()
+        .join("berth-shim")
 }
 
 /// The agent as a real process.
