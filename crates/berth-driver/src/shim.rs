@@ -260,7 +260,9 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
         boot_id: proc::boot_id(),
         started_at_ns: files::now_ns(),
     };
-    files::write_json(&dir.join(files::STATE), &state)
+    // Atomic but not fsynced: it matters only while the processes it names exist, and no process
+    // survives the power loss that could lose it (after a reboot the boot id tells the probe so).
+    files::write_json_fast(&dir.join(files::STATE), &state)
         .map_err(|e| format!("write shim.json: {e}"))?;
     report(
         ready,
