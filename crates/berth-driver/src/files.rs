@@ -6,8 +6,10 @@
 //! - `exit.json` — how the workload exited (written by the shim, fsynced, before it exits);
 //! - `logs/output.log` (+ `.1`, `.2`, …) — the workload's stdout and stderr.
 //!
-//! Each JSON file is written to a temporary name, fsynced, renamed into place, and the directory
-//! fsynced: a reader sees the old file or the new one, never a torn one.
+//! Each JSON file is written to a temporary name and renamed into place, so a reader sees the old
+//! file or the new one, never a torn one. `exit.json` is also fsynced (with its directory): it is
+//! the only record of how a workload ended. `spec.json` and `shim.json` are not: a retried launch
+//! rewrites the spec, and `shim.json` names processes that no power loss leaves alive.
 
 use std::collections::BTreeMap;
 use std::io::Write;
