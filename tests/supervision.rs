@@ -212,6 +212,7 @@ fn an_exit_while_the_agent_is_down_is_recorded_after_restart() {
     let m = h.wait_for("clean", "the clean exit", |m| m["state"] == "stopped");
     assert_eq!(m["exit"]["code"], 0);
     assert!(killed_at.elapsed() < Duration::from_secs(10));
+    destroy_all(&mut h, &["quitter".into(), "clean".into()]);
 }
 
 #[test]
@@ -329,6 +330,7 @@ fn the_blast_radius_guard_holds_when_most_workloads_vanish_at_once() {
             .contains("no exit recorded"),
         "{last}"
     );
+    destroy_all(&mut h, &ids);
 }
 
 #[test]
