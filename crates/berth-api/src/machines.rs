@@ -99,7 +99,22 @@ fn check_lease(lane: &Lane, id: &MachineId, headers: &HeaderMap) -> ApiResult<()
     }
 }
 
-/// Runs an operation in its own task: a client that goes away cannot cancel it half-way.
+/// Runs an operation in its own task, so a client that goes away cannot cancel it half-way. A
+/// workload that failed (spawn error...) is recorded on the machine, so the answer is the machine.
+async fn detached<F>(lane: &Lane, id: &MachineId, op: F) -> ApiResult<MachineRecord>
+where
+    F: std::future::Future<Output = Result<MachineRecord, OpError>> + Send + 'static,
+{
+    let result = tokio::spawn(op)
+        .await
+        .map_err(|e| ApiError::internal(format!("operation task failed: {e}")))?;
+    match result {
+        Ok(m) => Ok(m),
+        Err(OpError::Effect { .. }) => machine_or_404(lane, id),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn run_op(
     lane: &Lane,
     id: MachineId,
@@ -109,15 +124,10 @@ async fn run_op(
 ) -> ApiResult<MachineRecord> {
     let agent = lane.shared.agent.clone();
     let id2 = id.clone();
-    let result = tokio::spawn(async move { agent.operate(&id2, kind, signal, timeout).await })
-        .await
-        .map_err(|e| ApiError::internal(format!("operation task failed: {e}")))?;
-    match result {
-        Ok(m) => Ok(m),
-        // The workload failed (spawn error...): the machine records it; show the machine.
-        Err(OpError::Effect { .. }) => machine_or_404(lane, &id),
-        Err(e) => Err(e.into()),
-    }
+    detached(lane, &id, async move {
+        agent.operate(&id2, kind, signal, timeout).await
+    })
+    .await
 }
 
 pub(crate) async fn create(
@@ -232,14 +242,7 @@ async fn create_inner(
         source: Source::User,
     };
     let agent = lane.shared.agent.clone();
-    let result = tokio::spawn(async move { agent.create(creq).await })
-        .await
-        .map_err(|e| ApiError::internal(format!("create task failed: {e}")))?;
-    match result {
-        Ok(m) => Ok(m),
-        Err(OpError::Effect { .. }) => machine_or_404(lane, &id),
-        Err(e) => Err(e.into()),
-    }
+    detached(lane, &id, async move { agent.create(creq).await }).await
 }
 
 pub(crate) async fn list(

@@ -201,20 +201,7 @@ impl<E: Effects> Machines<E> {
         signal: Option<String>,
         timeout: Option<Duration>,
     ) -> Result<OperationRecord, OpError> {
-        self.begin_with(id, kind, source, signal, timeout, serde_json::Map::new())
-            .await
-    }
-
-    /// [`Machines::begin`] with extra parameters stored on the operation.
-    pub(crate) async fn begin_with(
-        &self,
-        id: &MachineId,
-        kind: OpKind,
-        source: Source,
-        signal: Option<String>,
-        timeout: Option<Duration>,
-        mut params: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<OperationRecord, OpError> {
+        let mut params = serde_json::Map::new();
         let steps = plan(kind, true);
         let names: Vec<&'static str> = steps.iter().map(|s| s.name).collect();
         let first_to = steps.iter().find_map(|s| s.to).map(|(s, _)| s);
