@@ -105,6 +105,37 @@ pub enum StoreError {
         /// The database file.
         path: PathBuf,
     },
+    /// A compaction is already running; only one runs at a time.
+    #[error("a compaction is already running (started {started}); wait for it or join it")]
+    CompactionRunning {
+        /// When the running one started (RFC 3339).
+        started: String,
+    },
+    /// Not enough free disk space for the compacted copy; nothing was changed.
+    #[error(
+        "not enough free space in {dir} to compact: the copy needs about {needed} bytes \
+         (live data plus a reserve) and {available} are available; free space or compact offline \
+         onto another disk (see runbooks/db-compaction.md)"
+    )]
+    NoSpace {
+        /// The data directory.
+        dir: PathBuf,
+        /// Bytes the compaction needs.
+        needed: u64,
+        /// Bytes free for an unprivileged writer.
+        available: u64,
+    },
+    /// The events asked for were removed by retention: the consumer must resync.
+    #[error(
+        "events after seq {after} are no longer kept (the oldest kept is {oldest}); resync: \
+         list the machines, then follow the stream from the current last seq"
+    )]
+    Expired {
+        /// What the consumer asked for.
+        after: u64,
+        /// The oldest seq still in the log.
+        oldest: u64,
+    },
     /// The store was closed.
     #[error("the store is closed")]
     Closed,

@@ -9,28 +9,32 @@
 //! [`StoreOptions`], [`StoreError`], the slow-op hook ([`SlowOp`]).
 
 mod codec;
+mod compact;
 mod error;
 mod read;
+mod retention;
 pub mod schema;
 mod timing;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use redb::Database;
 use tokio::sync::{mpsc, oneshot};
 
+pub use compact::{CompactionProgress, CompactionReport};
 pub use error::{Result, StoreError};
 pub use read::{CheckReport, StoreStats};
+pub use retention::{RetentionPolicy, RetentionReport};
 pub use schema::{IntegrityReport, OpenKind, SCHEMA_VERSION, check_file_integrity};
 pub use timing::{OP_DURATION, SLOW_OPS, SlowOp, SlowOpHook};
 pub use writer::{TransitionSpec, WriteCtx};
 
 use timing::Timings;
-use writer::{BoxedJob, TypedJob, Writer, WriterCounters};
+use writer::{BoxedJob, Msg, TypedJob, Writer, WriterCounters};
 
 /// Tunables of a [`Store`].
 #[derive(Clone)]
@@ -49,7 +53,16 @@ pub struct StoreOptions {
     pub timing: bool,
     /// redb's page cache, in bytes.
     pub cache_size: usize,
+    /// Free space a compaction must leave on the data dir's file system beyond its copy.
+    pub compaction_reserve: u64,
+    /// Called with the name of each compaction phase as it starts (for crash tests and drills):
+    /// `copy`, `catch-up`, `swap`, `new-file-durable`, `renamed` (the last two on the writer
+    /// thread, while writers wait), `swapped`.
+    pub compaction_hook: Option<CompactionHook>,
 }
+
+/// See [`StoreOptions::compaction_hook`].
+pub type CompactionHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -61,6 +74,8 @@ impl Default for StoreOptions {
             commit_delay: Duration::ZERO,
             timing: true,
             cache_size: 256 << 20,
+            compaction_reserve: 64 << 20,
+            compaction_hook: None,
         }
     }
 }
@@ -74,15 +89,20 @@ impl std::fmt::Debug for StoreOptions {
             .field("commit_delay", &self.commit_delay)
             .field("timing", &self.timing)
             .field("cache_size", &self.cache_size)
+            .field("compaction_reserve", &self.compaction_reserve)
             .finish_non_exhaustive()
     }
 }
 
+/// The open database, replaced (by the writer thread, between commits) when an online compaction
+/// swaps in the rebuilt file. Readers clone the `Arc` and keep reading the file they started on.
+pub(crate) type DbSlot = Arc<RwLock<Arc<Database>>>;
+
 struct Inner {
     path: PathBuf,
-    db: Arc<Database>,
+    db: DbSlot,
     /// `None` only while dropping.
-    tx: Option<mpsc::Sender<BoxedJob>>,
+    tx: Option<mpsc::Sender<Msg>>,
     writer: Option<std::thread::JoinHandle<()>>,
     capacity: usize,
     timings: Timings,
@@ -90,6 +110,11 @@ struct Inner {
     counters: Arc<WriterCounters>,
     seq_rx: tokio::sync::watch::Receiver<u64>,
     open_kind: OpenKind,
+    /// The compaction in progress, if any (one at a time).
+    compaction: Mutex<Option<CompactionProgress>>,
+    cache_size: usize,
+    compaction_reserve: u64,
+    compaction_hook: Option<CompactionHook>,
 }
 
 /// What the writer has done since the store was opened.
@@ -140,6 +165,7 @@ impl Store {
             enabled: options.timing,
         };
         let start = timings.start();
+        compact::remove_leftover(&path)?;
         let (db, open_kind) = schema::open_database(&path, options.cache_size)?;
         let caught_up = writer::catch_up_history(&db)?;
         if caught_up > 0 {
@@ -148,8 +174,8 @@ impl Store {
                 "materialized history rows left pending by an unclean shutdown"
             );
         }
-        let db = Arc::new(db);
-        let (next_seq, next_op_id) = Writer::load_counters(&db)?;
+        let db: DbSlot = Arc::new(RwLock::new(Arc::new(db)));
+        let (next_seq, next_op_id) = Writer::load_counters(&slot_get(&db))?;
         timings.finish("open", start, 0, 0, || format!("open {}", path.display()));
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let poisoned = Arc::new(AtomicBool::new(false));
@@ -158,7 +184,9 @@ impl Store {
         let writer = Writer {
             seq_tx,
             counters: counters.clone(),
-            db: db.clone(),
+            db: slot_get(&db),
+            slot: db.clone(),
+            dirty: writer::Dirty::default(),
             rx,
             max_batch: options.max_batch.max(1),
             commit_delay: options.commit_delay,
@@ -185,6 +213,10 @@ impl Store {
                 counters,
                 seq_rx,
                 open_kind,
+                compaction: Mutex::new(None),
+                cache_size: options.cache_size,
+                compaction_reserve: options.compaction_reserve,
+                compaction_hook: options.compaction_hook.clone(),
             }),
         })
     }
@@ -236,7 +268,7 @@ impl Store {
             reply,
         });
         let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
-        tx.try_send(job).map_err(|e| match e {
+        tx.try_send(Msg::Job(job)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 metrics::counter!("berth_db_writes_refused_total", "reason" => "overloaded")
                     .increment(1);
@@ -276,5 +308,34 @@ impl Store {
     /// file is closed.
     pub fn close(self) {
         drop(self);
+    }
+}
+
+/// The database in `slot` now.
+pub(crate) fn slot_get(slot: &DbSlot) -> Arc<Database> {
+    // A poisoned lock only means a panic elsewhere while holding it; the Arc inside is intact.
+    slot.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+impl Store {
+    /// The database file as it is now (a compaction may have swapped it).
+    pub(crate) fn db(&self) -> Arc<Database> {
+        slot_get(&self.inner.db)
+    }
+
+    /// Runs `f` on the writer thread between two commits (no write is in flight meanwhile) and
+    /// returns its result. Control messages wait in the queue like writes, but are never refused
+    /// as overload: the caller is the store itself.
+    pub(crate) fn control<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Writer) -> T + Send + 'static,
+    ) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
+        tx.blocking_send(Msg::Control(Box::new(move |w: &mut Writer| {
+            let _ = reply.send(f(w));
+        })))
+        .map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)
     }
 }

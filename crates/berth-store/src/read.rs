@@ -26,6 +26,23 @@ pub struct StoreStats {
     /// Every event up to this seq has its row in the `history` index; later ones are read from
     /// the log until the writer materializes them.
     pub history_seq: u64,
+    /// The lowest seq still in the event log (retention removes older ones).
+    pub first_seq: Option<u64>,
+    /// The last online compaction that finished.
+    pub last_compaction: Option<crate::CompactionReport>,
+    /// The compaction running now.
+    pub compaction: Option<crate::CompactionProgress>,
+}
+
+impl StoreStats {
+    /// `1 - live/file`: the share of the file that is garbage or free space.
+    pub fn garbage_ratio(&self) -> f64 {
+        if self.file_size_bytes == 0 {
+            0.0
+        } else {
+            1.0 - (self.live_bytes as f64 / self.file_size_bytes as f64).min(1.0)
+        }
+    }
 }
 
 /// What [`Store::check`] found.
@@ -73,7 +90,7 @@ fn open_ro<K: redb::Key + 'static, V: redb::Value + 'static>(
 
 impl Store {
     fn read_txn(&self, op: &'static str) -> Result<redb::ReadTransaction> {
-        self.inner.db.begin_read().map_err(StoreError::db(op))
+        self.db().begin_read().map_err(StoreError::db(op))
     }
 
     /// One machine, if it exists.
@@ -154,6 +171,11 @@ impl Store {
         let start = self.inner.timings.start();
         let txn = self.read_txn("events")?;
         let table = open_ro(&txn, EVENTS, "events")?;
+        if let Some(oldest) = crate::retention::first_seq(&table)?
+            && after.saturating_add(1) < oldest
+        {
+            return Err(StoreError::Expired { after, oldest });
+        }
         let mut out = Vec::new();
         for entry in table
             .range(after.saturating_add(1)..)
@@ -248,6 +270,18 @@ impl Store {
         let meta = open_ro(&txn, META, "stats")?;
         let next_seq = crate::schema::next_seq(&meta, &open_ro(&txn, EVENTS, "stats")?)?;
         let history_seq = history_watermark(&txn)?;
+        let first_seq = open_ro(&txn, EVENTS, "stats")?
+            .first()
+            .map_err(StoreError::db("stats"))?
+            .map(|(k, _)| k.value());
+        let last_compaction = match meta
+            .get(crate::compact::KEY_LAST_COMPACTION)
+            .map_err(StoreError::db("stats"))?
+        {
+            // A report this build cannot read is not worth failing stats over.
+            Some(v) => serde_json::from_slice(v.value()).ok(),
+            None => None,
+        };
         self.inner
             .timings
             .finish("stats", start, 0, 0, || "stats".into());
@@ -257,6 +291,9 @@ impl Store {
             tables,
             next_seq,
             history_seq,
+            first_seq,
+            last_compaction,
+            compaction: self.compaction_progress(),
         })
     }
 
@@ -294,6 +331,20 @@ impl Store {
         }
 
         let watermark = history_watermark(&txn)?;
+        let mut machine_ids = std::collections::BTreeSet::new();
+        for entry in open_ro(&txn, MACHINES, "check")?
+            .iter()
+            .map_err(StoreError::db("check"))?
+        {
+            let (k, _) = entry.map_err(StoreError::db("check"))?;
+            machine_ids.insert(k.value().to_owned());
+        }
+        // Where retention trimmed a history, its index rows start above version 1; an event of a
+        // version below that (or of a machine retention removed whole) has no row, rightly.
+        let first_indexed: BTreeMap<String, u64> = histories
+            .iter()
+            .filter_map(|(m, h)| h.first().map(|e| (m.clone(), e.version)))
+            .collect();
         let events_t = open_ro(&txn, EVENTS, "check")?;
         let mut prev: Option<u64> = None;
         for entry in events_t.iter().map_err(StoreError::db("check"))? {
@@ -322,16 +373,28 @@ impl Store {
                         (true, Some(h)) if *h != ev => {
                             p.push(format!("events[{seq}] differs from its history row"))
                         }
-                        (true, None) => p.push(format!(
-                            "events[{seq}] is below the history watermark {watermark} but has no history row"
-                        )),
+                        (true, None) => {
+                            let m = ev.machine_id.as_str();
+                            let trimmed = match first_indexed.get(m) {
+                                Some(first) => ev.version < *first,
+                                None => !machine_ids.contains(m),
+                            };
+                            if !trimmed {
+                                p.push(format!(
+                                    "events[{seq}] is below the history watermark {watermark} but has no history row"
+                                ));
+                            }
+                        }
                         // Materialized by a generation still in progress.
                         (false, Some(h)) if *h != ev => {
                             p.push(format!("events[{seq}] differs from its history row"))
                         }
                         (false, Some(_)) => {}
                         // Not yet materialized: the log is this transition's history row.
-                        (false, None) => histories.entry(ev.machine_id.to_string()).or_default().push(ev),
+                        (false, None) => histories
+                            .entry(ev.machine_id.to_string())
+                            .or_default()
+                            .push(ev),
                         (true, Some(_)) => {}
                     }
                 }
@@ -402,7 +465,10 @@ impl Store {
 
 fn check_history(rec: &MachineRecord, history: &[Event], p: &mut Vec<String>) {
     let Some(first) = history.first() else {
-        p.push(format!("machine {} has no history", rec.id));
+        // Retention removes a destroyed machine's history before its record.
+        if rec.state != berth_types::State::Destroyed {
+            p.push(format!("machine {} has no history", rec.id));
+        }
         return;
     };
     for pair in history.windows(2) {

@@ -9,7 +9,7 @@
 //! closure returns `Ok`, so a refused write (illegal transition, unknown machine) changes nothing
 //! while the rest of its batch commits. Later closures in a batch see earlier ones' writes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -73,11 +73,65 @@ where
 
 pub(crate) type BoxedJob = Box<dyn Job>;
 
+/// What the writer's queue carries: writes, and (rarely) work the store itself needs done on the
+/// writer thread between commits, such as the steps of an online compaction.
+pub(crate) enum Msg {
+    Job(BoxedJob),
+    Control(Box<dyn FnOnce(&mut Writer) + Send>),
+}
+
+/// Keys written since tracking was switched on: what an online compaction must copy again.
+/// Recording an extra key is harmless (the copy re-reads it from a later snapshot); missing one
+/// would lose a write, so every insert and remove in the writer records its key.
+#[derive(Debug, Default)]
+pub(crate) struct Dirty {
+    pub enabled: bool,
+    pub machines: BTreeSet<String>,
+    pub events: BTreeSet<u64>,
+    pub operations: BTreeSet<u64>,
+    pub history: BTreeSet<(String, u64)>,
+}
+
+impl Dirty {
+    pub fn len(&self) -> usize {
+        self.machines.len() + self.events.len() + self.operations.len() + self.history.len()
+    }
+
+    /// Hands over what was recorded; tracking stays as it was.
+    pub fn take(&mut self) -> Dirty {
+        let enabled = self.enabled;
+        let out = std::mem::take(self);
+        self.enabled = enabled;
+        out
+    }
+
+    pub fn machine(&mut self, id: &str) {
+        if self.enabled {
+            self.machines.insert(id.to_owned());
+        }
+    }
+    pub fn event(&mut self, seq: u64) {
+        if self.enabled {
+            self.events.insert(seq);
+        }
+    }
+    pub fn operation(&mut self, id: u64) {
+        if self.enabled {
+            self.operations.insert(id);
+        }
+    }
+    pub fn history(&mut self, id: &str, version: u64) {
+        if self.enabled {
+            self.history.insert((id.to_owned(), version));
+        }
+    }
+}
+
 /// Open tables of the batch's write transaction.
 pub(crate) struct Tables<'txn> {
-    machines: Table<'txn, &'static str, &'static [u8]>,
-    events: Table<'txn, u64, &'static [u8]>,
-    operations: Table<'txn, u64, &'static [u8]>,
+    pub(crate) machines: Table<'txn, &'static str, &'static [u8]>,
+    pub(crate) events: Table<'txn, u64, &'static [u8]>,
+    pub(crate) operations: Table<'txn, u64, &'static [u8]>,
 }
 
 /// What one closure has written, not yet applied to the transaction.
@@ -86,8 +140,18 @@ struct Staged {
     machines: BTreeMap<MachineId, MachineRecord>,
     events: Vec<Event>,
     operations: BTreeMap<u64, Option<OperationRecord>>,
+    meta: Vec<(&'static str, Vec<u8>)>,
+    removals: Vec<Removal>,
     next_seq: u64,
     next_op_id: u64,
+}
+
+/// A row retention removes.
+#[derive(Debug)]
+pub(crate) enum Removal {
+    Machine(MachineId),
+    History(MachineId, u64),
+    Event(u64),
 }
 
 /// A transition to record.
@@ -148,8 +212,10 @@ impl TransitionSpec {
 /// transition bumps the machine's version by one and appends history row `(id, version)` and one
 /// event with the next `seq`, all in the same transaction as the record change.
 pub struct WriteCtx<'a, 'txn> {
-    tables: &'a mut Tables<'txn>,
-    cache: &'a mut HashMap<MachineId, MachineRecord>,
+    pub(crate) tables: &'a mut Tables<'txn>,
+    pub(crate) txn: &'a redb::WriteTransaction,
+    pub(crate) dirty: &'a mut Dirty,
+    pub(crate) cache: &'a mut HashMap<MachineId, MachineRecord>,
     staged: Staged,
     committed_seq: u64,
     committed_op_id: u64,
@@ -200,6 +266,7 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
                 .machines
                 .insert(id.as_str(), bytes.as_slice())
                 .map_err(StoreError::db("write machine"))?;
+            self.dirty.machine(id.as_str());
             self.cache.insert(id, rec);
         }
         for ev in staged.events {
@@ -209,6 +276,7 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
                 .events
                 .insert(ev.seq, bytes.as_slice())
                 .map_err(StoreError::db("write event"))?;
+            self.dirty.event(ev.seq);
             self.new_history.push(HistoryRow {
                 machine_id: ev.machine_id,
                 version: ev.version,
@@ -216,6 +284,7 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
             });
         }
         for (id, op) in &staged.operations {
+            self.dirty.operation(*id);
             match op {
                 Some(op) => {
                     let bytes = codec::encode(op);
@@ -233,9 +302,60 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
                 }
             }
         }
+        if !staged.removals.is_empty() {
+            let mut history = self
+                .txn
+                .open_table(HISTORY)
+                .map_err(StoreError::db("open history"))?;
+            for r in &staged.removals {
+                match r {
+                    Removal::Machine(id) => {
+                        self.tables
+                            .machines
+                            .remove(id.as_str())
+                            .map_err(StoreError::db("remove machine"))?;
+                        self.cache.remove(id);
+                        self.dirty.machine(id.as_str());
+                    }
+                    Removal::History(id, version) => {
+                        history
+                            .remove((id.as_str(), *version))
+                            .map_err(StoreError::db("remove history"))?;
+                        self.dirty.history(id.as_str(), *version);
+                    }
+                    Removal::Event(seq) => {
+                        self.tables
+                            .events
+                            .remove(*seq)
+                            .map_err(StoreError::db("remove event"))?;
+                        self.dirty.event(*seq);
+                    }
+                }
+            }
+        }
+        if !staged.meta.is_empty() {
+            let mut meta = self
+                .txn
+                .open_table(META)
+                .map_err(StoreError::db("write meta"))?;
+            for (k, v) in &staged.meta {
+                meta.insert(*k, v.as_slice())
+                    .map_err(StoreError::db("write meta"))?;
+            }
+        }
         self.committed_seq = staged.next_seq;
         self.committed_op_id = staged.next_op_id;
         Ok(())
+    }
+
+    /// Stages the removal of a row (retention).
+    pub(crate) fn remove(&mut self, r: Removal) {
+        self.staged.removals.push(r);
+    }
+
+    /// Sets a `meta` key (the store's own bookkeeping, e.g. the last compaction's report).
+    pub(crate) fn put_meta(&mut self, key: &'static str, value: Vec<u8>) {
+        self.staged.meta.push((key, value));
     }
 
     /// The commit time shared by every write in the batch.
@@ -475,7 +595,7 @@ pub(crate) struct WriterCounters {
 /// State the writer thread owns.
 pub(crate) struct Writer {
     pub db: Arc<Database>,
-    pub rx: mpsc::Receiver<BoxedJob>,
+    pub rx: mpsc::Receiver<Msg>,
     pub max_batch: usize,
     pub commit_delay: Duration,
     pub timings: Timings,
@@ -486,6 +606,10 @@ pub(crate) struct Writer {
     pub next_seq: u64,
     pub next_op_id: u64,
     pub indexer: Indexer,
+    /// Shared with readers: where a compaction's swap publishes the new database.
+    pub slot: crate::DbSlot,
+    /// Keys written while an online compaction is copying the file.
+    pub dirty: Dirty,
     /// Decoded machine records as last committed: the writer is the only writer, so it can skip
     /// reading and decoding a record it already holds.
     pub cache: HashMap<MachineId, MachineRecord>,
@@ -525,6 +649,7 @@ impl Indexer {
     fn work(
         &mut self,
         txn: &redb::WriteTransaction,
+        dirty: &mut Dirty,
         new_rows: Vec<HistoryRow>,
         through: u64,
     ) -> Result<()> {
@@ -556,6 +681,7 @@ impl Indexer {
             history
                 .insert((row.machine_id.as_str(), row.version), row.bytes.as_slice())
                 .map_err(StoreError::db("write history"))?;
+            dirty.history(row.machine_id.as_str(), row.version);
             self.generation.pop_front();
             written += 1;
             if boundary && written >= HISTORY_SLICE_ROWS {
@@ -570,9 +696,17 @@ impl Indexer {
     }
 
     /// Writes everything outstanding (at shutdown).
-    fn finish(&mut self, txn: &redb::WriteTransaction, through: u64) -> Result<()> {
+    fn finish(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        dirty: &mut Dirty,
+        through: u64,
+    ) -> Result<()> {
         let mut rows: Vec<HistoryRow> = self.generation.drain(..).collect();
         rows.append(&mut self.pending);
+        for row in &rows {
+            dirty.history(row.machine_id.as_str(), row.version);
+        }
         materialize(txn, rows, through)
     }
 
@@ -677,12 +811,24 @@ impl Writer {
     pub fn run(mut self) {
         let mut batch: Vec<BoxedJob> = Vec::with_capacity(self.max_batch);
         while let Some(first) = self.rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < self.max_batch {
+            let mut control = None;
+            match first {
+                Msg::Job(job) => batch.push(job),
+                Msg::Control(f) => control = Some(f),
+            }
+            while control.is_none() && batch.len() < self.max_batch {
                 match self.rx.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(Msg::Job(job)) => batch.push(job),
+                    Ok(Msg::Control(f)) => control = Some(f),
                     Err(_) => break,
                 }
+            }
+            if batch.is_empty() {
+                // A control message runs after the writes queued before it are committed.
+                if let Some(f) = control {
+                    f(&mut self);
+                }
+                continue;
             }
             if self.poisoned.load(Ordering::Acquire) {
                 let err = StoreError::Poisoned("an earlier commit failed".into());
@@ -700,6 +846,9 @@ impl Writer {
             for job in batch.drain(..) {
                 job.finish(outcome);
             }
+            if let Some(f) = control {
+                f(&mut self);
+            }
         }
         // Every handle is gone: materialize what is pending so a clean shutdown leaves the
         // history index complete (a crash leaves it to `catch_up_history` at the next open).
@@ -711,7 +860,7 @@ impl Writer {
                 .begin_write()
                 .map_err(StoreError::db("flush history"))
                 .and_then(|txn| {
-                    indexer.finish(&txn, through)?;
+                    indexer.finish(&txn, &mut self.dirty, through)?;
                     txn.commit().map_err(StoreError::db("flush history"))
                 });
             if let Err(e) = result {
@@ -744,6 +893,8 @@ impl Writer {
             };
             let mut ctx = WriteCtx {
                 tables: &mut tables,
+                txn: &txn,
+                dirty: &mut self.dirty,
                 cache: &mut self.cache,
                 staged: Staged::default(),
                 committed_seq: self.next_seq,
@@ -759,7 +910,8 @@ impl Writer {
             new_history = std::mem::take(&mut ctx.new_history);
             (ctx.committed_seq, ctx.committed_op_id)
         };
-        self.indexer.work(&txn, new_history, next_seq - 1)?;
+        self.indexer
+            .work(&txn, &mut self.dirty, new_history, next_seq - 1)?;
         // The next seq follows from the log's last key, so a commit that only adds events leaves
         // meta alone (one table fewer to write per commit). Operation ids are not derivable (a
         // finished operation is deleted), so they are written whenever one is allocated.

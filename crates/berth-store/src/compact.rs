@@ -1,0 +1,478 @@
+//! Online compaction: the database file is rebuilt while the agent keeps reading and writing.
+//!
+//! redb's own `Database::compact` needs the database to itself, so it blocks every writer for its
+//! whole run. berth instead builds a compacted copy beside the live file:
+//!
+//! 1. **Space**: refuses unless the file system has room for the live data plus a reserve.
+//! 2. **Snapshot**: switches on dirty-key tracking in the writer between two commits, then opens
+//!    a read snapshot. Every commit before the switch is in the snapshot; every later one has its
+//!    keys recorded (a commit in between is in both, which is harmless: copies are idempotent).
+//! 3. **Copy**: every table of the snapshot, in key order, into `<file>.compact`, in bulk commits
+//!    that are made durable by one final durable commit. The writer keeps committing to the live
+//!    file meanwhile.
+//! 4. **Catch up**: takes the recorded keys (on the writer thread, between commits), opens a newer
+//!    snapshot and copies those keys, or removes them where they are gone; repeats while rounds
+//!    are large.
+//! 5. **Swap**, on the writer thread — the only pause writers see: copies the last few keys,
+//!    commits the copy durably, renames it over the live file, fsyncs the directory, and publishes
+//!    the new database to readers. Readers still inside a snapshot of the old file finish on it.
+//!
+//! Crash safety: before the rename the live file is untouched and holds every acknowledged write
+//! (the `.compact` leftover is deleted at the next open); the rename is atomic, and the new file
+//! was durably committed, with every write acknowledged so far, before it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_types::Timestamp;
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+use crate::schema::{EVENTS, HISTORY, MACHINES, META, OPERATIONS};
+use crate::writer::{Dirty, Writer};
+use crate::{Store, slot_get};
+
+/// The meta key holding the last [`CompactionReport`] (JSON).
+pub(crate) const KEY_LAST_COMPACTION: &str = "last_compaction";
+
+/// Rows per bulk commit while copying.
+const COPY_CHUNK_ROWS: u64 = 20_000;
+/// A catch-up round this small is left to the swap.
+const SMALL_ROUND_KEYS: usize = 512;
+/// Catch-up rounds before swapping regardless (a writer faster than the copy cannot starve it).
+const MAX_ROUNDS: u32 = 16;
+/// Free space the copy needs beyond the live data, as a fraction of it.
+const SPACE_MARGIN: f64 = 0.2;
+
+/// What a finished compaction did (also kept in the database as the last compaction).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompactionReport {
+    /// When it started.
+    pub at: Timestamp,
+    /// How long it took, start to swap.
+    pub duration_ms: u64,
+    /// File size before.
+    pub size_before: u64,
+    /// File size after.
+    pub size_after: u64,
+    /// Live bytes before.
+    pub live_bytes: u64,
+    /// The longest time writers were paused (the swap).
+    pub max_pause_ms: f64,
+    /// Rows copied from the first snapshot.
+    pub rows_copied: u64,
+    /// Catch-up rounds before the swap.
+    pub catch_up_rounds: u32,
+    /// Keys copied again because they were written during the compaction.
+    pub keys_caught_up: u64,
+}
+
+/// A compaction in progress, for stats and logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompactionProgress {
+    /// When it started.
+    pub started_at: Timestamp,
+    /// `space`, `copy`, `catch-up` or `swap`.
+    pub phase: String,
+    /// Rows copied so far from the first snapshot.
+    pub rows_copied: u64,
+    /// Catch-up rounds so far.
+    pub catch_up_rounds: u32,
+}
+
+/// Where the compacted copy is built.
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".compact");
+    path.with_file_name(name)
+}
+
+/// At open: a `.compact` file is the unfinished copy of a compaction that crashed before its
+/// swap. The live file is complete without it.
+pub(crate) fn remove_leftover(path: &Path) -> Result<()> {
+    let tmp = tmp_path(path);
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {
+            tracing::warn!(file = %tmp.display(), "removed the copy left by a compaction that did not finish");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io(format!("remove {}", tmp.display()))(e)),
+    }
+}
+
+/// Bytes available to an unprivileged writer in the file system holding `dir`.
+fn available_bytes(dir: &Path) -> Result<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| {
+        StoreError::io(format!("statvfs {}", dir.display()))(std::io::Error::from(e))
+    })?;
+    #[allow(clippy::useless_conversion)] // the field types differ between targets
+    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
+}
+
+/// Whether `available` bytes leave room for a copy of `live` bytes plus the margin and reserve.
+pub(crate) fn space_needed(live: u64, reserve: u64) -> u64 {
+    (live as f64 * (1.0 + SPACE_MARGIN)) as u64 + reserve
+}
+
+fn copy_all(src: &ReadTransaction, dst: &Database, mut progress: impl FnMut(u64)) -> Result<u64> {
+    let mut rows = 0u64;
+    macro_rules! copy {
+        ($def:expr) => {{
+            let table = src
+                .open_table($def)
+                .map_err(StoreError::db("compact: read"))?;
+            let mut iter = table.iter().map_err(StoreError::db("compact: read"))?;
+            loop {
+                let mut txn = dst.begin_write().map_err(StoreError::db("compact: copy"))?;
+                txn.set_durability(redb::Durability::None)
+                    .map_err(StoreError::db("compact: copy"))?;
+                let mut done = true;
+                {
+                    let mut t = txn
+                        .open_table($def)
+                        .map_err(StoreError::db("compact: copy"))?;
+                    let mut n = 0;
+                    for entry in iter.by_ref() {
+                        let (k, v) = entry.map_err(StoreError::db("compact: read"))?;
+                        t.insert(k.value(), v.value())
+                            .map_err(StoreError::db("compact: copy"))?;
+                        n += 1;
+                        if n >= COPY_CHUNK_ROWS {
+                            done = false;
+                            break;
+                        }
+                    }
+                    rows += n;
+                }
+                txn.commit().map_err(StoreError::db("compact: copy"))?;
+                progress(rows);
+                if done {
+                    break;
+                }
+            }
+        }};
+    }
+    copy!(META);
+    copy!(MACHINES);
+    copy!(OPERATIONS);
+    copy!(EVENTS);
+    copy!(HISTORY);
+    // One durable commit makes every bulk commit before it durable.
+    let txn = dst.begin_write().map_err(StoreError::db("compact: copy"))?;
+    txn.commit().map_err(StoreError::db("compact: copy"))?;
+    Ok(rows)
+}
+
+/// Copies the keys in `dirty` from `src` (or removes them where `src` has none), and the whole
+/// `meta` table, in one transaction of the given durability.
+fn apply_dirty(
+    src: &ReadTransaction,
+    dst: &Database,
+    dirty: &Dirty,
+    durability: redb::Durability,
+) -> Result<()> {
+    let mut txn = dst
+        .begin_write()
+        .map_err(StoreError::db("compact: catch up"))?;
+    txn.set_durability(durability)
+        .map_err(StoreError::db("compact: catch up"))?;
+    let e = StoreError::db("compact: catch up");
+    {
+        macro_rules! sync_keys {
+            ($def:expr, $keys:expr, |$k:ident| $key:expr) => {{
+                let from = src
+                    .open_table($def)
+                    .map_err(StoreError::db("compact: read"))?;
+                let mut to = txn
+                    .open_table($def)
+                    .map_err(StoreError::db("compact: catch up"))?;
+                for $k in $keys {
+                    let key = $key;
+                    match from.get(key).map_err(StoreError::db("compact: read"))? {
+                        Some(v) => {
+                            to.insert(key, v.value())
+                                .map_err(StoreError::db("compact: catch up"))?;
+                        }
+                        None => {
+                            to.remove(key)
+                                .map_err(StoreError::db("compact: catch up"))?;
+                        }
+                    }
+                }
+            }};
+        }
+        sync_keys!(MACHINES, &dirty.machines, |k| k.as_str());
+        sync_keys!(OPERATIONS, &dirty.operations, |k| *k);
+        sync_keys!(EVENTS, &dirty.events, |k| *k);
+        sync_keys!(HISTORY, &dirty.history, |k| (k.0.as_str(), k.1));
+        let from = src
+            .open_table(META)
+            .map_err(StoreError::db("compact: read"))?;
+        let mut to = txn
+            .open_table(META)
+            .map_err(StoreError::db("compact: catch up"))?;
+        for entry in from.iter().map_err(StoreError::db("compact: read"))? {
+            let (k, v) = entry.map_err(StoreError::db("compact: read"))?;
+            to.insert(k.value(), v.value())
+                .map_err(StoreError::db("compact: catch up"))?;
+        }
+    }
+    txn.commit().map_err(e)
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+impl Store {
+    /// Compacts the database online (see the module docs); blocks the calling thread until the
+    /// swap is done. Fails with [`StoreError::CompactionRunning`] while another one runs and with
+    /// [`StoreError::NoSpace`] when the copy would not fit; either way nothing changes.
+    pub fn compact(&self) -> Result<CompactionReport> {
+        let started_at = Timestamp::now();
+        {
+            let mut slot = self
+                .inner
+                .compaction
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(running) = slot.as_ref() {
+                return Err(StoreError::CompactionRunning {
+                    started: running.started_at.to_string(),
+                });
+            }
+            *slot = Some(CompactionProgress {
+                started_at,
+                phase: "space".into(),
+                rows_copied: 0,
+                catch_up_rounds: 0,
+            });
+        }
+        let tmp = tmp_path(&self.inner.path);
+        let result = self.compact_inner(started_at, &tmp);
+        if result.is_err() {
+            // Stop tracking (it may still be on) and drop the partial copy; the live file is
+            // untouched.
+            let _ = self.control(|w| w.dirty = Dirty::default());
+            if let Err(e) = std::fs::remove_file(&tmp)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(file = %tmp.display(), error = %e, "could not remove the partial compaction copy");
+            }
+        }
+        *self
+            .inner
+            .compaction
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        metrics::counter!("berth_db_compactions_total", "result" => outcome).increment(1);
+        match &result {
+            Ok(r) => {
+                metrics::histogram!("berth_db_compaction_pause_seconds")
+                    .record(r.max_pause_ms / 1000.0);
+                tracing::info!(
+                    duration_ms = r.duration_ms,
+                    size_before = r.size_before,
+                    size_after = r.size_after,
+                    max_pause_ms = r.max_pause_ms,
+                    rows = r.rows_copied,
+                    rounds = r.catch_up_rounds,
+                    "online compaction done"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "online compaction failed; the database is unchanged")
+            }
+        }
+        result
+    }
+
+    /// The compaction in progress, if any.
+    pub fn compaction_progress(&self) -> Option<CompactionProgress> {
+        self.inner
+            .compaction
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_progress(&self, f: impl FnOnce(&mut CompactionProgress)) {
+        if let Some(p) = self
+            .inner
+            .compaction
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            f(p);
+        }
+    }
+
+    fn phase(&self, name: &'static str) {
+        self.set_progress(|p| p.phase = name.into());
+        tracing::info!(phase = name, "online compaction");
+        if let Some(hook) = &self.inner.compaction_hook {
+            hook(name);
+        }
+    }
+
+    fn compact_inner(&self, started_at: Timestamp, tmp: &Path) -> Result<CompactionReport> {
+        let t0 = Instant::now();
+        let path = self.inner.path.clone();
+        let size_before = file_size(&path)?;
+        let live_bytes = self.stats()?.live_bytes;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let needed = space_needed(live_bytes, self.inner.compaction_reserve);
+        let available = available_bytes(&dir)?;
+        if available < needed {
+            return Err(StoreError::NoSpace {
+                dir,
+                needed,
+                available,
+            });
+        }
+        remove_leftover(&path)?;
+
+        self.phase("copy");
+        self.control(|w| {
+            w.dirty = Dirty {
+                enabled: true,
+                ..Dirty::default()
+            }
+        })?;
+        let snapshot = self
+            .db()
+            .begin_read()
+            .map_err(StoreError::db("compact: snapshot"))?;
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(self.inner.cache_size);
+        let new = builder
+            .create(tmp)
+            .map_err(StoreError::db("compact: create copy"))?;
+        let mut last_log = Instant::now();
+        let rows_copied = copy_all(&snapshot, &new, |rows| {
+            self.set_progress(|p| p.rows_copied = rows);
+            if last_log.elapsed() >= Duration::from_secs(2) {
+                last_log = Instant::now();
+                tracing::info!(rows, "online compaction: copying");
+            }
+        })?;
+        drop(snapshot);
+        self.phase("catch-up");
+
+        let mut rounds = 0;
+        let mut caught_up = 0u64;
+        loop {
+            let dirty = self.control(|w| w.dirty.take())?;
+            let snapshot = self
+                .db()
+                .begin_read()
+                .map_err(StoreError::db("compact: snapshot"))?;
+            rounds += 1;
+            caught_up += dirty.len() as u64;
+            apply_dirty(&snapshot, &new, &dirty, redb::Durability::None)?;
+            self.set_progress(|p| p.catch_up_rounds = rounds);
+            tracing::info!(
+                round = rounds,
+                keys = dirty.len(),
+                "online compaction: caught up"
+            );
+            if dirty.len() <= SMALL_ROUND_KEYS || rounds >= MAX_ROUNDS {
+                break;
+            }
+        }
+
+        self.phase("swap");
+        let hook = self.inner.compaction_hook.clone();
+        let tmp_owned = tmp.to_owned();
+        let swap_path = path.clone();
+        let (pause, last_keys) = self.control(move |w: &mut Writer| {
+            swap(w, new, &tmp_owned, &swap_path, hook.as_deref())
+        })??;
+        caught_up += last_keys;
+        if let Some(hook) = &self.inner.compaction_hook {
+            hook("swapped");
+        }
+
+        let report = CompactionReport {
+            at: started_at,
+            duration_ms: t0.elapsed().as_millis() as u64,
+            size_before,
+            size_after: file_size(&path)?,
+            live_bytes,
+            max_pause_ms: pause.as_secs_f64() * 1000.0,
+            rows_copied,
+            catch_up_rounds: rounds,
+            keys_caught_up: caught_up,
+        };
+        // Recorded through the writer like any write, so it survives restarts.
+        let bytes = serde_json::to_vec(&report).map_err(|e| StoreError::Io {
+            context: "encode compaction report".into(),
+            source: std::io::Error::other(e),
+        })?;
+        self.write_blocking(move |w| {
+            w.put_meta(KEY_LAST_COMPACTION, bytes);
+            Ok(())
+        })?;
+        Ok(report)
+    }
+}
+
+/// The swap, on the writer thread between commits. Returns how long writers were paused and how
+/// many keys it copied.
+fn swap(
+    w: &mut Writer,
+    new: Database,
+    tmp: &Path,
+    path: &Path,
+    hook: Option<&(dyn Fn(&str) + Send + Sync)>,
+) -> Result<(Duration, u64)> {
+    let t0 = Instant::now();
+    let dirty = w.dirty.take();
+    w.dirty = Dirty::default();
+    let snapshot =
+        w.db.begin_read()
+            .map_err(StoreError::db("compact: snapshot"))?;
+    apply_dirty(&snapshot, &new, &dirty, redb::Durability::Immediate)?;
+    drop(snapshot);
+    if let Some(hook) = hook {
+        hook("new-file-durable");
+    }
+    std::fs::rename(tmp, path).map_err(StoreError::io(format!(
+        "rename {} over {}",
+        tmp.display(),
+        path.display()
+    )))?;
+    // From here on the path names the new file: the swap must complete.
+    if let Some(hook) = hook {
+        hook("renamed");
+    }
+    if let Err(e) = sync_dir(path) {
+        tracing::error!(error = %e, "could not fsync the data directory after the compaction's rename; the new file is complete, but a power cut now could bring back the old name");
+    }
+    let new = Arc::new(new);
+    *w.slot.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+    w.db = new;
+    debug_assert!(Arc::ptr_eq(&w.db, &slot_get(&w.slot)));
+    Ok((t0.elapsed(), dirty.len() as u64))
+}
+
+fn file_size(path: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(path)
+        .map_err(StoreError::io(format!("stat {}", path.display())))?
+        .len())
+}

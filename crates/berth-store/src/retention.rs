@@ -1,0 +1,262 @@
+//! Retention: keeps the database from growing without bound.
+//!
+//! Three rules, applied in small batches — each batch one ordinary write through the writer, of at
+//! most [`RetentionPolicy::batch_rows`] rows — with a pause between batches, so a normal write never
+//! waits behind retention for more than one small commit:
+//!
+//! - a destroyed machine's history, then its record, is deleted once it has been destroyed for
+//!   longer than `destroyed_machine_ttl`;
+//! - a machine's history is capped at `max_events_per_machine` rows, oldest first (the record stays
+//!   the truth; `check` knows a trimmed history is a suffix);
+//! - the host-wide event log keeps its newest `max_events` events; a consumer asking for older ones
+//!   gets [`crate::StoreError::Expired`] and must resync.
+//!
+//! Only rows already materialized in the history index (seq at or below the `history_seq`
+//! watermark) are ever removed, so retention and the indexer never race over a row.
+
+use std::time::Duration;
+
+use berth_types::{Event, MachineId, State, Timestamp};
+use redb::ReadableTable;
+use serde::Serialize;
+
+use crate::Store;
+use crate::error::{Result, StoreError};
+use crate::schema::{HISTORY, KEY_HISTORY_SEQ, META};
+use crate::writer::{Removal, WriteCtx, decode_at};
+
+/// What to keep.
+#[derive(Debug, Clone)]
+pub struct RetentionPolicy {
+    /// A destroyed machine's history and record are kept this long (`retention.destroyed_machine_ttl`).
+    pub destroyed_machine_ttl: Duration,
+    /// History rows kept per machine (`retention.max_events_per_machine`).
+    pub max_events_per_machine: u64,
+    /// Events kept in the host-wide log (`retention.max_events`).
+    pub max_events: u64,
+    /// Rows removed per write at most.
+    pub batch_rows: usize,
+    /// Pause between two batches.
+    pub pause: Duration,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        Self {
+            destroyed_machine_ttl: Duration::from_secs(24 * 3600),
+            max_events_per_machine: 1000,
+            max_events: 1_000_000,
+            batch_rows: 512,
+            pause: Duration::from_millis(5),
+        }
+    }
+}
+
+/// What one retention pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RetentionReport {
+    /// Destroyed machines whose record and history were removed.
+    pub machines_removed: u64,
+    /// History rows removed (trimmed or of removed machines).
+    pub history_rows_removed: u64,
+    /// Events removed from the host-wide log.
+    pub events_removed: u64,
+    /// Writes it took.
+    pub batches: u64,
+}
+
+impl RetentionReport {
+    /// Whether the pass removed anything.
+    pub fn is_empty(&self) -> bool {
+        self.machines_removed == 0 && self.history_rows_removed == 0 && self.events_removed == 0
+    }
+}
+
+fn watermark(ctx: &WriteCtx<'_, '_>) -> Result<u64> {
+    let meta = ctx
+        .txn
+        .open_table(META)
+        .map_err(StoreError::db("retention"))?;
+    Ok(crate::schema::read_u64(&meta, KEY_HISTORY_SEQ)?.unwrap_or(0))
+}
+
+/// Stages the removal of up to `limit` of `id`'s oldest history rows with a version below
+/// `below` that are materialized; returns how many.
+fn trim_history(
+    ctx: &mut WriteCtx<'_, '_>,
+    id: &MachineId,
+    below: u64,
+    limit: usize,
+) -> Result<u64> {
+    let mark = watermark(ctx)?;
+    let mut victims = Vec::new();
+    {
+        let history = ctx
+            .txn
+            .open_table(HISTORY)
+            .map_err(StoreError::db("retention"))?;
+        for entry in history
+            .range((id.as_str(), 0u64)..(id.as_str(), below))
+            .map_err(StoreError::db("retention"))?
+        {
+            if victims.len() >= limit {
+                break;
+            }
+            let (k, v) = entry.map_err(StoreError::db("retention"))?;
+            let (m, version) = k.value();
+            let ev: Event = decode_at("history", format!("({m}, {version})"), v.value())?;
+            if ev.seq > mark {
+                break;
+            }
+            victims.push(version);
+        }
+    }
+    let n = victims.len() as u64;
+    for version in victims {
+        ctx.remove(Removal::History(id.clone(), version));
+    }
+    Ok(n)
+}
+
+/// Whether any event above the watermark (not yet in the index) belongs to `id`.
+fn has_pending_events(ctx: &WriteCtx<'_, '_>, id: &MachineId) -> Result<bool> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        machine_id: String,
+    }
+    let mark = watermark(ctx)?;
+    for entry in ctx
+        .tables
+        .events
+        .range(mark.saturating_add(1)..)
+        .map_err(StoreError::db("retention"))?
+    {
+        let (k, v) = entry.map_err(StoreError::db("retention"))?;
+        let head: Head = decode_at("events", k.value(), v.value())?;
+        if head.machine_id == id.as_str() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+impl Store {
+    /// One retention pass over the whole store (see the module docs). Safe to run while the
+    /// agent serves: every batch is a small ordinary write.
+    pub async fn retain(&self, policy: &RetentionPolicy) -> Result<RetentionReport> {
+        let mut report = RetentionReport::default();
+        let limit = policy.batch_rows.max(1);
+        let now = Timestamp::now();
+        let keep = policy.max_events_per_machine.max(1);
+
+        for rec in self.machines()? {
+            let expired = rec.state == State::Destroyed
+                && now.saturating_since(rec.updated_at) >= policy.destroyed_machine_ttl;
+            if expired {
+                loop {
+                    let id = rec.id.clone();
+                    let (rows, removed) = self
+                        .write(move |w| {
+                            let Some(cur) = w.machine(&id)? else {
+                                return Ok((0, false));
+                            };
+                            if cur.state != State::Destroyed {
+                                return Ok((0, false));
+                            }
+                            let rows = trim_history(w, &id, u64::MAX, limit)?;
+                            if rows == 0 && !has_pending_events(w, &id)? {
+                                w.remove(Removal::Machine(id));
+                                return Ok((0, true));
+                            }
+                            Ok((rows, false))
+                        })
+                        .await?;
+                    report.batches += 1;
+                    report.history_rows_removed += rows;
+                    if removed {
+                        report.machines_removed += 1;
+                    }
+                    if rows == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(policy.pause).await;
+                }
+            } else if rec.version > keep {
+                let below = rec.version - keep + 1;
+                loop {
+                    let id = rec.id.clone();
+                    let rows = self
+                        .write(move |w| trim_history(w, &id, below, limit))
+                        .await?;
+                    report.batches += 1;
+                    report.history_rows_removed += rows;
+                    if rows < limit as u64 {
+                        break;
+                    }
+                    tokio::time::sleep(policy.pause).await;
+                }
+            }
+        }
+
+        loop {
+            let max_events = policy.max_events.max(1);
+            let removed = self
+                .write(move |w| {
+                    let mark = watermark(w)?;
+                    let Some(last) = w
+                        .tables
+                        .events
+                        .last()
+                        .map_err(StoreError::db("retention"))?
+                        .map(|(k, _)| k.value())
+                    else {
+                        return Ok(0u64);
+                    };
+                    let cutoff = last.saturating_sub(max_events).min(mark);
+                    let mut victims = Vec::new();
+                    for entry in w
+                        .tables
+                        .events
+                        .range(..=cutoff)
+                        .map_err(StoreError::db("retention"))?
+                    {
+                        if victims.len() >= limit {
+                            break;
+                        }
+                        let (k, _) = entry.map_err(StoreError::db("retention"))?;
+                        victims.push(k.value());
+                    }
+                    let n = victims.len() as u64;
+                    for seq in victims {
+                        w.remove(Removal::Event(seq));
+                    }
+                    Ok(n)
+                })
+                .await?;
+            report.batches += 1;
+            report.events_removed += removed;
+            if removed < limit as u64 {
+                break;
+            }
+            tokio::time::sleep(policy.pause).await;
+        }
+        if !report.is_empty() {
+            tracing::info!(
+                machines = report.machines_removed,
+                history_rows = report.history_rows_removed,
+                events = report.events_removed,
+                batches = report.batches,
+                "retention removed old history"
+            );
+        }
+        Ok(report)
+    }
+}
+
+/// The oldest seq kept in `events`, if any.
+pub(crate) fn first_seq(events: &impl ReadableTable<u64, &'static [u8]>) -> Result<Option<u64>> {
+    Ok(events
+        .first()
+        .map_err(StoreError::db("events"))?
+        .map(|(k, _)| k.value()))
+}
