@@ -131,3 +131,110 @@ fn acknowledged_writes_survive_sigkill() {
         acked.len()
     );
 }
+
+/// The compaction phases a SIGKILL can land in, in order; `done` is after the swap, with writes
+/// going to the new file.
+const PHASES: [&str; 7] = [
+    "copy",
+    "catch-up",
+    "swap",
+    "new-file-durable",
+    "renamed",
+    "swapped",
+    "done",
+];
+
+#[test]
+fn acknowledged_writes_survive_sigkill_in_every_compaction_phase() {
+    for (run, phase) in PHASES.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.redb");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_store-crash-writer"))
+            .args([path.to_str().unwrap(), &run.to_string(), "8", phase])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let marker = format!("phase {phase}");
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                .unwrap_or_else(|_| {
+                    let _ = child.kill();
+                    panic!("{phase}: the compaction never reached the phase")
+                });
+            assert!(
+                !line.starts_with("compaction"),
+                "{phase}: {line} (the phase was never reached)"
+            );
+            let reached = line == marker;
+            lines.push(line);
+            if reached {
+                break;
+            }
+        }
+        // Let writers run on inside the phase (or on the new file, after it), then kill.
+        std::thread::sleep(Duration::from_millis(150));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+        lines.extend(rx.try_iter());
+
+        let mut acked: BTreeMap<u64, (String, u64)> = BTreeMap::new();
+        for line in &lines {
+            if let ["ack", id, version, seq] = line.split_whitespace().collect::<Vec<_>>()[..] {
+                acked.insert(
+                    seq.parse().unwrap(),
+                    (id.to_owned(), version.parse().unwrap()),
+                );
+            }
+        }
+        assert!(acked.len() > 100, "{phase}: only {} acks", acked.len());
+
+        let integrity = check_file_integrity(&path).unwrap();
+        assert!(integrity.passed, "{phase}: {integrity:?}");
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        assert!(
+            !dir.path().join("berth.redb.compact").exists(),
+            "{phase}: the unfinished copy should be removed at open"
+        );
+        let report = store.check().unwrap();
+        assert!(report.is_ok(), "{phase}: {:?}", report.problems);
+        let events: BTreeMap<u64, berth_types::Event> = store
+            .events_after(0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.seq, e))
+            .collect();
+        for (seq, (id, version)) in &acked {
+            let ev = events
+                .get(seq)
+                .unwrap_or_else(|| panic!("{phase}: acked seq {seq} ({id} v{version}) lost"));
+            assert_eq!(
+                (ev.machine_id.as_str(), ev.version),
+                (id.as_str(), *version)
+            );
+        }
+        let swapped = store.stats().unwrap().last_compaction.is_some();
+        // Before the swap the old file is kept; from the rename on, the new one is the file.
+        // (`last_compaction` is written just after the swap, so only `done` is sure to have it.)
+        if *phase == "done" {
+            assert!(swapped, "{phase}: the finished compaction is not recorded");
+        }
+        store.close();
+    }
+}

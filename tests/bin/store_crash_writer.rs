@@ -1,8 +1,13 @@
 //! Crash-test child: commits transitions from many concurrent tasks until it is killed.
 //!
-//! Usage: `store-crash-writer DB_PATH RUN_ID TASKS`. After each acknowledged write it prints
-//! `ack MACHINE_ID VERSION SEQ` on stdout, so the parent knows exactly what was acknowledged
-//! before the SIGKILL.
+//! Usage: `store-crash-writer DB_PATH RUN_ID TASKS [COMPACT_AT]`. After each acknowledged write it
+//! prints `ack MACHINE_ID VERSION SEQ` on stdout, so the parent knows exactly what was
+//! acknowledged before the SIGKILL.
+//!
+//! With `COMPACT_AT` (a compaction phase name, or `done`), it starts an online compaction after a
+//! short while; when the compaction reaches that phase it prints `phase NAME` and stays there
+//! forever (writers keep going unless the phase holds the writer thread), so the parent can kill
+//! it in exactly that phase. `done` lets the compaction finish and keeps writing to the new file.
 
 use std::io::Write;
 
@@ -19,11 +24,37 @@ const CYCLE: [State; 4] = [
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, path, run, tasks] = args.as_slice() else {
-        return Err("usage: store-crash-writer DB_PATH RUN_ID TASKS".into());
+    let (path, run, tasks, compact_at) = match args.as_slice() {
+        [_, path, run, tasks] => (path, run, tasks, None),
+        [_, path, run, tasks, at] => (path, run, tasks, Some(at.clone())),
+        _ => return Err("usage: store-crash-writer DB_PATH RUN_ID TASKS [COMPACT_AT]".into()),
     };
     let tasks: usize = tasks.parse()?;
-    let store = Store::open(path, StoreOptions::default())?;
+    let mut options = StoreOptions::default();
+    if let Some(at) = compact_at.clone() {
+        options.compaction_hook = Some(std::sync::Arc::new(move |phase: &str| {
+            if phase == at {
+                say(&format!("phase {phase}"));
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
+        }));
+    }
+    let store = Store::open(path, options)?;
+    if let Some(at) = compact_at {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let result = tokio::task::spawn_blocking(move || store.compact()).await;
+            match result {
+                Ok(Ok(_)) if at == "done" => say("phase done"),
+                Ok(Ok(_)) => say("compaction finished without reaching the phase"),
+                Ok(Err(e)) => say(&format!("compaction failed: {e}")),
+                Err(e) => say(&format!("compaction panicked: {e}")),
+            }
+        });
+    }
     let mut handles = Vec::new();
     for t in 0..tasks {
         let store = store.clone();
@@ -70,8 +101,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 }
 
 fn ack(ev: &berth_types::Event) {
+    say(&format!("ack {} {} {}", ev.machine_id, ev.version, ev.seq));
+}
+
+fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     // The parent reads these lines; if it has gone, there is nobody left to tell.
-    let _ = writeln!(out, "ack {} {} {}", ev.machine_id, ev.version, ev.seq);
+    let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
