@@ -3,179 +3,16 @@
 //! changes nothing), overload, the operator lane, idempotent creates, cordon, start-up refusals.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use berth_client::ClientError;
 use berth_client::Method;
-use berth_client::{Client, ClientError, Endpoint};
 use serde_json::{Value, json};
 
-fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_agent-harness"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-/// The path of a workspace binary, built (once per test process) so it is never stale when
-/// this package's tests run on their own; under `cargo xtask test` the build is a no-op.
-fn built(name: &str, _package: &str) -> PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "berthd",
-                "--bin",
-                "berthd",
-                "-p",
-                "berth",
-                "--bin",
-                "berth",
-                "-p",
-                "berth-driver",
-                "--bin",
-                "berth-shim",
-            ])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "building the binaries failed");
-    });
-    bin_dir().join(name)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A real berthd on a temporary data dir.
-struct Agent {
-    child: Option<Child>,
-    dir: PathBuf,
-    port: u16,
-    config: PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &Path, extra_config: &str) -> Agent {
-        let port = free_port();
-        let config = dir.join("berth.toml");
-        std::fs::write(
-            &config,
-            format!("[reconcile]\ninterval = \"200ms\"\n{extra_config}"),
-        )
-        .unwrap();
-        let mut a = Agent {
-            child: None,
-            dir: dir.to_owned(),
-            port,
-            config,
-        };
-        a.spawn();
-        a
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(built("berthd", "berthd"))
-            .args([
-                "--data-dir",
-                self.dir.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-            ])
-            .arg("--config")
-            .arg(&self.config)
-            .env("BERTH_SHIM", built("berth-shim", "berth-driver"))
-            .env("BERTH_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !(self.dir.join("berth.sock").exists()
-            && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok())
-        {
-            assert!(Instant::now() < deadline, "berthd did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn socket(&self) -> Client {
-        Client::new(Endpoint::Unix(self.dir.join("berth.sock")))
-    }
-
-    fn tcp(&self, token: Option<String>) -> Client {
-        Client::new(Endpoint::Tcp {
-            addr: format!("127.0.0.1:{}", self.port),
-            token,
-        })
-    }
-
-    fn token(&self) -> String {
-        std::fs::read_to_string(self.dir.join("token"))
-            .unwrap()
-            .trim()
-            .to_owned()
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(built("berth", "berth"))
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// SIGTERM; returns the exit status.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        child.wait().unwrap()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // Leave no workload behind: destroy everything, then stop the agent.
-        if self.child.is_some() {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let c = self.socket();
-            if let Ok(ms) = rt.block_on(c.list(None, false)) {
-                for m in ms {
-                    let _ = rt.block_on(c.destroy(m.id.as_str(), true));
-                }
-            }
-            if let Some(mut child) = self.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+mod common;
+use common::*;
 
 fn create_body(cmd: &[&str]) -> berth_api_types::CreateMachine {
     berth_api_types::CreateMachine {
@@ -750,11 +587,21 @@ fn openapi() -> Value {
 }
 
 /// Validates `v` against `schema` for the subset of JSON Schema the document uses: `$ref`,
-/// `type` (one or several), `required`, `properties`, `additionalProperties`, `items`, `enum`.
+/// `oneOf`, `type` (one or several), `required`, `properties`, `additionalProperties`, `items`, `enum`.
 fn validate(v: &Value, schema: &Value, doc: &Value, at: &str) -> Result<(), String> {
     if let Some(r) = schema["$ref"].as_str() {
         let name = r.trim_start_matches("#/components/schemas/");
         return validate(v, &doc["components"]["schemas"][name], doc, at);
+    }
+    if let Some(options) = schema["oneOf"].as_array() {
+        let errors: Vec<String> = options
+            .iter()
+            .filter_map(|o| validate(v, o, doc, at).err())
+            .collect();
+        if errors.len() == options.len() {
+            return Err(format!("{at}: matches none of oneOf: {errors:?}"));
+        }
+        return Ok(());
     }
     let type_ok = |t: &str| match t {
         "string" => v.is_string(),
@@ -984,5 +831,65 @@ fn berthd_notifies_systemd_when_ready() {
     assert!(
         !data.join("berth.sock").exists(),
         "the socket is removed on a clean stop"
+    );
+}
+
+/// Retention bounds the host-wide log; a consumer behind it gets 410 `expired` (documented), never
+/// a silent skip, and `berth events` without `--after` starts from the oldest event kept.
+#[test]
+fn a_consumer_behind_retention_is_told_to_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        dir.path(),
+        "[retention]\nmax_events = 2\ninterval = \"100ms\"\n",
+    );
+    let rt = rt();
+    let c = agent.socket();
+    rt.block_on(async {
+        for _ in 0..4 {
+            let mut body = create_body(&["sleep", "1000"]);
+            body.skip_start = true;
+            c.create(&body, None).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let first = loop {
+            let st = c.db_stats().await.unwrap();
+            if let Some(first) = st.first_seq.filter(|f| *f > 1) {
+                break first;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "retention never trimmed the log: {st:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let r = c
+            .raw(Method::GET, "/v1/events?after=0", None, &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status.as_u16(), 410);
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["code"], "expired", "{body}");
+        assert!(body["error"].as_str().unwrap().contains("resync"), "{body}");
+        let doc = openapi();
+        validate(
+            &body,
+            &doc["paths"]["/v1/events"]["get"]["responses"]["410"]["content"]["application/json"]
+                ["schema"],
+            &doc,
+            "410",
+        )
+        .unwrap();
+        let page = c.events(first - 1, 100, None).await.unwrap();
+        assert_eq!(page.events[0].seq, first);
+    });
+    let out = agent.cli(&["events", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removed by retention"));
+    let out = agent.cli(&["events", "--after", "0"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an explicit --after behind the log fails"
     );
 }

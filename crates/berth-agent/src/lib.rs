@@ -7,6 +7,7 @@
 //! through `berth-machine`, so it is recorded with its reason before it is reported.
 
 mod effects;
+mod maintenance;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use berth_types::{MachineId, MachineRecord, OpKind, Source};
 use tokio::sync::mpsc;
 
 pub use effects::{ExitNotice, HostEffects};
+pub use maintenance::{AutoCompaction, MaintenanceConfig};
 
 /// Everything the agent needs to start.
 #[derive(Debug, Clone)]
@@ -35,6 +37,8 @@ pub struct AgentConfig {
     pub reconcile: ReconcileConfig,
     /// Time between reconciliation passes.
     pub reconcile_interval: Duration,
+    /// Retention and automatic compaction; `None` keeps everything (tests of other things).
+    pub maintenance: Option<MaintenanceConfig>,
 }
 
 impl AgentConfig {
@@ -46,6 +50,7 @@ impl AgentConfig {
             store: StoreOptions::default(),
             reconcile: ReconcileConfig::default(),
             reconcile_interval: Duration::from_secs(10),
+            maintenance: Some(MaintenanceConfig::default()),
         }
     }
 }
@@ -81,6 +86,7 @@ pub struct Agent {
     machines: Machines<HostEffects>,
     status: Arc<Mutex<SupervisionStatus>>,
     reconcile: ReconcileConfig,
+    compactions: maintenance::Compactions,
 }
 
 impl Agent {
@@ -101,6 +107,7 @@ impl Agent {
             machines,
             status: Arc::default(),
             reconcile: cfg.reconcile,
+            compactions: Default::default(),
         };
 
         // Reattach first: every supervisor that runs gets a watcher, nothing is restarted.
@@ -141,6 +148,9 @@ impl Agent {
                 tokio::time::sleep(interval).await;
             }
         });
+        if let Some(m) = cfg.maintenance.clone() {
+            agent.spawn_maintenance(m);
+        }
         Ok(agent)
     }
 

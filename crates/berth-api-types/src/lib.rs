@@ -151,6 +151,13 @@ pub struct DbStats {
     pub next_seq: u64,
     /// The history index is complete up to this seq.
     pub history_seq: u64,
+    /// The oldest seq still in the event log (retention removed older ones); a consumer behind
+    /// it gets `expired` and resyncs from `next_seq - 1`.
+    #[serde(default)]
+    pub first_seq: Option<u64>,
+    /// The compaction running now, if any (`phase`, `rows_copied`, ...).
+    #[serde(default)]
+    pub compaction: Option<serde_json::Value>,
 }
 
 /// One entry of `GET /v1/db/slow-ops`.

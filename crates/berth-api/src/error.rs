@@ -50,8 +50,21 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        Self::from(&e)
+    }
+}
+
+impl From<&StoreError> for ApiError {
+    fn from(e: &StoreError) -> Self {
         let msg = e.to_string();
         match e {
+            StoreError::Expired { .. } => Self::new(StatusCode::GONE, "expired", msg),
+            StoreError::CompactionRunning { .. } => Self::conflict(msg),
+            StoreError::NoSpace { .. } => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                msg,
+            ),
             StoreError::NotFound(_) | StoreError::OperationNotFound(_) => Self::not_found(msg),
             StoreError::AlreadyExists(_)
             | StoreError::IllegalTransition { .. }

@@ -185,28 +185,31 @@ pub(crate) async fn events(
 
 pub(crate) async fn db_stats(State(lane): State<Lane>) -> ApiResult<Json<DbStats>> {
     let st = lane.shared.agent.store().stats()?;
-    let garbage_ratio = if st.file_size_bytes == 0 {
-        0.0
-    } else {
-        1.0 - (st.live_bytes as f64 / st.file_size_bytes as f64).min(1.0)
-    };
     Ok(Json(DbStats {
+        garbage_ratio: st.garbage_ratio(),
         file_size_bytes: st.file_size_bytes,
         live_bytes: st.live_bytes,
-        garbage_ratio,
         tables: st.tables,
-        last_compaction: None,
+        last_compaction: st
+            .last_compaction
+            .and_then(|c| serde_json::to_value(c).ok()),
         next_seq: st.next_seq,
         history_seq: st.history_seq,
+        first_seq: st.first_seq,
+        compaction: st.compaction.and_then(|c| serde_json::to_value(c).ok()),
     }))
 }
 
-pub(crate) async fn db_compact() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "online compaction is not implemented yet; see runbooks/ for the offline procedure once it exists",
-    )
+/// Compacts online (or joins the compaction running) and answers with its report when the new
+/// file is in place. Reads and writes are served throughout.
+pub(crate) async fn db_compact(State(lane): State<Lane>) -> ApiResult<Json<serde_json::Value>> {
+    let report = lane
+        .shared
+        .agent
+        .compact()
+        .await
+        .map_err(|e| ApiError::from(&*e))?;
+    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
 }
 
 pub(crate) async fn slow_ops(State(lane): State<Lane>) -> Json<Vec<SlowOp>> {

@@ -44,9 +44,9 @@ enum Command {
     Machine(MachineCmd),
     /// The host-wide event stream.
     Events {
-        /// Only events after this seq.
-        #[arg(long, default_value_t = 0)]
-        after: u64,
+        /// Only events after this seq (default: from the oldest event kept).
+        #[arg(long)]
+        after: Option<u64>,
         /// Keep following new events.
         #[arg(long, short)]
         follow: bool,
@@ -220,11 +220,13 @@ enum DbCmd {
         #[arg(long)]
         offline: bool,
     },
-    /// Compact the database.
+    /// Compact the database (online through the agent; it keeps serving meanwhile).
     Compact {
         /// Open the data directory directly (no agent may hold it).
         #[arg(long)]
         offline: bool,
+        #[command(flatten)]
+        out: Out,
     },
     /// Integrity and consistency check.
     Check {
@@ -355,9 +357,22 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             json,
         } => {
             let c = cli.client()?;
-            let mut after = *after;
+            let mut explicit = after.is_some();
+            let mut after = after.unwrap_or(0);
             loop {
-                let page = c.events(after, 500, follow.then_some("30s")).await?;
+                let page = match c.events(after, 500, follow.then_some("30s")).await {
+                    Err(e) if e.code() == Some("expired") && !explicit => {
+                        // No --after: start from the oldest event retention kept.
+                        let oldest = c.db_stats().await?.first_seq.unwrap_or(1);
+                        eprintln!(
+                            "berth: events before seq {oldest} were removed by retention; starting there"
+                        );
+                        after = oldest.saturating_sub(1);
+                        explicit = true;
+                        continue;
+                    }
+                    other => other?,
+                };
                 for e in &page.events {
                     if *json {
                         println!("{}", serde_json::to_string(e).unwrap_or_default());
@@ -532,15 +547,20 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
                 let st = offline_store(cli)?
                     .stats()
                     .map_err(|e| Fail(1, e.to_string()))?;
-                let ratio = if st.file_size_bytes == 0 {
-                    0.0
-                } else {
-                    1.0 - (st.live_bytes as f64 / st.file_size_bytes as f64).min(1.0)
-                };
-                serde_json::json!({
-                    "file_size_bytes": st.file_size_bytes, "live_bytes": st.live_bytes, "garbage_ratio": ratio,
-                    "tables": st.tables, "last_compaction": null, "next_seq": st.next_seq, "history_seq": st.history_seq,
+                serde_json::to_value(berth_api_types::DbStats {
+                    garbage_ratio: st.garbage_ratio(),
+                    file_size_bytes: st.file_size_bytes,
+                    live_bytes: st.live_bytes,
+                    tables: st.tables,
+                    last_compaction: st
+                        .last_compaction
+                        .and_then(|c| serde_json::to_value(c).ok()),
+                    next_seq: st.next_seq,
+                    history_seq: st.history_seq,
+                    first_seq: st.first_seq,
+                    compaction: None,
                 })
+                .unwrap_or_default()
             } else {
                 serde_json::to_value(cli.client()?.db_stats().await?).unwrap_or_default()
             };
@@ -551,11 +571,22 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
             }
             Ok(())
         }
-        DbCmd::Compact { offline } => {
-            if *offline {
-                return Err(Fail(1, "compaction is not implemented yet".into()));
+        DbCmd::Compact { offline, out } => {
+            let report = if *offline {
+                let store = offline_store(cli)?;
+                let report = tokio::task::spawn_blocking(move || store.compact())
+                    .await
+                    .map_err(|e| Fail(1, e.to_string()))?
+                    .map_err(|e| Fail(1, e.to_string()))?;
+                serde_json::to_value(report).unwrap_or_default()
+            } else {
+                cli.client()?.compact().await?
+            };
+            if out.json {
+                print_json(&report);
+            } else {
+                println!("compacted: {}", render::compaction(&report));
             }
-            print_json(&cli.client()?.compact().await?);
             Ok(())
         }
         DbCmd::Check { offline, out } => {

@@ -172,15 +172,52 @@ pub fn db_stats(v: &serde_json::Value) -> String {
             t.add_row(vec![format!("rows in {k}"), n.to_string()]);
         }
     }
+    if let Some(first) = v["first_seq"].as_u64() {
+        t.add_row(vec![
+            "Event seqs kept".to_owned(),
+            format!(
+                "{first} .. {}",
+                v["next_seq"].as_u64().unwrap_or(1).saturating_sub(1)
+            ),
+        ]);
+    }
     t.add_row(vec![
         "Last compaction".to_owned(),
         if v["last_compaction"].is_null() {
             "never".into()
         } else {
-            v["last_compaction"].to_string()
+            compaction(&v["last_compaction"])
         },
     ]);
+    if !v["compaction"].is_null() {
+        let c = &v["compaction"];
+        t.add_row(vec![
+            "Compaction running".to_owned(),
+            format!(
+                "phase {}, {} rows copied, {} catch-up rounds",
+                c["phase"].as_str().unwrap_or("?"),
+                c["rows_copied"],
+                c["catch_up_rounds"]
+            ),
+        ]);
+    }
     t.to_string()
+}
+
+/// One line for a compaction report: when, sizes, duration, longest pause.
+pub fn compaction(c: &serde_json::Value) -> String {
+    let mib = |k: &str| c[k].as_f64().unwrap_or(0.0) / 1048576.0;
+    let when = serde_json::from_value::<Timestamp>(c["at"].clone())
+        .ok()
+        .map(ago)
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "{when}: {:.1} MiB -> {:.1} MiB in {:.1} s, longest write pause {:.1} ms",
+        mib("size_before"),
+        mib("size_after"),
+        c["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+        c["max_pause_ms"].as_f64().unwrap_or(0.0)
+    )
 }
 
 pub fn slow_ops(ops: &[SlowOp]) -> String {

@@ -54,6 +54,8 @@ pub struct DbSection {
 pub struct RetentionSection {
     pub destroyed_machine_ttl: Option<String>,
     pub max_events_per_machine: Option<u64>,
+    pub max_events: Option<u64>,
+    pub interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,6 +126,8 @@ pub struct Config {
     pub log_keep: u32,
     pub destroyed_machine_ttl: Duration,
     pub max_events_per_machine: u64,
+    pub max_events: u64,
+    pub retention_interval: Duration,
     pub compaction_auto: bool,
     pub compaction_min_file_size: u64,
     pub compaction_garbage_ratio: f64,
@@ -312,7 +316,19 @@ impl Config {
                 file.retention.destroyed_machine_ttl.as_ref(),
                 Duration::from_secs(24 * 3600),
             )?,
-            max_events_per_machine: file.retention.max_events_per_machine.unwrap_or(1000),
+            max_events_per_machine: at_least_one(
+                "retention.max_events_per_machine",
+                file.retention.max_events_per_machine.unwrap_or(1000),
+            )?,
+            max_events: at_least_one(
+                "retention.max_events",
+                file.retention.max_events.unwrap_or(100_000),
+            )?,
+            retention_interval: duration(
+                "retention.interval",
+                file.retention.interval.as_ref(),
+                Duration::from_secs(60),
+            )?,
             compaction_auto: file.compaction.auto.unwrap_or(true),
             compaction_min_file_size: size(
                 "compaction.min_file_size",
@@ -324,6 +340,13 @@ impl Config {
             config_file,
         })
     }
+}
+
+fn at_least_one(key: &str, v: u64) -> Result<u64, ConfigError> {
+    if v == 0 {
+        return Err(ConfigError(format!("{key}: must be at least 1")));
+    }
+    Ok(v)
 }
 
 #[cfg(test)]

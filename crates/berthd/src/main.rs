@@ -166,12 +166,19 @@ async fn run(cfg: config::Config) -> Result<(), String> {
     agent_cfg.driver.log_keep = cfg.log_keep;
     agent_cfg.reconcile.guard = cfg.blast_radius_guard;
     agent_cfg.reconcile_interval = cfg.reconcile_interval;
-    tracing::info!(
-        destroyed_machine_ttl = ?cfg.destroyed_machine_ttl, max_events_per_machine = cfg.max_events_per_machine,
-        compaction_auto = cfg.compaction_auto, compaction_min_file_size = cfg.compaction_min_file_size,
-        compaction_garbage_ratio = cfg.compaction_garbage_ratio,
-        "retention and compaction settings are validated but not enforced yet: history is kept in full"
-    );
+    agent_cfg.maintenance = Some(berth_agent::MaintenanceConfig {
+        retention: berth_store::RetentionPolicy {
+            destroyed_machine_ttl: cfg.destroyed_machine_ttl,
+            max_events_per_machine: cfg.max_events_per_machine,
+            max_events: cfg.max_events,
+            ..Default::default()
+        },
+        interval: cfg.retention_interval,
+        auto_compaction: cfg.compaction_auto.then_some(berth_agent::AutoCompaction {
+            min_file_size: cfg.compaction_min_file_size,
+            garbage_ratio: cfg.compaction_garbage_ratio,
+        }),
+    });
     if !cfg.db_delay.is_zero() {
         tracing::warn!(delay = ?cfg.db_delay, "fault injection: every database commit is delayed (fault.db_delay)");
     }

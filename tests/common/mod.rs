@@ -1,0 +1,174 @@
+//! A real berthd on a temporary data dir, and the built binaries, for the end-to-end tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_client::{Client, Endpoint};
+
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_agent-harness"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The path of a workspace binary, built (once per test process) so it is never stale when
+/// this package's tests run on their own; under `cargo xtask test` the build is a no-op.
+pub fn built(name: &str, _package: &str) -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "berthd",
+                "--bin",
+                "berthd",
+                "-p",
+                "berth",
+                "--bin",
+                "berth",
+                "-p",
+                "berth-driver",
+                "--bin",
+                "berth-shim",
+            ])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "building the binaries failed");
+    });
+    bin_dir().join(name)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real berthd on a temporary data dir.
+pub struct Agent {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub config: PathBuf,
+}
+
+impl Agent {
+    pub fn start(dir: &Path, extra_config: &str) -> Agent {
+        let port = free_port();
+        let config = dir.join("berth.toml");
+        std::fs::write(
+            &config,
+            format!("[reconcile]\ninterval = \"200ms\"\n{extra_config}"),
+        )
+        .unwrap();
+        let mut a = Agent {
+            child: None,
+            dir: dir.to_owned(),
+            port,
+            config,
+        };
+        a.spawn();
+        a
+    }
+
+    pub fn spawn(&mut self) {
+        let child = Command::new(built("berthd", "berthd"))
+            .args([
+                "--data-dir",
+                self.dir.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+            ])
+            .arg("--config")
+            .arg(&self.config)
+            .env("BERTH_SHIM", built("berth-shim", "berth-driver"))
+            .env("BERTH_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !(self.dir.join("berth.sock").exists()
+            && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok())
+        {
+            assert!(Instant::now() < deadline, "berthd did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn socket(&self) -> Client {
+        Client::new(Endpoint::Unix(self.dir.join("berth.sock")))
+    }
+
+    pub fn tcp(&self, token: Option<String>) -> Client {
+        Client::new(Endpoint::Tcp {
+            addr: format!("127.0.0.1:{}", self.port),
+            token,
+        })
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(built("berth", "berth"))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // Leave no workload behind: destroy everything, then stop the agent.
+        if self.child.is_some() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let c = self.socket();
+            if let Ok(ms) = rt.block_on(c.list(None, false)) {
+                for m in ms {
+                    let _ = rt.block_on(c.destroy(m.id.as_str(), true));
+                }
+            }
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
