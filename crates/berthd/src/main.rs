@@ -50,6 +50,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: under systemd the journal would keep the escape codes
+        // and `journalctl | grep 'op="commit"'` would miss the slow-op lines.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let overrides = config::Overrides {
