@@ -9,8 +9,15 @@
 use std::process::{Command, ExitCode};
 
 /// Commands the test suite needs, with the Debian package that provides each.
-/// Empty until a test needs a system tool; the installer below is exercised when it grows.
-const SYSTEM_PACKAGES: &[(&str, &str)] = &[];
+const SYSTEM_PACKAGES: &[(&str, &str)] = &[
+    // `promtool check metrics|rules`, `promtool test rules`, and a real Prometheus scraping a
+    // real berthd (tests/packaging.rs, tests/metrics.rs, tests/prometheus.rs).
+    ("promtool", "prometheus"),
+    ("prometheus", "prometheus"),
+    // The runbooks' commands, run by tests/runbooks.rs.
+    ("curl", "curl"),
+    ("jq", "jq"),
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
