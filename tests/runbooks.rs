@@ -97,6 +97,11 @@ fn bloat(data: &Path) {
 }
 
 fn sh(cmd: &str, data: &Path, cwd: &Path) -> Output {
+    sh_with(cmd, data, cwd, &[])
+}
+
+/// [`sh`] with more environment (`BERTH_CONFIG`, `MACHINE`, ...).
+fn sh_with(cmd: &str, data: &Path, cwd: &Path, env: &[(&str, &str)]) -> Output {
     let path = format!(
         "{}:{}",
         bin_dir().display(),
@@ -108,6 +113,8 @@ fn sh(cmd: &str, data: &Path, cwd: &Path) -> Output {
         .env("BERTH_DATA_DIR", data)
         .env_remove("BERTH_API")
         .env_remove("BERTH_SOCKET")
+        .env_remove("BERTH_CONFIG")
+        .envs(env.iter().copied())
         .current_dir(cwd)
         .output()
         .unwrap()
@@ -251,4 +258,400 @@ fn db_compaction_runbook() {
 fn built_data(data: &Path) -> std::path::PathBuf {
     std::fs::create_dir_all(data).unwrap();
     data.to_owned()
+}
+
+/// One step's result: its exit code and output.
+struct Step {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs a runbook command against the test's berthd: `systemctl stop|start|restart berthd` act on
+/// `agent`; `journalctl -u berthd ...` reads the agent's log file (the rest of a pipeline runs as
+/// written); everything else runs through `sh -c` with `env`.
+fn step(agent: &mut Agent, cmd: &str, cwd: &Path, env: &[(&str, &str)]) -> Step {
+    match cmd {
+        "systemctl stop berthd" => {
+            assert!(agent.stop().success(), "berthd did not stop cleanly");
+            return Step {
+                code: Some(0),
+                stdout: String::new(),
+                stderr: String::new(),
+            };
+        }
+        "systemctl start berthd" => {
+            agent.spawn();
+            return Step {
+                code: Some(0),
+                stdout: String::new(),
+                stderr: String::new(),
+            };
+        }
+        "systemctl restart berthd" => {
+            assert!(agent.stop().success(), "berthd did not stop cleanly");
+            agent.spawn();
+            return Step {
+                code: Some(0),
+                stdout: String::new(),
+                stderr: String::new(),
+            };
+        }
+        _ => {}
+    }
+    let cmd = match cmd.strip_prefix("journalctl -u berthd") {
+        Some(rest) => {
+            let log = agent
+                .log
+                .clone()
+                .expect("journalctl needs Agent::start_logged");
+            let pipeline = rest.find('|').map_or("", |i| &rest[i..]);
+            format!("cat '{}' {pipeline}", log.display())
+        }
+        None => cmd.to_owned(),
+    };
+    let out = sh_with(&cmd, &agent.dir, cwd, env);
+    Step {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `f` until it returns true (or panics after `secs`).
+fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of a sample line `name{labels} value` in a /metrics text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn db_slow_operations_runbook() {
+    let expected = [
+        "berth host health",
+        "berth db slow-ops",
+        r#"curl -s --unix-socket ${BERTH_DATA_DIR:-/var/lib/berth}/berth.sock http://localhost/metrics | grep 'op="commit"' | grep -v _bucket"#,
+        r"grep -A3 '^\[fault\]' ${BERTH_CONFIG:-/etc/berth/berth.toml}",
+        "cat /proc/pressure/io",
+        "berth db stats",
+        "journalctl -u berthd --since -15min | grep 'slow database operation'",
+        "sed -i '/^db_delay/d' ${BERTH_CONFIG:-/etc/berth/berth.toml}",
+        "systemctl restart berthd",
+        "berth host health",
+        "berth db slow-ops",
+    ];
+    let cmds = commands("db-slow-operations.md");
+    assert_eq!(
+        cmds, expected,
+        "the runbook's commands changed: update this test with them"
+    );
+
+    // The drill: every commit delayed past the threshold.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cwd = tmp.path().join("oncall");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let mut agent = Agent::start_logged(
+        &data,
+        "[db]\nslow_op_threshold = \"100ms\"\nslow_op_window = \"10m\"\n\
+         [fault]\ndb_delay = \"150ms\"\n",
+    );
+    let config = agent.config.to_str().unwrap().to_owned();
+    let env = [("BERTH_CONFIG", config.as_str())];
+    let out = agent.cli(&["machine", "create", "--skip-start", "--", "/bin/true"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for (i, cmd) in cmds.iter().enumerate() {
+        let s = step(&mut agent, cmd, &cwd, &env);
+        let what = format!("step {} `{cmd}`:\n{}{}", i + 1, s.stdout, s.stderr);
+        let ok = s.code == Some(0);
+        match i + 1 {
+            1 => {
+                assert_eq!(s.code, Some(1), "degraded exits 1: {what}");
+                assert!(
+                    s.stdout
+                        .starts_with("status: degraded (failing: db_slow_ops)"),
+                    "{what}"
+                );
+                assert!(
+                    s.stderr.contains("the host is degraded: db_slow_ops"),
+                    "{what}"
+                );
+            }
+            2 => {
+                assert!(ok, "{what}");
+                assert!(
+                    s.stdout.contains("commit") && s.stdout.contains("fault.db_delay"),
+                    "{what}"
+                );
+                assert!(s.stdout.contains("transitions recorded"), "{what}");
+            }
+            3 => {
+                assert!(ok, "{what}");
+                let n = sample(&s.stdout, r#"berth_db_slow_operations_total{op="commit"}"#);
+                assert!(n.is_some_and(|n| n >= 2.0), "{what}");
+                assert!(
+                    s.stdout
+                        .contains(r#"berth_db_operation_duration_seconds_count{op="commit"}"#),
+                    "{what}"
+                );
+                assert!(!s.stdout.contains("_bucket"), "{what}");
+            }
+            4 => assert!(ok && s.stdout.contains("db_delay = \"150ms\""), "{what}"),
+            5 => assert!(ok && s.stdout.contains("some avg10="), "{what}"),
+            6 => assert!(ok && s.stdout.contains("Garbage ratio"), "{what}"),
+            7 => {
+                assert!(ok, "{what}");
+                let line = s.stdout.lines().next().unwrap();
+                for field in [
+                    "WARN",
+                    "op=\"commit\"",
+                    "duration_ms=15",
+                    "threshold_ms=100",
+                    "batch_size=1",
+                    "bytes=",
+                    "detail=group commit of 1 writes: 1 transitions recorded",
+                    "fault.db_delay of 150ms",
+                ] {
+                    assert!(
+                        line.contains(field),
+                        "{field} missing from the WARN line: {line}"
+                    );
+                }
+            }
+            8 => {
+                assert!(ok, "{what}");
+                let text = std::fs::read_to_string(&agent.config).unwrap();
+                assert!(!text.contains("db_delay"), "{text}");
+            }
+            10 => assert!(ok && s.stdout.starts_with("status: ok"), "{what}"),
+            11 => assert!(
+                ok && s.stdout.contains("no slow database operations recorded"),
+                "{what}"
+            ),
+            _ => {}
+        }
+    }
+    // Fixed: commits are fast again and nothing new is slow.
+    let out = agent.cli(&["machine", "create", "--skip-start", "--", "/bin/true"]);
+    assert!(out.status.success());
+    let out = agent.cli(&["db", "slow-ops", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}
+
+#[test]
+fn machine_wedged_runbook() {
+    let expected = [
+        "curl -s --unix-socket ${BERTH_DATA_DIR:-/var/lib/berth}/berth.sock http://localhost/metrics | grep '^berth_machine_transient_seconds'",
+        "berth machine status \"$MACHINE\"",
+        "berth doctor",
+        "ps -o pid,stat,wchan:32,args --sid \"$(jq -r .workload.pid ${BERTH_DATA_DIR:-/var/lib/berth}/machines/$MACHINE/shim.json)\"",
+        "kill -s KILL -- \"-$(jq -r .workload.pid ${BERTH_DATA_DIR:-/var/lib/berth}/machines/$MACHINE/shim.json)\"",
+        "berth machine wait \"$MACHINE\" --state stopped --timeout 60s",
+        "systemctl restart berthd",
+        "berth machine status \"$MACHINE\"",
+        "curl -s --unix-socket ${BERTH_DATA_DIR:-/var/lib/berth}/berth.sock http://localhost/metrics | grep '^berth_machine_transient_seconds' || echo 'no machine in a transient state'",
+    ];
+    let cmds = commands("machine-wedged.md");
+    assert_eq!(
+        cmds, expected,
+        "the runbook's commands changed: update this test with them"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cwd = tmp.path().join("oncall");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let mut agent = Agent::start_logged(&data, "");
+    // A workload that ignores SIGTERM, and a stop that waits 10 minutes before SIGKILL.
+    let out = agent.cli(&[
+        "machine",
+        "create",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; while :; do sleep 1; done",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let stopper = {
+        let c = agent.socket();
+        let id = id.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(c.stop(
+                &id,
+                &berth_api_types::StopRequest {
+                    signal: None,
+                    timeout: Some(berth_types::time::HumanDuration(Duration::from_secs(600))),
+                },
+            ))
+        })
+    };
+    let env = [("MACHINE", id.as_str())];
+    eventually(20, "the machine to be stopping", || {
+        let s = step(
+            &mut agent,
+            "berth machine list --state stopping -q",
+            &cwd,
+            &env,
+        );
+        s.stdout.contains(&id)
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+
+    for (i, cmd) in cmds.iter().enumerate() {
+        let s = step(&mut agent, cmd, &cwd, &env);
+        let what = format!("step {} `{cmd}`:\n{}{}", i + 1, s.stdout, s.stderr);
+        let ok = s.code == Some(0);
+        match i + 1 {
+            1 => {
+                assert!(ok, "{what}");
+                let series = format!(
+                    r#"berth_machine_transient_seconds{{machine_id="{id}",state="stopping"}}"#
+                );
+                let secs = sample(&s.stdout, &series);
+                assert!(secs.is_some_and(|s| s >= 1.0), "{what}");
+            }
+            2 => assert!(ok && s.stdout.contains("stopping"), "{what}"),
+            3 => assert!(
+                ok && s.stdout.contains("agree"),
+                "an operation is in flight: {what}"
+            ),
+            4 => {
+                assert!(ok, "{what}");
+                assert!(
+                    s.stdout.contains("trap") && s.stdout.contains("sleep"),
+                    "{what}"
+                );
+            }
+            5 => assert!(ok, "{what}"),
+            6 => assert!(ok, "{what}"),
+            8 => {
+                assert!(ok && s.stdout.contains("stopped"), "{what}");
+                assert!(
+                    s.stdout.contains("signal 9") || s.stdout.contains("SIGKILL"),
+                    "{what}"
+                );
+            }
+            9 => assert!(
+                ok && s.stdout.trim() == "no machine in a transient state",
+                "{what}"
+            ),
+            _ => {}
+        }
+    }
+    let stopped = stopper.join().unwrap().unwrap();
+    assert_eq!(stopped.state.to_string(), "stopped");
+}
+
+#[test]
+fn agent_down_runbook() {
+    let expected = [
+        "berth host status",
+        "curl -sS --max-time 5 --unix-socket ${BERTH_DATA_DIR:-/var/lib/berth}/berth.sock http://localhost/v1/health",
+        "journalctl -u berthd -n 20 --no-pager",
+        "berth db check --offline",
+        "systemctl start berthd",
+        "berth host health",
+        "berth machine list",
+    ];
+    let cmds = commands("agent-down.md");
+    assert_eq!(
+        cmds, expected,
+        "the runbook's commands changed: update this test with them"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cwd = tmp.path().join("oncall");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let mut agent = Agent::start_logged(&data, "");
+    let out = agent.cli(&["machine", "create", "--", "sleep", "1000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // The outage: berthd is killed, and the restart systemd attempts fails on a bad edit.
+    let mut child = agent.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let good = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(
+        &agent.config,
+        format!("{good}[db]\nslow_op_threshold = \"fast\"\n"),
+    )
+    .unwrap();
+    let status = agent.command().status().unwrap();
+    assert_eq!(status.code(), Some(78));
+
+    for (i, cmd) in cmds.iter().enumerate() {
+        if *cmd == "systemctl start berthd" {
+            // The operator's fix: the key the journal named.
+            std::fs::write(&agent.config, &good).unwrap();
+        }
+        let s = step(&mut agent, cmd, &cwd, &[]);
+        let what = format!("step {} `{cmd}`:\n{}{}", i + 1, s.stdout, s.stderr);
+        let ok = s.code == Some(0);
+        match i + 1 {
+            1 => {
+                assert_eq!(s.code, Some(3), "{what}");
+                assert!(s.stderr.contains("cannot reach berthd"), "{what}");
+            }
+            2 => {
+                assert_eq!(s.code, Some(7), "{what}");
+                assert!(s.stderr.contains("Couldn't connect"), "{what}");
+            }
+            3 => {
+                assert!(ok, "{what}");
+                let last = s.stdout.lines().last().unwrap_or_default();
+                assert!(
+                    last.contains("invalid configuration") && last.contains("db.slow_op_threshold"),
+                    "{what}"
+                );
+            }
+            4 => assert!(ok && s.stdout.contains("database OK"), "{what}"),
+            6 => assert!(ok && s.stdout.starts_with("status: ok"), "{what}"),
+            7 => {
+                assert!(ok, "{what}");
+                let line = s
+                    .stdout
+                    .lines()
+                    .find(|l| l.contains(&id))
+                    .unwrap_or_default();
+                assert!(line.contains("started"), "the machine kept running: {what}");
+            }
+            _ => {}
+        }
+    }
 }

@@ -57,6 +57,8 @@ pub struct Agent {
     pub dir: PathBuf,
     pub port: u16,
     pub config: PathBuf,
+    /// Where berthd's stderr goes (appended across restarts), when not inherited.
+    pub log: Option<PathBuf>,
 }
 
 impl Agent {
@@ -73,27 +75,74 @@ impl Agent {
             dir: dir.to_owned(),
             port,
             config,
+            log: None,
         };
         a.spawn();
         a
     }
 
+    /// [`Agent::start`] with berthd's log appended to `<dir>/berthd.log` (see [`Agent::log_text`]).
+    pub fn start_logged(dir: &Path, extra_config: &str) -> Agent {
+        let port = free_port();
+        let config = dir.join("berth.toml");
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(
+            &config,
+            format!("[reconcile]\ninterval = \"200ms\"\n{extra_config}"),
+        )
+        .unwrap();
+        let mut a = Agent {
+            child: None,
+            dir: dir.to_owned(),
+            port,
+            config,
+            log: Some(dir.join("berthd.log")),
+        };
+        a.spawn();
+        a
+    }
+
+    /// berthd's stderr: the log file, or null when it is inherited.
+    pub fn stderr(&self) -> Stdio {
+        match &self.log {
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap()
+                .into(),
+            None => Stdio::inherit(),
+        }
+    }
+
+    /// What berthd logged so far (empty unless started with [`Agent::start_logged`]).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// The berthd command this agent runs, not started.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(built("berthd", "berthd"));
+        c.args([
+            "--data-dir",
+            self.dir.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{}", self.port),
+        ])
+        .arg("--config")
+        .arg(&self.config)
+        .env("BERTH_SHIM", built("berth-shim", "berth-driver"))
+        .env("BERTH_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(self.stderr());
+        c
+    }
+
     pub fn spawn(&mut self) {
-        let child = Command::new(built("berthd", "berthd"))
-            .args([
-                "--data-dir",
-                self.dir.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-            ])
-            .arg("--config")
-            .arg(&self.config)
-            .env("BERTH_SHIM", built("berth-shim", "berth-driver"))
-            .env("BERTH_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let child = self.command().spawn().unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         while !(self.dir.join("berth.sock").exists()
