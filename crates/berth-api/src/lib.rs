@@ -151,6 +151,8 @@ pub fn lane(
     token: Option<String>,
     max_inflight: usize,
 ) -> Lane {
+    // At zero from the start, so the first refusal is an increase a rate can see.
+    metrics::counter!("berth_api_refused_total", "lane" => name).increment(0);
     Lane {
         shared,
         name,
