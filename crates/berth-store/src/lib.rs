@@ -30,7 +30,7 @@ pub use error::{Result, StoreError};
 pub use read::{CheckReport, StoreStats};
 pub use retention::{RetentionPolicy, RetentionReport};
 pub use schema::{IntegrityReport, OpenKind, SCHEMA_VERSION, check_file_integrity};
-pub use timing::{OP_DURATION, OPS, SLOW_OPS, SlowOp, SlowOpHook};
+pub use timing::{OP_DURATION, OPS, SLOW_OPS, SlowOp, SlowOpHook, TimingProbe};
 pub use writer::{TransitionSpec, WriteCtx};
 
 use timing::Timings;
@@ -159,11 +159,11 @@ impl Store {
     /// and starts the writer thread.
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
         let path = path.as_ref().to_owned();
-        let timings = Timings {
-            threshold: options.slow_op_threshold,
-            hook: options.slow_op_hook.clone(),
-            enabled: options.timing,
-        };
+        let timings = Timings::new(
+            options.slow_op_threshold,
+            options.slow_op_hook.clone(),
+            options.timing,
+        );
         let start = timings.start();
         compact::remove_leftover(&path)?;
         let (db, open_kind) = schema::open_database(&path, options.cache_size)?;

@@ -1,6 +1,6 @@
 //! Timing of every database operation, by name, through the `metrics` facade, and the slow-op hook.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use berth_types::Timestamp;
@@ -48,12 +48,22 @@ pub struct SlowOp {
 /// Called for every slow operation (from the thread that ran it; keep it cheap).
 pub type SlowOpHook = Arc<dyn Fn(&SlowOp) + Send + Sync>;
 
+/// The recorder's handles of one op's series, resolved once: looking a series up by name and
+/// label on every operation costs more than recording into it.
+struct Handles {
+    duration: metrics::Histogram,
+    slow: metrics::Counter,
+}
+
 /// Times operations and fires the hook.
 #[derive(Clone)]
 pub(crate) struct Timings {
     pub threshold: Duration,
     pub hook: Option<SlowOpHook>,
     pub enabled: bool,
+    /// One slot per entry of [`OPS`], filled at the op's first use (the recorder is installed
+    /// by then: berthd installs it before it opens the store).
+    handles: Arc<[OnceLock<Handles>]>,
 }
 
 impl std::fmt::Debug for Timings {
@@ -66,6 +76,24 @@ impl std::fmt::Debug for Timings {
 }
 
 impl Timings {
+    /// Timings with the given threshold and hook; `enabled: false` makes them free.
+    pub fn new(threshold: Duration, hook: Option<SlowOpHook>, enabled: bool) -> Self {
+        Self {
+            threshold,
+            hook,
+            enabled,
+            handles: OPS.iter().map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn handles(&self, op: &'static str) -> Option<&Handles> {
+        let i = OPS.iter().position(|o| *o == op)?;
+        Some(self.handles.get(i)?.get_or_init(|| Handles {
+            duration: metrics::histogram!(OP_DURATION, "op" => op),
+            slow: metrics::counter!(SLOW_OPS, "op" => op),
+        }))
+    }
+
     /// Starts timing (returns `None` when timing is off, so the off path costs nothing).
     #[inline]
     pub fn start(&self) -> Option<Instant> {
@@ -85,9 +113,16 @@ impl Timings {
         let Some(start) = start else { return };
         debug_assert!(OPS.contains(&op), "{op} is missing from timing::OPS");
         let duration = start.elapsed();
-        metrics::histogram!(OP_DURATION, "op" => op).record(duration.as_secs_f64());
+        let handles = self.handles(op);
+        match handles {
+            Some(h) => h.duration.record(duration.as_secs_f64()),
+            None => metrics::histogram!(OP_DURATION, "op" => op).record(duration.as_secs_f64()),
+        }
         if duration > self.threshold {
-            metrics::counter!(SLOW_OPS, "op" => op).increment(1);
+            match handles {
+                Some(h) => h.slow.increment(1),
+                None => metrics::counter!(SLOW_OPS, "op" => op).increment(1),
+            }
             let slow = SlowOp {
                 op,
                 duration,
@@ -110,5 +145,33 @@ impl Timings {
                 hook(&slow);
             }
         }
+    }
+}
+
+/// Times empty operations through the same path as every store operation, to measure what timing
+/// itself costs (`cargo xtask bench metrics`).
+#[derive(Debug)]
+pub struct TimingProbe {
+    timings: Timings,
+}
+
+impl TimingProbe {
+    /// A probe whose operations are never slow.
+    pub fn new() -> Self {
+        Self {
+            timings: Timings::new(Duration::MAX, None, true),
+        }
+    }
+
+    /// Times one empty operation named `op` (one of [`OPS`]).
+    pub fn time_empty(&self, op: &'static str) {
+        let start = self.timings.start();
+        self.timings.finish(op, start, 0, 0, String::new);
+    }
+}
+
+impl Default for TimingProbe {
+    fn default() -> Self {
+        Self::new()
     }
 }
