@@ -32,6 +32,11 @@ pub const BUCKETS: &[f64] = &[
     60.0,
 ];
 
+/// How often the exporter's upkeep must run: `metrics-exporter-prometheus` keeps every recorded
+/// histogram sample until a render or an upkeep drains it into the buckets, so without upkeep an
+/// agent nobody scrapes would grow without bound.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// What kind of series a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -155,6 +155,15 @@ async fn run(cfg: config::Config) -> Result<(), String> {
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     berth_agent::telemetry::describe();
+    // The exporter keeps every histogram sample until a scrape or an upkeep drains it: without
+    // this, an agent that nobody scrapes grows without bound.
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(berth_agent::telemetry::UPKEEP_INTERVAL).await;
+            upkeep.run_upkeep();
+        }
+    });
 
     let slow = SlowOps::new(256);
     let hook_ring = slow.clone();
