@@ -3,7 +3,7 @@
 //! - `cargo xtask test`: the whole test suite. Installs the system packages the tests need (on
 //!   Debian, with apt-get) and then runs `cargo test --workspace`. This is the README's test
 //!   command and what `.ci/run` calls.
-//! - `cargo xtask bench <suite>`: a benchmark, built in release mode (`store`).
+//! - `cargo xtask bench <suite>`: a benchmark, built in release mode (`store`, `driver`, `api`, `metrics`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::process::{Command, ExitCode};
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [-- CARGO TEST ARGS] | cargo xtask bench <store|driver|api>"
+                "usage: cargo xtask test [-- CARGO TEST ARGS] | cargo xtask bench <store|driver|api|metrics>"
             );
             return ExitCode::from(2);
         }
@@ -196,7 +196,7 @@ fn run_counted(cmd: &mut Command, totals: &mut Totals) -> Result<(), String> {
 fn bench(args: &[String]) -> Result<(), String> {
     let suite = args
         .first()
-        .ok_or("usage: cargo xtask bench <store|driver|api>")?;
+        .ok_or("usage: cargo xtask bench <store|driver|api|metrics>")?;
     // The driver suite launches the real supervisor, found beside the bench binary.
     run(cargo().args([
         "build",

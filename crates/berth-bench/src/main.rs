@@ -5,6 +5,7 @@
 
 mod api;
 mod driver;
+mod metrics;
 mod store;
 
 use std::path::PathBuf;
@@ -29,7 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "store" => store::run(&out),
         "driver" => driver::run(&out),
         "api" => api::run(&out),
-        _ => Err(format!("unknown suite {suite:?}; available: store, driver, api").into()),
+        "metrics" => metrics::run(&out),
+        _ => Err(format!("unknown suite {suite:?}; available: store, driver, api, metrics").into()),
     }
 }
 
