@@ -18,6 +18,13 @@ use berth_api::{ApiConfig, Shared, SlowOps};
 use clap::Parser;
 
 /// The per-host berth agent.
+///
+/// Runs this host's machines (supervised workloads), keeps their state in one database in the
+/// data directory, and serves the HTTP API on a unix socket and on TCP; `berth` is its CLI.
+/// On SIGTERM or SIGINT it drains and exits 0: the machines keep running under their
+/// supervisors, and the next start reattaches to them. Under systemd (Type=notify) it reports
+/// readiness and feeds the watchdog while its database and API respond.
+/// Exit status: 0 after a clean stop, 78 for an invalid configuration, 1 for any other failure.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -42,6 +49,18 @@ fn main() -> ExitCode {
     if raw.get(1).map(String::as_str) == Some("shim") {
         let args = [raw[0].clone(), raw.get(2).cloned().unwrap_or_default()];
         return ExitCode::from(u8::try_from(berth_driver::shim::main(&args)).unwrap_or(1));
+    }
+    // `berthd man <dir>`: writes berthd.1 there (for `cargo xtask dist`). Hidden, like `shim`.
+    if raw.get(1).map(String::as_str) == Some("man") {
+        let dir = std::path::PathBuf::from(raw.get(2).map_or("", String::as_str));
+        use clap::CommandFactory;
+        return match clap_mangen::generate_to(Args::command(), &dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berthd: writing the man page to {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
     }
     tracing_subscriber::fmt()
         .with_env_filter(
