@@ -5,6 +5,7 @@
 #![allow(clippy::print_stderr)]
 
 mod config;
+mod systemd;
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -136,27 +137,6 @@ fn token(path: &Path) -> Result<String, String> {
     Ok(token)
 }
 
-/// Tells systemd we are ready, when it asked (`Type=notify`).
-fn notify_ready() {
-    let Some(addr) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let name = addr.to_string_lossy().into_owned();
-    let sent = if let Some(abstract_name) = name.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
-            .and_then(|a| sock.send_to_addr(b"READY=1\n", &a))
-    } else {
-        sock.send_to(b"READY=1\n", &name)
-    };
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "could not notify systemd");
-    }
-}
-
 async fn run(cfg: config::Config) -> Result<(), String> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -270,11 +250,13 @@ async fn run(cfg: config::Config) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    notify_ready();
+    systemd::notify("READY=1");
+    systemd::spawn_watchdog(shared.clone(), cfg.socket.clone(), stop_rx.clone());
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
+    systemd::notify("STOPPING=1");
     let _ = stop_tx.send(true);
     let drain = async {
         for s in servers {
