@@ -7,6 +7,9 @@
 mod config;
 mod systemd;
 
+#[cfg(test)]
+mod packaged_config;
+
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
