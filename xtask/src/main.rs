@@ -4,22 +4,39 @@
 //!   Debian, with apt-get) and then runs `cargo test --workspace`. This is the README's test
 //!   command and what `.ci/run` calls.
 //! - `cargo xtask bench <suite>`: a benchmark, built in release mode (`store`).
+//! - `cargo xtask dist`: release binaries and the Debian package (see `dist.rs`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod dist;
 
 use std::process::{Command, ExitCode};
 
 /// Commands the test suite needs, with the Debian package that provides each.
-/// Empty until a test needs a system tool; the installer below is exercised when it grows.
-const SYSTEM_PACKAGES: &[(&str, &str)] = &[];
+const SYSTEM_PACKAGES: &[(&str, &str)] = &[
+    // `systemd-analyze verify` on the unit (tests/systemd.rs, xtask/tests/dist.rs).
+    ("systemd-analyze", "systemd"),
+    // `cargo xtask dist` and its test: building and reading the package.
+    ("dpkg-deb", "dpkg"),
+    ("readelf", "binutils"),
+    ("strip", "binutils"),
+    ("md5sum", "coreutils"),
+    ("gzip", "gzip"),
+    // The package's maintainer scripts and man pages, checked.
+    ("shellcheck", "shellcheck"),
+    ("man", "man-db"),
+    ("unshare", "util-linux"),
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("dist") => dist::dist(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [-- CARGO TEST ARGS] | cargo xtask bench <store|driver|api>"
+                "usage: cargo xtask test [-- CARGO TEST ARGS] | cargo xtask bench <store|driver|api> \
+                 | cargo xtask dist [--profile PROFILE] [--out DIR]"
             );
             return ExitCode::from(2);
         }
@@ -57,11 +74,13 @@ fn have(cmd: &str) -> bool {
 
 /// Installs missing system packages with apt-get (as root, or through sudo).
 fn ensure_system_packages() -> Result<(), String> {
-    let missing: Vec<&str> = SYSTEM_PACKAGES
+    let mut missing: Vec<&str> = SYSTEM_PACKAGES
         .iter()
         .filter(|(cmd, _)| !have(cmd))
         .map(|(_, pkg)| *pkg)
         .collect();
+    missing.sort_unstable();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
