@@ -182,7 +182,9 @@ fn the_package_holds_everything_in_its_place() {
     for f in files_in("runbooks", ".md") {
         expected.push((format!("/usr/share/doc/berth/runbooks/{f}"), "-rw-r--r--"));
     }
-    for f in files_in("packaging/prometheus", ".yml") {
+    let mut rules = files_in("packaging/prometheus", ".yml");
+    rules.extend(files_in("packaging/prometheus", ".yaml"));
+    for f in rules {
         expected.push((format!("/usr/share/berth/prometheus/{f}"), "-rw-r--r--"));
     }
     for f in files_in("packaging/grafana", ".json") {
