@@ -35,7 +35,8 @@ fn main() -> ExitCode {
         Some("dist") => dist::dist(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [-- CARGO TEST ARGS] | cargo xtask bench <store|driver|api> \
+                "usage: cargo xtask test [-- CARGO TEST ARGS] \
+                 | cargo xtask bench <store|driver|api|compaction> [SUITE ARGS] \
                  | cargo xtask dist [--profile PROFILE] [--out DIR]"
             );
             return ExitCode::from(2);
@@ -206,9 +207,8 @@ fn run_counted(cmd: &mut Command, totals: &mut Totals) -> Result<(), String> {
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
-    let suite = args
-        .first()
-        .ok_or("usage: cargo xtask bench <store|driver|api>")?;
+    args.first()
+        .ok_or("usage: cargo xtask bench <store|driver|api|compaction> [SUITE ARGS]")?;
     // The driver suite launches the real supervisor, found beside the bench binary.
     run(cargo().args([
         "build",
@@ -223,15 +223,9 @@ fn bench(args: &[String]) -> Result<(), String> {
         "--bin",
         "berthd",
     ]))?;
-    run(cargo().args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "berth-bench",
-        "--",
-        suite,
-    ]))
+    run(cargo()
+        .args(["run", "--release", "--quiet", "-p", "berth-bench", "--"])
+        .args(args))
 }
 
 #[cfg(test)]

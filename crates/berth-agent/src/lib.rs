@@ -8,6 +8,7 @@
 
 mod effects;
 mod maintenance;
+pub mod telemetry;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,25 @@ use tokio::sync::mpsc;
 
 pub use effects::{ExitNotice, HostEffects};
 pub use maintenance::{AutoCompaction, MaintenanceConfig};
+pub use telemetry::Telemetry;
+
+/// How often the metrics sample what is not an event.
+#[derive(Debug, Clone, Copy)]
+pub struct TelemetryConfig {
+    /// CPU and memory of every started machine (`metrics.sample_interval`).
+    pub sample_interval: Duration,
+    /// The database's file size and live bytes.
+    pub db_interval: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            sample_interval: Duration::from_secs(5),
+            db_interval: Duration::from_secs(15),
+        }
+    }
+}
 
 /// Everything the agent needs to start.
 #[derive(Debug, Clone)]
@@ -39,6 +59,8 @@ pub struct AgentConfig {
     pub reconcile_interval: Duration,
     /// Retention and automatic compaction; `None` keeps everything (tests of other things).
     pub maintenance: Option<MaintenanceConfig>,
+    /// Metrics sampling.
+    pub telemetry: TelemetryConfig,
 }
 
 impl AgentConfig {
@@ -51,6 +73,7 @@ impl AgentConfig {
             reconcile: ReconcileConfig::default(),
             reconcile_interval: Duration::from_secs(10),
             maintenance: Some(MaintenanceConfig::default()),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -87,6 +110,7 @@ pub struct Agent {
     status: Arc<Mutex<SupervisionStatus>>,
     reconcile: ReconcileConfig,
     compactions: maintenance::Compactions,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Agent {
@@ -108,6 +132,7 @@ impl Agent {
             status: Arc::default(),
             reconcile: cfg.reconcile,
             compactions: Default::default(),
+            telemetry: Telemetry::new(store.clone(), driver.clone())?,
         };
 
         // Reattach first: every supervisor that runs gets a watcher, nothing is restarted.
@@ -151,6 +176,9 @@ impl Agent {
         if let Some(m) = cfg.maintenance.clone() {
             agent.spawn_maintenance(m);
         }
+        agent
+            .telemetry
+            .spawn(cfg.telemetry.sample_interval, cfg.telemetry.db_interval);
         Ok(agent)
     }
 
@@ -167,6 +195,11 @@ impl Agent {
     /// The driver.
     pub fn driver(&self) -> &Arc<Driver> {
         self.machines.effects().driver()
+    }
+
+    /// The metrics the agent keeps (per-machine series, sampled figures).
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
     }
 
     /// What supervision has seen lately.

@@ -78,8 +78,12 @@ pub(crate) async fn health(State(lane): State<Lane>) -> Json<Health> {
 }
 
 pub(crate) async fn metrics(State(lane): State<Lane>) -> Response {
-    match &lane.shared.cfg.metrics {
-        Some(render) => ([("content-type", "text/plain; version=0.0.4")], render()).into_response(),
+    match lane.shared.cfg.metrics.clone() {
+        // Rendering reads the store and formats every series: off the async workers.
+        Some(render) => match tokio::task::spawn_blocking(move || render()).await {
+            Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
+            Err(e) => ApiError::internal(format!("rendering metrics: {e}")).into_response(),
+        },
         None => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -168,6 +172,11 @@ pub(crate) async fn events(
         seq.borrow_and_update();
         let events = store.events_after(after, limit)?;
         if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+            if let Some(oldest) = events.first() {
+                // Event-stream lag: how long the oldest event returned waited for this caller.
+                let lag = berth_types::Timestamp::now().saturating_since(oldest.at);
+                metrics::histogram!("berth_events_stream_lag_seconds").record(lag.as_secs_f64());
+            }
             let last_seq = events.last().map_or(after, |e| e.seq);
             return Ok(Json(EventsPage { events, last_seq }));
         }

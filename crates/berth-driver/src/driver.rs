@@ -422,6 +422,22 @@ impl Driver {
         self.cgroups.as_ref()?.usage(id)
     }
 
+    /// What a machine's workload uses, for its metrics: from its cgroup when it has one (every
+    /// process of the workload), otherwise from the workload process `pid` itself (its own time
+    /// and that of the children it reaped).
+    pub fn workload_usage(&self, id: &str, pid: i32) -> Option<crate::usage::Usage> {
+        let from_cgroup = self
+            .cgroups
+            .as_ref()
+            .and_then(|cg| crate::usage::cgroup(&cg.path(id)));
+        from_cgroup.or_else(|| {
+            crate::usage::process(pid).map(|p| crate::usage::Usage {
+                cpu_seconds: p.cpu_seconds,
+                memory_bytes: p.rss_bytes,
+            })
+        })
+    }
+
     /// Every machine directory and what it says: for reattachment and orphan detection.
     pub fn scan(&self) -> Vec<(String, Probe)> {
         let Ok(entries) = std::fs::read_dir(&self.cfg.machines_dir) else {

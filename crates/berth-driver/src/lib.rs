@@ -13,6 +13,7 @@ pub mod files;
 pub mod logs;
 pub mod proc;
 pub mod shim;
+pub mod usage;
 
 pub use cgroup::Capabilities;
 pub use driver::{CgroupMode, Driver, DriverConfig, DriverError, Probe, exit_info};

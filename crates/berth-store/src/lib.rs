@@ -30,7 +30,7 @@ pub use error::{Result, StoreError};
 pub use read::{CheckReport, StoreStats};
 pub use retention::{RetentionPolicy, RetentionReport};
 pub use schema::{IntegrityReport, OpenKind, SCHEMA_VERSION, check_file_integrity};
-pub use timing::{OP_DURATION, SLOW_OPS, SlowOp, SlowOpHook};
+pub use timing::{OP_DURATION, OPS, SLOW_OPS, SlowOp, SlowOpHook};
 pub use writer::{TransitionSpec, WriteCtx};
 
 use timing::Timings;

@@ -10,6 +10,22 @@ pub const OP_DURATION: &str = "berth_db_operation_duration_seconds";
 /// Counter of operations slower than the threshold, labelled `op`.
 pub const SLOW_OPS: &str = "berth_db_slow_operations_total";
 
+/// Every `op` label the store times. An exporter can register each op's slow-op counter at zero
+/// up front, so that the first slow operation is an *increase* a rate-based alert can see.
+pub const OPS: &[&str] = &[
+    "open",
+    "commit",
+    "get_machine",
+    "list_machines",
+    "history",
+    "events",
+    "operations",
+    "operation",
+    "stats",
+    "check",
+    "backup",
+];
+
 /// A database operation that exceeded the slow-op threshold.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlowOp {
@@ -67,6 +83,7 @@ impl Timings {
         detail: impl FnOnce() -> String,
     ) {
         let Some(start) = start else { return };
+        debug_assert!(OPS.contains(&op), "{op} is missing from timing::OPS");
         let duration = start.elapsed();
         metrics::histogram!(OP_DURATION, "op" => op).record(duration.as_secs_f64());
         if duration > self.threshold {

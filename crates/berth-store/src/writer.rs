@@ -652,7 +652,7 @@ impl Indexer {
         dirty: &mut Dirty,
         new_rows: Vec<HistoryRow>,
         through: u64,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         self.pending.extend(new_rows);
         let due = self.pending.len() >= HISTORY_FLUSH_ROWS
             || self
@@ -667,7 +667,7 @@ impl Indexer {
             self.generation_through = through;
         }
         if self.generation.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let mut history = txn
             .open_table(HISTORY)
@@ -692,7 +692,7 @@ impl Indexer {
             set_watermark(txn, self.generation_through)?;
             self.last_generation = Some(Instant::now());
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Writes everything outstanding (at shutdown).
@@ -910,7 +910,11 @@ impl Writer {
             new_history = std::mem::take(&mut ctx.new_history);
             (ctx.committed_seq, ctx.committed_op_id)
         };
-        self.indexer
+        // What the batch did, for the slow-op log line (only formatted when it is slow).
+        let transitions = new_history.len();
+        let first_machine = new_history.first().map(|r| r.machine_id.clone());
+        let indexed = self
+            .indexer
             .work(&txn, &mut self.dirty, new_history, next_seq - 1)?;
         // The next seq follows from the log's last key, so a commit that only adds events leaves
         // meta alone (one table fewer to write per commit). Operation ids are not derivable (a
@@ -932,8 +936,18 @@ impl Writer {
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         self.seq_tx.send_replace(next_seq - 1);
         self.counters.writes.fetch_add(n as u64, Ordering::Relaxed);
+        let delay = self.commit_delay;
         self.timings.finish("commit", start, n, bytes, || {
-            format!("group commit of {n} writes, {bytes} bytes of records")
+            let mut d = format!(
+                "group commit of {n} writes: {transitions} transitions recorded, {indexed} history index rows written, {bytes} bytes of records"
+            );
+            if let Some(m) = first_machine {
+                d.push_str(&format!(" (first machine {m})"));
+            }
+            if !delay.is_zero() {
+                d.push_str(&format!("; includes the injected fault.db_delay of {delay:?}"));
+            }
+            d
         });
         Ok(())
     }

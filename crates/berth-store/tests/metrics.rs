@@ -26,9 +26,16 @@ fn operations_are_timed_by_name_and_slow_ones_counted() {
     recorder.install().unwrap();
 
     let dir = tempfile::tempdir().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook_seen = seen.clone();
     let opts = StoreOptions {
-        slow_op_threshold: Duration::from_millis(15),
-        commit_delay: Duration::from_millis(20),
+        // Far above what an undelayed operation takes even on a loaded machine (at 15 ms the
+        // open of a fresh file was seen to cross it while other builds ran).
+        slow_op_threshold: Duration::from_millis(150),
+        commit_delay: Duration::from_millis(200),
+        slow_op_hook: Some(std::sync::Arc::new(move |s: &berth_store::SlowOp| {
+            hook_seen.lock().unwrap().push(s.clone())
+        })),
         ..StoreOptions::default()
     };
     let store = Store::open(dir.path().join("berth.redb"), opts).unwrap();
@@ -78,5 +85,25 @@ fn operations_are_timed_by_name_and_slow_ones_counted() {
         slow,
         [("commit".to_owned(), 1)],
         "only the delayed commit is slow"
+    );
+    for op in &timed {
+        assert!(
+            berth_store::OPS.contains(&op.as_str()),
+            "{op} is not in OPS"
+        );
+    }
+    // The hook sees what the WARN line says: what the commit was doing, and the fault.
+    let seen = seen.lock().unwrap();
+    let [s] = seen.as_slice() else {
+        panic!("one slow op expected: {seen:?}")
+    };
+    assert_eq!((s.op, s.batch_size), ("commit", 1));
+    assert!(s.bytes > 0 && s.duration >= Duration::from_millis(200));
+    assert!(
+        s.detail.contains("1 transitions recorded")
+            && s.detail.contains("first machine m1")
+            && s.detail.contains("fault.db_delay of 200ms"),
+        "{}",
+        s.detail
     );
 }

@@ -210,6 +210,11 @@ enum HostCmd {
         #[command(flatten)]
         out: Out,
     },
+    /// The agent's health checks; exits 1 while the host is degraded.
+    Health {
+        #[command(flatten)]
+        out: Out,
+    },
     /// Refuse new machines (existing ones keep running).
     Cordon,
     /// Accept new machines again.
@@ -414,7 +419,26 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     if out.json {
                         print_json(&h)
                     } else {
-                        println!("{}", render::host(&h))
+                        let health = c.health().await?;
+                        println!("{}", render::host(&h, &health))
+                    }
+                }
+                HostCmd::Health { out } => {
+                    let health = c.health().await?;
+                    if out.json {
+                        print_json(&health)
+                    } else {
+                        println!("{}", render::health(&health))
+                    }
+                    if health.status != "ok" {
+                        return Err(Fail(
+                            1,
+                            format!(
+                                "the host is {}: {}",
+                                health.status,
+                                render::failing(&health)
+                            ),
+                        ));
                     }
                 }
                 HostCmd::Cordon => {

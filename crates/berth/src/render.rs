@@ -1,6 +1,6 @@
 //! Tables and lines for people. (`--json` prints the API's values unchanged.)
 
-use berth_api_types::{HostInfo, SlowOp};
+use berth_api_types::{Health, HostInfo, SlowOp};
 use berth_types::{Event, MachineRecord, Timestamp};
 use comfy_table::presets::NOTHING;
 use comfy_table::{ContentArrangement, Table};
@@ -110,9 +110,46 @@ pub fn status(m: &MachineRecord, evs: &[Event]) -> String {
     format!("{t}\n\nEvent log\n{}", events(evs))
 }
 
-pub fn host(h: &HostInfo) -> String {
+/// The names of the failing checks, comma-separated.
+pub fn failing(h: &Health) -> String {
+    let names: Vec<&str> = h
+        .checks
+        .iter()
+        .filter(|(_, c)| !c.ok)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    names.join(", ")
+}
+
+pub fn health(h: &Health) -> String {
+    let mut out = if h.status == "ok" {
+        "status: ok\n".to_owned()
+    } else {
+        format!("status: {} (failing: {})\n", h.status, failing(h))
+    };
+    let mut t = table(&["CHECK", "OK", "DETAIL"]);
+    for (name, c) in &h.checks {
+        t.add_row(vec![
+            name.clone(),
+            if c.ok { "yes" } else { "NO" }.to_owned(),
+            c.detail.clone(),
+        ]);
+    }
+    out.push_str(&t.to_string());
+    out
+}
+
+pub fn host(h: &HostInfo, health: &Health) -> String {
     let mut t = table(&["", ""]);
     t.add_row(vec!["Hostname".to_owned(), h.hostname.clone()]);
+    t.add_row(vec![
+        "Health".to_owned(),
+        if health.status == "ok" {
+            "ok".to_owned()
+        } else {
+            format!("{} (failing: {})", health.status, failing(health))
+        },
+    ]);
     t.add_row(vec!["Version".to_owned(), h.version.clone()]);
     t.add_row(vec!["Data dir".to_owned(), h.data_dir.clone()]);
     t.add_row(vec!["Cordoned".to_owned(), h.cordoned.to_string()]);

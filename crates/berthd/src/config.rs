@@ -29,6 +29,15 @@ pub struct File {
     pub reconcile: ReconcileSection,
     #[serde(default)]
     pub driver: DriverSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// How often the CPU and memory of started machines are sampled.
+    pub sample_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +141,7 @@ pub struct Config {
     pub compaction_min_file_size: u64,
     pub compaction_garbage_ratio: f64,
     pub config_file: Option<PathBuf>,
+    pub metrics_sample_interval: Duration,
 }
 
 /// A configuration error: which key, and why.
@@ -153,6 +163,18 @@ fn duration(key: &str, v: Option<&String>, default: Duration) -> Result<Duration
             ))
         }),
     }
+}
+
+fn positive_duration(
+    key: &str,
+    v: Option<&String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = duration(key, v, default)?;
+    if d.is_zero() {
+        return Err(ConfigError(format!("{key}: must be longer than 0")));
+    }
+    Ok(d)
 }
 
 fn size(key: &str, v: Option<&String>, default: u64) -> Result<u64, ConfigError> {
@@ -336,6 +358,11 @@ impl Config {
                 64 << 20,
             )?,
             compaction_garbage_ratio: ratio,
+            metrics_sample_interval: positive_duration(
+                "metrics.sample_interval",
+                file.metrics.sample_interval.as_ref(),
+                Duration::from_secs(5),
+            )?,
             data_dir,
             config_file,
         })
@@ -384,6 +411,10 @@ mod tests {
             ),
             ("[db]\nbogus = 1", "unknown field `bogus`"),
             ("[fault]\ndb_delay = \"1 fortnight\"", "fault.db_delay"),
+            (
+                "[metrics]\nsample_interval = \"0s\"",
+                "metrics.sample_interval",
+            ),
         ] {
             let err = build(text).unwrap_err();
             assert!(err.contains(want), "{text}: {err}");

@@ -146,9 +146,14 @@ async fn run(cfg: config::Config) -> Result<(), String> {
         .mode(0o700)
         .create(&cfg.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+    // Buckets, not the exporter's default summaries: quantiles of a summary cannot be
+    // aggregated or taken over a time window, and the alert rules need both.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(berth_agent::telemetry::BUCKETS)
+        .map_err(|e| format!("cannot configure the metrics recorder: {e}"))?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    berth_agent::telemetry::describe();
 
     let slow = SlowOps::new(256);
     let hook_ring = slow.clone();
@@ -168,6 +173,7 @@ async fn run(cfg: config::Config) -> Result<(), String> {
     agent_cfg.driver.log_keep = cfg.log_keep;
     agent_cfg.reconcile.guard = cfg.blast_radius_guard;
     agent_cfg.reconcile_interval = cfg.reconcile_interval;
+    agent_cfg.telemetry.sample_interval = cfg.metrics_sample_interval;
     agent_cfg.maintenance = Some(berth_agent::MaintenanceConfig {
         retention: berth_store::RetentionPolicy {
             destroyed_machine_ttl: cfg.destroyed_machine_ttl,
@@ -195,7 +201,9 @@ async fn run(cfg: config::Config) -> Result<(), String> {
     // touch the first one's socket.
     let agent = Agent::start(agent_cfg).await.map_err(|e| e.to_string())?;
     let token = token(&cfg.token_file)?;
-    let render = Arc::new(move || prometheus.render()) as Arc<dyn Fn() -> String + Send + Sync>;
+    let telemetry = agent.telemetry().clone();
+    let render = Arc::new(move || telemetry.render(|| prometheus.render()))
+        as Arc<dyn Fn() -> String + Send + Sync>;
     let shared = Shared::new(
         agent,
         ApiConfig {
