@@ -3,13 +3,29 @@
 //! - `cargo xtask test`: the whole test suite. Installs the system packages the tests need (on
 //!   Debian, with apt-get) and then runs `cargo test --workspace`. This is the README's test
 //!   command and what `.ci/run` calls.
-//! - `cargo xtask bench <suite>`: a benchmark, built in release mode (`store`, `driver`, `api`, `metrics`).
+//! - `cargo xtask bench <suite>`: a benchmark, built in release mode (`store`, `driver`, `api`,
+//!   `compaction`, `metrics`).
+//! - `cargo xtask dist`: release binaries and the Debian package (see `dist.rs`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod dist;
 
 use std::process::{Command, ExitCode};
 
 /// Commands the test suite needs, with the Debian package that provides each.
 const SYSTEM_PACKAGES: &[(&str, &str)] = &[
+    // `systemd-analyze verify` on the unit (tests/systemd.rs, xtask/tests/dist.rs).
+    ("systemd-analyze", "systemd"),
+    // `cargo xtask dist` and its test: building and reading the package.
+    ("dpkg-deb", "dpkg"),
+    ("readelf", "binutils"),
+    ("strip", "binutils"),
+    ("md5sum", "coreutils"),
+    ("gzip", "gzip"),
+    // The package's maintainer scripts and man pages, checked.
+    ("shellcheck", "shellcheck"),
+    ("man", "man-db"),
+    ("unshare", "util-linux"),
     // `promtool check metrics|rules`, `promtool test rules`, and a real Prometheus scraping a
     // real berthd (tests/packaging.rs, tests/metrics.rs, tests/prometheus.rs).
     ("promtool", "prometheus"),
@@ -24,9 +40,12 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("dist") => dist::dist(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [-- CARGO TEST ARGS] | cargo xtask bench <store|driver|api|metrics>"
+                "usage: cargo xtask test [-- CARGO TEST ARGS] \
+                 | cargo xtask bench <store|driver|api|compaction|metrics> [SUITE ARGS] \
+                 | cargo xtask dist [--profile PROFILE] [--out DIR]"
             );
             return ExitCode::from(2);
         }
@@ -64,11 +83,13 @@ fn have(cmd: &str) -> bool {
 
 /// Installs missing system packages with apt-get (as root, or through sudo).
 fn ensure_system_packages() -> Result<(), String> {
-    let missing: Vec<&str> = SYSTEM_PACKAGES
+    let mut missing: Vec<&str> = SYSTEM_PACKAGES
         .iter()
         .filter(|(cmd, _)| !have(cmd))
         .map(|(_, pkg)| *pkg)
         .collect();
+    missing.sort_unstable();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
@@ -194,9 +215,8 @@ fn run_counted(cmd: &mut Command, totals: &mut Totals) -> Result<(), String> {
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
-    let suite = args
-        .first()
-        .ok_or("usage: cargo xtask bench <store|driver|api|metrics>")?;
+    args.first()
+        .ok_or("usage: cargo xtask bench <store|driver|api|compaction|metrics> [SUITE ARGS]")?;
     // The driver suite launches the real supervisor, found beside the bench binary.
     run(cargo().args([
         "build",
@@ -211,15 +231,9 @@ fn bench(args: &[String]) -> Result<(), String> {
         "--bin",
         "berthd",
     ]))?;
-    run(cargo().args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "berth-bench",
-        "--",
-        suite,
-    ]))
+    run(cargo()
+        .args(["run", "--release", "--quiet", "-p", "berth-bench", "--"])
+        .args(args))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout)]
 
 mod api;
+mod compaction;
 mod driver;
 mod metrics;
 mod store;
@@ -14,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let suite = args.next().unwrap_or_default();
     let mut out = PathBuf::from("target/bench");
+    let mut rest = Vec::new();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--out" => {
@@ -22,16 +24,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .map(PathBuf::from)
                     .ok_or("--out needs a directory")?
             }
-            other => return Err(format!("unknown argument {other:?}").into()),
+            _ => rest.push(a),
         }
+    }
+    if suite != "compaction"
+        && let Some(other) = rest.first()
+    {
+        return Err(format!("unknown argument {other:?}").into());
     }
     std::fs::create_dir_all(&out)?;
     match suite.as_str() {
         "store" => store::run(&out),
         "driver" => driver::run(&out),
         "api" => api::run(&out),
+        "compaction" => compaction::run(&out, &rest),
         "metrics" => metrics::run(&out),
-        _ => Err(format!("unknown suite {suite:?}; available: store, driver, api, metrics").into()),
+        _ => Err(format!(
+            "unknown suite {suite:?}; available: store, driver, api, compaction, metrics"
+        )
+        .into()),
     }
 }
 

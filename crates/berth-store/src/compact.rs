@@ -37,8 +37,9 @@ use crate::{Store, slot_get};
 /// The meta key holding the last [`CompactionReport`] (JSON).
 pub(crate) const KEY_LAST_COMPACTION: &str = "last_compaction";
 
-/// Rows per bulk commit while copying.
-const COPY_CHUNK_ROWS: u64 = 20_000;
+/// Rows per bulk commit while copying; each commit's pages are flushed to disk before the next, so
+/// the copy never piles up dirty pages that a live commit's fsync would have to wait behind.
+const COPY_CHUNK_ROWS: u64 = 8_192;
 /// A catch-up round this small is left to the swap.
 const SMALL_ROUND_KEYS: usize = 512;
 /// Catch-up rounds before swapping regardless (a writer faster than the copy cannot starve it).
@@ -120,7 +121,12 @@ pub(crate) fn space_needed(live: u64, reserve: u64) -> u64 {
     (live as f64 * (1.0 + SPACE_MARGIN)) as u64 + reserve
 }
 
-fn copy_all(src: &ReadTransaction, dst: &Database, mut progress: impl FnMut(u64)) -> Result<u64> {
+fn copy_all(
+    src: &ReadTransaction,
+    dst: &Database,
+    dst_file: &Path,
+    mut progress: impl FnMut(u64),
+) -> Result<u64> {
     let mut rows = 0u64;
     macro_rules! copy {
         ($def:expr) => {{
@@ -151,6 +157,7 @@ fn copy_all(src: &ReadTransaction, dst: &Database, mut progress: impl FnMut(u64)
                     rows += n;
                 }
                 txn.commit().map_err(StoreError::db("compact: copy"))?;
+                flush(dst_file)?;
                 progress(rows);
                 if done {
                     break;
@@ -163,10 +170,15 @@ fn copy_all(src: &ReadTransaction, dst: &Database, mut progress: impl FnMut(u64)
     copy!(OPERATIONS);
     copy!(EVENTS);
     copy!(HISTORY);
-    // One durable commit makes every bulk commit before it durable.
-    let txn = dst.begin_write().map_err(StoreError::db("compact: copy"))?;
-    txn.commit().map_err(StoreError::db("compact: copy"))?;
     Ok(rows)
+}
+
+/// Flushes the copy's written pages to disk outside the pause: the swap's durable commit then
+/// only has the last few keys to sync, not the whole file.
+fn flush(tmp: &Path) -> Result<()> {
+    std::fs::File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(StoreError::io(format!("fsync {}", tmp.display())))
 }
 
 /// Copies the keys in `dirty` from `src` (or removes them where `src` has none), and the whole
@@ -360,11 +372,11 @@ impl Store {
             .map_err(StoreError::db("compact: snapshot"))?;
         let mut builder = redb::Builder::new();
         builder.set_cache_size(self.inner.cache_size);
-        let new = builder
+        let mut new = builder
             .create(tmp)
             .map_err(StoreError::db("compact: create copy"))?;
         let mut last_log = Instant::now();
-        let rows_copied = copy_all(&snapshot, &new, |rows| {
+        let rows_copied = copy_all(&snapshot, &new, tmp, |rows| {
             self.set_progress(|p| p.rows_copied = rows);
             if last_log.elapsed() >= Duration::from_secs(2) {
                 last_log = Instant::now();
@@ -372,6 +384,13 @@ impl Store {
             }
         })?;
         drop(snapshot);
+        // The copy is private: redb's own compaction can have it exclusively, and gives back what
+        // the bulk load over-allocated while the file grew.
+        while new.compact().map_err(|e| StoreError::Db {
+            op: "compact: shrink copy",
+            source: Box::new(e.into()),
+        })? {}
+        flush(tmp)?;
         self.phase("catch-up");
 
         let mut rounds = 0;
@@ -384,7 +403,9 @@ impl Store {
                 .map_err(StoreError::db("compact: snapshot"))?;
             rounds += 1;
             caught_up += dirty.len() as u64;
-            apply_dirty(&snapshot, &new, &dirty, redb::Durability::None)?;
+            // Durable, outside the pause: redb's first durable commit after the bulk copy does
+            // the deferred bookkeeping of every non-durable one, which must not land in the swap.
+            apply_dirty(&snapshot, &new, &dirty, redb::Durability::Immediate)?;
             self.set_progress(|p| p.catch_up_rounds = rounds);
             tracing::info!(
                 round = rounds,
@@ -395,14 +416,16 @@ impl Store {
                 break;
             }
         }
+        flush(tmp)?;
 
         self.phase("swap");
         let hook = self.inner.compaction_hook.clone();
         let tmp_owned = tmp.to_owned();
         let swap_path = path.clone();
-        let (pause, last_keys) = self.control(move |w: &mut Writer| {
+        let (pause, last_keys, old) = self.control(move |w: &mut Writer| {
             swap(w, new, &tmp_owned, &swap_path, hook.as_deref())
         })??;
+        drop(old);
         caught_up += last_keys;
         if let Some(hook) = &self.inner.compaction_hook {
             hook("swapped");
@@ -432,15 +455,15 @@ impl Store {
     }
 }
 
-/// The swap, on the writer thread between commits. Returns how long writers were paused and how
-/// many keys it copied.
+/// The swap, on the writer thread between commits. Returns how long writers were paused, how
+/// many keys it copied, and the old database (to be closed outside the pause).
 fn swap(
     w: &mut Writer,
     new: Database,
     tmp: &Path,
     path: &Path,
     hook: Option<&(dyn Fn(&str) + Send + Sync)>,
-) -> Result<(Duration, u64)> {
+) -> Result<(Duration, u64, Arc<Database>)> {
     let t0 = Instant::now();
     let dirty = w.dirty.take();
     w.dirty = Dirty::default();
@@ -466,9 +489,11 @@ fn swap(
     }
     let new = Arc::new(new);
     *w.slot.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
-    w.db = new;
+    let old = std::mem::replace(&mut w.db, new);
     debug_assert!(Arc::ptr_eq(&w.db, &slot_get(&w.slot)));
-    Ok((t0.elapsed(), dirty.len() as u64))
+    // Closing the old database (redb flushes and frees its cache) happens after the pause, on
+    // the compacting thread; readers still in it keep it open until they finish.
+    Ok((t0.elapsed(), dirty.len() as u64, old))
 }
 
 fn file_size(path: &Path) -> Result<u64> {

@@ -82,6 +82,12 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Write the man pages (berth.1 and one per subcommand) into DIR; `cargo xtask dist` uses it.
+    #[command(hide = true)]
+    Man {
+        /// An existing directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,6 +361,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             clap_complete::generate(*shell, &mut Cli::command(), "berth", &mut std::io::stdout());
             Ok(())
         }
+        Command::Man { dir } => clap_mangen::generate_to(Cli::command(), dir)
+            .map_err(|e| Fail(1, format!("writing man pages to {}: {e}", dir.display()))),
         Command::Machine(cmd) => machine(&cli, cmd).await,
         Command::Events {
             after,

@@ -5,6 +5,10 @@
 #![allow(clippy::print_stderr)]
 
 mod config;
+mod systemd;
+
+#[cfg(test)]
+mod packaged_config;
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -18,6 +22,13 @@ use berth_api::{ApiConfig, Shared, SlowOps};
 use clap::Parser;
 
 /// The per-host berth agent.
+///
+/// Runs this host's machines (supervised workloads), keeps their state in one database in the
+/// data directory, and serves the HTTP API on a unix socket and on TCP; `berth` is its CLI.
+/// On SIGTERM or SIGINT it drains and exits 0: the machines keep running under their
+/// supervisors, and the next start reattaches to them. Under systemd (Type=notify) it reports
+/// readiness and feeds the watchdog while its database and API respond.
+/// Exit status: 0 after a clean stop, 78 for an invalid configuration, 1 for any other failure.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -42,6 +53,18 @@ fn main() -> ExitCode {
     if raw.get(1).map(String::as_str) == Some("shim") {
         let args = [raw[0].clone(), raw.get(2).cloned().unwrap_or_default()];
         return ExitCode::from(u8::try_from(berth_driver::shim::main(&args)).unwrap_or(1));
+    }
+    // `berthd man <dir>`: writes berthd.1 there (for `cargo xtask dist`). Hidden, like `shim`.
+    if raw.get(1).map(String::as_str) == Some("man") {
+        let dir = std::path::PathBuf::from(raw.get(2).map_or("", String::as_str));
+        use clap::CommandFactory;
+        return match clap_mangen::generate_to(Args::command(), &dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berthd: writing the man page to {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -118,27 +141,6 @@ fn token(path: &Path) -> Result<String, String> {
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
     tracing::info!(path = %path.display(), "created a new API token");
     Ok(token)
-}
-
-/// Tells systemd we are ready, when it asked (`Type=notify`).
-fn notify_ready() {
-    let Some(addr) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let name = addr.to_string_lossy().into_owned();
-    let sent = if let Some(abstract_name) = name.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
-            .and_then(|a| sock.send_to_addr(b"READY=1\n", &a))
-    } else {
-        sock.send_to(b"READY=1\n", &name)
-    };
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "could not notify systemd");
-    }
 }
 
 async fn run(cfg: config::Config) -> Result<(), String> {
@@ -271,11 +273,13 @@ async fn run(cfg: config::Config) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    notify_ready();
+    systemd::notify("READY=1");
+    systemd::spawn_watchdog(shared.clone(), cfg.socket.clone(), stop_rx.clone());
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
+    systemd::notify("STOPPING=1");
     let _ = stop_tx.send(true);
     let drain = async {
         for s in servers {

@@ -1,0 +1,168 @@
+//! Talking to systemd: readiness (`READY=1`, for `Type=notify`), `STOPPING=1`, and the watchdog
+//! (`WatchdogSec=`), all over the datagram socket named by `NOTIFY_SOCKET`.
+//!
+//! The watchdog is fed only while the agent itself is responsive: every check, a no-op write goes
+//! through the store's writer queue and must be committed, and `GET /v1/health` must answer on
+//! the agent's own unix socket — the path an operator's `berth` takes. If either does not
+//! complete in time, no `WATCHDOG=1` is sent; systemd, hearing nothing for `WatchdogSec`, kills
+//! berthd and `Restart=on-failure` starts it again. Workloads keep running (`KillMode=process`),
+//! and the new agent reattaches to them; a store that refuses writes after a failed commit is
+//! reopened the same way.
+//!
+//! Checks run every quarter of the watchdog period, each bounded by a quarter: pings are at most
+//! half a period apart while healthy, one slow check is forgiven, and systemd acts only after the
+//! agent has been unresponsive for most of a whole period.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_api::Shared;
+
+/// Sends one notification (e.g. `READY=1`) to systemd, if it asked for them.
+pub fn notify(state: &str) {
+    let Some(addr) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = send(&addr.to_string_lossy(), state) {
+        tracing::warn!(error = %e, state, "could not notify systemd");
+    }
+}
+
+fn send(addr: &str, state: &str) -> std::io::Result<()> {
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    let msg = format!("{state}\n");
+    if let Some(abstract_name) = addr.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        let a = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())?;
+        sock.send_to_addr(msg.as_bytes(), &a)?;
+    } else {
+        sock.send_to(msg.as_bytes(), addr)?;
+    }
+    Ok(())
+}
+
+/// The watchdog period systemd expects, from `WATCHDOG_USEC` and `WATCHDOG_PID` (as
+/// `sd_watchdog_enabled` reads them): none when unset, zero or unparsable, or when
+/// `WATCHDOG_PID` names another process (the variables were inherited, not meant for us).
+pub fn watchdog_period(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Option<Duration> {
+    let usec: u64 = usec?.trim().parse().ok().filter(|u| *u > 0)?;
+    if let Some(pid) = pid
+        && pid.trim().parse::<u32>().ok() != Some(own_pid)
+    {
+        return None;
+    }
+    Some(Duration::from_micros(usec))
+}
+
+/// Starts feeding systemd's watchdog, if it asked for one (`WATCHDOG_USEC`). Call once the agent
+/// serves its socket and has said `READY=1`: systemd arms the watchdog when start-up completes.
+/// When `stopping` turns true the agent is draining: the watchdog stops checking (the API
+/// closing is then expected, not a fault).
+pub fn spawn_watchdog(
+    shared: Arc<Shared>,
+    socket: PathBuf,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let env = |k: &str| std::env::var(k).ok();
+    let Some(period) = watchdog_period(
+        env("WATCHDOG_USEC").as_deref(),
+        env("WATCHDOG_PID").as_deref(),
+        std::process::id(),
+    ) else {
+        return;
+    };
+    let Some(addr) = env("NOTIFY_SOCKET") else {
+        tracing::warn!("WATCHDOG_USEC is set without NOTIFY_SOCKET; no watchdog");
+        return;
+    };
+    let step = period / 4;
+    tracing::info!(period = ?period, every = ?step, "feeding systemd's watchdog while the store and the API respond");
+    tokio::spawn(async move {
+        let client = berth_client::Client::new(berth_client::Endpoint::Unix(socket));
+        loop {
+            let outcome = tokio::select! {
+                _ = stopping.wait_for(|s| *s) => break,
+                outcome = check(&shared, &client, step) => outcome,
+            };
+            match outcome {
+                Ok(()) => {
+                    if let Err(e) = send(&addr, "WATCHDOG=1") {
+                        tracing::warn!(error = %e, "could not ping systemd's watchdog");
+                    }
+                }
+                Err(why) => tracing::warn!(
+                    "not feeding systemd's watchdog: {why}; systemd restarts berthd if this lasts {} (workloads keep running)",
+                    humantime::format_duration(period)
+                ),
+            }
+            tokio::select! {
+                _ = stopping.wait_for(|s| *s) => break,
+                _ = tokio::time::sleep(step) => {}
+            }
+        }
+    });
+}
+
+/// One liveness check: a no-op store write and the health route, concurrently, each bounded.
+async fn check(
+    shared: &Shared,
+    client: &berth_client::Client,
+    limit: Duration,
+) -> Result<(), String> {
+    let store = shared.agent().store().clone();
+    let write = tokio::time::timeout(limit, store.write(|_| Ok(())));
+    let health = tokio::time::timeout(limit, client.health());
+    let (write, health) = tokio::join!(write, health);
+    let within = humantime::format_duration(limit);
+    match write {
+        Err(_) => return Err(format!("a store write did not commit within {within}")),
+        Ok(Err(e)) => return Err(format!("the store refused a write: {e}")),
+        Ok(Ok(())) => {}
+    }
+    match health {
+        Err(_) => Err(format!("GET /v1/health did not answer within {within}")),
+        Ok(Err(e)) => Err(format!("GET /v1/health failed: {e}")),
+        // Answered, even if degraded: a degraded host needs an operator, not a restart.
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_period_follows_sd_watchdog_enabled() {
+        let s = Some;
+        assert_eq!(
+            watchdog_period(s("30000000"), None, 7),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            watchdog_period(s("500000"), s("7"), 7),
+            Some(Duration::from_millis(500))
+        );
+        for (usec, pid) in [
+            (None, None),
+            (s("0"), None),
+            (s("soon"), None),
+            (s("30000000"), s("8")),
+            (s("30000000"), s("me")),
+        ] {
+            assert_eq!(watchdog_period(usec, pid, 7), None, "{usec:?} {pid:?}");
+        }
+    }
+
+    #[test]
+    fn notifications_reach_a_datagram_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        send(path.to_str().unwrap(), "WATCHDOG=1").unwrap();
+        let mut buf = [0u8; 32];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"WATCHDOG=1\n");
+        assert!(send(dir.path().join("nobody").to_str().unwrap(), "READY=1").is_err());
+    }
+}
