@@ -222,6 +222,7 @@ fn the_dashboard_is_valid_json_and_queries_exported_metrics_in_valid_promql() {
     // The panels together show every per-machine series and the size/live pair.
     for n in [
         "berth_db_file_size_bytes",
+        "berth_db_file_allocated_bytes",
         "berth_db_live_bytes",
         "berth_machines",
         "berth_machine_transient_seconds",

@@ -110,9 +110,12 @@ impl Agent {
             }
         };
         let ratio = stats.garbage_ratio();
-        if stats.file_size_bytes >= auto.min_file_size && ratio >= auto.garbage_ratio {
+        // Disk usage, not length: redb's sparse reservation after a growth step (or right after
+        // a compaction) is neither garbage nor reclaimable, and must not trigger another run.
+        if stats.used_bytes() >= auto.min_file_size && ratio >= auto.garbage_ratio {
             tracing::info!(
                 file_size = stats.file_size_bytes,
+                on_disk = stats.used_bytes(),
                 live_bytes = stats.live_bytes,
                 garbage_ratio = ratio,
                 "garbage is high: compacting online"

@@ -109,7 +109,14 @@ pub const METRICS: &[Metric] = &[
         Gauge,
         Some(Unit::Bytes),
         &[],
-        "Size of the database file (compare with berth_db_live_bytes: the difference is garbage and free space).",
+        "Length of the database file. redb extends it sparsely by doubling, so it can be up to twice berth_db_file_allocated_bytes.",
+    ),
+    m(
+        "berth_db_file_allocated_bytes",
+        Gauge,
+        Some(Unit::Bytes),
+        &[],
+        "Disk space the database file occupies (compare with berth_db_live_bytes: the difference is garbage a compaction gives back).",
     ),
     m(
         "berth_db_live_bytes",
@@ -629,6 +636,7 @@ impl Telemetry {
         match self.store.stats() {
             Ok(st) => {
                 metrics::gauge!("berth_db_file_size_bytes").set(st.file_size_bytes as f64);
+                metrics::gauge!("berth_db_file_allocated_bytes").set(st.used_bytes() as f64);
                 metrics::gauge!("berth_db_live_bytes").set(st.live_bytes as f64);
             }
             Err(e) => tracing::warn!(error = %e, "metrics: could not read database stats"),

@@ -137,11 +137,16 @@ pub struct Lease {
 /// `GET /v1/db/stats`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DbStats {
-    /// Size of the file.
+    /// Length of the file (`ls -l`).
     pub file_size_bytes: u64,
+    /// Disk space the file occupies (`du`); redb extends its file sparsely, so after a growth
+    /// step or a compaction this can be well below the length.
+    #[serde(default)]
+    pub file_allocated_bytes: u64,
     /// Bytes holding data.
     pub live_bytes: u64,
-    /// `1 - live/file`: the share of the file that is garbage or free space.
+    /// `1 - live/used`, used being the disk space the file occupies (at most its length): the
+    /// share of the written file that is garbage, what a compaction would give back.
     pub garbage_ratio: f64,
     /// Rows per table.
     pub tables: BTreeMap<String, u64>,

@@ -197,6 +197,7 @@ pub(crate) async fn db_stats(State(lane): State<Lane>) -> ApiResult<Json<DbStats
     Ok(Json(DbStats {
         garbage_ratio: st.garbage_ratio(),
         file_size_bytes: st.file_size_bytes,
+        file_allocated_bytes: st.file_allocated_bytes,
         live_bytes: st.live_bytes,
         tables: st.tables,
         last_compaction: st

@@ -46,6 +46,11 @@ struct Report {
     live_bytes_before: u64,
     garbage_ratio_before: f64,
     size_after_bytes: u64,
+    /// Disk space the file occupies (what `du` shows); the length above can include redb's
+    /// sparse reservation.
+    on_disk_before_bytes: u64,
+    on_disk_after_bytes: u64,
+    on_disk_after_over_live: f64,
     live_bytes_after: u64,
     size_after_over_live: f64,
     size_after_over_live_before: f64,
@@ -223,6 +228,9 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
             live_bytes_before: before.live_bytes,
             garbage_ratio_before: before.garbage_ratio(),
             size_after_bytes: after.file_size_bytes,
+            on_disk_before_bytes: before.used_bytes(),
+            on_disk_after_bytes: after.used_bytes(),
+            on_disk_after_over_live: after.used_bytes() as f64 / after.live_bytes.max(1) as f64,
             live_bytes_after: after.live_bytes,
             size_after_over_live: after.file_size_bytes as f64 / after.live_bytes.max(1) as f64,
             size_after_over_live_before: after.file_size_bytes as f64
@@ -239,13 +247,19 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
     let _ = std::fs::remove_dir_all(&dir);
     let mib = |b: u64| b as f64 / 1048576.0;
     println!(
-        "file before {:.0} MiB (live {:.0} MiB, garbage {:.0}%) -> after {:.0} MiB (live {:.0} MiB, {:.2}x live)",
+        "file before {:.0} MiB on disk, {:.0} MiB long (live {:.0} MiB, garbage {:.0}%)",
+        mib(report.on_disk_before_bytes),
         mib(report.size_before_bytes),
         mib(report.live_bytes_before),
         report.garbage_ratio_before * 100.0,
+    );
+    println!(
+        "file after  {:.0} MiB on disk ({:.2}x live), {:.0} MiB long ({:.2}x live; redb's sparse reservation) (live {:.0} MiB)",
+        mib(report.on_disk_after_bytes),
+        report.on_disk_after_over_live,
         mib(report.size_after_bytes),
+        report.size_after_over_live,
         mib(report.live_bytes_after),
-        report.size_after_over_live
     );
     println!(
         "compaction {:.1} s, longest write stall {:.1} ms (store's swap pause {:.1} ms), {} catch-up rounds",

@@ -54,10 +54,16 @@ pub struct CompactionReport {
     pub at: Timestamp,
     /// How long it took, start to swap.
     pub duration_ms: u64,
-    /// File size before.
+    /// File length before.
     pub size_before: u64,
-    /// File size after.
+    /// File length after (redb may already have extended the new file sparsely).
     pub size_after: u64,
+    /// Disk space the file occupied before.
+    #[serde(default)]
+    pub allocated_before: u64,
+    /// Disk space the file occupies after.
+    #[serde(default)]
+    pub allocated_after: u64,
     /// Live bytes before.
     pub live_bytes: u64,
     /// The longest time writers were paused (the swap).
@@ -296,6 +302,8 @@ impl Store {
                     duration_ms = r.duration_ms,
                     size_before = r.size_before,
                     size_after = r.size_after,
+                    allocated_before = r.allocated_before,
+                    allocated_after = r.allocated_after,
                     max_pause_ms = r.max_pause_ms,
                     rows = r.rows_copied,
                     rounds = r.catch_up_rounds,
@@ -341,7 +349,7 @@ impl Store {
     fn compact_inner(&self, started_at: Timestamp, tmp: &Path) -> Result<CompactionReport> {
         let t0 = Instant::now();
         let path = self.inner.path.clone();
-        let size_before = file_size(&path)?;
+        let (size_before, allocated_before) = file_sizes(&path)?;
         let live_bytes = self.stats()?.live_bytes;
         let dir = path
             .parent()
@@ -431,11 +439,14 @@ impl Store {
             hook("swapped");
         }
 
+        let (size_after, allocated_after) = file_sizes(&path)?;
         let report = CompactionReport {
             at: started_at,
             duration_ms: t0.elapsed().as_millis() as u64,
             size_before,
-            size_after: file_size(&path)?,
+            size_after,
+            allocated_before,
+            allocated_after,
             live_bytes,
             max_pause_ms: pause.as_secs_f64() * 1000.0,
             rows_copied,
@@ -496,8 +507,10 @@ fn swap(
     Ok((t0.elapsed(), dirty.len() as u64, old))
 }
 
-fn file_size(path: &Path) -> Result<u64> {
-    Ok(std::fs::metadata(path)
-        .map_err(StoreError::io(format!("stat {}", path.display())))?
-        .len())
+/// A file's length and the disk space it occupies (its allocated blocks).
+pub(crate) fn file_sizes(path: &Path) -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(StoreError::io(format!("stat {}", path.display())))?;
+    // st_blocks counts 512-byte units whatever the filesystem's block size.
+    Ok((m.len(), m.blocks().saturating_mul(512)))
 }

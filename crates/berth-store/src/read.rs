@@ -15,8 +15,12 @@ use crate::writer::decode_at;
 /// Sizes and row counts.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StoreStats {
-    /// Size of the file on disk.
+    /// The file's length (`ls -l`).
     pub file_size_bytes: u64,
+    /// The disk space the file occupies (`du`). redb extends its file sparsely, doubling it when
+    /// it runs out of pages, so right after a compaction or a growth step the length can be up
+    /// to twice what is on disk; the unwritten tail is neither data nor garbage.
+    pub file_allocated_bytes: u64,
     /// Bytes redb reports as holding data (stored + metadata + fragmentation inside pages).
     pub live_bytes: u64,
     /// Rows per table.
@@ -35,12 +39,27 @@ pub struct StoreStats {
 }
 
 impl StoreStats {
-    /// `1 - live/file`: the share of the file that is garbage or free space.
+    /// The bytes of the file that hold pages, written once: its disk usage, bounded by its
+    /// length. A filesystem that reports no blocks (or compresses them below the live data)
+    /// falls back to the length.
+    pub fn used_bytes(&self) -> u64 {
+        if self.file_allocated_bytes < self.live_bytes {
+            self.file_size_bytes
+        } else {
+            self.file_allocated_bytes.min(self.file_size_bytes)
+        }
+    }
+
+    /// `1 - live/used`: the share of the file's written pages that is garbage (freed pages and
+    /// slack), what a compaction would give back. The sparse tail redb reserves when it grows
+    /// is not counted: compacting cannot reclaim it, and counting it would make a freshly
+    /// compacted file look half garbage.
     pub fn garbage_ratio(&self) -> f64 {
-        if self.file_size_bytes == 0 {
+        let used = self.used_bytes();
+        if used == 0 {
             0.0
         } else {
-            1.0 - (self.live_bytes as f64 / self.file_size_bytes as f64).min(1.0)
+            1.0 - (self.live_bytes as f64 / used as f64).min(1.0)
         }
     }
 }
@@ -245,12 +264,7 @@ impl Store {
     /// File size, bytes in use and rows per table.
     pub fn stats(&self) -> Result<StoreStats> {
         let start = self.inner.timings.start();
-        let file_size_bytes = std::fs::metadata(&self.inner.path)
-            .map_err(StoreError::io(format!(
-                "stat {}",
-                self.inner.path.display()
-            )))?
-            .len();
+        let (file_size_bytes, file_allocated_bytes) = crate::compact::file_sizes(&self.inner.path)?;
         let txn = self.read_txn("stats")?;
         let mut tables = BTreeMap::new();
         let mut live_bytes = 0u64;
@@ -287,6 +301,7 @@ impl Store {
             .finish("stats", start, 0, 0, || "stats".into());
         Ok(StoreStats {
             file_size_bytes,
+            file_allocated_bytes,
             live_bytes,
             tables,
             next_seq,
@@ -566,5 +581,47 @@ impl Store {
                 format!("backup of {rows} rows")
             });
         Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(file: u64, allocated: u64, live: u64) -> StoreStats {
+        StoreStats {
+            file_size_bytes: file,
+            file_allocated_bytes: allocated,
+            live_bytes: live,
+            tables: BTreeMap::new(),
+            next_seq: 1,
+            history_seq: 0,
+            first_seq: None,
+            last_compaction: None,
+            compaction: None,
+        }
+    }
+
+    #[test]
+    fn a_sparse_reservation_is_not_garbage() {
+        // Just compacted: redb doubled the length, the disk holds the data.
+        let s = stats(200 << 20, 100 << 20, 95 << 20);
+        assert_eq!(s.used_bytes(), 100 << 20);
+        assert!((s.garbage_ratio() - 0.05).abs() < 1e-9, "{}", s.garbage_ratio());
+    }
+
+    #[test]
+    fn freed_pages_on_disk_are_garbage() {
+        let s = stats(1024 << 20, 1024 << 20, 128 << 20);
+        assert!((s.garbage_ratio() - 0.875).abs() < 1e-9);
+    }
+
+    #[test]
+    fn blocks_below_the_live_bytes_fall_back_to_the_length() {
+        // A filesystem reporting no blocks, or compressing them below the data.
+        let s = stats(100 << 20, 0, 40 << 20);
+        assert_eq!(s.used_bytes(), 100 << 20);
+        assert!((s.garbage_ratio() - 0.6).abs() < 1e-9);
+        assert_eq!(stats(0, 0, 0).garbage_ratio(), 0.0);
     }
 }

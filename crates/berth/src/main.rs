@@ -582,6 +582,7 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
                 serde_json::to_value(berth_api_types::DbStats {
                     garbage_ratio: st.garbage_ratio(),
                     file_size_bytes: st.file_size_bytes,
+                    file_allocated_bytes: st.file_allocated_bytes,
                     live_bytes: st.live_bytes,
                     tables: st.tables,
                     last_compaction: st

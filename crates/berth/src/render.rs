@@ -199,6 +199,7 @@ pub fn db_stats(v: &serde_json::Value) -> String {
     let mut t = table(&["", ""]);
     let mib = |k: &str| format!("{:.1} MiB", v[k].as_f64().unwrap_or(0.0) / 1048576.0);
     t.add_row(vec!["File size".to_owned(), mib("file_size_bytes")]);
+    t.add_row(vec!["On disk".to_owned(), mib("file_allocated_bytes")]);
     t.add_row(vec!["Live bytes".to_owned(), mib("live_bytes")]);
     t.add_row(vec![
         "Garbage ratio".to_owned(),
@@ -248,8 +249,18 @@ pub fn compaction(c: &serde_json::Value) -> String {
         .ok()
         .map(ago)
         .unwrap_or_else(|| "?".into());
+    // Reports written before berth recorded disk usage have no allocated sizes.
+    let on_disk = if c["allocated_after"].as_u64().unwrap_or(0) > 0 {
+        format!(
+            " (on disk {:.1} MiB -> {:.1} MiB)",
+            mib("allocated_before"),
+            mib("allocated_after")
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{when}: {:.1} MiB -> {:.1} MiB in {:.1} s, longest write pause {:.1} ms",
+        "{when}: {:.1} MiB -> {:.1} MiB{on_disk} in {:.1} s, longest write pause {:.1} ms",
         mib("size_before"),
         mib("size_after"),
         c["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0,
