@@ -1,7 +1,12 @@
 //! `bench api`: a real release `berthd` on loopback. Create+start of `/bin/sleep` machines over
-//! HTTP from 16 concurrent clients (rate, and create→started latency: the create returns once the
-//! machine is started); GET /v1/machines/{id} throughput over keep-alive connections; berthd's
-//! RSS when idle.
+//! HTTP from 16 concurrent clients (the create returns once the machine is started), twice:
+//! - *saturated*: each client sends its next create as soon as the last one answered, which gives
+//!   the rate the host sustains; its latency is mostly queueing (16 in flight / rate);
+//! - *paced*: the 16 clients together offer 200 creates/s on a fixed schedule, and each latency
+//!   counts from the create's scheduled time (so a slow answer delays and penalises the ones
+//!   after it: no coordinated omission): create→started latency at the target rate.
+//!
+//! Then GET /v1/machines/{id} throughput over keep-alive connections; berthd's RSS when idle.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -18,6 +23,9 @@ use crate::percentile;
 const CLIENTS: usize = 16;
 const MACHINES: usize = 400;
 const GET_SECONDS: u64 = 3;
+/// The paced phase's offered rate, all clients together.
+const PACED_RATE: f64 = 200.0;
+const PACED_SECONDS: f64 = 4.0;
 
 #[derive(Serialize)]
 struct Report {
@@ -26,11 +34,18 @@ struct Report {
     creates_per_sec: f64,
     create_to_started_p50_ms: f64,
     create_to_started_p99_ms: f64,
+    paced_offered_per_sec: f64,
+    paced_machines: usize,
+    paced_achieved_per_sec: f64,
+    paced_create_to_started_p50_ms: f64,
+    paced_create_to_started_p99_ms: f64,
+    paced_create_to_started_max_ms: f64,
     get_connections: usize,
     gets_per_sec: f64,
     get_p99_ms: f64,
     idle_rss_mib: f64,
     rss_with_machines_mib: f64,
+    machines_running: usize,
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -138,6 +153,44 @@ pub fn run(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
         let create_secs = start.elapsed().as_secs_f64();
         lat.sort_by(|a, b| a.total_cmp(b));
 
+        // Paced: PACED_RATE creates/s offered on a fixed schedule, client w sending at
+        // t0 + (w + k * CLIENTS) / PACED_RATE.
+        let paced_total = (PACED_RATE * PACED_SECONDS) as usize;
+        let t0 = tokio::time::Instant::now() + Duration::from_millis(50);
+        let mut tasks = Vec::new();
+        for w in 0..CLIENTS {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut ids = Vec::new();
+                for i in (w..paced_total).step_by(CLIENTS) {
+                    let due = t0 + Duration::from_secs_f64(i as f64 / PACED_RATE);
+                    tokio::time::sleep_until(due).await;
+                    let req = berth_api_types::CreateMachine {
+                        name: None,
+                        config: berth_types::MachineConfig::command(["/bin/sleep", "1000"]),
+                        metadata: Default::default(),
+                        skip_start: false,
+                    };
+                    let m = client.create(&req, None).await.map_err(|e| e.to_string())?;
+                    lat.push(due.elapsed().as_secs_f64() * 1e3);
+                    if m.state != berth_types::State::Started {
+                        return Err(format!("{} is {}", m.id, m.state));
+                    }
+                    ids.push(m.id.to_string());
+                }
+                Ok::<_, String>((lat, ids))
+            }));
+        }
+        let mut paced_lat = Vec::new();
+        for t in tasks {
+            let (l, i) = t.await.map_err(|e| e.to_string())??;
+            paced_lat.extend(l);
+            ids.extend(i);
+        }
+        let paced_secs = t0.elapsed().as_secs_f64();
+        paced_lat.sort_by(|a, b| a.total_cmp(b));
+
         // GETs over keep-alive connections.
         let end = Instant::now() + Duration::from_secs(GET_SECONDS);
         let mut tasks = Vec::new();
@@ -186,15 +239,22 @@ pub fn run(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok::<_, String>(Report {
             create_clients: CLIENTS,
-            machines: ids.len(),
+            machines: lat.len(),
             creates_per_sec: ids.len() as f64 / create_secs,
             create_to_started_p50_ms: percentile(&lat, 50.0),
             create_to_started_p99_ms: percentile(&lat, 99.0),
+            paced_offered_per_sec: PACED_RATE,
+            paced_machines: paced_lat.len(),
+            paced_achieved_per_sec: paced_lat.len() as f64 / paced_secs,
+            paced_create_to_started_p50_ms: percentile(&paced_lat, 50.0),
+            paced_create_to_started_p99_ms: percentile(&paced_lat, 99.0),
+            paced_create_to_started_max_ms: paced_lat.last().copied().unwrap_or(0.0),
             get_connections: CLIENTS,
             gets_per_sec: get_lat.len() as f64 / GET_SECONDS as f64,
             get_p99_ms: percentile(&get_lat, 99.0),
             idle_rss_mib: idle_rss,
             rss_with_machines_mib: rss_with,
+            machines_running: ids.len(),
         })
     });
     let _ = Command::new("kill")
@@ -206,7 +266,7 @@ pub fn run(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let report = result?;
     println!("berthd (release) on loopback TCP with a bearer token:");
     println!(
-        "  create+start of {} /bin/sleep machines, {} clients: {:.0} machines/s; create→started p50 {:.1} ms, p99 {:.1} ms",
+        "  saturated: create+start of {} /bin/sleep machines, {} clients back to back: {:.0} machines/s; create→started p50 {:.1} ms, p99 {:.1} ms",
         report.machines,
         report.create_clients,
         report.creates_per_sec,
@@ -214,12 +274,22 @@ pub fn run(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
         report.create_to_started_p99_ms
     );
     println!(
+        "  paced: {:.0} creates/s offered by {} clients on a fixed schedule, {} machines ({:.0}/s achieved); create→started from the scheduled time p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        report.paced_offered_per_sec,
+        report.create_clients,
+        report.paced_machines,
+        report.paced_achieved_per_sec,
+        report.paced_create_to_started_p50_ms,
+        report.paced_create_to_started_p99_ms,
+        report.paced_create_to_started_max_ms
+    );
+    println!(
         "  GET /v1/machines/{{id}}, {} keep-alive connections: {:.0} requests/s, p99 {:.2} ms",
         report.get_connections, report.gets_per_sec, report.get_p99_ms
     );
     println!(
         "  berthd RSS: idle {:.1} MiB; with {} machines {:.1} MiB",
-        report.idle_rss_mib, report.machines, report.rss_with_machines_mib
+        report.idle_rss_mib, report.machines_running, report.rss_with_machines_mib
     );
     let json = out.join("api.json");
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;

@@ -607,7 +607,11 @@ mod tests {
         // Just compacted: redb doubled the length, the disk holds the data.
         let s = stats(200 << 20, 100 << 20, 95 << 20);
         assert_eq!(s.used_bytes(), 100 << 20);
-        assert!((s.garbage_ratio() - 0.05).abs() < 1e-9, "{}", s.garbage_ratio());
+        assert!(
+            (s.garbage_ratio() - 0.05).abs() < 1e-9,
+            "{}",
+            s.garbage_ratio()
+        );
     }
 
     #[test]
