@@ -240,7 +240,7 @@ pub fn run(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
         Ok::<_, String>(Report {
             create_clients: CLIENTS,
             machines: lat.len(),
-            creates_per_sec: ids.len() as f64 / create_secs,
+            creates_per_sec: lat.len() as f64 / create_secs,
             create_to_started_p50_ms: percentile(&lat, 50.0),
             create_to_started_p99_ms: percentile(&lat, 99.0),
             paced_offered_per_sec: PACED_RATE,
