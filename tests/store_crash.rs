@@ -134,13 +134,15 @@ fn acknowledged_writes_survive_sigkill() {
 
 /// The compaction phases a SIGKILL can land in, in order; `done` is after the swap, with writes
 /// going to the new file.
-const PHASES: [&str; 7] = [
+const PHASES: [&str; 9] = [
     "copy",
+    "shrink",
     "catch-up",
     "swap",
     "new-file-durable",
     "renamed",
     "swapped",
+    "released",
     "done",
 ];
 

@@ -57,6 +57,10 @@ struct Report {
     compaction_seconds: f64,
     store_max_pause_ms: f64,
     longest_write_stall_ms: f64,
+    /// The compaction phase the longest stall began in.
+    longest_stall_phase: String,
+    /// How long each phase took (ms), in order.
+    phase_ms: Vec<(String, f64)>,
     without_compaction: Latencies,
     during_compaction: Latencies,
     catch_up_rounds: u32,
@@ -121,7 +125,15 @@ async fn bloat(store: &Store, target: u64) -> Result<u64, Box<dyn std::error::Er
 }
 
 /// One writer taking a machine round the cycle until `stop`; returns each write's latency (ms).
-fn writer(store: Store, stop: Arc<AtomicBool>, id: MachineId) -> tokio::task::JoinHandle<Vec<f64>> {
+/// Each write's start (since `epoch`) and latency, both in ms.
+type Writes = Vec<(f64, f64)>;
+
+fn writer(
+    store: Store,
+    stop: Arc<AtomicBool>,
+    id: MachineId,
+    epoch: Instant,
+) -> tokio::task::JoinHandle<Writes> {
     tokio::spawn(async move {
         let rec = record(&id);
         let _ = store
@@ -143,7 +155,10 @@ fn writer(store: Store, stop: Arc<AtomicBool>, id: MachineId) -> tokio::task::Jo
                 })
                 .await;
             if r.is_ok() {
-                out.push(t.elapsed().as_secs_f64() * 1000.0);
+                out.push((
+                    t.duration_since(epoch).as_secs_f64() * 1000.0,
+                    t.elapsed().as_secs_f64() * 1000.0,
+                ));
             }
         }
         out
@@ -170,7 +185,20 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("berth.redb");
     let report = rt.block_on(async {
-        let store = Store::open(&path, StoreOptions::default())?;
+        let epoch = Instant::now();
+        let phases = Arc::new(std::sync::Mutex::new(Vec::<(f64, String)>::new()));
+        let hook_phases = phases.clone();
+        let store = Store::open(
+            &path,
+            StoreOptions {
+                compaction_hook: Some(Arc::new(move |phase: &str| {
+                    if let Ok(mut p) = hook_phases.lock() {
+                        p.push((epoch.elapsed().as_secs_f64() * 1000.0, phase.to_owned()));
+                    }
+                })),
+                ..StoreOptions::default()
+            },
+        )?;
         let t = Instant::now();
         println!("writing about {size_mib} MiB of history...");
         let per_machine = bloat(&store, size_mib << 20).await?;
@@ -204,13 +232,23 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
         );
 
         let stop = Arc::new(AtomicBool::new(false));
-        let w = writer(store.clone(), stop.clone(), MachineId::parse("baseline")?);
+        let w = writer(
+            store.clone(),
+            stop.clone(),
+            MachineId::parse("baseline")?,
+            epoch,
+        );
         tokio::time::sleep(BASELINE).await;
         stop.store(true, Ordering::Relaxed);
         let baseline = w.await?;
 
         let stop = Arc::new(AtomicBool::new(false));
-        let w = writer(store.clone(), stop.clone(), MachineId::parse("during")?);
+        let w = writer(
+            store.clone(),
+            stop.clone(),
+            MachineId::parse("during")?,
+            epoch,
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         let t = Instant::now();
         let s = store.clone();
@@ -220,7 +258,24 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
         stop.store(true, Ordering::Relaxed);
         let during = w.await?;
         let after = store.stats()?;
-        let during = latencies(during);
+        // Which phase the longest stall started in.
+        let phases = phases.lock().map(|p| p.clone()).unwrap_or_default();
+        let worst = during
+            .iter()
+            .copied()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or_default();
+        let stall_phase = phases
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= worst.0)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| "before".into());
+        let phase_ms = phases
+            .windows(2)
+            .map(|w| (w[0].1.clone(), w[1].0 - w[0].0))
+            .collect::<Vec<_>>();
+        let during = latencies(during.into_iter().map(|(_, l)| l).collect());
         Ok::<Report, Box<dyn std::error::Error>>(Report {
             target_size_mib: size_mib,
             setup_seconds,
@@ -238,7 +293,9 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
             compaction_seconds,
             store_max_pause_ms: compaction.max_pause_ms,
             longest_write_stall_ms: during.max_ms,
-            without_compaction: latencies(baseline),
+            longest_stall_phase: stall_phase,
+            phase_ms,
+            without_compaction: latencies(baseline.into_iter().map(|(_, l)| l).collect()),
             during_compaction: during,
             catch_up_rounds: compaction.catch_up_rounds,
             keys_caught_up: compaction.keys_caught_up,
@@ -267,6 +324,16 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
         report.longest_write_stall_ms,
         report.store_max_pause_ms,
         report.catch_up_rounds
+    );
+    println!(
+        "longest stall began in phase {}; phases: {}",
+        report.longest_stall_phase,
+        report
+            .phase_ms
+            .iter()
+            .map(|(p, ms)| format!("{p} {ms:.0} ms"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!("                      writes   p50 ms   p99 ms   max ms");
     for (name, l) in [

@@ -7,15 +7,17 @@
 //! 2. **Snapshot**: switches on dirty-key tracking in the writer between two commits, then opens
 //!    a read snapshot. Every commit before the switch is in the snapshot; every later one has its
 //!    keys recorded (a commit in between is in both, which is harmless: copies are idempotent).
-//! 3. **Copy**: every table of the snapshot, in key order, into `<file>.compact`, in bulk commits
-//!    that are made durable by one final durable commit. The writer keeps committing to the live
-//!    file meanwhile.
+//! 3. **Copy**: every table of the snapshot, in key order, into `<file>.compact`, in small durable
+//!    commits, then shrunk with redb's own `compact()` (the copy is private). The writer keeps
+//!    committing to the live file meanwhile.
 //! 4. **Catch up**: takes the recorded keys (on the writer thread, between commits), opens a newer
 //!    snapshot and copies those keys, or removes them where they are gone; repeats while rounds
 //!    are large.
 //! 5. **Swap**, on the writer thread — the only pause writers see: copies the last few keys,
 //!    commits the copy durably, renames it over the live file, fsyncs the directory, and publishes
 //!    the new database to readers. Readers still inside a snapshot of the old file finish on it.
+//! 6. **Release**: once the last reader of the old file is gone, its blocks are freed a slice at
+//!    a time, so no live commit's fsync waits behind one huge filesystem transaction.
 //!
 //! Crash safety: before the rename the live file is untouched and holds every acknowledged write
 //! (the `.compact` leftover is deleted at the next open); the rename is atomic, and the new file
@@ -37,13 +39,17 @@ use crate::{Store, slot_get};
 /// The meta key holding the last [`CompactionReport`] (JSON).
 pub(crate) const KEY_LAST_COMPACTION: &str = "last_compaction";
 
-/// Rows per bulk commit while copying; each commit's pages are flushed to disk before the next, so
-/// the copy never piles up dirty pages that a live commit's fsync would have to wait behind.
+/// Rows per bulk commit while copying. Each commit is durable: its few MiB reach the disk before
+/// the next, so the copy never piles up dirty pages that a live commit's fsync would have to wait
+/// behind (non-durable commits left them in redb's cache, written all at once by the shrink).
 const COPY_CHUNK_ROWS: u64 = 8_192;
 /// A catch-up round this small is left to the swap.
 const SMALL_ROUND_KEYS: usize = 512;
 /// Catch-up rounds before swapping regardless (a writer faster than the copy cannot starve it).
 const MAX_ROUNDS: u32 = 16;
+/// How long the compaction waits for reads of the old file to finish before it frees the file's
+/// blocks gradually; past it, the last reader frees them when it finishes.
+const OLD_READERS_WAIT: Duration = Duration::from_secs(30);
 /// Free space the copy needs beyond the live data, as a fraction of it.
 const SPACE_MARGIN: f64 = 0.2;
 
@@ -127,12 +133,7 @@ pub(crate) fn space_needed(live: u64, reserve: u64) -> u64 {
     (live as f64 * (1.0 + SPACE_MARGIN)) as u64 + reserve
 }
 
-fn copy_all(
-    src: &ReadTransaction,
-    dst: &Database,
-    dst_file: &Path,
-    mut progress: impl FnMut(u64),
-) -> Result<u64> {
+fn copy_all(src: &ReadTransaction, dst: &Database, mut progress: impl FnMut(u64)) -> Result<u64> {
     let mut rows = 0u64;
     macro_rules! copy {
         ($def:expr) => {{
@@ -142,7 +143,7 @@ fn copy_all(
             let mut iter = table.iter().map_err(StoreError::db("compact: read"))?;
             loop {
                 let mut txn = dst.begin_write().map_err(StoreError::db("compact: copy"))?;
-                txn.set_durability(redb::Durability::None)
+                txn.set_durability(redb::Durability::Immediate)
                     .map_err(StoreError::db("compact: copy"))?;
                 let mut done = true;
                 {
@@ -163,7 +164,6 @@ fn copy_all(
                     rows += n;
                 }
                 txn.commit().map_err(StoreError::db("compact: copy"))?;
-                flush(dst_file)?;
                 progress(rows);
                 if done {
                     break;
@@ -384,7 +384,7 @@ impl Store {
             .create(tmp)
             .map_err(StoreError::db("compact: create copy"))?;
         let mut last_log = Instant::now();
-        let rows_copied = copy_all(&snapshot, &new, tmp, |rows| {
+        let rows_copied = copy_all(&snapshot, &new, |rows| {
             self.set_progress(|p| p.rows_copied = rows);
             if last_log.elapsed() >= Duration::from_secs(2) {
                 last_log = Instant::now();
@@ -392,6 +392,7 @@ impl Store {
             }
         })?;
         drop(snapshot);
+        self.phase("shrink");
         // The copy is private: redb's own compaction can have it exclusively, and gives back what
         // the bulk load over-allocated while the file grew.
         while new.compact().map_err(|e| StoreError::Db {
@@ -427,16 +428,48 @@ impl Store {
         flush(tmp)?;
 
         self.phase("swap");
+        // Our own handle on the old file, so that closing its database does not free its blocks
+        // all at once (see release_old_file).
+        let old_file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(StoreError::io(format!("open {}", path.display())))?;
         let hook = self.inner.compaction_hook.clone();
         let tmp_owned = tmp.to_owned();
         let swap_path = path.clone();
         let (pause, last_keys, old) = self.control(move |w: &mut Writer| {
             swap(w, new, &tmp_owned, &swap_path, hook.as_deref())
         })??;
-        drop(old);
         caught_up += last_keys;
+        // New readers get the new database; those already reading the old one (a backup, say)
+        // finish on it. Only once the last one is gone may its blocks be given back.
+        let deadline = Instant::now() + OLD_READERS_WAIT;
+        while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let alone = match Arc::try_unwrap(old) {
+            Ok(db) => {
+                drop(db);
+                true
+            }
+            Err(old) => {
+                drop(old);
+                false
+            }
+        };
         if let Some(hook) = &self.inner.compaction_hook {
             hook("swapped");
+        }
+        if alone {
+            release_old_file(old_file);
+        } else {
+            tracing::info!(
+                "readers still use the old database file; its space is freed when the last one finishes"
+            );
+            drop(old_file);
+        }
+        if let Some(hook) = &self.inner.compaction_hook {
+            hook("released");
         }
 
         let (size_after, allocated_after) = file_sizes(&path)?;
@@ -507,10 +540,117 @@ fn swap(
     Ok((t0.elapsed(), dirty.len() as u64, old))
 }
 
+/// Gives the old file's blocks back a slice at a time. It is already unlinked (renamed over) and
+/// closed by redb; freeing a gigabyte of extents in one go (the last close) is one large
+/// filesystem journal transaction, and every live commit's fsync would wait behind it.
+fn release_old_file(file: std::fs::File) {
+    const SLICE: u64 = 32 << 20;
+    let Ok(mut len) = file.metadata().map(|m| m.len()) else {
+        return;
+    };
+    while len > SLICE {
+        len -= SLICE;
+        if file.set_len(len).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// A file's length and the disk space it occupies (its allocated blocks).
 pub(crate) fn file_sizes(path: &Path) -> Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).map_err(StoreError::io(format!("stat {}", path.display())))?;
     // st_blocks counts 512-byte units whatever the filesystem's block size.
     Ok((m.len(), m.blocks().saturating_mul(512)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use berth_types::{MachineConfig, MachineId, MachineRecord, Source};
+
+    use super::*;
+    use crate::StoreOptions;
+
+    fn create(store: &Store, id: &str) {
+        let rec = MachineRecord::new(
+            MachineId::parse(id).unwrap(),
+            None,
+            MachineConfig::command(["/bin/true"]),
+            BTreeMap::new(),
+            Timestamp::now(),
+        );
+        store
+            .write_blocking(move |w| w.create_machine(rec, Source::User, "test"))
+            .unwrap();
+    }
+
+    /// A reader inside a snapshot of the old file keeps reading it intact after the swap: the
+    /// compaction frees the old file's blocks only once that reader is gone.
+    #[test]
+    fn the_old_file_is_released_only_after_its_last_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let phases = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = phases.clone();
+        let store = Store::open(
+            dir.path().join("berth.redb"),
+            StoreOptions {
+                compaction_hook: Some(Arc::new(move |p: &str| {
+                    seen.lock().unwrap().push(p.to_owned())
+                })),
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        for i in 0..2000 {
+            create(&store, &format!("m{i}"));
+        }
+        let reader = store.read_txn("test").unwrap();
+        let compactor = {
+            let store = store.clone();
+            std::thread::spawn(move || store.compact())
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !phases.lock().unwrap().iter().any(|p| p == "renamed") {
+            assert!(Instant::now() < deadline, "no swap: {:?}", phases.lock());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !phases.lock().unwrap().iter().any(|p| p == "swapped"),
+            "the old database was let go while a reader was in it: {:?}",
+            phases.lock()
+        );
+        // New reads see the new file; the old snapshot still reads every row.
+        assert!(
+            store
+                .machine(&MachineId::parse("m1999").unwrap())
+                .unwrap()
+                .is_some()
+        );
+        let machines = reader.open_table(MACHINES).unwrap();
+        let mut rows = 0;
+        for row in machines.iter().unwrap() {
+            let (_, v) = row.unwrap();
+            assert!(!v.value().is_empty());
+            rows += 1;
+        }
+        assert_eq!(rows, 2000);
+        drop(machines);
+        drop(reader);
+        compactor.join().unwrap().unwrap();
+        let phases = phases.lock().unwrap().clone();
+        let tail: Vec<&str> = phases
+            .iter()
+            .rev()
+            .take(2)
+            .rev()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(tail, ["swapped", "released"], "{phases:?}");
+    }
 }

@@ -56,7 +56,7 @@ pub struct StoreOptions {
     /// Free space a compaction must leave on the data dir's file system beyond its copy.
     pub compaction_reserve: u64,
     /// Called with the name of each compaction phase as it starts (for crash tests and drills):
-    /// `copy`, `catch-up`, `swap`, `new-file-durable`, `renamed` (the last two on the writer
+    /// `copy`, `shrink`, `catch-up`, `swap`, `new-file-durable`, `renamed` (the last two on the writer
     /// thread, while writers wait), `swapped`.
     pub compaction_hook: Option<CompactionHook>,
 }

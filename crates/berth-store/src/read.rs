@@ -12,6 +12,22 @@ use crate::error::{Result, StoreError};
 use crate::schema::{EVENTS, HISTORY, MACHINES, META, OPERATIONS};
 use crate::writer::decode_at;
 
+/// A read transaction together with the database it reads. Holding the `Arc` is what tells a
+/// compaction that replaced this database when its last reader is gone, and only then does it
+/// give the old file's blocks back (see `compact::release_old_file`).
+pub(crate) struct Snapshot {
+    // Declared first: dropped before the database it reads.
+    txn: redb::ReadTransaction,
+    _db: std::sync::Arc<redb::Database>,
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = redb::ReadTransaction;
+    fn deref(&self) -> &redb::ReadTransaction {
+        &self.txn
+    }
+}
+
 /// Sizes and row counts.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StoreStats {
@@ -108,8 +124,10 @@ fn open_ro<K: redb::Key + 'static, V: redb::Value + 'static>(
 }
 
 impl Store {
-    fn read_txn(&self, op: &'static str) -> Result<redb::ReadTransaction> {
-        self.db().begin_read().map_err(StoreError::db(op))
+    pub(crate) fn read_txn(&self, op: &'static str) -> Result<Snapshot> {
+        let db = self.db();
+        let txn = db.begin_read().map_err(StoreError::db(op))?;
+        Ok(Snapshot { txn, _db: db })
     }
 
     /// One machine, if it exists.
