@@ -12,7 +12,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_agent::telemetry::{MACHINE_METRICS, METRICS, PROCESS_CPU};
+use berth_agent::telemetry::{DB_OP_DURATION, MACHINE_METRICS, METRICS, PROCESS_CPU};
 use berth_client::{Client, Method};
 use common::*;
 use serde_json::Value;
@@ -144,7 +144,7 @@ fn metrics_pass_promtool_and_forget_dead_machines() {
         for m in METRICS
             .iter()
             .chain(MACHINE_METRICS)
-            .chain(std::iter::once(&PROCESS_CPU))
+            .chain([&PROCESS_CPU, &DB_OP_DURATION])
         {
             assert!(
                 text.contains(&format!("# TYPE {} ", m.name)),

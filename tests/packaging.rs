@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use berth_agent::telemetry::{Kind, MACHINE_METRICS, METRICS, PROCESS_CPU};
+use berth_agent::telemetry::{DB_OP_DURATION, Kind, MACHINE_METRICS, METRICS, PROCESS_CPU};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -39,7 +39,7 @@ fn exported() -> BTreeSet<String> {
     for m in METRICS
         .iter()
         .chain(MACHINE_METRICS)
-        .chain(std::iter::once(&PROCESS_CPU))
+        .chain([&PROCESS_CPU, &DB_OP_DURATION])
     {
         names.insert(m.name.to_owned());
         if m.kind == Kind::Histogram {

@@ -27,10 +27,8 @@ use metrics::Unit;
 
 /// Histogram buckets (seconds) for every berth histogram: from 0.5 ms (a read, a fast commit) to
 /// 60 s (a long compaction pause, a stream consumer that fell behind).
-pub const BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
-];
+/// The same as the store's own operation histograms.
+pub const BUCKETS: &[f64] = berth_store::DURATION_BUCKETS;
 
 /// How often the exporter's upkeep must run: `metrics-exporter-prometheus` keeps every recorded
 /// histogram sample until a render or an upkeep drains it into the buckets, so without upkeep an
@@ -83,13 +81,6 @@ use Kind::{Counter, Gauge, Histogram};
 
 /// Every metric berth exports through the exporter (bounded label sets).
 pub const METRICS: &[Metric] = &[
-    m(
-        berth_store::OP_DURATION,
-        Histogram,
-        Some(Unit::Seconds),
-        &["op"],
-        "Duration of database operations (op: commit is one group commit, fsync included; the others are reads).",
-    ),
     m(
         berth_store::SLOW_OPS,
         Counter,
@@ -238,6 +229,34 @@ pub const METRICS: &[Metric] = &[
         "Always 1; the version label says which berthd runs.",
     ),
 ];
+
+/// Durations of database operations, rendered at scrape time from the store's own histograms
+/// ([`Store::op_durations`]), which cost far less per operation than the facade's.
+pub const DB_OP_DURATION: Metric = m(
+    berth_store::OP_DURATION,
+    Histogram,
+    Some(Unit::Seconds),
+    &["op"],
+    "Duration of database operations (op: commit is one group commit, fsync included; the others are reads).",
+);
+
+/// Appends the store's operation histograms.
+fn render_op_durations(out: &mut String, ops: &[berth_store::OpDurations]) {
+    family(out, &DB_OP_DURATION);
+    let name = DB_OP_DURATION.name;
+    for d in ops {
+        for (le, n) in &d.buckets {
+            let _ = writeln!(out, "{name}_bucket{{op=\"{}\",le=\"{le}\"}} {n}", d.op);
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{op=\"{}\",le=\"+Inf\"}} {}",
+            d.op, d.count
+        );
+        let _ = writeln!(out, "{name}_sum{{op=\"{}\"}} {}", d.op, d.sum_seconds);
+        let _ = writeln!(out, "{name}_count{{op=\"{}\"}} {}", d.op, d.count);
+    }
+}
 
 /// berthd's CPU time, rendered at scrape time (a fractional counter, which the facade's integer
 /// counters cannot carry).
@@ -673,6 +692,7 @@ impl Telemetry {
         self.sample_process();
         self.catch_up();
         let mut out = exporter();
+        render_op_durations(&mut out, &self.store.op_durations());
         if let Some(p) = berth_driver::usage::process(std::process::id() as i32) {
             family(&mut out, &PROCESS_CPU);
             let _ = writeln!(out, "{} {}", PROCESS_CPU.name, p.cpu_seconds);

@@ -30,7 +30,9 @@ pub use error::{Result, StoreError};
 pub use read::{CheckReport, StoreStats};
 pub use retention::{RetentionPolicy, RetentionReport};
 pub use schema::{IntegrityReport, OpenKind, SCHEMA_VERSION, check_file_integrity};
-pub use timing::{OP_DURATION, OPS, SLOW_OPS, SlowOp, SlowOpHook, TimingProbe};
+pub use timing::{
+    DURATION_BUCKETS, OP_DURATION, OPS, OpDurations, SLOW_OPS, SlowOp, SlowOpHook, TimingProbe,
+};
 pub use writer::{TransitionSpec, WriteCtx};
 
 use timing::Timings;
@@ -319,6 +321,12 @@ pub(crate) fn slot_get(slot: &DbSlot) -> Arc<Database> {
 
 impl Store {
     /// The database file as it is now (a compaction may have swapped it).
+    /// How long each kind of operation has taken since the store opened (every one of [`OPS`],
+    /// in that order), for an exporter to render as `berth_db_operation_duration_seconds`.
+    pub fn op_durations(&self) -> Vec<OpDurations> {
+        self.inner.timings.snapshot()
+    }
+
     pub(crate) fn db(&self) -> Arc<Database> {
         slot_get(&self.inner.db)
     }
