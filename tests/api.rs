@@ -893,3 +893,63 @@ fn a_consumer_behind_retention_is_told_to_resync() {
         "an explicit --after behind the log fails"
     );
 }
+
+/// berthd raises its own open-files limit (a pidfd per machine) to the hard limit, and its
+/// workloads keep the limit berthd was started with.
+#[test]
+fn berthd_raises_its_open_files_limit_but_workloads_keep_the_original() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let low = 512.min(hard);
+    let dir = tempfile::tempdir().unwrap();
+    // Started with a low soft limit (children inherit it), then this process gets its own back.
+    setrlimit(Resource::RLIMIT_NOFILE, low, hard).unwrap();
+    let agent = Agent::start(dir.path(), "");
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+
+    let pid = agent.child.as_ref().unwrap().id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        fields[3], fields[4],
+        "berthd's soft limit is its hard limit: {line}"
+    );
+    assert_eq!(fields[4], hard.to_string(), "{line}");
+
+    let out = agent.cli(&[
+        "machine",
+        "create",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "ulimit -Sn; sleep 1000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = m["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let logs = loop {
+        let logs = String::from_utf8(agent.cli(&["logs", &id]).stdout).unwrap();
+        if !logs.is_empty() || Instant::now() > deadline {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(logs, format!("{low}\n"));
+    assert!(
+        agent
+            .cli(&["machine", "stop", &id, "--timeout", "2s"])
+            .status
+            .success()
+    );
+    assert!(agent.cli(&["machine", "destroy", &id]).status.success());
+}

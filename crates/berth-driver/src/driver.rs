@@ -47,6 +47,12 @@ pub struct DriverConfig {
     pub log_keep: u32,
     /// How long a launch may take before it is considered failed.
     pub launch_timeout: Duration,
+    /// Open-files limits (soft, hard) for workloads; `None` leaves them inherited. berthd sets
+    /// the limits it started with before it raised its own (see [`crate::limits`]).
+    pub workload_nofile: Option<(u64, u64)>,
+    /// `oom_score_adj` for workloads (0 by default: whatever protects or exposes the agent is
+    /// not passed on); `None` leaves it inherited.
+    pub workload_oom_score_adj: Option<i32>,
 }
 
 impl DriverConfig {
@@ -72,6 +78,8 @@ impl DriverConfig {
             log_max_bytes: 10 << 20,
             log_keep: 2,
             launch_timeout: Duration::from_secs(10),
+            workload_nofile: None,
+            workload_oom_score_adj: Some(0),
         }
     }
 }
@@ -263,6 +271,8 @@ impl Driver {
             cgroup,
             log_max_bytes: self.cfg.log_max_bytes,
             log_keep: self.cfg.log_keep,
+            nofile: self.cfg.workload_nofile,
+            oom_score_adj: self.cfg.workload_oom_score_adj,
         };
         // Not fsynced: after a crash the launch is retried and writes it again.
         files::write_json_fast(&dir.join(files::SPEC), &spec).map_err(io("write spec.json"))?;

@@ -36,6 +36,12 @@ pub struct Spec {
     pub log_max_bytes: u64,
     /// Log rotation: rotated files kept.
     pub log_keep: u32,
+    /// The workload's `RLIMIT_NOFILE` (soft, hard); inherited from the shim when absent.
+    #[serde(default)]
+    pub nofile: Option<(u64, u64)>,
+    /// The workload's `oom_score_adj`; inherited from the shim when absent.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
 }
 
 /// A running instance, as recorded by its shim.

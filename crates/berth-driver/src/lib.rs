@@ -10,6 +10,7 @@
 pub mod cgroup;
 mod driver;
 pub mod files;
+pub mod limits;
 pub mod logs;
 pub mod proc;
 pub mod shim;

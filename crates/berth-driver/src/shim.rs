@@ -215,20 +215,23 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
 
+    let oom_score_adj = spec.oom_score_adj.map(|v| v.to_string().into_bytes());
     // SAFETY: the shim is single-threaded; the child only makes system calls on values prepared
     // above and then execs or _exits.
     let child = match unsafe { nix::unistd::fork() } {
         Err(e) => return fail(ready, format!("fork: {e}")),
         Ok(ForkResult::Child) => {
-            let errno = exec_child(
-                &path_c,
-                &argv,
-                &envp,
-                &workdir,
-                cgroup_procs.as_ref(),
-                &devnull,
-                &out_w,
-            );
+            let errno = exec_child(&ChildSetup {
+                path: &path_c,
+                argv: &argv,
+                envp: &envp,
+                workdir: &workdir,
+                cgroup_procs: cgroup_procs.as_ref(),
+                devnull: &devnull,
+                out: &out_w,
+                nofile: spec.nofile,
+                oom_score_adj: oom_score_adj.as_deref(),
+            });
             let _ = nix::unistd::write(&err_w, &(errno as i32).to_le_bytes());
             // SAFETY: _exit is async-signal-safe and skips the parent's atexit handlers and buffers.
             unsafe { libc::_exit(127) }
@@ -300,16 +303,45 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
     Ok(0)
 }
 
+/// Everything the forked child needs, prepared before the fork (the child must not allocate).
+struct ChildSetup<'a> {
+    path: &'a CString,
+    argv: &'a [CString],
+    envp: &'a [CString],
+    workdir: &'a CString,
+    cgroup_procs: Option<&'a std::fs::File>,
+    devnull: &'a std::fs::File,
+    out: &'a OwnedFd,
+    nofile: Option<(u64, u64)>,
+    /// The decimal text to write to `/proc/self/oom_score_adj`.
+    oom_score_adj: Option<&'a [u8]>,
+}
+
 /// In the forked child: become the workload. Returns only if exec failed (with errno).
-fn exec_child(
-    path: &CString,
-    argv: &[CString],
-    envp: &[CString],
-    workdir: &CString,
-    cgroup_procs: Option<&std::fs::File>,
-    devnull: &std::fs::File,
-    out: &OwnedFd,
-) -> nix::errno::Errno {
+fn exec_child(c: &ChildSetup<'_>) -> nix::errno::Errno {
+    let ChildSetup {
+        path,
+        argv,
+        envp,
+        workdir,
+        cgroup_procs,
+        devnull,
+        out,
+        nofile,
+        oom_score_adj,
+    } = *c;
+    // The agent's own limits are not the workload's (see `limits`). Best effort: a workload
+    // that keeps the shim's is better than one that does not run.
+    let _ = crate::limits::apply_nofile(nofile);
+    if let Some(value) = oom_score_adj
+        && let Ok(fd) = nix::fcntl::open(
+            c"/proc/self/oom_score_adj",
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+    {
+        let _ = nix::unistd::write(&fd, value);
+    }
     // Its own session and process group: signals to the group reach the whole workload tree and
     // nothing else, and the agent's terminal or process group never reaches it.
     if let Err(e) = nix::unistd::setsid() {

@@ -418,3 +418,42 @@ async fn a_supervisor_stays_under_two_mib_of_rss() {
     d.stop(&m, "SIGKILL", Duration::from_secs(1)).await.unwrap();
     assert!(rss_kib <= 2048, "berth-shim uses {rss_kib} KiB");
 }
+
+/// The agent's own open-files limit and OOM score are not passed on: each workload gets the
+/// limits the driver is configured with and an `oom_score_adj` of 0.
+#[tokio::test]
+async fn workloads_get_their_own_limits_not_the_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = DriverConfig::new(dir.path().join("machines"));
+    cfg.shim = PathBuf::from(env!("CARGO_BIN_EXE_berth-shim"));
+    cfg.shim_args = Vec::new();
+    cfg.cgroup = CgroupMode::Off;
+    let (_, hard) = berth_driver::limits::nofile_limit().unwrap();
+    let soft = 200.min(hard);
+    cfg.workload_nofile = Some((soft, hard));
+    let d = Driver::new(cfg).unwrap();
+    // The shim inherits this test process's score; raising it needs no privilege. The shim
+    // process is the test's child, so the test itself keeps its own score.
+    let m = id();
+    let before = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    std::fs::write("/proc/self/oom_score_adj", "300").unwrap();
+    let spawned = d
+        .spawn(
+            &m,
+            &sh("ulimit -Sn; ulimit -Hn; cat /proc/self/oom_score_adj"),
+            "1",
+        )
+        .await;
+    // Lowering back needs CAP_SYS_RESOURCE, which these tests run with (as root).
+    let restored = std::fs::write("/proc/self/oom_score_adj", before.trim());
+    spawned.unwrap();
+    restored.unwrap();
+    d.wait_exit(&m).await.unwrap();
+    let log = berth_driver::logs::tail(&d.logs_dir(&m), 10).unwrap();
+    let hard_text = if hard == u64::MAX {
+        "unlimited".to_owned()
+    } else {
+        hard.to_string()
+    };
+    assert_eq!(log, format!("{soft}\n{hard_text}\n0\n"));
+}

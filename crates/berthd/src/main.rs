@@ -181,6 +181,30 @@ async fn run(cfg: config::Config) -> Result<(), String> {
         agent_cfg.driver.shim = shim.clone();
         agent_cfg.driver.shim_args = Vec::new();
     }
+    // A pidfd per running machine plus connections: the default soft limit (1024) is below what
+    // limits.max_machines allows. Workloads get the limits berthd started with.
+    match berth_driver::limits::raise_nofile_limit() {
+        Ok(before) => {
+            agent_cfg.driver.workload_nofile = Some(before);
+            let now = berth_driver::limits::nofile_limit().unwrap_or(before);
+            if now != before {
+                tracing::info!(
+                    soft_before = before.0,
+                    soft = now.0,
+                    "raised the open-files limit to its hard limit; workloads keep the one berthd started with"
+                );
+            }
+            let needed = (cfg.max_machines as u64).saturating_add(256);
+            if now.0 < needed {
+                tracing::warn!(
+                    soft = now.0,
+                    needed,
+                    "the open-files limit is below limits.max_machines plus headroom: raise LimitNOFILE"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the open-files limit"),
+    }
     agent_cfg.driver.log_max_bytes = cfg.log_max_bytes;
     agent_cfg.driver.log_keep = cfg.log_keep;
     agent_cfg.reconcile.guard = cfg.blast_radius_guard;
