@@ -430,10 +430,15 @@ impl Store {
         self.phase("swap");
         // Our own handle on the old file, so that closing its database does not free its blocks
         // all at once (see release_old_file).
-        let old_file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(StoreError::io(format!("open {}", path.display())))?;
+        // Without it (it should not fail: the store has the file open itself) the old file's
+        // space is freed at its last close, as redb would; not a reason to give up.
+        let old_file = match std::fs::OpenOptions::new().write(true).open(&path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot hold the old database file open; its space is freed at once when it closes");
+                None
+            }
+        };
         let hook = self.inner.compaction_hook.clone();
         let tmp_owned = tmp.to_owned();
         let swap_path = path.clone();
@@ -460,13 +465,12 @@ impl Store {
         if let Some(hook) = &self.inner.compaction_hook {
             hook("swapped");
         }
-        if alone {
-            release_old_file(old_file);
-        } else {
-            tracing::info!(
+        match (alone, old_file) {
+            (true, Some(file)) => release_old_file(&file),
+            (true, None) => {}
+            (false, _) => tracing::info!(
                 "readers still use the old database file; its space is freed when the last one finishes"
-            );
-            drop(old_file);
+            ),
         }
         if let Some(hook) = &self.inner.compaction_hook {
             hook("released");
@@ -543,7 +547,7 @@ fn swap(
 /// Gives the old file's blocks back a slice at a time. It is already unlinked (renamed over) and
 /// closed by redb; freeing a gigabyte of extents in one go (the last close) is one large
 /// filesystem journal transaction, and every live commit's fsync would wait behind it.
-fn release_old_file(file: std::fs::File) {
+fn release_old_file(file: &std::fs::File) {
     const SLICE: u64 = 32 << 20;
     let Ok(mut len) = file.metadata().map(|m| m.len()) else {
         return;
