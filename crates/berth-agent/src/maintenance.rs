@@ -14,7 +14,7 @@ use crate::Agent;
 /// When to compact without being asked (`[compaction]`).
 #[derive(Debug, Clone, Copy)]
 pub struct AutoCompaction {
-    /// Never below this file size (`compaction.min_file_size`).
+    /// Never while the file holds fewer written bytes than this (`compaction.min_file_size`).
     pub min_file_size: u64,
     /// Only when at least this share of the file is garbage (`compaction.garbage_ratio`).
     pub garbage_ratio: f64,

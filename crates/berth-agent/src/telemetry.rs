@@ -107,7 +107,7 @@ pub const METRICS: &[Metric] = &[
         Gauge,
         Some(Unit::Bytes),
         &[],
-        "Disk space the database file occupies (compare with berth_db_live_bytes: the difference is garbage a compaction gives back).",
+        "Bytes of the database file that hold written pages rather than holes, at least berth_db_live_bytes (the difference is garbage a compaction gives back).",
     ),
     m(
         "berth_db_live_bytes",

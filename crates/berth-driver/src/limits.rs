@@ -26,10 +26,15 @@ pub fn nofile_limit() -> std::io::Result<Limit> {
     getrlimit(Resource::RLIMIT_NOFILE).map_err(std::io::Error::from)
 }
 
-/// In a forked child before exec: applies `nofile`. Only system calls, no allocation.
+/// In a forked child before exec: applies `nofile`, capped at the hard limit the child has (a
+/// supervisor started by an older, lower-limited agent cannot raise it). Only system calls.
 pub(crate) fn apply_nofile(nofile: Option<Limit>) -> nix::Result<()> {
     match nofile {
-        Some((soft, hard)) => setrlimit(Resource::RLIMIT_NOFILE, soft, hard),
+        Some((soft, hard)) => {
+            let (_, current_hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+            let hard = hard.min(current_hard);
+            setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard)
+        }
         None => Ok(()),
     }
 }

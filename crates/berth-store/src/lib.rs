@@ -59,7 +59,8 @@ pub struct StoreOptions {
     pub compaction_reserve: u64,
     /// Called with the name of each compaction phase as it starts (for crash tests and drills):
     /// `copy`, `shrink`, `catch-up`, `swap`, `new-file-durable`, `renamed` (the last two on the writer
-    /// thread, while writers wait), `swapped`.
+    /// thread, while writers wait), `release` (waiting for the old file's last readers), `swapped`
+    /// (the old database closed), `released` (its space given back).
     pub compaction_hook: Option<CompactionHook>,
 }
 
@@ -320,13 +321,13 @@ pub(crate) fn slot_get(slot: &DbSlot) -> Arc<Database> {
 }
 
 impl Store {
-    /// The database file as it is now (a compaction may have swapped it).
     /// How long each kind of operation has taken since the store opened (every one of [`OPS`],
     /// in that order), for an exporter to render as `berth_db_operation_duration_seconds`.
     pub fn op_durations(&self) -> Vec<OpDurations> {
         self.inner.timings.snapshot()
     }
 
+    /// The database file as it is now (a compaction may have swapped it).
     pub(crate) fn db(&self) -> Arc<Database> {
         slot_get(&self.inner.db)
     }

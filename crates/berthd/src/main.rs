@@ -194,16 +194,18 @@ async fn run(cfg: config::Config) -> Result<(), String> {
                     "raised the open-files limit to its hard limit; workloads keep the one berthd started with"
                 );
             }
-            let needed = (cfg.max_machines as u64).saturating_add(256);
-            if now.0 < needed {
-                tracing::warn!(
-                    soft = now.0,
-                    needed,
-                    "the open-files limit is below limits.max_machines plus headroom: raise LimitNOFILE"
-                );
-            }
         }
-        Err(e) => tracing::warn!(error = %e, "could not read or raise the open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+    if let Ok((soft, _)) = berth_driver::limits::nofile_limit() {
+        let needed = (cfg.max_machines as u64).saturating_add(256);
+        if soft < needed {
+            tracing::warn!(
+                soft,
+                needed,
+                "the open-files limit is below limits.max_machines plus headroom: raise LimitNOFILE"
+            );
+        }
     }
     agent_cfg.driver.log_max_bytes = cfg.log_max_bytes;
     agent_cfg.driver.log_keep = cfg.log_keep;
