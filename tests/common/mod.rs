@@ -63,26 +63,15 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(dir: &Path, extra_config: &str) -> Agent {
-        let port = free_port();
-        let config = dir.join("berth.toml");
-        std::fs::write(
-            &config,
-            format!("[reconcile]\ninterval = \"200ms\"\n{extra_config}"),
-        )
-        .unwrap();
-        let mut a = Agent {
-            child: None,
-            dir: dir.to_owned(),
-            port,
-            config,
-            log: None,
-        };
-        a.spawn();
-        a
+        Self::start_with_log(dir, extra_config, None)
     }
 
     /// [`Agent::start`] with berthd's log appended to `<dir>/berthd.log` (see [`Agent::log_text`]).
     pub fn start_logged(dir: &Path, extra_config: &str) -> Agent {
+        Self::start_with_log(dir, extra_config, Some(dir.join("berthd.log")))
+    }
+
+    fn start_with_log(dir: &Path, extra_config: &str, log: Option<PathBuf>) -> Agent {
         let port = free_port();
         let config = dir.join("berth.toml");
         std::fs::create_dir_all(dir).unwrap();
@@ -96,7 +85,7 @@ impl Agent {
             dir: dir.to_owned(),
             port,
             config,
-            log: Some(dir.join("berthd.log")),
+            log,
         };
         a.spawn();
         a

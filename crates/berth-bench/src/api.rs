@@ -64,6 +64,60 @@ fn rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// Creates `total` started `/bin/sleep` machines from [`CLIENTS`] clients: back to back, or with
+/// `rate` creates/s offered on a fixed schedule (client w sends create i, i = w, w + CLIENTS, ...,
+/// at t0 + i / rate). Each latency counts from when its create was due. Returns the sorted
+/// latencies (ms), the machine ids and the phase's duration (s).
+async fn create_phase(
+    client: &Client,
+    total: usize,
+    rate: Option<f64>,
+) -> Result<(Vec<f64>, Vec<String>, f64), String> {
+    let t0 =
+        tokio::time::Instant::now() + Duration::from_millis(if rate.is_some() { 50 } else { 0 });
+    let mut tasks = Vec::new();
+    for w in 0..CLIENTS {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut ids = Vec::new();
+            for i in (w..total).step_by(CLIENTS) {
+                let due = match rate {
+                    Some(rate) => {
+                        let due = t0 + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(due).await;
+                        due
+                    }
+                    None => tokio::time::Instant::now(),
+                };
+                let req = berth_api_types::CreateMachine {
+                    name: None,
+                    config: berth_types::MachineConfig::command(["/bin/sleep", "1000"]),
+                    metadata: Default::default(),
+                    skip_start: false,
+                };
+                let m = client.create(&req, None).await.map_err(|e| e.to_string())?;
+                lat.push(due.elapsed().as_secs_f64() * 1e3);
+                if m.state != berth_types::State::Started {
+                    return Err(format!("{} is {}", m.id, m.state));
+                }
+                ids.push(m.id.to_string());
+            }
+            Ok::<_, String>((lat, ids))
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut ids = Vec::new();
+    for t in tasks {
+        let (l, i) = t.await.map_err(|e| e.to_string())??;
+        lat.extend(l);
+        ids.extend(i);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Ok((lat, ids, secs))
+}
+
 pub fn run(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let exe_dir = std::env::current_exe()?
         .parent()
@@ -117,79 +171,12 @@ pub fn run(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
             addr: format!("127.0.0.1:{port}"),
             token: Some(token.clone()),
         });
-        // Create + start.
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..CLIENTS {
-            let client = client.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                let mut ids = Vec::new();
-                for _ in (w..MACHINES).step_by(CLIENTS) {
-                    let req = berth_api_types::CreateMachine {
-                        name: None,
-                        config: berth_types::MachineConfig::command(["/bin/sleep", "1000"]),
-                        metadata: Default::default(),
-                        skip_start: false,
-                    };
-                    let t = Instant::now();
-                    let m = client.create(&req, None).await.map_err(|e| e.to_string())?;
-                    lat.push(t.elapsed().as_secs_f64() * 1e3);
-                    if m.state != berth_types::State::Started {
-                        return Err(format!("{} is {}", m.id, m.state));
-                    }
-                    ids.push(m.id.to_string());
-                }
-                Ok::<_, String>((lat, ids))
-            }));
-        }
-        let mut lat = Vec::new();
-        let mut ids = Vec::new();
-        for t in tasks {
-            let (l, i) = t.await.map_err(|e| e.to_string())??;
-            lat.extend(l);
-            ids.extend(i);
-        }
-        let create_secs = start.elapsed().as_secs_f64();
-        lat.sort_by(|a, b| a.total_cmp(b));
-
-        // Paced: PACED_RATE creates/s offered on a fixed schedule, client w sending at
-        // t0 + (w + k * CLIENTS) / PACED_RATE.
+        // Create + start: saturated, then paced.
+        let (lat, mut ids, create_secs) = create_phase(&client, MACHINES, None).await?;
         let paced_total = (PACED_RATE * PACED_SECONDS) as usize;
-        let t0 = tokio::time::Instant::now() + Duration::from_millis(50);
-        let mut tasks = Vec::new();
-        for w in 0..CLIENTS {
-            let client = client.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                let mut ids = Vec::new();
-                for i in (w..paced_total).step_by(CLIENTS) {
-                    let due = t0 + Duration::from_secs_f64(i as f64 / PACED_RATE);
-                    tokio::time::sleep_until(due).await;
-                    let req = berth_api_types::CreateMachine {
-                        name: None,
-                        config: berth_types::MachineConfig::command(["/bin/sleep", "1000"]),
-                        metadata: Default::default(),
-                        skip_start: false,
-                    };
-                    let m = client.create(&req, None).await.map_err(|e| e.to_string())?;
-                    lat.push(due.elapsed().as_secs_f64() * 1e3);
-                    if m.state != berth_types::State::Started {
-                        return Err(format!("{} is {}", m.id, m.state));
-                    }
-                    ids.push(m.id.to_string());
-                }
-                Ok::<_, String>((lat, ids))
-            }));
-        }
-        let mut paced_lat = Vec::new();
-        for t in tasks {
-            let (l, i) = t.await.map_err(|e| e.to_string())??;
-            paced_lat.extend(l);
-            ids.extend(i);
-        }
-        let paced_secs = t0.elapsed().as_secs_f64();
-        paced_lat.sort_by(|a, b| a.total_cmp(b));
+        let (paced_lat, paced_ids, paced_secs) =
+            create_phase(&client, paced_total, Some(PACED_RATE)).await?;
+        ids.extend(paced_ids);
 
         // GETs over keep-alive connections.
         let end = Instant::now() + Duration::from_secs(GET_SECONDS);
