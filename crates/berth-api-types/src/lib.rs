@@ -139,8 +139,9 @@ pub struct Lease {
 pub struct DbStats {
     /// Length of the file (`ls -l`).
     pub file_size_bytes: u64,
-    /// Disk space the file occupies (`du`); redb extends its file sparsely, so after a growth
-    /// step or a compaction this can be well below the length.
+    /// Bytes of the file holding data rather than holes (its disk usage before compression);
+    /// redb extends its file sparsely, so after a growth step or a compaction this can be well
+    /// below the length.
     #[serde(default)]
     pub file_allocated_bytes: u64,
     /// Bytes holding data.
