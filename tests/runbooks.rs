@@ -661,3 +661,136 @@ fn agent_down_runbook() {
         }
     }
 }
+
+#[test]
+fn guard_tripped_runbook() {
+    let expected = [
+        "berth host health",
+        "berth doctor",
+        "berth machine list --state failed",
+        "journalctl -u berthd | grep 'blast-radius guard'",
+        "df -h ${BERTH_DATA_DIR:-/var/lib/berth}",
+        "berth host approve",
+        "berth host health",
+        "berth machine list",
+    ];
+    let cmds = commands("guard-tripped.md");
+    assert_eq!(
+        cmds, expected,
+        "the runbook's commands changed: update this test with them"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cwd = tmp.path().join("oncall");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let crash = tmp.path().join("shared-dependency-is-down");
+    let mut agent = Agent::start_logged(&data, "");
+    // Six machines that share a dependency; when it breaks, they all crash together, and keep
+    // crashing while it is broken.
+    let script = format!(
+        "while [ ! -e '{}' ]; do sleep 0.1; done; exit 3",
+        crash.display()
+    );
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let out = agent.cli(&[
+            "machine",
+            "create",
+            "--restart",
+            "always",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ids.push(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    std::fs::write(&crash, b"down").unwrap();
+    // Without the guard these six would restart into the same fault forever; with it, a few
+    // restart, then every restart is held and each machine is recorded failed, saying why.
+    eventually(
+        30,
+        "all six machines to be failed with a held restart",
+        || {
+            let s = step(
+                &mut agent,
+                "berth machine list --state failed -q",
+                &cwd,
+                &[],
+            );
+            ids.iter().all(|id| s.stdout.contains(id.as_str()))
+        },
+    );
+    let held = agent.cli(&["machine", "status", &ids[5], "--json"]);
+    let held: Value = serde_json::from_slice(&held.stdout).unwrap();
+    assert!(
+        held.to_string()
+            .contains("restart held back by the blast-radius guard"),
+        "{held}"
+    );
+
+    for (i, cmd) in cmds.iter().enumerate() {
+        if *cmd == "berth host approve" {
+            // The operator's fix: the shared dependency is back.
+            std::fs::remove_file(&crash).unwrap();
+        }
+        let mut s = step(&mut agent, cmd, &cwd, &[]);
+        if i + 1 == 8 {
+            // The approved restarts run in the background.
+            eventually(30, "the held machines to run again", || {
+                s = step(&mut agent, cmd, &cwd, &[]);
+                ids.iter().all(|id| {
+                    s.stdout
+                        .lines()
+                        .any(|l| l.contains(id.as_str()) && l.contains("started"))
+                })
+            });
+        }
+        let what = format!("step {} `{cmd}`:\n{}{}", i + 1, s.stdout, s.stderr);
+        let ok = s.code == Some(0);
+        match i + 1 {
+            1 => {
+                assert_eq!(s.code, Some(1), "{what}");
+                assert!(
+                    s.stdout.contains("guard") && s.stdout.contains("blast-radius guard holds"),
+                    "{what}"
+                );
+            }
+            2 => {
+                assert_eq!(s.code, Some(1), "{what}");
+                assert!(s.stdout.contains("berth host approve"), "{what}");
+                assert!(
+                    s.stdout.contains(&ids[5]),
+                    "doctor names what is held: {what}"
+                );
+            }
+            3 => {
+                assert!(ok, "{what}");
+                assert!(
+                    ids.iter().all(|id| s.stdout.contains(id.as_str())),
+                    "{what}"
+                );
+            }
+            4 => assert!(ok && s.stdout.contains("tripped"), "{what}"),
+            5 => assert!(ok, "{what}"),
+            6 => {
+                assert!(ok, "{what}");
+                assert!(s.stdout.contains("6 restart(s) running"), "{what}");
+            }
+            7 => assert!(ok && s.stdout.starts_with("status: ok"), "{what}"),
+            _ => {}
+        }
+    }
+}

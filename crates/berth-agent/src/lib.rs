@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use berth_driver::{Driver, DriverConfig, Probe};
 use berth_machine::{
-    CreateRequest, ExitOutcome, Machines, OpError, ReconcileConfig, ReconcileReport,
+    CreateRequest, ExitOutcome, Guard, GuardAction, GuardStatus, Held, Machines, OpError,
+    ReconcileConfig, ReconcileReport,
 };
 use berth_store::{Store, StoreOptions};
 use berth_types::{MachineId, MachineRecord, OpKind, Source};
@@ -101,6 +102,21 @@ pub struct SupervisionStatus {
     pub resumed_operations: usize,
     /// Workloads reattached at start-up.
     pub reattached: usize,
+    /// The blast-radius guard: tripped or not, what it holds.
+    pub guard: GuardStatus,
+}
+
+/// What an operator's approval released.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ApproveReport {
+    /// The decisions the guard held, now released.
+    pub released: Vec<Held>,
+    /// Machines whose held restart now runs.
+    pub restarted: Vec<MachineId>,
+    /// Held restarts not run because the machine changed since (an operator acted on it).
+    pub skipped: Vec<MachineId>,
+    /// The reconciliation pass run with the approval, if one was held.
+    pub reconcile: Option<ReconcileReport>,
 }
 
 /// The running agent.
@@ -126,7 +142,8 @@ impl Agent {
         let driver = Arc::new(Driver::new(cfg.driver.clone())?);
         let (tx, rx) = mpsc::unbounded_channel();
         let effects = Arc::new(HostEffects::new(driver.clone(), tx));
-        let machines = Machines::new(store.clone(), effects.clone());
+        let guard = Arc::new(Guard::new(cfg.reconcile.guard_config()));
+        let machines = Machines::with_guard(store.clone(), effects.clone(), guard);
         let agent = Agent {
             machines,
             status: Arc::default(),
@@ -204,7 +221,66 @@ impl Agent {
 
     /// What supervision has seen lately.
     pub fn status(&self) -> SupervisionStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        let mut s = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        s.guard = self.machines.guard().status();
+        s
+    }
+
+    /// An operator approves what the blast-radius guard held back: the guard resets, held
+    /// restarts run (each only if its machine is still as the guard left it), and a held
+    /// reconciliation pass runs approved.
+    pub async fn approve(&self) -> ApproveReport {
+        let released = self.machines.guard().approve();
+        let mut report = ApproveReport::default();
+        let mut reconcile = false;
+        for h in &released {
+            match h.action {
+                GuardAction::Reconcile => reconcile = true,
+                GuardAction::Restart => {
+                    let current = self.store().machine(&h.machine_id).ok().flatten();
+                    let unchanged = current.as_ref().is_some_and(|m| {
+                        m.version == h.version
+                            && m.active_op.is_none()
+                            && matches!(
+                                m.state,
+                                berth_types::State::Stopped | berth_types::State::Failed
+                            )
+                    });
+                    if !unchanged {
+                        report.skipped.push(h.machine_id.clone());
+                        continue;
+                    }
+                    match self
+                        .machines
+                        .begin(&h.machine_id, OpKind::Start, Source::Berth, None, None)
+                        .await
+                    {
+                        Ok(op) => {
+                            report.restarted.push(h.machine_id.clone());
+                            let me = self.clone();
+                            let id = h.machine_id.clone();
+                            tokio::spawn(async move {
+                                match me.machines.run(op).await {
+                                    Ok(out) => me.after_op(&out.machine),
+                                    Err(e) => {
+                                        tracing::warn!(machine = %id, error = %e, "approved restart failed")
+                                    }
+                                }
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!(machine = %h.machine_id, error = %e, "approved restart could not begin");
+                            report.skipped.push(h.machine_id.clone());
+                        }
+                    }
+                }
+            }
+        }
+        if reconcile || self.status().last_reconcile.is_some_and(|r| r.blocked) {
+            report.reconcile = self.reconcile_once(true).await;
+        }
+        report.released = released;
+        report
     }
 
     /// Runs one reconciliation pass; `approved` overrides the blast-radius guard.

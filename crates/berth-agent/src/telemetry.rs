@@ -187,6 +187,20 @@ pub const METRICS: &[Metric] = &[
         "1 while the blast-radius guard blocks a reconciliation pass (an operator must approve it).",
     ),
     m(
+        "berth_guard_blocked_total",
+        Counter,
+        Some(Unit::Count),
+        &["action"],
+        "Automated decisions (restart, reconcile) held back by the blast-radius guard.",
+    ),
+    m(
+        "berth_guard_held",
+        Gauge,
+        Some(Unit::Count),
+        &[],
+        "Decisions the blast-radius guard holds for an operator's approval (berth host approve).",
+    ),
+    m(
         "berth_process_resident_memory_bytes",
         Gauge,
         Some(Unit::Bytes),
@@ -335,6 +349,10 @@ pub fn describe() {
     let _ = metrics::histogram!("berth_db_compaction_pause_seconds");
     let _ = metrics::histogram!("berth_events_stream_lag_seconds");
     metrics::gauge!("berth_reconcile_blocked").set(0.0);
+    for a in berth_machine::GuardAction::ALL {
+        metrics::counter!("berth_guard_blocked_total", "action" => a.as_str()).increment(0);
+    }
+    metrics::gauge!("berth_guard_held").set(0.0);
     metrics::gauge!("berth_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 

@@ -59,6 +59,7 @@ api_routes! {
     post "/v1/host/cordon" => system::cordon,
     post "/v1/host/uncordon" => system::uncordon,
     post "/v1/host/reconcile" => system::reconcile,
+    post "/v1/host/approve" => system::approve,
     post "/v1/machines" => machines::create,
     get "/v1/machines" => machines::list,
     get "/v1/machines/{id}" => machines::get,

@@ -69,6 +69,27 @@ pub(crate) async fn health(State(lane): State<Lane>) -> Json<Health> {
             },
         },
     );
+    let guard = &status.guard;
+    checks.insert(
+        "guard".to_owned(),
+        Check {
+            ok: !guard.tripped,
+            detail: if guard.tripped {
+                format!(
+                    "the blast-radius guard holds {} automated decision(s) back ({}); check the host, then approve with `berth host approve` (POST /v1/host/approve)",
+                    guard.held.len(),
+                    guard.tripped_because.as_deref().unwrap_or("tripped")
+                )
+            } else if !guard.enabled {
+                "the blast-radius guard is off (reconcile.blast_radius_guard = false)".into()
+            } else {
+                format!(
+                    "{} machine(s) acted on automatically in the last {}s",
+                    guard.recent_machines, guard.window_secs
+                )
+            },
+        },
+    );
     let ok = checks.values().all(|c| c.ok);
     Json(Health {
         status: if ok { "ok" } else { "degraded" }.into(),
@@ -124,6 +145,19 @@ pub(crate) async fn uncordon(State(lane): State<Lane>) -> ApiResult<Json<HostInf
 }
 
 /// Runs a reconciliation pass now; `?approve=true` overrides the blast-radius guard.
+/// An operator lets what the blast-radius guard held back proceed.
+pub(crate) async fn approve(State(lane): State<Lane>) -> ApiResult<Json<serde_json::Value>> {
+    let _permit = lane.permit()?;
+    tracing::warn!(
+        lane = lane.name,
+        "an operator approved the automated decisions the blast-radius guard held back"
+    );
+    let report = lane.shared.agent.approve().await;
+    serde_json::to_value(report)
+        .map(Json)
+        .map_err(|e| ApiError::internal(format!("encoding the approval report: {e}")))
+}
+
 pub(crate) async fn reconcile(
     State(lane): State<Lane>,
     Query(q): Query<HashMap<String, String>>,

@@ -384,6 +384,11 @@ impl Client {
         self.call(Method::GET, "/v1/db/slow-ops", None, &[]).await
     }
 
+    /// `POST /v1/host/approve`: release what the blast-radius guard held back.
+    pub async fn approve(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::POST, "/v1/host/approve", None, &[]).await
+    }
+
     /// `GET /v1/db/check`.
     pub async fn db_check(&self) -> Result<serde_json::Value, ClientError> {
         self.call(Method::GET, "/v1/db/check", None, &[]).await

@@ -9,10 +9,12 @@
 //! write that records them, against the committed record. This crate never touches redb, HTTP or
 //! processes directly.
 
+mod guard;
 mod plan;
 mod runner;
 mod supervise;
 
+pub use guard::{Guard, GuardAction, GuardConfig, GuardStatus, Held, Verdict};
 pub use plan::{Effect, PlanStep, plan};
 pub use runner::{CreateRequest, EffectError, Effects, Machines, OpError, OpOutcome};
 pub use supervise::{

@@ -106,6 +106,7 @@ pub struct CreateRequest {
 pub struct Machines<E> {
     store: Store,
     effects: Arc<E>,
+    guard: Arc<crate::Guard>,
 }
 
 impl<E> Clone for Machines<E> {
@@ -113,6 +114,7 @@ impl<E> Clone for Machines<E> {
         Self {
             store: self.store.clone(),
             effects: self.effects.clone(),
+            guard: self.guard.clone(),
         }
     }
 }
@@ -134,7 +136,21 @@ fn params_of(op: &OperationRecord) -> (Option<String>, Option<Duration>) {
 impl<E: Effects> Machines<E> {
     /// A service over `store` with `effects`.
     pub fn new(store: Store, effects: Arc<E>) -> Self {
-        Self { store, effects }
+        Self::with_guard(store, effects, Arc::default())
+    }
+
+    /// A service whose automated decisions ask `guard` first.
+    pub fn with_guard(store: Store, effects: Arc<E>, guard: Arc<crate::Guard>) -> Self {
+        Self {
+            store,
+            effects,
+            guard,
+        }
+    }
+
+    /// The blast-radius guard every automated decision asks.
+    pub fn guard(&self) -> &Arc<crate::Guard> {
+        &self.guard
     }
 
     /// The store.

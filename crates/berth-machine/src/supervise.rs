@@ -1,10 +1,11 @@
 //! Supervision: what happens when a workload exits on its own, and reconciliation of the store
 //! with what actually runs.
 //!
-//! Every automated decision is logged with the inputs it saw. A reconciliation pass that would
-//! stop or fail more than half of the machines (and more than a few) acts on none of them: it
-//! raises the alarm and waits for an operator, because "everything died at once" is more often a
-//! broken observation than a fact (Hosted Graphite's failover of every node).
+//! Every automated decision is logged with the inputs it saw, and every destructive one (a policy
+//! restart, a reconciliation's findings) asks the blast-radius guard first ([`crate::Guard`]): a
+//! burst that would act on most of the host at once is held back for an operator, because
+//! "everything died at once" is more often a broken observation or a host-wide fault than a fact
+//! (Hosted Graphite's failover of every node).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use berth_types::{
 };
 use serde::Serialize;
 
+use crate::guard::{GuardAction, GuardConfig, Held, Verdict};
 use crate::runner::{Effects, Machines, OpError};
 
 /// What the host says about a machine's workload.
@@ -123,25 +125,45 @@ pub enum ExitOutcome {
     Deferred,
     /// Not for the current instance, or the machine is no longer running: nothing to do.
     Ignored,
+    /// The restart policy wanted a restart and the blast-radius guard held it back: the exit was
+    /// recorded (stopped or failed, with a reason saying so) and the restart waits for an
+    /// operator's approval.
+    Held(State),
 }
 
-/// Reconciliation settings.
+/// Reconciliation and blast-radius guard settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ReconcileConfig {
     /// The blast-radius guard is on.
     pub guard: bool,
-    /// A pass is refused when it would act on more than this many machines...
+    /// Automated decisions are held when they would act on more than this many machines...
     pub guard_min: usize,
-    /// ...and more than this fraction of them.
+    /// ...and more than this fraction of the live ones...
     pub guard_fraction: f64,
+    /// ...within this window.
+    pub guard_window: Duration,
 }
 
 impl Default for ReconcileConfig {
     fn default() -> Self {
+        let g = GuardConfig::default();
         Self {
-            guard: true,
-            guard_min: 3,
-            guard_fraction: 0.5,
+            guard: g.enabled,
+            guard_min: g.min_machines,
+            guard_fraction: g.fraction,
+            guard_window: g.window,
+        }
+    }
+}
+
+impl ReconcileConfig {
+    /// The guard these settings describe.
+    pub fn guard_config(&self) -> GuardConfig {
+        GuardConfig {
+            enabled: self.guard,
+            min_machines: self.guard_min,
+            fraction: self.guard_fraction,
+            window: self.guard_window,
         }
     }
 }
@@ -174,6 +196,9 @@ pub struct ReconcileReport {
     pub applied: usize,
     /// The blast-radius guard refused the pass: nothing was applied.
     pub blocked: bool,
+    /// An operator's approval let this pass past the guard.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub approved: bool,
     /// Supervised workloads with no machine record: reported, never killed.
     pub orphans: Vec<String>,
     /// Machines in a transient state with no operation in flight.
@@ -193,6 +218,7 @@ impl<E: Effects> Machines<E> {
         observed: Option<String>,
     ) -> Result<ExitOutcome, OpError> {
         let id2 = id.clone();
+        let guard = self.guard().clone();
         let outcome = self
             .store()
             .write(move |w| {
@@ -231,6 +257,23 @@ impl<E: Effects> Machines<E> {
                         )?;
                         ExitOutcome::Recorded(to)
                     }
+                    AfterExit::Restart { .. }
+                        if guard.check(GuardAction::Restart, std::slice::from_ref(&id2))
+                            == Verdict::Hold =>
+                    {
+                        let clean = exit.code == Some(0) && exit.signal.is_none();
+                        let to = if clean { State::Stopped } else { State::Failed };
+                        let reason = format!(
+                            "{what}; restart held back by the blast-radius guard (too many machines \
+                             acted on at once); it runs once an operator approves (berth host approve)"
+                        );
+                        w.transition(
+                            &id2,
+                            TransitionSpec::new(to, EventKind::Exit, Source::Berth, reason)
+                                .with_exit(exit.clone()),
+                        )?;
+                        ExitOutcome::Held(to)
+                    }
                     AfterExit::Restart { delay } => {
                         let steps: Vec<&str> = crate::plan(OpKind::Restart, true)
                             .iter()
@@ -260,6 +303,24 @@ impl<E: Effects> Machines<E> {
             })
             .await?;
         let (outcome, seen) = outcome;
+        if let (ExitOutcome::Held(_), Some((rec, _))) = (&outcome, &seen)
+            && let Ok(Some(now)) = self.store().machine(id)
+        {
+            self.guard().hold(Held {
+                machine_id: id.clone(),
+                action: GuardAction::Restart,
+                observed: format!(
+                    "{} (policy {:?}, restarted {} times)",
+                    now.exit
+                        .as_ref()
+                        .map_or_else(|| "exited".to_owned(), describe_exit),
+                    rec.config.restart.policy,
+                    rec.restarts
+                ),
+                at: berth_types::Timestamp::now(),
+                version: now.version,
+            });
+        }
         if let Some((rec, decision)) = seen {
             tracing::info!(
                 machine = %id, pid = ?rec.pid, policy = ?rec.config.restart.policy, restarts = rec.restarts,
@@ -332,8 +393,17 @@ impl<E: Effects> Machines<E> {
         }
 
         let n = report.planned.len();
-        let too_many = n > cfg.guard_min && (n as f64) > cfg.guard_fraction * live as f64;
-        if cfg.guard && too_many && !approved {
+        self.guard().set_live(live);
+        let ids: Vec<MachineId> = report
+            .planned
+            .iter()
+            .map(|p| p.machine_id.clone())
+            .collect();
+        report.approved = approved && n > 0;
+        if cfg.guard
+            && !approved
+            && self.guard().check(GuardAction::Reconcile, &ids) == Verdict::Hold
+        {
             report.blocked = true;
             let planned: Vec<String> = report
                 .planned
@@ -342,9 +412,23 @@ impl<E: Effects> Machines<E> {
                 .collect();
             tracing::error!(
                 would_change = n, machines = live, planned = ?planned,
-                "blast-radius guard: this reconciliation would stop or fail more than half of the machines; \
-                 nothing was changed. Check the host, then approve the pass or fix what it observed"
+                "blast-radius guard: this reconciliation would act on too much of the host at once; \
+                 nothing was changed. Check the host, then approve (berth host approve) or fix what it observed"
             );
+            let at = berth_types::Timestamp::now();
+            for p in &report.planned {
+                let version = machines
+                    .iter()
+                    .find(|m| m.id == p.machine_id)
+                    .map_or(0, |m| m.version);
+                self.guard().hold(Held {
+                    machine_id: p.machine_id.clone(),
+                    action: GuardAction::Reconcile,
+                    observed: p.observed.clone(),
+                    at,
+                    version,
+                });
+            }
             return Ok(report);
         }
         for p in &report.planned {

@@ -609,3 +609,49 @@ async fn an_unenforceable_or_invalid_config_is_refused_before_anything_is_record
     assert_eq!(m.store().last_seq().unwrap(), 0);
     assert!(fx.calls().is_empty());
 }
+
+#[tokio::test]
+async fn policy_restarts_of_most_of_the_host_at_once_are_held_by_the_guard() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = setup(&dir);
+    let mut ms = Vec::new();
+    for i in 0..10 {
+        ms.push(started(&m, &format!("m{i}"), RestartPolicy::Always, None).await);
+    }
+    // Reconciliation tells the guard how many machines live here.
+    m.reconcile(&ReconcileConfig::default(), false)
+        .await
+        .unwrap();
+    let mut outcomes = Vec::new();
+    for rec in &ms[..7] {
+        outcomes.push(
+            m.handle_exit(&rec.id, rec.pid, exited(1), None)
+                .await
+                .unwrap(),
+        );
+    }
+    // Five of ten may restart within the window; the sixth is more than half.
+    for o in &outcomes[..5] {
+        assert!(matches!(o, ExitOutcome::Restart(_)), "{o:?}");
+    }
+    for o in &outcomes[5..] {
+        assert!(matches!(o, ExitOutcome::Held(State::Failed)), "{o:?}");
+    }
+    let held = m.store().machine(&ms[6].id).unwrap().unwrap();
+    assert_eq!(held.state, State::Failed);
+    assert!(held.active_op.is_none());
+    let last = m.store().history(&ms[6].id).unwrap().pop().unwrap();
+    assert!(
+        last.reason
+            .contains("restart held back by the blast-radius guard"),
+        "{}",
+        last.reason
+    );
+    let status = m.guard().status();
+    assert!(status.tripped);
+    assert_eq!(status.held.len(), 2);
+    // An operator's approval releases both and re-arms the guard.
+    assert!(m.guard().approve().len() == 2);
+    assert!(!m.guard().is_tripped());
+    assert!(m.store().check().unwrap().is_ok());
+}

@@ -219,6 +219,13 @@ enum HostCmd {
     Cordon,
     /// Accept new machines again.
     Uncordon,
+    /// Let the automated decisions the blast-radius guard held back proceed (held restarts
+    /// run, a held reconciliation pass is applied). Check the host first: the guard trips when
+    /// most machines fail at once, which is usually the host's fault.
+    Approve {
+        #[command(flatten)]
+        out: Out,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -448,6 +455,14 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 HostCmd::Uncordon => {
                     c.set_cordon(false).await?;
                     println!("host uncordoned: new machines are accepted");
+                }
+                HostCmd::Approve { out } => {
+                    let r = c.approve().await?;
+                    if out.json {
+                        print_json(&r)
+                    } else {
+                        println!("{}", render::approve(&r))
+                    }
                 }
             }
             Ok(())

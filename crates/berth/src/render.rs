@@ -192,7 +192,45 @@ pub fn host(h: &HostInfo, health: &Health) -> String {
             "ok".into()
         },
     ]);
+    let guard = &h.supervision["guard"];
+    t.add_row(vec![
+        "Guard".to_owned(),
+        if guard["tripped"].as_bool() == Some(true) {
+            format!(
+                "HOLDING {} decision(s): {} (berth host approve)",
+                guard["held"].as_array().map_or(0, Vec::len),
+                guard["tripped_because"].as_str().unwrap_or("tripped")
+            )
+        } else if guard["enabled"].as_bool() == Some(false) {
+            "off".into()
+        } else {
+            "armed".into()
+        },
+    ]);
     t.to_string()
+}
+
+/// What `berth host approve` released.
+pub fn approve(v: &serde_json::Value) -> String {
+    let n = |k: &str| v[k].as_array().map_or(0, Vec::len);
+    let mut s = format!(
+        "approved: {} held decision(s) released; {} restart(s) running",
+        n("released"),
+        n("restarted")
+    );
+    if n("skipped") > 0 {
+        s.push_str(&format!(
+            "; {} skipped (the machine changed since it was held)",
+            n("skipped")
+        ));
+    }
+    if let Some(r) = v["reconcile"].as_object() {
+        s.push_str(&format!(
+            "; reconciliation applied {} correction(s)",
+            r.get("applied").and_then(|a| a.as_u64()).unwrap_or(0)
+        ));
+    }
+    s
 }
 
 pub fn db_stats(v: &serde_json::Value) -> String {
@@ -314,8 +352,31 @@ pub fn doctor(h: &HostInfo, ms: &[MachineRecord]) -> serde_json::Value {
             "orphan supervisor {o}: a workload runs with no machine record"
         ));
     }
-    if last["blocked"].as_bool() == Some(true) {
-        problems.push("the blast-radius guard blocked reconciliation; inspect, then POST /v1/host/reconcile?approve=true".into());
+    let guard = &h.supervision["guard"];
+    if guard["tripped"].as_bool() == Some(true) {
+        let held: Vec<String> = guard["held"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| {
+                format!(
+                    "{} {} ({})",
+                    x["action"].as_str().unwrap_or("?"),
+                    x["machine_id"].as_str().unwrap_or("?"),
+                    x["observed"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        problems.push(format!(
+            "the blast-radius guard is holding automated decisions back ({}): {}; check the host, then run `berth host approve`",
+            guard["tripped_because"].as_str().unwrap_or("tripped"),
+            if held.is_empty() { "none listed".to_owned() } else { held.join("; ") }
+        ));
+    } else if last["blocked"].as_bool() == Some(true) {
+        problems.push(
+            "the blast-radius guard blocked reconciliation; inspect, then run `berth host approve`"
+                .into(),
+        );
     }
     serde_json::json!({ "machines": ms.len(), "problems": problems, "last_reconcile": last })
 }

@@ -92,6 +92,9 @@ pub struct LimitsSection {
 pub struct ReconcileSection {
     pub interval: Option<String>,
     pub blast_radius_guard: Option<bool>,
+    pub guard_window: Option<String>,
+    pub guard_min_machines: Option<usize>,
+    pub guard_fraction: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,6 +132,9 @@ pub struct Config {
     pub max_machines: usize,
     pub reconcile_interval: Duration,
     pub blast_radius_guard: bool,
+    pub guard_window: Duration,
+    pub guard_min_machines: usize,
+    pub guard_fraction: f64,
     pub cgroup_off: bool,
     pub shim: Option<PathBuf>,
     pub log_max_bytes: u64,
@@ -272,6 +278,12 @@ impl Config {
                 "compaction.garbage_ratio: {ratio} must be at least 0 and below 1"
             )));
         }
+        let guard_fraction = file.reconcile.guard_fraction.unwrap_or(0.5);
+        if !(guard_fraction > 0.0 && guard_fraction <= 1.0) {
+            return Err(ConfigError(format!(
+                "reconcile.guard_fraction: {guard_fraction} must be above 0 and at most 1"
+            )));
+        }
         let cgroup_off = match file.driver.cgroup.as_deref() {
             None | Some("auto") => false,
             Some("off") => true,
@@ -325,6 +337,13 @@ impl Config {
                 Duration::from_secs(10),
             )?,
             blast_radius_guard: file.reconcile.blast_radius_guard.unwrap_or(true),
+            guard_window: positive_duration(
+                "reconcile.guard_window",
+                file.reconcile.guard_window.as_ref(),
+                Duration::from_secs(60),
+            )?,
+            guard_min_machines: file.reconcile.guard_min_machines.unwrap_or(3),
+            guard_fraction,
             cgroup_off,
             shim: file.driver.shim.clone(),
             log_max_bytes: size(

@@ -210,6 +210,9 @@ async fn run(cfg: config::Config) -> Result<(), String> {
     agent_cfg.driver.log_max_bytes = cfg.log_max_bytes;
     agent_cfg.driver.log_keep = cfg.log_keep;
     agent_cfg.reconcile.guard = cfg.blast_radius_guard;
+    agent_cfg.reconcile.guard_window = cfg.guard_window;
+    agent_cfg.reconcile.guard_min = cfg.guard_min_machines;
+    agent_cfg.reconcile.guard_fraction = cfg.guard_fraction;
     agent_cfg.reconcile_interval = cfg.reconcile_interval;
     agent_cfg.telemetry.sample_interval = cfg.metrics_sample_interval;
     agent_cfg.maintenance = Some(berth_agent::MaintenanceConfig {
