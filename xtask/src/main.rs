@@ -126,7 +126,8 @@ fn test(extra: &[String]) -> Result<(), String> {
     // Doc tests are not part of --all-targets.
     let doc = run_counted(cargo().args(["test", "--workspace", "--doc"]), &mut totals);
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--all-targets"]);
+    // --no-fail-fast: one failing test binary must not hide the results of the others.
+    cmd.args(["test", "--workspace", "--all-targets", "--no-fail-fast"]);
     cmd.args(extra);
     let all = run_counted(&mut cmd, &mut totals);
     // The plain closing line: a summary of every cargo test binary above.
