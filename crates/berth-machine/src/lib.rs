@@ -9,10 +9,14 @@
 //! write that records them, against the committed record. This crate never touches redb, HTTP or
 //! processes directly.
 
+mod admission;
+mod leases;
 mod plan;
 mod runner;
 mod supervise;
 
+pub use admission::{Admission, AdmissionError, Admitted, Created};
+pub use leases::{DEFAULT_LEASE_TTL, LeaseError, LeaseRecord, MAX_LEASE_TTL};
 pub use plan::{Effect, PlanStep, plan};
 pub use runner::{CreateRequest, EffectError, Effects, Machines, OpError, OpOutcome};
 pub use supervise::{
