@@ -280,6 +280,16 @@ fn leases_are_bounded_and_end_with_their_machine() {
     });
 }
 
+/// What, the body, the Idempotency-Key, then the status, code and words the error must carry.
+type Case = (
+    &'static str,
+    Value,
+    Option<String>,
+    u16,
+    &'static str,
+    &'static [&'static str],
+);
+
 #[test]
 fn oversized_input_is_refused_naming_the_field_and_the_limit() {
     let dir = tempfile::tempdir().unwrap();
@@ -298,7 +308,7 @@ fn oversized_input_is_refused_naming_the_field_and_the_limit() {
             .collect::<serde_json::Map<_, _>>()
             .into()
     };
-    let cases: Vec<(&str, Value, Option<String>, u16, &str, &[&str])> = vec![
+    let cases: Vec<Case> = vec![
         (
             "long name",
             cmd(json!({"name": "n".repeat(64)})),
