@@ -312,6 +312,44 @@ impl Agent {
         Ok(out.machine)
     }
 
+    /// Admits a create (bounds, Idempotency-Key, unique name, machine limit: see
+    /// `Machines::admit`) and runs it; a replayed key answers the machine its first create made,
+    /// once that create is done.
+    pub async fn admit(
+        &self,
+        req: CreateRequest,
+        admission: berth_machine::Admission,
+    ) -> Result<berth_machine::Created, OpError> {
+        match self.machines.admit(req, admission).await? {
+            berth_machine::Admitted::Created { operation, .. } => {
+                let out = self.machines.run(operation).await?;
+                self.after_op(&out.machine);
+                Ok(berth_machine::Created {
+                    machine: out.machine,
+                    replayed: false,
+                })
+            }
+            berth_machine::Admitted::Replayed(m) => Ok(berth_machine::Created {
+                machine: self.machines.settled(m).await?,
+                replayed: true,
+            }),
+        }
+    }
+
+    /// A user's lifecycle operation on a machine that may be leased: refused without the
+    /// lease's nonce while a lease is held.
+    pub async fn operate_leased(
+        &self,
+        id: &MachineId,
+        kind: OpKind,
+        signal: Option<String>,
+        timeout: Option<Duration>,
+        lease_nonce: Option<&str>,
+    ) -> Result<MachineRecord, OpError> {
+        self.machines.check_lease(id, lease_nonce)?;
+        self.operate(id, kind, signal, timeout).await
+    }
+
     /// Runs a lifecycle operation to completion.
     pub async fn operate(
         &self,

@@ -191,3 +191,8 @@ pub const LEASE_HEADER: &str = "berth-lease-nonce";
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// The header every response carries.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Response header of `GET /v1/machines?limit=N` when more machines match: pass its value as
+/// `cursor` to get the next page.
+pub const NEXT_CURSOR_HEADER: &str = "berth-next-cursor";
+/// Most machines one `GET /v1/machines` page may ask for (`limit`).
+pub const MAX_PAGE_LIMIT: usize = 1000;

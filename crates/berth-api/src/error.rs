@@ -3,7 +3,7 @@
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_api_types::ErrorBody;
-use berth_machine::OpError;
+use berth_machine::{AdmissionError, LeaseError, OpError};
 use berth_store::StoreError;
 
 /// An error response.
@@ -84,6 +84,33 @@ impl From<OpError> for ApiError {
         match e {
             OpError::Store(s) => s.into(),
             OpError::Invalid(m) => Self::invalid(m),
+            OpError::TooLarge(m) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
+            OpError::Admission(a) => {
+                let msg = a.to_string();
+                match a {
+                    AdmissionError::IdempotencyMismatch { .. } => Self::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "idempotency_mismatch",
+                        msg,
+                    ),
+                    AdmissionError::LimitReached { .. } | AdmissionError::NameTaken { .. } => {
+                        Self::conflict(msg)
+                    }
+                }
+            }
+            OpError::Lease(l) => {
+                let msg = l.to_string();
+                match l {
+                    LeaseError::Required(_) => {
+                        Self::new(StatusCode::CONFLICT, "lease_required", msg)
+                    }
+                    LeaseError::Mismatch(_) => {
+                        Self::new(StatusCode::CONFLICT, "lease_mismatch", msg)
+                    }
+                    LeaseError::NotHeld(_) => Self::not_found(msg),
+                    LeaseError::Held { .. } | LeaseError::Destroyed(_) => Self::conflict(msg),
+                }
+            }
             other => Self::internal(other.to_string()),
         }
     }

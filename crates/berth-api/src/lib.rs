@@ -3,7 +3,7 @@
 //! on concurrent mutations, so a flood on TCP never locks the operator out.
 //!
 //! Architecture invariant: handlers parse and validate, then call the agent core; they hold no
-//! machine state of their own beyond leases, idempotency keys and the cordon flag. A lifecycle
+//! machine state of their own beyond the cordon flag (admission and leases are the core's). A lifecycle
 //! operation runs in its own task, so a client that disconnects cannot cancel it half-way.
 //! Every failure is `{"error", "code"}`; every response carries `x-request-id`.
 
@@ -12,14 +12,14 @@ mod machines;
 mod server;
 mod system;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_agent::Agent;
-use berth_api_types::{Lease, SlowOp};
+use berth_api_types::SlowOp;
 use tokio::sync::Semaphore;
 
 pub use error::{ApiError, ApiResult};
@@ -96,8 +96,6 @@ pub struct Shared {
     agent: Agent,
     cfg: ApiConfig,
     cordoned: AtomicBool,
-    leases: Mutex<HashMap<String, Lease>>,
-    idempotency: Mutex<HashMap<String, Option<String>>>,
     slow_ops: Arc<SlowOps>,
 }
 
@@ -109,8 +107,6 @@ impl Shared {
             agent,
             cfg,
             cordoned: AtomicBool::new(cordoned),
-            leases: Mutex::new(HashMap::new()),
-            idempotency: Mutex::new(HashMap::new()),
             slow_ops,
         })
     }

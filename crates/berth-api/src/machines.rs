@@ -10,20 +10,20 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_api_types::{
-    CreateMachine, IDEMPOTENCY_HEADER, LEASE_HEADER, Lease, LeaseRequest, SignalRequest,
-    StopRequest,
+    CreateMachine, IDEMPOTENCY_HEADER, LEASE_HEADER, Lease, LeaseRequest, MAX_PAGE_LIMIT,
+    NEXT_CURSOR_HEADER, SignalRequest, StopRequest,
 };
-use berth_machine::{CreateRequest, OpError};
+use berth_machine::{Admission, CreateRequest, LeaseRecord, OpError};
 use berth_types::time::HumanDuration;
-use berth_types::{MachineId, MachineRecord, OpKind, Source, State as MState, Timestamp};
+use berth_types::{MachineId, MachineRecord, OpKind, Source, State as MState};
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ApiResult};
 use crate::random_hex;
 use crate::server::Lane;
 
-/// Metadata key under which a create's Idempotency-Key is kept (so it survives restarts).
-pub const IDEMPOTENCY_LABEL: &str = "berth/idempotency-key";
+/// Most lines `GET /v1/machines/{id}/logs?tail=N` returns.
+pub const MAX_TAIL: usize = 100_000;
 
 pub(crate) fn parse_id(raw: &str) -> ApiResult<MachineId> {
     MachineId::parse(raw).map_err(|e| ApiError::invalid(format!("invalid machine id {raw:?}: {e}")))
@@ -71,32 +71,9 @@ fn machine_or_404(lane: &Lane, id: &MachineId) -> ApiResult<MachineRecord> {
         .ok_or_else(|| ApiError::not_found(format!("machine {id} not found")))
 }
 
-/// A mutation on a leased machine must carry the lease's nonce.
-fn check_lease(lane: &Lane, id: &MachineId, headers: &HeaderMap) -> ApiResult<()> {
-    let leases = lane
-        .shared
-        .leases
-        .lock()
-        .map_err(|_| ApiError::internal("lease table poisoned"))?;
-    let Some(lease) = leases
-        .get(id.as_str())
-        .filter(|l| l.expires_at > Timestamp::now())
-    else {
-        return Ok(());
-    };
-    match headers.get(LEASE_HEADER).and_then(|v| v.to_str().ok()) {
-        None => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "lease_required",
-            format!("machine {id} is leased; send its nonce in {LEASE_HEADER}"),
-        )),
-        Some(n) if n == lease.nonce => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "lease_mismatch",
-            format!("{LEASE_HEADER} does not match the lease on machine {id}"),
-        )),
-    }
+/// The lease nonce a request carries, if any.
+fn lease_nonce(headers: &HeaderMap) -> Option<&str> {
+    headers.get(LEASE_HEADER).and_then(|v| v.to_str().ok())
 }
 
 /// Runs an operation in its own task, so a client that goes away cannot cancel it half-way. A
@@ -121,11 +98,14 @@ async fn run_op(
     kind: OpKind,
     signal: Option<String>,
     timeout: Option<Duration>,
+    nonce: Option<String>,
 ) -> ApiResult<MachineRecord> {
     let agent = lane.shared.agent.clone();
     let id2 = id.clone();
     detached(lane, &id, async move {
-        agent.operate(&id2, kind, signal, timeout).await
+        agent
+            .operate_leased(&id2, kind, signal, timeout, nonce.as_deref())
+            .await
     })
     .await
 }
@@ -144,111 +124,75 @@ pub(crate) async fn create(
             "this host is cordoned: it accepts no new machines (POST /v1/host/uncordon)",
         ));
     }
-    let key = headers
-        .get(IDEMPOTENCY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if let Some(key) = &key {
-        if key.is_empty() || key.len() > 255 {
-            return Err(ApiError::invalid(
-                "Idempotency-Key must be 1 to 255 characters",
-            ));
-        }
-        // A retry returns the machine the first request made.
-        let known = lane
-            .shared
-            .idempotency
-            .lock()
-            .map_err(|_| ApiError::internal("poisoned"))?
-            .get(key)
-            .cloned();
-        let existing = match known {
-            Some(Some(id)) => Some(id),
-            Some(None) => {
-                return Err(ApiError::conflict(
-                    "a create with this Idempotency-Key is in progress",
-                ));
-            }
-            None => lane
-                .shared
-                .agent
-                .store()
-                .machines()?
-                .into_iter()
-                .find(|m| m.metadata.get(IDEMPOTENCY_LABEL) == Some(key))
-                .map(|m| m.id.to_string()),
-        };
-        if let Some(id) = existing {
-            let m = machine_or_404(&lane, &parse_id(&id)?)?;
-            return Ok((StatusCode::CREATED, Json(m)).into_response());
-        }
-        lane.shared
-            .idempotency
-            .lock()
-            .map_err(|_| ApiError::internal("poisoned"))?
-            .insert(key.clone(), None);
-    }
-    let result = create_inner(&lane, req, key.clone()).await;
-    if let Some(key) = key
-        && let Ok(mut map) = lane.shared.idempotency.lock()
-    {
-        match &result {
-            Ok(m) => map.insert(key, Some(m.id.to_string())),
-            Err(_) => map.remove(&key),
-        };
-    }
-    result.map(|m| (StatusCode::CREATED, Json(m)).into_response())
-}
-
-async fn create_inner(
-    lane: &Lane,
-    req: CreateMachine,
-    key: Option<String>,
-) -> ApiResult<MachineRecord> {
-    if req.metadata.keys().any(|k| k.starts_with("berth/")) {
-        return Err(ApiError::invalid(
-            "metadata keys starting with berth/ are reserved",
-        ));
-    }
-    // Counting live machines decodes every record; the table's row count (O(1)) is an upper
-    // bound, so the exact count is only needed near the limit.
-    let store = lane.shared.agent.store();
-    let max = lane.shared.cfg.max_machines;
-    let near = store.machine_rows()? as usize >= max;
-    if near
-        && store
-            .machines()?
-            .iter()
-            .filter(|m| m.state != MState::Destroyed)
-            .count()
-            >= max
-    {
-        return Err(ApiError::conflict(format!(
-            "this host runs its limit of {} machines (limits.max_machines)",
-            lane.shared.cfg.max_machines
-        )));
-    }
-    let mut metadata = req.metadata;
-    if let Some(key) = key {
-        metadata.insert(IDEMPOTENCY_LABEL.to_owned(), key);
-    }
+    let key = match headers.get(IDEMPOTENCY_HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::invalid("Idempotency-Key must be printable ASCII characters")
+                })?
+                .to_owned(),
+        ),
+    };
     let id = MachineId::generate();
     let creq = CreateRequest {
         id: Some(id.clone()),
         name: req.name,
         config: req.config,
-        metadata,
+        metadata: req.metadata,
         skip_start: req.skip_start,
         source: Source::User,
     };
+    let admission = Admission {
+        max_machines: Some(lane.shared.cfg.max_machines),
+        idempotency_key: key,
+    };
     let agent = lane.shared.agent.clone();
-    detached(lane, &id, async move { agent.create(creq).await }).await
+    let task = tokio::spawn(async move { agent.admit(creq, admission).await });
+    let result = task
+        .await
+        .map_err(|e| ApiError::internal(format!("operation task failed: {e}")))?;
+    let m = match result {
+        Ok(created) => created.machine,
+        // The workload failed to start: the machine is recorded, failed, and is the answer.
+        Err(OpError::Effect { .. }) => machine_or_404(&lane, &id)?,
+        Err(e) => return Err(e.into()),
+    };
+    Ok((StatusCode::CREATED, Json(m)).into_response())
+}
+
+/// Parses `limit` and `cursor` of a list.
+fn page_params(q: &HashMap<String, String>) -> ApiResult<(Option<usize>, Option<MachineId>)> {
+    let limit = match q.get("limit") {
+        None => None,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE_LIMIT).contains(&n) => Some(n),
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "limit must be a number from 1 to {MAX_PAGE_LIMIT}, not {:?}",
+                    l.chars().take(32).collect::<String>()
+                )));
+            }
+        },
+    };
+    let cursor = match q.get("cursor") {
+        None => None,
+        Some(c) => Some(MachineId::parse(c).map_err(|e| {
+            ApiError::invalid(format!(
+                "cursor must be the {NEXT_CURSOR_HEADER} of an earlier page: {e}"
+            ))
+        })?),
+    };
+    if cursor.is_some() && limit.is_none() {
+        return Err(ApiError::invalid("cursor needs a limit"));
+    }
+    Ok((limit, cursor))
 }
 
 pub(crate) async fn list(
     State(lane): State<Lane>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Vec<MachineRecord>>> {
+) -> ApiResult<Response> {
     let state = match q.get("state") {
         Some(s) => Some(s.parse::<MState>().map_err(ApiError::invalid)?),
         None => None,
@@ -263,27 +207,36 @@ pub(crate) async fn list(
         }
     };
     for k in q.keys() {
-        if !(k == "state" || k == "include_destroyed" || k.starts_with("metadata.")) {
-            return Err(ApiError::invalid(format!("unknown query parameter {k:?}")));
+        if !(["state", "include_destroyed", "limit", "cursor"].contains(&k.as_str())
+            || k.starts_with("metadata."))
+        {
+            return Err(ApiError::invalid(format!(
+                "unknown query parameter {:?}",
+                k.chars().take(64).collect::<String>()
+            )));
         }
     }
+    let (limit, cursor) = page_params(&q)?;
     let wanted: Vec<(&str, &String)> = q
         .iter()
         .filter_map(|(k, v)| k.strip_prefix("metadata.").map(|k| (k, v)))
         .collect();
-    let out = lane
+    let page = lane
         .shared
         .agent
         .store()
-        .machines()?
-        .into_iter()
-        .filter(|m| {
-            include_destroyed || state == Some(MState::Destroyed) || m.state != MState::Destroyed
-        })
-        .filter(|m| state.is_none_or(|s| m.state == s))
-        .filter(|m| wanted.iter().all(|(k, v)| m.metadata.get(*k) == Some(*v)))
-        .collect();
-    Ok(Json(out))
+        .machines_page(cursor.as_ref(), limit, |m| {
+            (include_destroyed || state == Some(MState::Destroyed) || m.state != MState::Destroyed)
+                && state.is_none_or(|s| m.state == s)
+                && wanted.iter().all(|(k, v)| m.metadata.get(*k) == Some(*v))
+        })?;
+    let mut resp = Json(page.machines).into_response();
+    if let Some(next) = page.next
+        && let Ok(v) = axum::http::HeaderValue::from_str(next.as_str())
+    {
+        resp.headers_mut().insert(NEXT_CURSOR_HEADER, v);
+    }
+    Ok(resp)
 }
 
 pub(crate) async fn get(
@@ -304,8 +257,8 @@ async fn lifecycle(
     let _permit = lane.permit()?;
     let id = parse_id(&id)?;
     machine_or_404(&lane, &id)?;
-    check_lease(&lane, &id, &headers)?;
-    Ok(Json(run_op(&lane, id, kind, signal, timeout).await?))
+    let nonce = lease_nonce(&headers).map(str::to_owned);
+    Ok(Json(run_op(&lane, id, kind, signal, timeout, nonce).await?))
 }
 
 pub(crate) async fn start(
@@ -361,7 +314,10 @@ pub(crate) async fn signal(
     let sig = berth_types::config::normalize_signal(&req.signal).map_err(ApiError::invalid)?;
     let id = parse_id(&id)?;
     let m = machine_or_404(&lane, &id)?;
-    check_lease(&lane, &id, &headers)?;
+    lane.shared
+        .agent
+        .machines()
+        .check_lease(&id, lease_nonce(&headers))?;
     if m.state != MState::Started {
         return Err(ApiError::conflict(format!(
             "machine {id} is {}, not started",
@@ -400,19 +356,15 @@ pub(crate) async fn destroy(
         )));
     }
     let signal = force.then(|| "SIGKILL".to_owned());
-    let r = lifecycle(
-        lane.clone(),
+    lifecycle(
+        lane,
         id,
         headers,
         OpKind::Destroy,
         signal,
         force.then_some(Duration::ZERO),
     )
-    .await?;
-    if let Ok(mut l) = lane.shared.leases.lock() {
-        l.remove(parsed.as_str());
-    }
-    Ok(r)
+    .await
 }
 
 fn parse_duration(
@@ -501,9 +453,15 @@ pub(crate) async fn logs(
     machine_or_404(&lane, &id)?;
     let tail: usize = match q.get("tail") {
         None => 100,
-        Some(t) => t
-            .parse()
-            .map_err(|_| ApiError::invalid(format!("tail must be a number of lines, not {t:?}")))?,
+        Some(t) => match t.parse() {
+            Ok(n) if n <= MAX_TAIL => n,
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "tail must be a number of lines from 0 to {MAX_TAIL}, not {:?}",
+                    t.chars().take(32).collect::<String>()
+                )));
+            }
+        },
     };
     let follow = matches!(q.get("follow").map(String::as_str), Some("true" | "1"));
     let dir = lane.shared.agent.driver().logs_dir(id.as_str());
@@ -551,6 +509,15 @@ pub(crate) async fn logs(
         .into_response())
 }
 
+fn wire_lease(l: LeaseRecord) -> Lease {
+    Lease {
+        machine_id: l.machine_id.to_string(),
+        nonce: l.nonce,
+        expires_at: l.expires_at,
+        description: l.description,
+    }
+}
+
 pub(crate) async fn lease_acquire(
     State(lane): State<Lane>,
     Path(id): Path<String>,
@@ -560,38 +527,14 @@ pub(crate) async fn lease_acquire(
     let req: LeaseRequest = parse_optional(body)?;
     let id = parse_id(&id)?;
     machine_or_404(&lane, &id)?;
-    let ttl = req.ttl.map_or(Duration::from_secs(30), |t| t.0);
-    if ttl.is_zero() || ttl > Duration::from_secs(3600) {
-        return Err(ApiError::invalid("ttl must be between 1ms and 1h"));
-    }
-    let mut leases = lane
-        .shared
-        .leases
-        .lock()
-        .map_err(|_| ApiError::internal("poisoned"))?;
-    let now = Timestamp::now();
-    let expires_at = Timestamp::from_nanos(now.as_nanos() + ttl.as_nanos() as u64);
-    if let Some(held) = leases.get(id.as_str()).filter(|l| l.expires_at > now) {
-        // The holder may extend it with its nonce.
-        if headers.get(LEASE_HEADER).and_then(|v| v.to_str().ok()) != Some(held.nonce.as_str()) {
-            return Err(ApiError::conflict(format!(
-                "machine {id} is leased until {}",
-                held.expires_at
-            )));
-        }
-    }
-    let nonce = leases
-        .get(id.as_str())
-        .filter(|l| l.expires_at > now)
-        .map_or_else(|| random_hex(16), |l| l.nonce.clone());
-    let lease = Lease {
-        machine_id: id.to_string(),
-        nonce,
-        expires_at,
-        description: req.description,
-    };
-    leases.insert(id.to_string(), lease.clone());
-    Ok((StatusCode::CREATED, Json(lease)).into_response())
+    let lease = lane.shared.agent.machines().acquire_lease(
+        &id,
+        req.ttl.map(|t| t.0),
+        req.description,
+        lease_nonce(&headers),
+        random_hex(16),
+    )?;
+    Ok((StatusCode::CREATED, Json(wire_lease(lease))).into_response())
 }
 
 pub(crate) async fn lease_get(
@@ -599,20 +542,15 @@ pub(crate) async fn lease_get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Lease>> {
     let id = parse_id(&id)?;
-    let leases = lane
+    let mut lease = lane
         .shared
-        .leases
-        .lock()
-        .map_err(|_| ApiError::internal("poisoned"))?;
-    leases
-        .get(id.as_str())
-        .filter(|l| l.expires_at > Timestamp::now())
-        .cloned()
-        .map(|mut l| {
-            l.nonce = String::new(); // only the holder knows it
-            Json(l)
-        })
-        .ok_or_else(|| ApiError::not_found(format!("machine {id} has no lease")))
+        .agent
+        .machines()
+        .lease(&id)
+        .map(wire_lease)
+        .ok_or_else(|| ApiError::not_found(format!("machine {id} has no lease")))?;
+    lease.nonce = String::new(); // only the holder knows it
+    Ok(Json(lease))
 }
 
 pub(crate) async fn lease_release(
@@ -621,11 +559,9 @@ pub(crate) async fn lease_release(
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     let id = parse_id(&id)?;
-    check_lease(&lane, &id, &headers)?;
     lane.shared
-        .leases
-        .lock()
-        .map_err(|_| ApiError::internal("poisoned"))?
-        .remove(id.as_str());
+        .agent
+        .machines()
+        .release_lease(&id, lease_nonce(&headers))?;
     Ok(StatusCode::NO_CONTENT)
 }

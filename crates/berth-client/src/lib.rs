@@ -81,6 +81,9 @@ pub struct Client {
     endpoint: Endpoint,
 }
 
+/// Machines per page when [`Client::list`] pages through `GET /v1/machines`.
+pub const LIST_PAGE: usize = 500;
+
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -229,25 +232,59 @@ impl Client {
             .await
     }
 
-    /// `GET /v1/machines`.
+    /// `GET /v1/machines`: every match, fetched a page of [`LIST_PAGE`] at a time.
     pub async fn list(
         &self,
         state: Option<&str>,
         include_destroyed: bool,
     ) -> Result<Vec<MachineRecord>, ClientError> {
-        let mut q = Vec::new();
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (page, next) = self
+                .list_page(state, include_destroyed, LIST_PAGE, cursor.as_deref())
+                .await?;
+            out.extend(page);
+            match next {
+                Some(n) if Some(&n) != cursor.as_ref() => cursor = Some(n),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// One page of `GET /v1/machines` (at most `limit`, after `cursor`), and the cursor of the
+    /// next page when more remain (`berth-next-cursor`).
+    pub async fn list_page(
+        &self,
+        state: Option<&str>,
+        include_destroyed: bool,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<MachineRecord>, Option<String>), ClientError> {
+        let mut q = vec![format!("limit={limit}")];
         if let Some(s) = state {
             q.push(format!("state={}", enc(s)));
         }
         if include_destroyed {
             q.push("include_destroyed=true".into());
         }
-        let path = if q.is_empty() {
-            "/v1/machines".to_owned()
-        } else {
-            format!("/v1/machines?{}", q.join("&"))
-        };
-        self.call(Method::GET, &path, None, &[]).await
+        if let Some(c) = cursor {
+            q.push(format!("cursor={}", enc(c)));
+        }
+        let path = format!("/v1/machines?{}", q.join("&"));
+        let r = self.raw(Method::GET, &path, None, &[]).await?;
+        if !r.status.is_success() {
+            return Err(api_error(r.status, &r.body));
+        }
+        let page = serde_json::from_slice(&r.body).map_err(|e| {
+            ClientError::Decode(format!("{e}: {}", String::from_utf8_lossy(&r.body)))
+        })?;
+        let next = r
+            .headers
+            .get(berth_api_types::NEXT_CURSOR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok((page, next))
     }
 
     /// `GET /v1/machines/{id}`.

@@ -9,12 +9,16 @@
 //! write that records them, against the committed record. This crate never touches redb, HTTP or
 //! processes directly.
 
+mod admission;
 mod guard;
+mod leases;
 mod plan;
 mod runner;
 mod supervise;
 
+pub use admission::{Admission, AdmissionError, Admitted, Created};
 pub use guard::{Guard, GuardAction, GuardConfig, GuardStatus, Held, Verdict};
+pub use leases::{DEFAULT_LEASE_TTL, LeaseError, LeaseRecord, MAX_LEASE_TTL};
 pub use plan::{Effect, PlanStep, plan};
 pub use runner::{CreateRequest, EffectError, Effects, Machines, OpError, OpOutcome};
 pub use supervise::{

@@ -11,6 +11,8 @@ use berth_types::{
     State, Timestamp,
 };
 
+use crate::admission::{Admission, AdmissionError, Admitted};
+use crate::leases::{LeaseRecord, Leases};
 use crate::plan::{Effect, PlanStep, plan};
 
 /// A failure of an effect (spawn, stop, ...); the message ends up in the failure event's reason.
@@ -65,6 +67,16 @@ pub enum OpError {
     /// The request is invalid: nothing was recorded.
     #[error("{0}")]
     Invalid(String),
+    /// The request carries more than a limit allows (the message names the field and the
+    /// limit): nothing was recorded.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The create was refused at admission (limit, name, Idempotency-Key): nothing was recorded.
+    #[error(transparent)]
+    Admission(#[from] crate::admission::AdmissionError),
+    /// A lease refused the request.
+    #[error(transparent)]
+    Lease(#[from] crate::leases::LeaseError),
     /// The stored operation names a step this build does not know (written by another version).
     #[error("operation {op} has step {step:?}, which is not in its plan")]
     UnknownPlan {
@@ -107,6 +119,7 @@ pub struct Machines<E> {
     store: Store,
     effects: Arc<E>,
     guard: Arc<crate::Guard>,
+    leases: Arc<Leases>,
 }
 
 impl<E> Clone for Machines<E> {
@@ -115,6 +128,7 @@ impl<E> Clone for Machines<E> {
             store: self.store.clone(),
             effects: self.effects.clone(),
             guard: self.guard.clone(),
+            leases: self.leases.clone(),
         }
     }
 }
@@ -145,6 +159,7 @@ impl<E: Effects> Machines<E> {
             store,
             effects,
             guard,
+            leases: Arc::default(),
         }
     }
 
@@ -164,27 +179,51 @@ impl<E: Effects> Machines<E> {
     }
 
     /// Records a machine and its create operation in one write; returns both. Run the operation
-    /// with [`Machines::run`].
+    /// with [`Machines::run`]. Names are unique as with [`Machines::admit`]; there is no machine
+    /// limit and no Idempotency-Key.
     pub async fn create(
         &self,
         req: CreateRequest,
     ) -> Result<(MachineRecord, OperationRecord), OpError> {
+        match self.admit(req, Admission::default()).await? {
+            Admitted::Created { machine, operation } => Ok((machine, operation)),
+            Admitted::Replayed(m) => Err(StoreError::AlreadyExists(m.id).into()),
+        }
+    }
+
+    /// Admits a create: checks the request's bounds and config (nothing recorded if they fail),
+    /// then, inside the one store write that records the machine, its create operation and its
+    /// first transition, decides the Idempotency-Key (a reuse with the same request is that
+    /// key's machine, with another request [`AdmissionError::IdempotencyMismatch`]), the name's
+    /// uniqueness among machines not destroyed, and the machine limit. The writer serializes
+    /// writes and its index covers every earlier write of the batch, so concurrent creates can
+    /// never pass a limit or take a name twice.
+    pub async fn admit(
+        &self,
+        req: CreateRequest,
+        admission: Admission,
+    ) -> Result<Admitted, OpError> {
+        let key = admission.idempotency_key;
+        crate::admission::check_request(&req, key.as_deref())?;
         let mut config = req.config;
-        config
-            .validate()
-            .map_err(|e| OpError::Invalid(e.to_string()))?;
+        config.validate().map_err(|e| {
+            if e.too_large {
+                OpError::TooLarge(e.to_string())
+            } else {
+                OpError::Invalid(e.to_string())
+            }
+        })?;
         self.effects
             .check_config(&config)
             .map_err(OpError::Invalid)?;
         let req = CreateRequest { config, ..req };
+        let digest = crate::admission::digest(&req);
         let id = req.id.clone().unwrap_or_else(MachineId::generate);
-        let rec = MachineRecord::new(
-            id.clone(),
-            req.name,
-            req.config,
-            req.metadata,
-            Timestamp::now(),
-        );
+        let metadata = match &key {
+            Some(k) => crate::admission::keyed_metadata(req.metadata, k, &digest),
+            None => req.metadata,
+        };
+        let rec = MachineRecord::new(id.clone(), req.name, req.config, metadata, Timestamp::now());
         let steps: Vec<&'static str> = plan(OpKind::Create, !req.skip_start)
             .iter()
             .map(|s| s.name)
@@ -192,19 +231,94 @@ impl<E: Effects> Machines<E> {
         let source = req.source;
         let start = !req.skip_start;
         let params = serde_json::json!({ "start": start });
-        let (rec, op) = self
+        let max = admission.max_machines;
+        let admitted = self
             .store
             .write(move |w| {
+                if let Some(key) = key
+                    && let Some(used) = w.idempotency_key(&key)
+                    && let Some(m) = w.machine(&used.machine_id)?
+                {
+                    if used.digest != digest {
+                        return Ok(Err(AdmissionError::IdempotencyMismatch { key, id: m.id }));
+                    }
+                    return Ok(Ok(Admitted::Replayed(m)));
+                }
+                if let Some(holder) = w.machine_named(&rec.name) {
+                    return Ok(Err(AdmissionError::NameTaken {
+                        name: rec.name,
+                        id: holder,
+                    }));
+                }
+                if let Some(max) = max
+                    && w.live_machines() >= max
+                {
+                    return Ok(Err(AdmissionError::LimitReached { max }));
+                }
                 w.create_machine(rec, source, "create requested")?;
                 let op = w.begin_operation(&id, OpKind::Create, source, params, &steps)?;
-                let op = first_step_inline(w, op, start)?;
-                let rec = w
+                let operation = first_step_inline(w, op, start)?;
+                let machine = w
                     .machine(&id)?
                     .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-                Ok((rec, op))
+                Ok(Ok(Admitted::Created { machine, operation }))
             })
-            .await?;
-        Ok((rec, op))
+            .await??;
+        Ok(admitted)
+    }
+
+    /// A replayed create's machine once the first create's operation has finished (or after
+    /// [`crate::admission::REPLAY_SETTLE`], as it is then).
+    pub async fn settled(&self, m: MachineRecord) -> Result<MachineRecord, OpError> {
+        let mut seq = self.store.subscribe();
+        let deadline = tokio::time::Instant::now() + crate::admission::REPLAY_SETTLE;
+        let mut m = m;
+        loop {
+            seq.borrow_and_update();
+            m = self.machine(&m.id)?;
+            if m.active_op.is_none()
+                || tokio::time::timeout_at(deadline, seq.changed())
+                    .await
+                    .is_err()
+            {
+                return Ok(m);
+            }
+        }
+    }
+
+    /// Grants or extends a lease on a machine that is not destroyed (`holder`: the nonce of the
+    /// lease held now, to extend it; `fresh`: the nonce of a new one).
+    pub fn acquire_lease(
+        &self,
+        id: &MachineId,
+        ttl: Option<Duration>,
+        description: Option<String>,
+        holder: Option<&str>,
+        fresh: String,
+    ) -> Result<LeaseRecord, OpError> {
+        self.leases.acquire(
+            id,
+            || Ok(self.machine(id)?.state),
+            ttl,
+            description,
+            holder,
+            fresh,
+        )
+    }
+
+    /// The lease held on a machine, if one is.
+    pub fn lease(&self, id: &MachineId) -> Option<LeaseRecord> {
+        self.leases.get(id)
+    }
+
+    /// Refuses a user's mutation of a leased machine without the lease's nonce.
+    pub fn check_lease(&self, id: &MachineId, nonce: Option<&str>) -> Result<(), OpError> {
+        Ok(self.leases.check(id, nonce)?)
+    }
+
+    /// Releases a lease (with its nonce while it is held).
+    pub fn release_lease(&self, id: &MachineId, nonce: Option<&str>) -> Result<(), OpError> {
+        Ok(self.leases.release(id, nonce)?)
     }
 
     /// Records an operation on an existing machine. Refused at once (nothing recorded) when the
@@ -392,6 +506,9 @@ impl<E: Effects> Machines<E> {
             };
             machine = m;
             op = o;
+        }
+        if machine.state == State::Destroyed {
+            self.leases.drop_machine(&machine.id);
         }
         Ok(OpOutcome {
             operation: op,

@@ -8,6 +8,7 @@
 //! API boundary: [`Store`] (open, typed reads, [`Store::write`] with a closure over [`WriteCtx`]),
 //! [`StoreOptions`], [`StoreError`], the slow-op hook ([`SlowOp`]).
 
+pub mod admission;
 mod codec;
 mod compact;
 mod error;
@@ -179,6 +180,7 @@ impl Store {
         }
         let db: DbSlot = Arc::new(RwLock::new(Arc::new(db)));
         let (next_seq, next_op_id) = Writer::load_counters(&slot_get(&db))?;
+        let admission = admission::AdmissionIndex::load(&slot_get(&db))?;
         timings.finish("open", start, 0, 0, || format!("open {}", path.display()));
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let poisoned = Arc::new(AtomicBool::new(false));
@@ -199,6 +201,7 @@ impl Store {
             next_op_id,
             indexer: writer::Indexer::default(),
             cache: Default::default(),
+            admission,
         };
         let handle = std::thread::Builder::new()
             .name("berth-store-writer".into())

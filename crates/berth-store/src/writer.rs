@@ -216,6 +216,7 @@ pub struct WriteCtx<'a, 'txn> {
     pub(crate) txn: &'a redb::WriteTransaction,
     pub(crate) dirty: &'a mut Dirty,
     pub(crate) cache: &'a mut HashMap<MachineId, MachineRecord>,
+    pub(crate) admission: &'a mut crate::admission::AdmissionIndex,
     staged: Staged,
     committed_seq: u64,
     committed_op_id: u64,
@@ -267,6 +268,7 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
                 .insert(id.as_str(), bytes.as_slice())
                 .map_err(StoreError::db("write machine"))?;
             self.dirty.machine(id.as_str());
+            self.admission.observe(&rec);
             self.cache.insert(id, rec);
         }
         for ev in staged.events {
@@ -315,6 +317,7 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
                             .remove(id.as_str())
                             .map_err(StoreError::db("remove machine"))?;
                         self.cache.remove(id);
+                        self.admission.forget(id);
                         self.dirty.machine(id.as_str());
                     }
                     Removal::History(id, version) => {
@@ -613,6 +616,8 @@ pub(crate) struct Writer {
     /// Decoded machine records as last committed: the writer is the only writer, so it can skip
     /// reading and decoding a record it already holds.
     pub cache: HashMap<MachineId, MachineRecord>,
+    /// Live machines, their names and recent Idempotency-Keys (`admission.rs`).
+    pub admission: crate::admission::AdmissionIndex,
 }
 
 /// The writer's record cache is dropped when it grows past this (a host runs far fewer).
@@ -896,6 +901,7 @@ impl Writer {
                 txn: &txn,
                 dirty: &mut self.dirty,
                 cache: &mut self.cache,
+                admission: &mut self.admission,
                 staged: Staged::default(),
                 committed_seq: self.next_seq,
                 committed_op_id: self.next_op_id,

@@ -13,8 +13,49 @@ pub const SIGNALS: [&str; 12] = [
     "SIGCONT", "SIGWINCH", "SIGPWR", "SIGABRT",
 ];
 
+/// Bounds on what a create may carry. A real control plane stays far below each; they exist so
+/// that no request can make the agent hold (or store, or echo back) unbounded input.
+pub mod limits {
+    /// Longest machine name, in bytes.
+    pub const NAME_MAX: usize = 63;
+    /// Most metadata entries.
+    pub const METADATA_ENTRIES: usize = 64;
+    /// Longest metadata key, in bytes.
+    pub const METADATA_KEY_MAX: usize = 128;
+    /// Longest metadata value, in bytes.
+    pub const METADATA_VALUE_MAX: usize = 1024;
+    /// Most arguments in `cmd` (program included).
+    pub const CMD_ARGS: usize = 1024;
+    /// Most bytes in all of `cmd`'s arguments together.
+    pub const CMD_BYTES: usize = 128 * 1024;
+    /// Most environment variables.
+    pub const ENV_ENTRIES: usize = 1024;
+    /// Longest environment variable name, in bytes.
+    pub const ENV_KEY_MAX: usize = 256;
+    /// Longest environment variable value, in bytes (below Linux's 128 KiB per string).
+    pub const ENV_VALUE_MAX: usize = 64 * 1024;
+    /// Most bytes in the whole environment (names and values).
+    pub const ENV_BYTES: usize = 256 * 1024;
+    /// Longest working directory, in bytes (`PATH_MAX`).
+    pub const WORKDIR_MAX: usize = 4096;
+    /// Longest signal name accepted for parsing, in bytes.
+    pub const SIGNAL_MAX: usize = 16;
+    /// Longest lease description, in bytes.
+    pub const LEASE_DESCRIPTION_MAX: usize = 1024;
+    /// Longest Idempotency-Key, in bytes.
+    pub const IDEMPOTENCY_KEY_MAX: usize = 255;
+}
+
 /// Normalizes a signal name (`TERM`, `sigterm`, `SIGTERM` → `SIGTERM`), or says why it is not one.
 pub fn normalize_signal(name: &str) -> Result<&'static str, String> {
+    if name.len() > limits::SIGNAL_MAX {
+        return Err(format!(
+            "unknown signal ({} bytes; a signal name is at most {} bytes); expected one of {}",
+            name.len(),
+            limits::SIGNAL_MAX,
+            SIGNALS.join(", ")
+        ));
+    }
     let upper = name.trim().to_ascii_uppercase();
     let full = if upper.starts_with("SIG") {
         upper
@@ -133,13 +174,124 @@ pub struct ConfigError {
     pub field: String,
     /// What is wrong with it.
     pub reason: String,
+    /// Whether it is a size or count over its limit (`too_large`) rather than a bad value.
+    pub too_large: bool,
 }
 
 fn bad(field: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         field: field.to_owned(),
         reason: reason.into(),
+        too_large: false,
     }
+}
+
+fn too_large(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.to_owned(),
+        reason: reason.into(),
+        too_large: true,
+    }
+}
+
+/// An input over a size or count limit, or malformed; the message names the field and the limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InputError {
+    /// What is wrong, naming the field.
+    pub message: String,
+    /// Whether it is about size (`too_large`, 413) rather than a bad value (`invalid`, 400).
+    pub too_large: bool,
+}
+
+impl From<ConfigError> for InputError {
+    fn from(e: ConfigError) -> Self {
+        Self {
+            message: e.to_string(),
+            too_large: e.too_large,
+        }
+    }
+}
+
+fn input(too_large: bool, message: String) -> InputError {
+    InputError { message, too_large }
+}
+
+/// Checks a machine name: 1 to [`limits::NAME_MAX`] bytes of `[A-Za-z0-9._-]`, starting with a
+/// letter or digit (so it is safe in a URL, a shell and a log line).
+pub fn validate_name(name: &str) -> Result<(), InputError> {
+    if name.len() > limits::NAME_MAX {
+        return Err(input(
+            true,
+            format!(
+                "name: {} bytes long; the limit is {}",
+                name.len(),
+                limits::NAME_MAX
+            ),
+        ));
+    }
+    let ok_first = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_rest = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !(ok_first && ok_rest) {
+        return Err(input(
+            false,
+            format!(
+                "name: {name:?} must be 1 to {} characters of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+                limits::NAME_MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks caller-owned metadata: at most [`limits::METADATA_ENTRIES`] entries, keys of 1 to
+/// [`limits::METADATA_KEY_MAX`] bytes without control characters, values up to
+/// [`limits::METADATA_VALUE_MAX`] bytes.
+pub fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), InputError> {
+    if metadata.len() > limits::METADATA_ENTRIES {
+        return Err(input(
+            true,
+            format!(
+                "metadata: {} entries; the limit is {}",
+                metadata.len(),
+                limits::METADATA_ENTRIES
+            ),
+        ));
+    }
+    for (k, v) in metadata {
+        if k.len() > limits::METADATA_KEY_MAX {
+            return Err(input(
+                true,
+                format!(
+                    "metadata: a key is {} bytes long; the limit is {}",
+                    k.len(),
+                    limits::METADATA_KEY_MAX
+                ),
+            ));
+        }
+        if k.is_empty() || k.chars().any(char::is_control) {
+            return Err(input(
+                false,
+                format!("metadata: invalid key {k:?} (empty, or with control characters)"),
+            ));
+        }
+        if v.len() > limits::METADATA_VALUE_MAX {
+            return Err(input(
+                true,
+                format!(
+                    "metadata.{k}: value is {} bytes long; the limit is {}",
+                    v.len(),
+                    limits::METADATA_VALUE_MAX
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl MachineConfig {
@@ -167,21 +319,92 @@ impl MachineConfig {
                 "must name a program (a non-empty array of strings)",
             ));
         }
-        if let Some(arg) = self.cmd.iter().find(|a| a.contains('\0')) {
-            return Err(bad("cmd", format!("argument {arg:?} contains a NUL byte")));
+        if self.cmd.len() > limits::CMD_ARGS {
+            return Err(too_large(
+                "cmd",
+                format!(
+                    "{} arguments; the limit is {}",
+                    self.cmd.len(),
+                    limits::CMD_ARGS
+                ),
+            ));
         }
+        let cmd_bytes: usize = self.cmd.iter().map(String::len).sum();
+        if cmd_bytes > limits::CMD_BYTES {
+            return Err(too_large(
+                "cmd",
+                format!(
+                    "{cmd_bytes} bytes of arguments; the limit is {}",
+                    limits::CMD_BYTES
+                ),
+            ));
+        }
+        if let Some(i) = self.cmd.iter().position(|a| a.contains('\0')) {
+            return Err(bad("cmd", format!("argument {i} contains a NUL byte")));
+        }
+        if self.env.len() > limits::ENV_ENTRIES {
+            return Err(too_large(
+                "env",
+                format!(
+                    "{} variables; the limit is {}",
+                    self.env.len(),
+                    limits::ENV_ENTRIES
+                ),
+            ));
+        }
+        let mut env_bytes = 0;
         for (k, v) in &self.env {
+            if k.len() > limits::ENV_KEY_MAX {
+                return Err(too_large(
+                    "env",
+                    format!(
+                        "a variable name is {} bytes long; the limit is {}",
+                        k.len(),
+                        limits::ENV_KEY_MAX
+                    ),
+                ));
+            }
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(bad("env", format!("invalid variable name {k:?}")));
+            }
+            if v.len() > limits::ENV_VALUE_MAX {
+                return Err(too_large(
+                    &format!("env.{k}"),
+                    format!(
+                        "value is {} bytes long; the limit is {}",
+                        v.len(),
+                        limits::ENV_VALUE_MAX
+                    ),
+                ));
             }
             if v.contains('\0') {
                 return Err(bad("env", format!("value of {k} contains a NUL byte")));
             }
+            env_bytes += k.len() + v.len();
         }
-        if let Some(w) = &self.workdir
-            && !w.starts_with('/')
-        {
-            return Err(bad("workdir", format!("{w:?} must be an absolute path")));
+        if env_bytes > limits::ENV_BYTES {
+            return Err(too_large(
+                "env",
+                format!(
+                    "{env_bytes} bytes in all; the limit is {}",
+                    limits::ENV_BYTES
+                ),
+            ));
+        }
+        if let Some(w) = &self.workdir {
+            if w.len() > limits::WORKDIR_MAX {
+                return Err(too_large(
+                    "workdir",
+                    format!(
+                        "{} bytes long; the limit is {}",
+                        w.len(),
+                        limits::WORKDIR_MAX
+                    ),
+                ));
+            }
+            if !w.starts_with('/') || w.contains('\0') {
+                return Err(bad("workdir", format!("{w:?} must be an absolute path")));
+            }
         }
         self.stop.signal = normalize_signal(&self.stop.signal)
             .map_err(|e| bad("stop.signal", e))?
@@ -257,5 +480,86 @@ mod tests {
             let err = parse(json).unwrap_err();
             assert!(err.contains(want), "{json}: {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod bounds {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_bound_names_its_field_and_limit() {
+        let big = |n: usize| "x".repeat(n);
+        let mut c = MachineConfig::command(["x"]);
+        c.cmd = vec!["x".into(); limits::CMD_ARGS + 1];
+        let e = c.validate().unwrap_err();
+        assert!(e.too_large && e.field == "cmd", "{e}");
+        assert!(e.to_string().contains("1024"), "{e}");
+
+        let mut c = MachineConfig::command([big(limits::CMD_BYTES + 1)]);
+        assert!(c.validate().unwrap_err().too_large);
+
+        let mut c = MachineConfig::command(["x"]);
+        c.env.insert("K".into(), big(limits::ENV_VALUE_MAX + 1));
+        let e = c.validate().unwrap_err();
+        assert!(e.too_large && e.field == "env.K", "{e}");
+
+        let mut c = MachineConfig::command(["x"]);
+        for i in 0..=limits::ENV_ENTRIES {
+            c.env.insert(format!("K{i}"), String::new());
+        }
+        assert!(c.validate().unwrap_err().too_large);
+
+        let mut c = MachineConfig::command(["x"]);
+        c.env.insert(big(limits::ENV_KEY_MAX + 1), String::new());
+        assert!(c.validate().unwrap_err().too_large);
+
+        let mut c = MachineConfig::command(["x"]);
+        c.workdir = Some(format!("/{}", big(limits::WORKDIR_MAX)));
+        assert!(c.validate().unwrap_err().too_large);
+
+        // Right at the limits, everything passes.
+        let mut c = MachineConfig::command([big(1000)]);
+        c.env
+            .insert(big(limits::ENV_KEY_MAX), big(limits::ENV_VALUE_MAX));
+        c.validate().unwrap();
+
+        let e = normalize_signal(&big(1 << 20)).unwrap_err();
+        assert!(
+            e.len() < 300,
+            "a huge signal name is not echoed back: {} bytes",
+            e.len()
+        );
+        assert_eq!(normalize_signal("term").unwrap(), "SIGTERM");
+    }
+
+    #[test]
+    fn names_and_metadata() {
+        validate_name("web-1.prod_a").unwrap();
+        validate_name(&"a".repeat(limits::NAME_MAX)).unwrap();
+        assert!(
+            validate_name(&"a".repeat(limits::NAME_MAX + 1))
+                .unwrap_err()
+                .too_large
+        );
+        for bad in ["", "-x", "a b", "a/b", "é", "a\n"] {
+            let e = validate_name(bad).unwrap_err();
+            assert!(
+                !e.too_large && e.message.starts_with("name:"),
+                "{bad:?}: {e}"
+            );
+        }
+        let mut m = BTreeMap::new();
+        m.insert("k".to_owned(), "x".repeat(limits::METADATA_VALUE_MAX + 1));
+        let e = validate_metadata(&m).unwrap_err();
+        assert!(e.too_large && e.message.contains("metadata.k"), "{e}");
+        let m: BTreeMap<String, String> = (0..=limits::METADATA_ENTRIES)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
+        assert!(validate_metadata(&m).unwrap_err().too_large);
+        let mut m = BTreeMap::new();
+        m.insert("a\u{7}".to_owned(), String::new());
+        assert!(!validate_metadata(&m).unwrap_err().too_large);
     }
 }
