@@ -119,7 +119,7 @@ fn read_schema(
 }
 
 /// Runs `f`, turning a panic inside redb (which a damaged file can cause) into an error.
-fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
         p.downcast_ref::<String>()
             .cloned()
@@ -288,7 +288,7 @@ fn read_schema_rw(path: &Path, db: &Database) -> Result<u32> {
     Ok(version.unwrap_or(0))
 }
 
-fn aside_path(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn aside_path(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path
         .file_name()
         .map(|n| n.to_os_string())
