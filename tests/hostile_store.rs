@@ -300,6 +300,7 @@ fn a_full_disk_answers_unavailable_and_recovers_without_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let fs = SmallFs::mount(tmp.path(), "24m");
     let dir = fs.dir.join("data");
+    // berthd's log is on the full disk too: a log line it cannot write must not kill anything.
     let mut agent = Agent::start_logged(&dir, "");
     let rt = rt();
     let c = agent.socket();
@@ -352,7 +353,13 @@ fn a_full_disk_answers_unavailable_and_recovers_without_a_restart() {
         );
     }
     let h = rt.block_on(c.health()).unwrap();
-    assert_eq!(h.status, "degraded", "{h:?}");
+    assert_eq!(
+        h.status,
+        "degraded",
+        "{h:?} after {} acked; {refused}\n{}",
+        acked.len(),
+        agent.log_text()
+    );
 
     // Space comes back: the next creates succeed, without restarting berthd.
     std::fs::remove_file(&filler).unwrap();
