@@ -187,7 +187,7 @@ fn a_damaged_page_that_no_record_check_reads_is_found() {
     assert_eq!(v["pages"]["passed"], false, "{v}");
     let o = agent.cli(&["db", "check"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("pages: FAILED"), "{}", text(&o));
+    assert!(text(&o).contains("redb integrity: FAILED"), "{}", text(&o));
     // Reads keep answering, and berthd exits cleanly, without a panic.
     assert_eq!(
         rt.block_on(agent.socket().list(None, false)).unwrap().len(),

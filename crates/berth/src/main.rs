@@ -670,7 +670,7 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
                         r["machines"], r["events"], r["operations"]
                     );
                     println!(
-                        "pages: {} ({})",
+                        "redb integrity: {} ({})",
                         if v["pages"]["passed"].as_bool() == Some(true) {
                             "ok"
                         } else {
@@ -723,7 +723,7 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
                     println!("the file was not closed cleanly; it was repaired (--repair)");
                 }
                 println!(
-                    "pages: {} ({})",
+                    "redb integrity: {} ({})",
                     if pages.passed { "ok" } else { "FAILED" },
                     pages.detail
                 );
