@@ -301,7 +301,7 @@ pub(crate) fn stats_of(txn: &redb::ReadTransaction, path: &std::path::Path) -> R
         let mut live_bytes = 0u64;
         macro_rules! count {
             ($def:expr, $name:literal) => {{
-                let t = open_ro(&txn, $def, "stats")?;
+                let t = open_ro(txn, $def, "stats")?;
                 tables.insert($name.to_owned(), t.len().map_err(StoreError::db("stats"))?);
                 let s = t.stats().map_err(StoreError::db("stats"))?;
                 live_bytes += s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes();
@@ -312,10 +312,10 @@ pub(crate) fn stats_of(txn: &redb::ReadTransaction, path: &std::path::Path) -> R
         count!(EVENTS, "events");
         count!(OPERATIONS, "operations");
         count!(META, "meta");
-        let meta = open_ro(&txn, META, "stats")?;
-        let next_seq = crate::schema::next_seq(&meta, &open_ro(&txn, EVENTS, "stats")?)?;
-        let history_seq = history_watermark(&txn)?;
-        let first_seq = open_ro(&txn, EVENTS, "stats")?
+        let meta = open_ro(txn, META, "stats")?;
+        let next_seq = crate::schema::next_seq(&meta, &open_ro(txn, EVENTS, "stats")?)?;
+        let history_seq = history_watermark(txn)?;
+        let first_seq = open_ro(txn, EVENTS, "stats")?
             .first()
             .map_err(StoreError::db("stats"))?
             .map(|(k, _)| k.value());
@@ -365,10 +365,10 @@ pub(crate) fn check_of(txn: &redb::ReadTransaction) -> Result<CheckReport> {
         let mut report = CheckReport::default();
         let p = &mut report.problems;
 
-        let meta = open_ro(&txn, META, "check")?;
-        let next_seq = crate::schema::next_seq(&meta, &open_ro(&txn, EVENTS, "check")?)?;
+        let meta = open_ro(txn, META, "check")?;
+        let next_seq = crate::schema::next_seq(&meta, &open_ro(txn, EVENTS, "check")?)?;
 
-        let history_t = open_ro(&txn, HISTORY, "check")?;
+        let history_t = open_ro(txn, HISTORY, "check")?;
         let mut histories: BTreeMap<String, Vec<Event>> = BTreeMap::new();
         for entry in history_t.iter().map_err(StoreError::db("check"))? {
             let (k, v) = entry.map_err(StoreError::db("check"))?;
@@ -387,9 +387,9 @@ pub(crate) fn check_of(txn: &redb::ReadTransaction) -> Result<CheckReport> {
             }
         }
 
-        let watermark = history_watermark(&txn)?;
+        let watermark = history_watermark(txn)?;
         let mut machine_ids = std::collections::BTreeSet::new();
-        for entry in open_ro(&txn, MACHINES, "check")?
+        for entry in open_ro(txn, MACHINES, "check")?
             .iter()
             .map_err(StoreError::db("check"))?
         {
@@ -402,7 +402,7 @@ pub(crate) fn check_of(txn: &redb::ReadTransaction) -> Result<CheckReport> {
             .iter()
             .filter_map(|(m, h)| h.first().map(|e| (m.clone(), e.version)))
             .collect();
-        let events_t = open_ro(&txn, EVENTS, "check")?;
+        let events_t = open_ro(txn, EVENTS, "check")?;
         let mut prev: Option<u64> = None;
         for entry in events_t.iter().map_err(StoreError::db("check"))? {
             let (k, v) = entry.map_err(StoreError::db("check"))?;
@@ -459,7 +459,7 @@ pub(crate) fn check_of(txn: &redb::ReadTransaction) -> Result<CheckReport> {
             }
         }
 
-        let machines_t = open_ro(&txn, MACHINES, "check")?;
+        let machines_t = open_ro(txn, MACHINES, "check")?;
         let mut active_ops: BTreeMap<u64, String> = BTreeMap::new();
         for entry in machines_t.iter().map_err(StoreError::db("check"))? {
             let (k, v) = entry.map_err(StoreError::db("check"))?;
@@ -490,7 +490,7 @@ pub(crate) fn check_of(txn: &redb::ReadTransaction) -> Result<CheckReport> {
             }
         }
 
-        let ops_t = open_ro(&txn, OPERATIONS, "check")?;
+        let ops_t = open_ro(txn, OPERATIONS, "check")?;
         for entry in ops_t.iter().map_err(StoreError::db("check"))? {
             let (k, v) = entry.map_err(StoreError::db("check"))?;
             report.operations += 1;
@@ -609,7 +609,7 @@ pub(crate) fn backup_of(txn: &redb::ReadTransaction, dest: &std::path::Path) -> 
         let mut rows = 0u64;
         macro_rules! copy {
             ($def:expr) => {{
-                let src = open_ro(&txn, $def, "backup")?;
+                let src = open_ro(txn, $def, "backup")?;
                 let mut dst = w.open_table($def).map_err(StoreError::db("backup"))?;
                 for entry in src.iter().map_err(StoreError::db("backup"))? {
                     let (k, v) = entry.map_err(StoreError::db("backup"))?;
