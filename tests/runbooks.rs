@@ -580,7 +580,7 @@ fn agent_down_runbook() {
         "berth host status",
         "curl -sS --max-time 5 --unix-socket ${BERTH_DATA_DIR:-/var/lib/berth}/berth.sock http://localhost/v1/health",
         "journalctl -u berthd -n 20 --no-pager",
-        "berth db check --offline",
+        "berth db check --offline --repair",
         "systemctl start berthd",
         "berth host health",
         "berth machine list",

@@ -71,7 +71,7 @@ impl From<&StoreError> for ApiError {
             | StoreError::VersionMismatch { .. }
             | StoreError::Busy { .. } => Self::conflict(msg),
             StoreError::Overloaded { .. } => Self::overloaded(msg),
-            StoreError::Closed | StoreError::Poisoned(_) => {
+            StoreError::Closed | StoreError::Poisoned(_) | StoreError::CommitFailed(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg)
             }
             _ => Self::internal(msg),

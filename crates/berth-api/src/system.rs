@@ -22,7 +22,7 @@ pub(crate) async fn health(State(lane): State<Lane>) -> Json<Health> {
         if store.is_poisoned() {
             Check {
                 ok: false,
-                detail: "a commit failed; the store refuses writes until berthd restarts".into(),
+                detail: "the last database commit failed (a full disk?); writes answer unavailable while the store reopens the database and retries with backoff; it recovers by itself once a commit succeeds".into(),
             }
         } else {
             let w = store.writer_stats();
@@ -286,15 +286,20 @@ pub(crate) async fn db_backup(State(lane): State<Lane>) -> ApiResult<Response> {
         .into_response())
 }
 
-/// Consistency check of the live database (cross-table invariants, in one read snapshot). redb's
-/// page-level integrity check needs the file to itself: `berth db check --offline`.
+/// Check of the live database: every page's checksum (on a copy made between two commits, see
+/// `Store::verify_pages`), then every record and the cross-table invariants in one read snapshot.
 pub(crate) async fn db_check(State(lane): State<Lane>) -> ApiResult<Json<serde_json::Value>> {
     let store = lane.shared.agent.store().clone();
-    let report = tokio::task::spawn_blocking(move || store.check())
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let (pages, report) = tokio::task::spawn_blocking(move || {
+        let pages = store.verify_pages()?;
+        store.check().map(|report| (pages, report))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(Json(serde_json::json!({
-        "ok": report.is_ok(),
+        "ok": pages.passed && report.is_ok(),
+        "integrity_passed": pages.passed,
+        "pages": pages,
         "schema_version": berth_store::SCHEMA_VERSION,
         "report": report,
     })))

@@ -368,11 +368,12 @@ impl Store {
         remove_leftover(&path)?;
 
         self.phase("copy");
-        self.control(|w| {
+        let epoch = self.control(|w| {
             w.dirty = Dirty {
                 enabled: true,
                 ..Dirty::default()
-            }
+            };
+            w.recovery.reopens
         })?;
         let snapshot = self
             .db()
@@ -443,6 +444,13 @@ impl Store {
         let tmp_owned = tmp.to_owned();
         let swap_path = path.clone();
         let (pause, last_keys, old) = self.control(move |w: &mut Writer| {
+            if w.recovery.reopens != epoch || w.recovery.needs_reopen {
+                // A commit failed since the copy began and the writer reopened the file (or must):
+                // what the copy missed is not known for sure, so the copy is abandoned.
+                return Err(StoreError::CommitFailed(
+                    "a commit failed during the compaction; the compacted copy is abandoned".into(),
+                ));
+            }
             swap(w, new, &tmp_owned, &swap_path, hook.as_deref())
         })??;
         caught_up += last_keys;

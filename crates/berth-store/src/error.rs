@@ -99,6 +99,17 @@ pub enum StoreError {
         /// What was found.
         reason: String,
     },
+    /// The file was not closed cleanly and reading it needs redb's repair, which writes to it; an
+    /// offline command refuses that unless asked.
+    #[error(
+        "{path} was not closed cleanly (berthd crashed or was killed) and needs repair, which \
+         writes to it; the file was left untouched — start berthd (it repairs safely, keeping a \
+         copy aside) or run `berth db check --offline --repair`"
+    )]
+    NeedsRepair {
+        /// The database file.
+        path: PathBuf,
+    },
     /// Another process holds the database.
     #[error("{path} is held by another process (is another berthd running on this data dir?)")]
     Locked {
@@ -139,8 +150,12 @@ pub enum StoreError {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
-    /// A commit failed earlier; the store refuses writes until it is reopened.
-    #[error("the store stopped accepting writes after a failed commit ({0}); restart berthd")]
+    /// A commit failed recently; writes are refused until the store has reopened the database
+    /// and the retry backoff has passed (a full disk: free space and writes resume by themselves).
+    #[error(
+        "the database refuses writes for now after a failed commit ({0}); it reopens the file and \
+         retries by itself — if the disk is full, free space"
+    )]
     Poisoned(String),
     /// A commit failed; the write was not acknowledged.
     #[error("commit failed, write not applied: {0}")]

@@ -12,6 +12,7 @@ pub mod admission;
 mod codec;
 mod compact;
 mod error;
+mod offline;
 mod read;
 mod retention;
 pub mod schema;
@@ -28,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use compact::{CompactionProgress, CompactionReport};
 pub use error::{Result, StoreError};
+pub use offline::{OfflineDb, PageCheck};
 pub use read::{CheckReport, StoreStats};
 pub use retention::{RetentionPolicy, RetentionReport};
 pub use schema::{IntegrityReport, OpenKind, SCHEMA_VERSION, check_file_integrity};
@@ -137,8 +139,29 @@ impl Drop for Inner {
         // Closing the queue lets the writer commit what is queued and exit; joining it means the
         // file is closed (and its lock released) when the last handle is gone.
         self.tx = None;
-        if let Some(h) = self.writer.take() {
-            let _ = h.join();
+        if let Some(h) = self.writer.take()
+            && h.join().is_err()
+        {
+            tracing::error!("the database writer thread panicked while closing");
+        }
+        // redb can panic closing a damaged file (its close walks the trees): catch it, so that
+        // berthd still exits with a message rather than a panic. The file is then left as after a
+        // crash, and the next open repairs it safely (or refuses it as damaged).
+        let Ok(placeholder) =
+            redb::Builder::new().create_with_backend(redb::backends::InMemoryBackend::new())
+        else {
+            return;
+        };
+        let db = std::mem::replace(
+            &mut *self.db.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(placeholder),
+        );
+        if let Err(panic) = schema::guarded(move || drop(db)) {
+            tracing::error!(
+                path = %self.path.display(),
+                panic = %panic,
+                "closing the database failed: redb panicked (the file is damaged?); it was not closed cleanly — run `berth db check --offline` before starting berthd again"
+            );
         }
     }
 }
@@ -170,6 +193,7 @@ impl Store {
         );
         let start = timings.start();
         compact::remove_leftover(&path)?;
+        offline::remove_leftover(&path)?;
         let (db, open_kind) = schema::open_database(&path, options.cache_size)?;
         let caught_up = writer::catch_up_history(&db)?;
         if caught_up > 0 {
@@ -202,6 +226,7 @@ impl Store {
             indexer: writer::Indexer::default(),
             cache: Default::default(),
             admission,
+            recovery: writer::Recovery::new(path.clone(), options.cache_size),
         };
         let handle = std::thread::Builder::new()
             .name("berth-store-writer".into())
@@ -237,7 +262,8 @@ impl Store {
         self.inner.open_kind
     }
 
-    /// Whether a commit has failed (the store then refuses writes until reopened).
+    /// Whether the last commit failed and none has succeeded since: writes are refused while the
+    /// writer reopens the database and waits out its retry backoff (see *The life of a write*).
     pub fn is_poisoned(&self) -> bool {
         self.inner.poisoned.load(Ordering::Acquire)
     }

@@ -132,7 +132,7 @@ impl Store {
     }
 
     /// One machine, if it exists.
-    pub fn machine(&self, id: &MachineId) -> Result<Option<MachineRecord>> {
+    fn machine_unguarded(&self, id: &MachineId) -> Result<Option<MachineRecord>> {
         let start = self.inner.timings.start();
         let txn = self.read_txn("get_machine")?;
         let table = open_ro(&txn, MACHINES, "get_machine")?;
@@ -150,7 +150,7 @@ impl Store {
     }
 
     /// Every machine, in id order.
-    pub fn machines(&self) -> Result<Vec<MachineRecord>> {
+    fn machines_unguarded(&self) -> Result<Vec<MachineRecord>> {
         let start = self.inner.timings.start();
         let txn = self.read_txn("list_machines")?;
         let table = open_ro(&txn, MACHINES, "list_machines")?;
@@ -170,7 +170,7 @@ impl Store {
     ///
     /// The `history` table is an index the writer materializes from the event log in bulk; events
     /// above its `history_seq` watermark are read from the log, in the same snapshot.
-    pub fn history(&self, id: &MachineId) -> Result<Vec<Event>> {
+    fn history_unguarded(&self, id: &MachineId) -> Result<Vec<Event>> {
         let start = self.inner.timings.start();
         let txn = self.read_txn("history")?;
         let table = open_ro(&txn, HISTORY, "history")?;
@@ -205,7 +205,7 @@ impl Store {
     }
 
     /// Up to `limit` host-wide events with `seq > after`, oldest first.
-    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+    fn events_after_unguarded(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
         let start = self.inner.timings.start();
         let txn = self.read_txn("events")?;
         let table = open_ro(&txn, EVENTS, "events")?;
@@ -233,7 +233,7 @@ impl Store {
     }
 
     /// The highest seq committed so far (0 if none).
-    pub fn last_seq(&self) -> Result<u64> {
+    fn last_seq_unguarded(&self) -> Result<u64> {
         let txn = self.read_txn("last_seq")?;
         let meta = open_ro(&txn, META, "last_seq")?;
         let events = open_ro(&txn, EVENTS, "last_seq")?;
@@ -241,7 +241,7 @@ impl Store {
     }
 
     /// Operations in flight, oldest first: after a restart, the ones to resume.
-    pub fn operations(&self) -> Result<Vec<OperationRecord>> {
+    fn operations_unguarded(&self) -> Result<Vec<OperationRecord>> {
         let start = self.inner.timings.start();
         let txn = self.read_txn("operations")?;
         let table = open_ro(&txn, OPERATIONS, "operations")?;
@@ -266,7 +266,7 @@ impl Store {
     }
 
     /// One operation in flight, if it still is.
-    pub fn operation(&self, op_id: u64) -> Result<Option<OperationRecord>> {
+    fn operation_unguarded(&self, op_id: u64) -> Result<Option<OperationRecord>> {
         let start = self.inner.timings.start();
         let txn = self.read_txn("operation")?;
         let table = open_ro(&txn, OPERATIONS, "operation")?;
@@ -281,15 +281,27 @@ impl Store {
     }
 
     /// File size, bytes in use and rows per table.
-    pub fn stats(&self) -> Result<StoreStats> {
+    fn stats_unguarded(&self) -> Result<StoreStats> {
         let start = self.inner.timings.start();
-        let (file_size_bytes, file_allocated_bytes) = crate::compact::file_sizes(&self.inner.path)?;
         let txn = self.read_txn("stats")?;
+        let mut st = stats_of(&txn, &self.inner.path)?;
+        st.compaction = self.compaction_progress();
+        self.inner
+            .timings
+            .finish("stats", start, 0, 0, || "stats".into());
+        Ok(st)
+    }
+}
+
+/// [`Store::stats`] over one read transaction (no compaction progress: that is the store's).
+pub(crate) fn stats_of(txn: &redb::ReadTransaction, path: &std::path::Path) -> Result<StoreStats> {
+    {
+        let (file_size_bytes, file_allocated_bytes) = crate::compact::file_sizes(path)?;
         let mut tables = BTreeMap::new();
         let mut live_bytes = 0u64;
         macro_rules! count {
             ($def:expr, $name:literal) => {{
-                let t = open_ro(&txn, $def, "stats")?;
+                let t = open_ro(txn, $def, "stats")?;
                 tables.insert($name.to_owned(), t.len().map_err(StoreError::db("stats"))?);
                 let s = t.stats().map_err(StoreError::db("stats"))?;
                 live_bytes += s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes();
@@ -300,10 +312,10 @@ impl Store {
         count!(EVENTS, "events");
         count!(OPERATIONS, "operations");
         count!(META, "meta");
-        let meta = open_ro(&txn, META, "stats")?;
-        let next_seq = crate::schema::next_seq(&meta, &open_ro(&txn, EVENTS, "stats")?)?;
-        let history_seq = history_watermark(&txn)?;
-        let first_seq = open_ro(&txn, EVENTS, "stats")?
+        let meta = open_ro(txn, META, "stats")?;
+        let next_seq = crate::schema::next_seq(&meta, &open_ro(txn, EVENTS, "stats")?)?;
+        let history_seq = history_watermark(txn)?;
+        let first_seq = open_ro(txn, EVENTS, "stats")?
             .first()
             .map_err(StoreError::db("stats"))?
             .map(|(k, _)| k.value());
@@ -315,9 +327,6 @@ impl Store {
             Some(v) => serde_json::from_slice(v.value()).ok(),
             None => None,
         };
-        self.inner
-            .timings
-            .finish("stats", start, 0, 0, || "stats".into());
         Ok(StoreStats {
             file_size_bytes,
             file_allocated_bytes,
@@ -327,25 +336,39 @@ impl Store {
             history_seq,
             first_seq,
             last_compaction,
-            compaction: self.compaction_progress(),
+            compaction: None,
         })
     }
+}
 
+impl Store {
     /// Decodes every record and checks the cross-table invariants in one snapshot:
     /// keys match their records; the event log's seqs are contiguous and below `next_seq`; every
     /// event is the same as its history row; each machine's history is versions `1..=version`
     /// (or a contiguous suffix of them, where retention trimmed it) and, when complete, folds to
     /// the record; every operation in flight belongs to a machine that points back at it.
-    pub fn check(&self) -> Result<CheckReport> {
+    fn check_unguarded(&self) -> Result<CheckReport> {
         let start = self.inner.timings.start();
         let txn = self.read_txn("check")?;
+        let report = check_of(&txn)?;
+        let n = report.machines + report.events;
+        self.inner
+            .timings
+            .finish("check", start, n as usize, 0, || "consistency check".into());
+        Ok(report)
+    }
+}
+
+/// [`Store::check`] over one read transaction.
+pub(crate) fn check_of(txn: &redb::ReadTransaction) -> Result<CheckReport> {
+    {
         let mut report = CheckReport::default();
         let p = &mut report.problems;
 
-        let meta = open_ro(&txn, META, "check")?;
-        let next_seq = crate::schema::next_seq(&meta, &open_ro(&txn, EVENTS, "check")?)?;
+        let meta = open_ro(txn, META, "check")?;
+        let next_seq = crate::schema::next_seq(&meta, &open_ro(txn, EVENTS, "check")?)?;
 
-        let history_t = open_ro(&txn, HISTORY, "check")?;
+        let history_t = open_ro(txn, HISTORY, "check")?;
         let mut histories: BTreeMap<String, Vec<Event>> = BTreeMap::new();
         for entry in history_t.iter().map_err(StoreError::db("check"))? {
             let (k, v) = entry.map_err(StoreError::db("check"))?;
@@ -364,9 +387,9 @@ impl Store {
             }
         }
 
-        let watermark = history_watermark(&txn)?;
+        let watermark = history_watermark(txn)?;
         let mut machine_ids = std::collections::BTreeSet::new();
-        for entry in open_ro(&txn, MACHINES, "check")?
+        for entry in open_ro(txn, MACHINES, "check")?
             .iter()
             .map_err(StoreError::db("check"))?
         {
@@ -379,7 +402,7 @@ impl Store {
             .iter()
             .filter_map(|(m, h)| h.first().map(|e| (m.clone(), e.version)))
             .collect();
-        let events_t = open_ro(&txn, EVENTS, "check")?;
+        let events_t = open_ro(txn, EVENTS, "check")?;
         let mut prev: Option<u64> = None;
         for entry in events_t.iter().map_err(StoreError::db("check"))? {
             let (k, v) = entry.map_err(StoreError::db("check"))?;
@@ -436,7 +459,7 @@ impl Store {
             }
         }
 
-        let machines_t = open_ro(&txn, MACHINES, "check")?;
+        let machines_t = open_ro(txn, MACHINES, "check")?;
         let mut active_ops: BTreeMap<u64, String> = BTreeMap::new();
         for entry in machines_t.iter().map_err(StoreError::db("check"))? {
             let (k, v) = entry.map_err(StoreError::db("check"))?;
@@ -467,7 +490,7 @@ impl Store {
             }
         }
 
-        let ops_t = open_ro(&txn, OPERATIONS, "check")?;
+        let ops_t = open_ro(txn, OPERATIONS, "check")?;
         for entry in ops_t.iter().map_err(StoreError::db("check"))? {
             let (k, v) = entry.map_err(StoreError::db("check"))?;
             report.operations += 1;
@@ -489,10 +512,6 @@ impl Store {
                 "machine {m} points at operation {op}, which is not in flight"
             ));
         }
-        let n = report.machines + report.events;
-        self.inner
-            .timings
-            .finish("check", start, n as usize, 0, || "consistency check".into());
         Ok(report)
     }
 }
@@ -560,7 +579,7 @@ fn check_history(rec: &MachineRecord, history: &[Event], p: &mut Vec<String>) {
 impl Store {
     /// Writes a consistent copy of the database, as of one read snapshot, to a new file at
     /// `dest` (which must not exist). Writers are not paused: this is how berth backs up online.
-    pub fn backup_to(&self, dest: &std::path::Path) -> Result<u64> {
+    fn backup_to_unguarded(&self, dest: &std::path::Path) -> Result<u64> {
         let start = self.inner.timings.start();
         if dest.exists() {
             return Err(StoreError::Io {
@@ -572,12 +591,25 @@ impl Store {
             });
         }
         let txn = self.read_txn("backup")?;
+        let rows = backup_of(&txn, dest)?;
+        self.inner
+            .timings
+            .finish("backup", start, rows as usize, 0, || {
+                format!("backup of {rows} rows")
+            });
+        Ok(rows)
+    }
+}
+
+/// [`Store::backup_to`] over one read transaction; `dest` must not exist.
+pub(crate) fn backup_of(txn: &redb::ReadTransaction, dest: &std::path::Path) -> Result<u64> {
+    {
         let out = redb::Database::create(dest).map_err(StoreError::db("backup"))?;
         let w = out.begin_write().map_err(StoreError::db("backup"))?;
         let mut rows = 0u64;
         macro_rules! copy {
             ($def:expr) => {{
-                let src = open_ro(&txn, $def, "backup")?;
+                let src = open_ro(txn, $def, "backup")?;
                 let mut dst = w.open_table($def).map_err(StoreError::db("backup"))?;
                 for entry in src.iter().map_err(StoreError::db("backup"))? {
                     let (k, v) = entry.map_err(StoreError::db("backup"))?;
@@ -594,12 +626,106 @@ impl Store {
         copy!(OPERATIONS);
         w.commit().map_err(StoreError::db("backup"))?;
         drop(out);
-        self.inner
-            .timings
-            .finish("backup", start, rows as usize, 0, || {
-                format!("backup of {rows} rows")
-            });
         Ok(rows)
+    }
+}
+
+/// The public reads: each runs its read with redb's panics caught. A damaged page can make redb
+/// panic while it walks a tree; that is reported as [`StoreError::Damaged`] naming what was being
+/// read, never a panic in the caller.
+impl Store {
+    fn guard_read<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        crate::schema::guarded(f).map_err(|panic| StoreError::Damaged {
+            path: self.inner.path.clone(),
+            reason: format!("redb panicked reading {}: {panic}", what()),
+        })?
+    }
+
+    /// One machine, if it exists.
+    pub fn machine(&self, id: &MachineId) -> Result<Option<MachineRecord>> {
+        self.guard_read(
+            || format!("table machines at key {id}"),
+            || self.machine_unguarded(id),
+        )
+    }
+
+    /// Every machine, in id order.
+    pub fn machines(&self) -> Result<Vec<MachineRecord>> {
+        self.guard_read(|| "table machines".into(), || self.machines_unguarded())
+    }
+
+    /// A machine's history, oldest first (empty if the machine is unknown). The `history` index
+    /// is merged with the event log above its watermark, in the same snapshot.
+    pub fn history(&self, id: &MachineId) -> Result<Vec<Event>> {
+        self.guard_read(
+            || format!("tables history and events for machine {id}"),
+            || self.history_unguarded(id),
+        )
+    }
+
+    /// Up to `limit` host-wide events with `seq > after`, oldest first.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.guard_read(
+            || format!("table events after seq {after}"),
+            || self.events_after_unguarded(after, limit),
+        )
+    }
+
+    /// The highest seq committed so far (0 if none).
+    pub fn last_seq(&self) -> Result<u64> {
+        self.guard_read(
+            || "tables meta and events (last seq)".into(),
+            || self.last_seq_unguarded(),
+        )
+    }
+
+    /// Operations in flight, oldest first: after a restart, the ones to resume.
+    pub fn operations(&self) -> Result<Vec<OperationRecord>> {
+        self.guard_read(|| "table operations".into(), || self.operations_unguarded())
+    }
+
+    /// One operation in flight, if it still is.
+    pub fn operation(&self, op_id: u64) -> Result<Option<OperationRecord>> {
+        self.guard_read(
+            || format!("table operations at key {op_id}"),
+            || self.operation_unguarded(op_id),
+        )
+    }
+
+    /// File size, bytes in use and rows per table.
+    pub fn stats(&self) -> Result<StoreStats> {
+        self.guard_read(|| "every table (stats)".into(), || self.stats_unguarded())
+    }
+
+    /// Decodes every record and checks the cross-table invariants in one snapshot (see
+    /// `check_of`). A redb error or panic while reading is reported as a problem, not an error.
+    /// Page checksums are verified by [`Store::verify_pages`].
+    pub fn check(&self) -> Result<CheckReport> {
+        match self.guard_read(|| "every table (check)".into(), || self.check_unguarded()) {
+            Ok(r) => Ok(r),
+            Err(
+                e @ (StoreError::Db { .. }
+                | StoreError::Damaged { .. }
+                | StoreError::Corrupt { .. }),
+            ) => Ok(CheckReport {
+                problems: vec![format!("reading the database failed: {e}")],
+                ..CheckReport::default()
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a consistent copy of the database, as of one read snapshot, to a new file at
+    /// `dest` (which must not exist). Writers are not paused: this is how berth backs up online.
+    pub fn backup_to(&self, dest: &std::path::Path) -> Result<u64> {
+        self.guard_read(
+            || "every table (backup)".into(),
+            || self.backup_to_unguarded(dest),
+        )
     }
 }
 

@@ -118,9 +118,33 @@ fn read_schema(
     Ok(Some(u32::from_le_bytes(bytes)))
 }
 
+std::thread_local! {
+    /// Set while this thread runs [`guarded`]: a panic there is caught and reported as an error.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs (once) a panic hook that keeps quiet about panics [`guarded`] catches: they are
+/// reported as errors naming what was read, so the default hook's "thread panicked at" line on
+/// stderr would only mislead. Every other panic goes to the hook that was there before.
+fn quiet_guarded_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(|g| g.get()) {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Runs `f`, turning a panic inside redb (which a damaged file can cause) into an error.
-fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    quiet_guarded_panics();
+    let outer = GUARDED.with(|g| g.replace(true));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(outer));
+    r.map_err(|p| {
         p.downcast_ref::<String>()
             .cloned()
             .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
@@ -288,7 +312,7 @@ fn read_schema_rw(path: &Path, db: &Database) -> Result<u32> {
     Ok(version.unwrap_or(0))
 }
 
-fn aside_path(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn aside_path(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path
         .file_name()
         .map(|n| n.to_os_string())

@@ -234,7 +234,8 @@ enum DbCmd {
     Stats {
         #[command(flatten)]
         out: Out,
-        /// Open the data directory directly (no agent may hold it).
+        /// Open the data directory directly, read-only (no agent may hold it; a file that needs
+        /// repair is refused untouched).
         #[arg(long)]
         offline: bool,
     },
@@ -246,11 +247,20 @@ enum DbCmd {
         #[command(flatten)]
         out: Out,
     },
-    /// Integrity and consistency check.
+    /// Integrity and consistency check: every page's checksum, every record, the cross-table
+    /// invariants.
+    ///
+    /// With --offline the file is opened read-only and never written (the page check works on a
+    /// copy beside it, removed afterwards). A file that was not closed cleanly needs repair,
+    /// which writes: the check then says so and exits 1, unless --repair is given.
     Check {
-        /// Open the data directory directly (no agent may hold it).
+        /// Open the data directory directly (no agent may hold it); the file is not modified.
         #[arg(long)]
         offline: bool,
+        /// With --offline: repair a file that was not closed cleanly first, as berthd's open
+        /// does (a copy is kept aside as berth.redb.pre-repair until the repair succeeded).
+        #[arg(long, requires = "offline")]
+        repair: bool,
         #[command(flatten)]
         out: Out,
     },
@@ -263,7 +273,8 @@ enum DbCmd {
     Backup {
         /// Destination file (must not exist).
         file: PathBuf,
-        /// Open the data directory directly (no agent may hold it).
+        /// Open the data directory directly, read-only (no agent may hold it; a file that needs
+        /// repair is refused untouched).
         #[arg(long)]
         offline: bool,
     },
@@ -348,6 +359,26 @@ fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+fn offline_fail(e: berth_store::StoreError) -> Fail {
+    match e {
+        berth_store::StoreError::Locked { .. } => Fail(
+            1,
+            format!("{e}; an agent holds the data dir: run without --offline"),
+        ),
+        other => Fail(1, other.to_string()),
+    }
+}
+
+/// The data dir's database opened read-only: nothing an offline read does writes to it.
+fn offline_db(cli: &Cli) -> Result<berth_store::OfflineDb, Fail> {
+    let path = cli.data_dir().join("berth.redb");
+    if !path.exists() {
+        return Err(Fail(1, format!("{} does not exist", path.display())));
+    }
+    berth_store::OfflineDb::open(&path).map_err(offline_fail)
+}
+
+/// The data dir's database opened for writing (an offline compaction), repairing it if needed.
 fn offline_store(cli: &Cli) -> Result<berth_store::Store, Fail> {
     let path = cli.data_dir().join("berth.redb");
     if !path.exists() {
@@ -591,7 +622,7 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
     match cmd {
         DbCmd::Stats { out, offline } => {
             let v = if *offline {
-                let st = offline_store(cli)?
+                let st = offline_db(cli)?
                     .stats()
                     .map_err(|e| Fail(1, e.to_string()))?;
                 serde_json::to_value(berth_api_types::DbStats {
@@ -637,7 +668,11 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
             }
             Ok(())
         }
-        DbCmd::Check { offline, out } => {
+        DbCmd::Check {
+            offline,
+            repair,
+            out,
+        } => {
             if !offline {
                 let v = cli.client()?.db_check().await?;
                 let ok = v["ok"].as_bool() == Some(true);
@@ -649,13 +684,22 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
                         "consistency: {} machines, {} events, {} operations in flight",
                         r["machines"], r["events"], r["operations"]
                     );
+                    println!(
+                        "redb integrity: {} ({})",
+                        if v["pages"]["passed"].as_bool() == Some(true) {
+                            "ok"
+                        } else {
+                            "FAILED"
+                        },
+                        v["pages"]["detail"].as_str().unwrap_or_default()
+                    );
                     for p in r["problems"].as_array().into_iter().flatten() {
                         println!("  problem: {}", p.as_str().unwrap_or_default());
                     }
                     println!(
                         "{}",
                         if ok {
-                            "database OK (redb page integrity needs --offline)"
+                            "database OK"
                         } else {
                             "database has problems"
                         }
@@ -668,22 +712,35 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
                 };
             }
             let path = cli.data_dir().join("berth.redb");
-            let integrity =
-                berth_store::check_file_integrity(&path).map_err(|e| Fail(1, e.to_string()))?;
-            let report = offline_store(cli)?
-                .check()
-                .map_err(|e| Fail(1, e.to_string()))?;
-            let ok = integrity.passed && report.is_ok();
+            let mut repaired_on_open = false;
+            if *repair {
+                if !path.exists() {
+                    return Err(Fail(1, format!("{} does not exist", path.display())));
+                }
+                // The safe open: a damaged file is refused and left as it was.
+                let integrity = berth_store::check_file_integrity(&path).map_err(offline_fail)?;
+                repaired_on_open = integrity.repaired_on_open;
+            }
+            let db = offline_db(cli)?;
+            let pages = db.verify_pages().map_err(offline_fail)?;
+            let report = db.check().map_err(offline_fail)?;
+            drop(db);
+            let ok = pages.passed && report.is_ok();
             let v = serde_json::json!({
-                "ok": ok, "integrity_passed": integrity.passed, "repaired_on_open": integrity.repaired_on_open,
+                "ok": ok, "integrity_passed": pages.passed, "pages": pages,
+                "repaired_on_open": repaired_on_open,
                 "schema_version": berth_store::SCHEMA_VERSION, "report": report,
             });
             if out.json {
                 print_json(&v);
             } else {
+                if repaired_on_open {
+                    println!("the file was not closed cleanly; it was repaired (--repair)");
+                }
                 println!(
-                    "redb integrity: {}",
-                    if integrity.passed { "ok" } else { "FAILED" }
+                    "redb integrity: {} ({})",
+                    if pages.passed { "ok" } else { "FAILED" },
+                    pages.detail
                 );
                 println!(
                     "consistency: {} machines, {} events, {} operations in flight",
@@ -724,7 +781,7 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
                 ));
             }
             if *offline {
-                let rows = offline_store(cli)?
+                let rows = offline_db(cli)?
                     .backup_to(file)
                     .map_err(|e| Fail(1, e.to_string()))?;
                 println!("wrote {} ({rows} rows)", file.display());

@@ -73,6 +73,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr a file on a full disk) is dropped: by
+        // default tracing reports it with eprintln!, which panics the logging thread (it killed
+        // the store's writer thread on a full disk).
+        .log_internal_errors(false)
         // Colours only on a terminal: under systemd the journal would keep the escape codes
         // and `journalctl | grep 'op="commit"'` would miss the slow-op lines.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -6,8 +6,10 @@
 //! the agent's own unix socket — the path an operator's `berth` takes. If either does not
 //! complete in time, no `WATCHDOG=1` is sent; systemd, hearing nothing for `WatchdogSec`, kills
 //! berthd and `Restart=on-failure` starts it again. Workloads keep running (`KillMode=process`),
-//! and the new agent reattaches to them; a store that refuses writes after a failed commit is
-//! reopened the same way.
+//! and the new agent reattaches to them. A store that refuses a write because a commit failed (a
+//! full disk) answered promptly: its writer is alive and reopens the database by itself, and a
+//! restart would not free the disk (nor could it repair the file without room for the copy it
+//! keeps aside), so that counts as responsive; health says degraded.
 //!
 //! Checks run every quarter of the watchdog period, each bounded by a quarter: pings are at most
 //! half a period apart while healthy, one slow check is forgiven, and systemd acts only after the
@@ -117,6 +119,9 @@ async fn check(
     let within = humantime::format_duration(limit);
     match write {
         Err(_) => return Err(format!("a store write did not commit within {within}")),
+        Ok(Err(
+            berth_store::StoreError::Poisoned(_) | berth_store::StoreError::CommitFailed(_),
+        )) => {}
         Ok(Err(e)) => return Err(format!("the store refused a write: {e}")),
         Ok(Ok(())) => {}
     }
