@@ -22,7 +22,7 @@ use berth_store::{Store, StoreOptions};
 use berth_types::{MachineId, MachineRecord, OpKind, Source};
 use tokio::sync::mpsc;
 
-pub use effects::{ExitNotice, HostEffects};
+pub use effects::{ExitNotice, HostEffects, UnknownMachine};
 pub use maintenance::{AutoCompaction, MaintenanceConfig};
 pub use telemetry::Telemetry;
 
@@ -101,6 +101,10 @@ pub struct SupervisionStatus {
     pub resumed_operations: usize,
     /// Workloads reattached at start-up.
     pub reattached: usize,
+    /// Machines whose workload's state could not be read at their last observation: nothing
+    /// was recorded or removed for them (unknown is never absent).
+    #[serde(default)]
+    pub unknown: Vec<UnknownMachine>,
 }
 
 /// The running agent.
@@ -204,7 +208,9 @@ impl Agent {
 
     /// What supervision has seen lately.
     pub fn status(&self) -> SupervisionStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        let mut s = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        s.unknown = self.machines.effects().unknown();
+        s
     }
 
     /// Runs one reconciliation pass; `approved` overrides the blast-radius guard.

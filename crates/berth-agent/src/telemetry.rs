@@ -187,6 +187,13 @@ pub const METRICS: &[Metric] = &[
         "1 while the blast-radius guard blocks a reconciliation pass (an operator must approve it).",
     ),
     m(
+        "berth_machines_unknown",
+        Gauge,
+        Some(Unit::Count),
+        &[],
+        "Machines whose workload's state could not be read at their last observation (EMFILE, EACCES, EIO, a garbled file): nothing is recorded for them until it can.",
+    ),
+    m(
         "berth_process_resident_memory_bytes",
         Gauge,
         Some(Unit::Bytes),
@@ -335,6 +342,7 @@ pub fn describe() {
     let _ = metrics::histogram!("berth_db_compaction_pause_seconds");
     let _ = metrics::histogram!("berth_events_stream_lag_seconds");
     metrics::gauge!("berth_reconcile_blocked").set(0.0);
+    metrics::gauge!("berth_machines_unknown").set(0.0);
     metrics::gauge!("berth_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 

@@ -40,6 +40,12 @@ pub enum Observed {
     },
     /// Nothing was ever launched for it.
     NotStarted,
+    /// What runs could not be read (EMFILE, EACCES, EIO, a garbled file): no evidence either
+    /// way, so nothing may be recorded or removed on it.
+    Unknown {
+        /// What could not be read, and why.
+        reason: String,
+    },
 }
 
 /// Restart budget for `on-failure` when `max_retries` is not set.
@@ -308,6 +314,11 @@ impl<E: Effects> Machines<E> {
                 Observed::Gone { reason } => (unknown_exit(), reason.clone()),
                 Observed::NotStarted => {
                     (unknown_exit(), "no workload was ever launched".to_owned())
+                }
+                // Unknown is never absent: nothing is planned; the next pass looks again.
+                Observed::Unknown { reason } => {
+                    tracing::warn!(machine = %m.id, recorded = ?m.pid, %reason, "reconcile: the workload's state cannot be read; left as recorded");
+                    continue;
                 }
             };
             report.planned.push(Planned {
