@@ -1,6 +1,6 @@
 //! The driver as the machine layer's `Effects`, plus exit watchers.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,12 +21,26 @@ pub struct ExitNotice {
     pub result: Result<ExitInfo, String>,
 }
 
+/// A machine whose workload's state could not be read: nothing was recorded or deleted for it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UnknownMachine {
+    /// The machine.
+    pub machine_id: String,
+    /// What could not be read, and why.
+    pub reason: String,
+    /// Since when (the first observation of this run of failures).
+    pub since: berth_types::Timestamp,
+    /// Observations that failed in a row.
+    pub attempts: u64,
+}
+
 /// Effects on this host, through the driver.
 #[derive(Debug)]
 pub struct HostEffects {
     driver: Arc<Driver>,
     exits: mpsc::UnboundedSender<ExitNotice>,
     watched: Mutex<HashSet<(String, i32)>>,
+    unknown: Mutex<BTreeMap<String, UnknownMachine>>,
 }
 
 fn effect_err(e: DriverError) -> EffectError {
@@ -40,7 +54,41 @@ impl HostEffects {
             driver,
             exits,
             watched: Mutex::new(HashSet::new()),
+            unknown: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Machines whose state could not be read at their last observation (for health, metrics
+    /// and `berth doctor`).
+    pub fn unknown(&self) -> Vec<UnknownMachine> {
+        self.unknown
+            .lock()
+            .map(|u| u.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn set_unknown(&self, id: &str, reason: Option<&str>) {
+        let Ok(mut u) = self.unknown.lock() else {
+            return;
+        };
+        match reason {
+            Some(reason) => {
+                let e = u.entry(id.to_owned()).or_insert_with(|| UnknownMachine {
+                    machine_id: id.to_owned(),
+                    reason: reason.to_owned(),
+                    since: berth_types::Timestamp::now(),
+                    attempts: 0,
+                });
+                e.reason = reason.to_owned();
+                e.attempts += 1;
+            }
+            None => {
+                if u.remove(id).is_some() {
+                    tracing::info!(machine = id, "the workload's state can be read again");
+                }
+            }
+        }
+        metrics::gauge!("berth_machines_unknown").set(u.len() as f64);
     }
 
     /// The driver.
@@ -63,11 +111,13 @@ impl HostEffects {
         let tx = self.exits.clone();
         let id = id.to_owned();
         tokio::spawn(async move {
-            let result = driver
-                .wait_exit(&id)
-                .await
-                .map(|r| exit_info(&r, false))
-                .map_err(|e| e.to_string());
+            let result = match driver.wait_exit(&id).await {
+                // The agent killed a workload whose supervisor had died: reconciliation
+                // records it with that reason, under its guard.
+                Ok(r) if r.note.is_some() => Err(r.note.unwrap_or_default()),
+                Ok(r) => Ok(exit_info(&r, false)),
+                Err(e) => Err(e.to_string()),
+            };
             let _ = tx.send(ExitNotice {
                 machine_id: id,
                 pid: pid as u32,
@@ -99,6 +149,7 @@ impl Effects for HostEffects {
             .spawn(m.id.as_str(), &m.config, &instance)
             .await
             .map_err(effect_err)?;
+        self.set_unknown(m.id.as_str(), None);
         self.watch(m.id.as_str(), pid);
         u32::try_from(pid).map_err(|_| EffectError(format!("invalid pid {pid}")))
     }
@@ -118,7 +169,9 @@ impl Effects for HostEffects {
     }
 
     async fn cleanup(&self, m: &MachineRecord) -> Result<(), EffectError> {
-        self.driver.cleanup(m.id.as_str()).map_err(effect_err)
+        self.driver.cleanup(m.id.as_str()).map_err(effect_err)?;
+        self.set_unknown(m.id.as_str(), None);
+        Ok(())
     }
 
     fn check_config(&self, config: &berth_types::MachineConfig) -> Result<(), String> {
@@ -126,22 +179,53 @@ impl Effects for HostEffects {
     }
 
     fn observe(&self, m: &MachineRecord) -> Observed {
-        match self.driver.probe(m.id.as_str()) {
-            Probe::Running(s) => Observed::Running {
-                pid: s.workload.pid as u32,
-            },
-            Probe::Exited(rec) => {
-                let pid = files::read_json::<ShimState>(
-                    &self.driver.dir(m.id.as_str()).join(files::STATE),
-                )
-                .ok()
-                .flatten()
-                .map_or(0, |s| s.workload.pid as u32);
-                Observed::Exited {
-                    pid,
-                    exit: exit_info(&rec, false),
+        let id = m.id.as_str();
+        let probe = self.driver.probe(id);
+        if let Probe::Unknown { reason } = &probe {
+            tracing::warn!(
+                machine = id, recorded_state = %m.state, recorded_pid = ?m.pid, reason = %reason,
+                "cannot tell whether the workload runs: nothing recorded, nothing removed; will look again"
+            );
+            self.set_unknown(id, Some(reason));
+        } else {
+            self.set_unknown(id, None);
+        }
+        match probe {
+            Probe::Unknown { reason } => Observed::Unknown { reason },
+            Probe::Running(s) => {
+                // A workload found running (after its state was unreadable, say) is watched.
+                self.watch(id, s.workload.pid);
+                Observed::Running {
+                    pid: s.workload.pid as u32,
                 }
             }
+            Probe::Exited(rec) => {
+                let pid = match files::read_json::<ShimState>(
+                    &self.driver.dir(id).join(files::STATE),
+                ) {
+                    Ok(s) => s.map_or(0, |s| s.workload.pid as u32),
+                    Err(e) => {
+                        // The exit record is evidence; which pid it was for is not known.
+                        tracing::warn!(machine = id, error = %e, "reading shim.json of an exited workload");
+                        0
+                    }
+                };
+                match rec.note {
+                    Some(note) => Observed::Gone {
+                        reason: format!("{note} (pid {pid})"),
+                    },
+                    None => Observed::Exited {
+                        pid,
+                        exit: exit_info(&rec, false),
+                    },
+                }
+            }
+            Probe::Lost {
+                state,
+                workload_alive: true,
+            } if state.boot_id == berth_driver::proc::boot_id() => Observed::Unsupervised {
+                pid: state.workload.pid as u32,
+            },
             Probe::Lost {
                 state,
                 workload_alive,
@@ -158,6 +242,18 @@ impl Effects for HostEffects {
                 },
             },
             Probe::NotStarted => Observed::NotStarted,
+        }
+    }
+
+    async fn kill_unsupervised(&self, m: &MachineRecord) -> Result<(), EffectError> {
+        let driver = self.driver.clone();
+        let id = m.id.as_str().to_owned();
+        // settle_lost waits (bounded) for the killed workload to go: off the async threads.
+        match tokio::task::spawn_blocking(move || driver.settle_lost(&id)).await {
+            Ok(r) => r.map(|_| ()).map_err(effect_err),
+            Err(e) => Err(EffectError(format!(
+                "killing the unsupervised workload: {e}"
+            ))),
         }
     }
 

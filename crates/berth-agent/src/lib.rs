@@ -23,7 +23,7 @@ use berth_store::{Store, StoreOptions};
 use berth_types::{MachineId, MachineRecord, OpKind, Source};
 use tokio::sync::mpsc;
 
-pub use effects::{ExitNotice, HostEffects};
+pub use effects::{ExitNotice, HostEffects, UnknownMachine};
 pub use maintenance::{AutoCompaction, MaintenanceConfig};
 pub use telemetry::Telemetry;
 
@@ -102,6 +102,10 @@ pub struct SupervisionStatus {
     pub resumed_operations: usize,
     /// Workloads reattached at start-up.
     pub reattached: usize,
+    /// Machines whose workload's state could not be read at their last observation: nothing
+    /// was recorded or removed for them (unknown is never absent).
+    #[serde(default)]
+    pub unknown: Vec<UnknownMachine>,
     /// The blast-radius guard: tripped or not, what it holds.
     pub guard: GuardStatus,
 }
@@ -223,6 +227,7 @@ impl Agent {
     pub fn status(&self) -> SupervisionStatus {
         let mut s = self.status.lock().map(|s| s.clone()).unwrap_or_default();
         s.guard = self.machines.guard().status();
+        s.unknown = self.machines.effects().unknown();
         s
     }
 

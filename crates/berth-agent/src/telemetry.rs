@@ -201,6 +201,13 @@ pub const METRICS: &[Metric] = &[
         "Decisions the blast-radius guard holds for an operator's approval (berth host approve).",
     ),
     m(
+        "berth_machines_unknown",
+        Gauge,
+        Some(Unit::Count),
+        &[],
+        "Machines whose workload's state could not be read at their last observation (EMFILE, EACCES, EIO, a garbled file): nothing is recorded for them until it can.",
+    ),
+    m(
         "berth_process_resident_memory_bytes",
         Gauge,
         Some(Unit::Bytes),
@@ -353,6 +360,7 @@ pub fn describe() {
         metrics::counter!("berth_guard_blocked_total", "action" => a.as_str()).increment(0);
     }
     metrics::gauge!("berth_guard_held").set(0.0);
+    metrics::gauge!("berth_machines_unknown").set(0.0);
     metrics::gauge!("berth_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 

@@ -470,34 +470,28 @@ pub(crate) async fn logs(
     if !follow {
         return Ok(([("content-type", "text/plain; charset=utf-8")], initial).into_response());
     }
-    let path = berth_driver::logs::current(&dir);
-    let start = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    // Every read goes through the driver, which follows no link in the workload's log directory.
+    let start = match berth_driver::logs::read_from(&dir, u64::MAX, 0) {
+        Ok(found) => found.map_or(0, |(len, _)| len),
+        Err(e) => return Err(ApiError::internal(format!("reading logs: {e}"))),
+    };
     let stream = futures_util::stream::unfold(
-        (Some(initial), path, start),
-        |(first, path, mut pos)| async move {
+        (Some(initial), dir, start),
+        |(first, dir, mut pos)| async move {
             if let Some(text) = first {
-                return Some((
-                    Ok::<_, std::io::Error>(Bytes::from(text)),
-                    (None, path, pos),
-                ));
+                return Some((Ok::<_, std::io::Error>(Bytes::from(text)), (None, dir, pos)));
             }
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let len = match std::fs::metadata(&path) {
-                    Ok(m) => m.len(),
-                    Err(_) => return None, // the machine's directory is gone (destroyed)
-                };
+                // Gone (destroyed) or no longer a plain file of its own (a link): the end.
+                let (len, buf) = berth_driver::logs::read_from(&dir, pos, 1 << 20).ok()??;
                 if len < pos {
                     pos = 0; // rotated
+                    continue;
                 }
-                if len > pos {
-                    use std::io::{Read, Seek, SeekFrom};
-                    let mut f = std::fs::File::open(&path).ok()?;
-                    f.seek(SeekFrom::Start(pos)).ok()?;
-                    let mut buf = Vec::new();
-                    f.take(1 << 20).read_to_end(&mut buf).ok()?;
+                if !buf.is_empty() {
                     pos += buf.len() as u64;
-                    return Some((Ok(Bytes::from(buf)), (None, path, pos)));
+                    return Some((Ok(Bytes::from(buf)), (None, dir, pos)));
                 }
             }
         },

@@ -90,6 +90,22 @@ pub(crate) async fn health(State(lane): State<Lane>) -> Json<Health> {
             },
         },
     );
+    let unknown = &status.unknown;
+    checks.insert(
+        "supervision_evidence".to_owned(),
+        Check {
+            ok: unknown.is_empty(),
+            detail: match unknown.first() {
+                None => "every started machine's state could be read".into(),
+                Some(u) => format!(
+                    "{} machine(s) whose state cannot be read, left as recorded (see berth doctor); {}: {}",
+                    unknown.len(),
+                    u.machine_id,
+                    u.reason
+                ),
+            },
+        },
+    );
     let ok = checks.values().all(|c| c.ok);
     Json(Health {
         status: if ok { "ok" } else { "degraded" }.into(),

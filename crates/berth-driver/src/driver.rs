@@ -102,6 +102,9 @@ pub enum DriverError {
     /// The supervisor vanished without recording the exit.
     #[error("the supervisor of machine {0} exited without recording how the workload exited")]
     Lost(String),
+    /// What the machine's files or `/proc` say could not be read: nothing can be concluded.
+    #[error("the state of machine {0}'s workload cannot be told now: {1}")]
+    Unknown(String, String),
     /// I/O.
     #[error("{context}: {source}")]
     Io {
@@ -133,6 +136,21 @@ pub enum Probe {
         /// Whether the workload itself still runs, unsupervised.
         workload_alive: bool,
     },
+    /// The evidence could not be read (EMFILE, EACCES, EIO, a torn or garbled file, `/proc`
+    /// unreadable): nothing can be concluded, and nothing may be done on it. Try again later.
+    Unknown {
+        /// What failed, with its inputs (the path and the error).
+        reason: String,
+    },
+}
+
+/// The note of an exit record the agent wrote for a workload whose supervisor had died.
+pub const SUPERVISOR_DIED: &str = "supervisor died; workload killed";
+
+/// Reads one of a machine's files as evidence: absent is `Ok(None)`, anything else that goes
+/// wrong (EMFILE, EACCES, EIO, garbled JSON) is an error naming the file.
+fn evidence<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
+    files::read_json(path).map_err(|e| format!("reading {}: {e}", path.display()))
 }
 
 /// Runs workloads under per-machine shims.
@@ -188,33 +206,114 @@ impl Driver {
         self.dir(id).join(files::LOGS)
     }
 
+    /// The workload's default working directory (its own, apart from the supervisor's files).
+    pub fn work_dir(&self, id: &str) -> PathBuf {
+        self.dir(id).join(files::WORK)
+    }
+
     /// Creates the machine's directories (idempotent).
     pub fn prepare(&self, id: &str) -> Result<(), DriverError> {
-        std::fs::create_dir_all(self.logs_dir(id))
-            .map_err(io(format!("create {}", self.logs_dir(id).display())))
+        for d in [self.logs_dir(id), self.work_dir(id)] {
+            std::fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
+        }
+        Ok(())
     }
 
     /// What the machine's directory says about its workload.
+    ///
+    /// Only positive evidence is an answer: a file that does not exist, an exit record, a
+    /// process proven gone or proven another (pid, start time, boot id). Any failure to read
+    /// (a file, the boot id, `/proc`) is [`Probe::Unknown`].
     pub fn probe(&self, id: &str) -> Probe {
-        let dir = self.dir(id);
-        let exit: Option<ExitRecord> = files::read_json(&dir.join(files::EXIT)).ok().flatten();
-        let Some(state) = files::read_json::<ShimState>(&dir.join(files::STATE))
-            .ok()
-            .flatten()
-        else {
-            return exit.map_or(Probe::NotStarted, Probe::Exited);
-        };
-        let this_boot = state.boot_id == proc::boot_id();
-        if this_boot && state.shim.is_alive() {
-            return Probe::Running(state);
+        match self.try_probe(id) {
+            Ok(p) => p,
+            Err(reason) => Probe::Unknown { reason },
         }
-        match exit {
+    }
+
+    fn try_probe(&self, id: &str) -> Result<Probe, String> {
+        let dir = self.dir(id);
+        let Some(state) = evidence::<ShimState>(&dir.join(files::STATE))? else {
+            let exit: Option<ExitRecord> = evidence(&dir.join(files::EXIT))?;
+            return Ok(exit.map_or(Probe::NotStarted, Probe::Exited));
+        };
+        let boot = proc::try_boot_id().map_err(|e| format!("reading the boot id: {e}"))?;
+        let this_boot = state.boot_id == boot;
+        let alive = |p: &proc::ProcessId, what: &str| {
+            p.liveness()
+                .map_err(|e| format!("reading /proc/{}/stat ({what}): {e}", p.pid))
+        };
+        if this_boot && alive(&state.shim, "the shim")? {
+            return Ok(Probe::Running(state));
+        }
+        // Read after the shim is known gone: it writes exit.json before it exits.
+        let exit: Option<ExitRecord> = evidence(&dir.join(files::EXIT))?;
+        Ok(match exit {
             Some(rec) if rec.instance == state.instance => Probe::Exited(rec),
             _ => Probe::Lost {
-                workload_alive: this_boot && state.workload.is_alive(),
+                workload_alive: this_boot && alive(&state.workload, "the workload")?,
                 state,
             },
+        })
+    }
+
+    /// A supervisor that died while its workload runs: kills the workload (its identity proven
+    /// by pid, start time and boot id, and held by a pidfd) with its process group and cgroup,
+    /// waits for it to go, and records its exit for that instance with the note
+    /// [`SUPERVISOR_DIED`], so the restart policy applies and the machine can be started again.
+    /// Returns the record written, or `None` when the probe found no such case.
+    pub fn settle_lost(&self, id: &str) -> Result<Option<ExitRecord>, DriverError> {
+        let state = match self.probe(id) {
+            Probe::Lost {
+                state,
+                workload_alive: true,
+            } => state,
+            Probe::Unknown { reason } => return Err(DriverError::Unknown(id.to_owned(), reason)),
+            _ => return Ok(None),
+        };
+        let unknown = |e: std::io::Error| {
+            DriverError::Unknown(
+                id.to_owned(),
+                format!(
+                    "proving the workload's identity (pid {}): {e}",
+                    state.workload.pid
+                ),
+            )
+        };
+        tracing::warn!(
+            machine = id, shim_pid = state.shim.pid, workload_pid = state.workload.pid,
+            instance = %state.instance,
+            "the supervisor died while its workload runs: killing the unsupervised workload"
+        );
+        if let Some(fd) = state.workload.try_pidfd().map_err(unknown)? {
+            // The leader is held by its pidfd, so its pid (the group's id) names this group.
+            let _ = nix::sys::signal::killpg(Pid::from_raw(state.workload.pid), Signal::SIGKILL);
+            let _ = proc::pidfd_send_signal(&fd, Signal::SIGKILL);
         }
+        if let Some(cg) = &self.cgroups {
+            let _ = cg.kill(id);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while state.workload.liveness().map_err(unknown)? {
+            if std::time::Instant::now() > deadline {
+                return Err(DriverError::Launch(format!(
+                    "the unsupervised workload of {id} (pid {}) did not die after SIGKILL",
+                    state.workload.pid
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let rec = ExitRecord {
+            instance: state.instance.clone(),
+            code: None,
+            signal: Some("SIGKILL".to_owned()),
+            oom_killed: false,
+            at_ns: files::now_ns(),
+            error: None,
+            note: Some(SUPERVISOR_DIED.to_owned()),
+        };
+        files::write_json(&self.dir(id).join(files::EXIT), &rec).map_err(io("write exit.json"))?;
+        Ok(Some(rec))
     }
 
     /// Starts the workload for launch `instance`, or, if that launch already happened (a resumed
@@ -236,10 +335,14 @@ impl Driver {
                 }
             }
             Probe::Running(s) => return Err(DriverError::AlreadyRunning(s.instance)),
+            Probe::Unknown { reason } => return Err(DriverError::Unknown(id.to_owned(), reason)),
             Probe::Lost {
-                state,
                 workload_alive: true,
-            } => return Err(DriverError::AlreadyRunning(state.instance)),
+                ..
+            } => {
+                // Its supervisor is dead: the old workload must not run on beside a new one.
+                self.settle_lost(id)?;
+            }
             _ => {}
         }
         self.prepare(id)?;
@@ -262,7 +365,7 @@ impl Driver {
         let workdir = config
             .workdir
             .as_ref()
-            .map_or_else(|| dir.clone(), PathBuf::from);
+            .map_or_else(|| self.work_dir(id), PathBuf::from);
         let spec = Spec {
             instance: instance.to_owned(),
             cmd: config.cmd.clone(),
@@ -312,17 +415,46 @@ impl Driver {
     }
 
     /// Waits until the machine's shim exits, then returns how the workload exited.
+    ///
+    /// A supervisor that died is reported as [`DriverError::Lost`], its workload left as it is:
+    /// whether to kill an unsupervised workload ([`Driver::settle_lost`]) is the caller's
+    /// guarded decision. While the evidence cannot be read ([`Probe::Unknown`]) it waits and
+    /// reads again; unknown is never taken for an exit.
     pub async fn wait_exit(&self, id: &str) -> Result<ExitRecord, DriverError> {
+        let mut unknown = 0u32;
+        let mut retry = async |reason: &str| {
+            if unknown.is_multiple_of(32) {
+                tracing::warn!(
+                    machine = id,
+                    reason,
+                    attempts = unknown + 1,
+                    "cannot tell whether the workload's supervisor runs; retrying"
+                );
+            }
+            unknown += 1;
+            tokio::time::sleep(Duration::from_millis(50 << unknown.min(5))).await;
+        };
         loop {
             match self.probe(id) {
                 Probe::Exited(rec) => return Ok(rec),
                 Probe::NotStarted => return Err(DriverError::NotRunning(id.to_owned())),
+                // A dead supervisor is reported, never settled here: killing its unsupervised
+                // workload is reconciliation's decision, behind the blast-radius guard.
                 Probe::Lost { .. } => return Err(DriverError::Lost(id.to_owned())),
+                Probe::Unknown { reason } => retry(&reason).await,
                 Probe::Running(state) => {
                     // A pidfd becomes readable when the process exits; if the shim is already
                     // gone (or its pid reused), probing again settles it.
-                    let Some(fd) = state.shim.pidfd() else {
-                        continue;
+                    let fd = match state.shim.try_pidfd() {
+                        Ok(Some(fd)) => fd,
+                        Ok(None) => {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                            continue;
+                        }
+                        Err(e) => {
+                            retry(&format!("pidfd_open({}) (the shim): {e}", state.shim.pid)).await;
+                            continue;
+                        }
                     };
                     // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and
                     // refers to the same pidfd for the AsyncFd's whole life.
@@ -348,8 +480,10 @@ impl Driver {
             berth_types::config::normalize_signal(signal).map_err(DriverError::BadSignal)?,
         )
         .map_err(|e| DriverError::BadSignal(e.to_string()))?;
-        let Probe::Running(state) = self.probe(id) else {
-            return Err(DriverError::NotRunning(id.to_owned()));
+        let state = match self.probe(id) {
+            Probe::Running(state) => state,
+            Probe::Unknown { reason } => return Err(DriverError::Unknown(id.to_owned(), reason)),
+            _ => return Err(DriverError::NotRunning(id.to_owned())),
         };
         if !state.workload.is_alive() {
             return Err(DriverError::NotRunning(id.to_owned()));
@@ -382,12 +516,17 @@ impl Driver {
         match self.probe(id) {
             Probe::NotStarted => return Ok(None),
             Probe::Exited(rec) => return Ok(Some(rec)),
-            Probe::Lost { workload_alive, .. } => {
-                if workload_alive {
-                    self.kill_all(id);
-                }
-                return Err(DriverError::Lost(id.to_owned()));
+            Probe::Unknown { reason } => return Err(DriverError::Unknown(id.to_owned(), reason)),
+            Probe::Lost {
+                workload_alive: true,
+                ..
+            } => {
+                return match self.settle_lost(id)? {
+                    Some(rec) => Ok(Some(rec)),
+                    None => Err(DriverError::Lost(id.to_owned())),
+                };
             }
+            Probe::Lost { .. } => return Err(DriverError::Lost(id.to_owned())),
             Probe::Running(_) => {}
         }
         match self.signal(id, signal) {
@@ -413,7 +552,12 @@ impl Driver {
     }
 
     /// Removes the machine's cgroup and directory (its workload must be stopped).
+    /// Refuses while the machine's state cannot be read: its files are the only record of a
+    /// workload that may still run.
     pub fn cleanup(&self, id: &str) -> Result<(), DriverError> {
+        if let Probe::Unknown { reason } = self.probe(id) {
+            return Err(DriverError::Unknown(id.to_owned(), reason));
+        }
         self.kill_all(id);
         if let Some(cg) = &self.cgroups {
             cg.remove(id)

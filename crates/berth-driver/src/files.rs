@@ -4,7 +4,8 @@
 //! - `spec.json` — what to run (written by the agent before launching the shim);
 //! - `shim.json` — the running instance: shim and workload identities (written by the shim);
 //! - `exit.json` — how the workload exited (written by the shim, fsynced, before it exits);
-//! - `logs/output.log` (+ `.1`, `.2`, …) — the workload's stdout and stderr.
+//! - `logs/output.log` (+ `.1`, `.2`, …) — the workload's stdout and stderr;
+//! - `work/` — the workload's default working directory (its own, apart from the files above).
 //!
 //! Each JSON file is written to a temporary name and renamed into place, so a reader sees the old
 //! file or the new one, never a torn one. `exit.json` is also fsynced (with its directory): it is
@@ -75,6 +76,10 @@ pub struct ExitRecord {
     /// Set when the workload never ran (exec failed): why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set when the agent, not the shim, wrote the record: what happened (its supervisor died
+    /// and the agent killed the unsupervised workload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// File names within a machine's directory.
@@ -85,6 +90,8 @@ pub const STATE: &str = "shim.json";
 pub const EXIT: &str = "exit.json";
 /// The log directory.
 pub const LOGS: &str = "logs";
+/// The workload's default working directory: its own, apart from the supervisor's files.
+pub const WORK: &str = "work";
 
 /// Writes `bytes` to `path` atomically and durably.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -17,4 +17,6 @@ pub mod shim;
 pub mod usage;
 
 pub use cgroup::Capabilities;
-pub use driver::{CgroupMode, Driver, DriverConfig, DriverError, Probe, exit_info};
+pub use driver::{
+    CgroupMode, Driver, DriverConfig, DriverError, Probe, SUPERVISOR_DIED, exit_info,
+};

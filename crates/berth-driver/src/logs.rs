@@ -1,4 +1,8 @@
 //! The workload's output log: one file, rotated by size, read back by tail.
+//!
+//! The log directory is the workload's to write in, so reads never follow a link: the directory
+//! is opened with `O_NOFOLLOW | O_DIRECTORY`, each file relative to it with `O_NOFOLLOW`, and only
+//! a regular file with one link is read (a FIFO does not block the reader: `O_NONBLOCK`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -71,12 +75,81 @@ impl RotatingLog {
     }
 }
 
+/// Opens `name` in the log directory `dir` for reading, following no symbolic link: neither
+/// `dir` itself (its last component) nor `name`. `Ok(None)` if either does not exist.
+pub fn open_log(dir: &Path, name: &str) -> std::io::Result<Option<File>> {
+    use nix::fcntl::{OFlag, open, openat};
+    use nix::sys::stat::Mode;
+    let refused = |what: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, what);
+    if name.contains('/') {
+        return Err(refused(format!("{name:?} is not a file name")));
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+    let dirfd = match open(dir, flags | OFlag::O_DIRECTORY, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(None),
+        Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => {
+            return Err(refused(format!(
+                "{} is not a directory (a symbolic link?); not followed",
+                dir.display()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let fd = match openat(&dirfd, name, flags | OFlag::O_NONBLOCK, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(None),
+        Err(nix::errno::Errno::ELOOP) => {
+            return Err(refused(format!(
+                "{}/{name} is a symbolic link; not followed",
+                dir.display()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let file = File::from(fd);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(refused(format!(
+            "{}/{name} is not a regular file",
+            dir.display()
+        )));
+    }
+    {
+        use std::os::unix::fs::MetadataExt;
+        if meta.nlink() != 1 {
+            return Err(refused(format!(
+                "{}/{name} has {} links (a hard link to another file?); not read",
+                dir.display(),
+                meta.nlink()
+            )));
+        }
+    }
+    Ok(Some(file))
+}
+
+/// Reads the current log from byte `pos` (at most `max` bytes), following no link: the file's
+/// length and the bytes read, or `Ok(None)` when there is no log (the machine was destroyed).
+pub fn read_from(dir: &Path, pos: u64, max: u64) -> std::io::Result<Option<(u64, Vec<u8>)>> {
+    let Some(mut f) = open_log(dir, "output.log")? else {
+        return Ok(None);
+    };
+    let len = f.metadata()?.len();
+    let mut buf = Vec::new();
+    if len > pos {
+        f.seek(SeekFrom::Start(pos))?;
+        f.take(max).read_to_end(&mut buf)?;
+    }
+    Ok(Some((len, buf)))
+}
+
 /// The last `lines` lines of the log (across the current file and the newest rotated one).
+/// Follows no link (see [`open_log`]).
 pub fn tail(dir: &Path, lines: usize) -> std::io::Result<String> {
     let mut text = String::new();
-    for path in [rotated(dir, 1), current(dir)] {
-        match File::open(&path) {
-            Ok(mut f) => {
+    for name in ["output.log.1", "output.log"] {
+        match open_log(dir, name) {
+            Ok(Some(mut f)) => {
                 // Read at most the last 1 MiB of each file: enough for any sane tail.
                 let len = f.metadata()?.len();
                 f.seek(SeekFrom::Start(len.saturating_sub(1 << 20)))?;
@@ -84,7 +157,7 @@ pub fn tail(dir: &Path, lines: usize) -> std::io::Result<String> {
                 f.read_to_end(&mut buf)?;
                 text.push_str(&String::from_utf8_lossy(&buf));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(None) => {}
             Err(e) => return Err(e),
         }
     }
@@ -114,5 +187,33 @@ mod tests {
         );
         let t = tail(dir.path(), 5).unwrap();
         assert_eq!(t.lines().count(), 5);
+    }
+
+    #[test]
+    fn reads_follow_no_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "top secret\n").unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        std::os::unix::fs::symlink(&secret, current(&logs)).unwrap();
+        let e = tail(&logs, 10).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(read_from(&logs, 0, 1 << 20).is_err());
+        // A linked directory is not followed either.
+        let linked = dir.path().join("linked");
+        std::os::unix::fs::symlink(&logs, &linked).unwrap();
+        std::fs::remove_file(current(&logs)).unwrap();
+        std::fs::write(current(&logs), "ok\n").unwrap();
+        assert_eq!(tail(&logs, 10).unwrap(), "ok\n");
+        assert!(tail(&linked, 10).is_err());
+        // A hard link to another file, and a FIFO (which would block a plain open), are refused.
+        std::fs::remove_file(current(&logs)).unwrap();
+        std::fs::hard_link(&secret, current(&logs)).unwrap();
+        assert!(tail(&logs, 10).is_err());
+        std::fs::remove_file(current(&logs)).unwrap();
+        nix::unistd::mkfifo(&current(&logs), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(tail(&logs, 10).is_err());
+        assert_eq!(read_from(&dir.path().join("none"), 0, 10).unwrap(), None);
     }
 }

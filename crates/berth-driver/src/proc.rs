@@ -20,29 +20,60 @@ pub struct ProcessId {
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), or empty if unreadable.
 pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
+    try_boot_id().unwrap_or_default()
+}
+
+/// This boot's id, or why it could not be read (an unreadable boot id proves nothing).
+pub fn try_boot_id() -> std::io::Result<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    let id = id.trim();
+    if id.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "/proc/sys/kernel/random/boot_id is empty",
+        ));
+    }
+    Ok(id.to_owned())
+}
+
+/// What `/proc/<pid>/stat` says, as evidence: `Ok(None)` only when no process has that pid
+/// (ENOENT, ESRCH); any other failure to read or parse it is an error, never "gone".
+fn read_stat(pid: i32) -> std::io::Result<Option<(char, u64)>> {
+    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // The command name (field 2) is in parentheses and may contain anything, so parse from the
+    // last ')': field 3 (state) follows it, and the start time is field 22.
+    let garbled = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/stat is not in the expected format"),
+        )
+    };
+    let rest = &stat[stat.rfind(')').ok_or_else(garbled)? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields
+        .next()
+        .and_then(|f| f.chars().next())
+        .ok_or_else(garbled)?;
+    let ticks = fields
+        .nth(18)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(garbled)?;
+    Ok(Some((state, ticks)))
 }
 
 /// The start time of `pid`, if it exists.
 pub fn start_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may contain anything, so parse from the
-    // last ')': field 3 (state) follows it, and the start time is field 22.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    read_stat(pid).ok().flatten().map(|(_, t)| t)
 }
 
 /// Whether `pid` is a zombie (exited, not yet reaped).
 pub fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rfind(')')
-                .map(|i| s[i + 1..].trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    matches!(read_stat(pid), Ok(Some(('Z', _))))
 }
 
 impl ProcessId {
@@ -53,7 +84,34 @@ impl ProcessId {
 
     /// Whether this very process still runs (not merely some process with its pid).
     pub fn is_alive(&self) -> bool {
-        start_ticks(self.pid) == Some(self.start_ticks) && !is_zombie(self.pid)
+        self.liveness().unwrap_or(false)
+    }
+
+    /// Whether this very process still runs, as evidence: `Ok(false)` only when it is proven
+    /// gone (no such pid, another start time, a zombie); an error reading `/proc` is `Err`.
+    pub fn liveness(&self) -> std::io::Result<bool> {
+        Ok(match read_stat(self.pid)? {
+            None => false,
+            Some((state, ticks)) => ticks == self.start_ticks && state != 'Z',
+        })
+    }
+
+    /// A pidfd for this very process: `Ok(None)` when it is proven gone (or its pid now names
+    /// another), `Err` when that cannot be told (pidfd_open failing with EMFILE, say).
+    pub fn try_pidfd(&self) -> std::io::Result<Option<OwnedFd>> {
+        match read_stat(self.pid)? {
+            Some((_, ticks)) if ticks == self.start_ticks => {}
+            _ => return Ok(None),
+        }
+        let fd = match pidfd_open(self.pid) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match read_stat(self.pid)? {
+            Some((_, ticks)) if ticks == self.start_ticks => Ok(Some(fd)),
+            _ => Ok(None),
+        }
     }
 
     /// A pidfd for this very process, or `None` if it is gone (or its pid now names another).

@@ -19,7 +19,7 @@
 
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
@@ -51,6 +51,9 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("usage: berth-shim <machine dir>");
         return 2;
     };
+    // Whatever the agent inherited from its parent (and passed on without close-on-exec) is
+    // not the shim's, nor its workload's: only stdin, stdout and stderr are kept.
+    close_fds_from(3, None);
     let spec: Spec = match files::read_json(&dir.join(files::SPEC)) {
         Ok(Some(s)) => s,
         Ok(None) => return launcher_fail(&format!("{} has no {}", dir.display(), files::SPEC)),
@@ -85,6 +88,35 @@ pub fn main(args: &[String]) -> i32 {
         Ok(ForkResult::Child) => {
             drop(ready_r);
             supervise(&dir, &spec, ready_w)
+        }
+    }
+}
+
+/// Closes every descriptor from `first` up, except `keep`. Only system calls (it runs in the
+/// forked child too): `close_range(2)`, or, on kernels without it, `close(2)` up to the limit.
+fn close_fds_from(first: u32, keep: Option<i32>) {
+    let ranges = match keep.and_then(|k| u32::try_from(k).ok()) {
+        Some(k) if k >= first => [(first, k.saturating_sub(1)), (k + 1, u32::MAX)],
+        _ => [(first, u32::MAX), (1, 0)],
+    };
+    for (lo, hi) in ranges {
+        if lo > hi {
+            continue;
+        }
+        // SAFETY: close_range takes integers only; closing descriptors this process owns (and
+        // holds no Rust handle to, or keeps out of the range) cannot invalidate memory.
+        let r = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0u32) };
+        if r == 0 {
+            continue;
+        }
+        let max = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft.min(1 << 20));
+        let top = u64::from(hi).min(max.saturating_sub(1));
+        let mut fd = u64::from(lo);
+        while fd <= top {
+            // SAFETY: as above; close of a descriptor that is not open fails with EBADF.
+            unsafe { libc::close(fd as i32) };
+            fd += 1;
         }
     }
 }
@@ -167,6 +199,7 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
             oom_killed: false,
             at_ns: files::now_ns(),
             error: Some(msg.clone()),
+            note: None,
         };
         let _ = files::write_json(&dir.join(files::EXIT), &record);
         report(
@@ -214,6 +247,10 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
     let devnull = std::fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let boot_id = match proc::try_boot_id() {
+        Ok(b) => b,
+        Err(e) => return fail(ready, format!("reading the boot id: {e}")),
+    };
 
     let oom_score_adj = spec.oom_score_adj.map(|v| v.to_string().into_bytes());
     // SAFETY: the shim is single-threaded; the child only makes system calls on values prepared
@@ -231,6 +268,7 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
                 out: &out_w,
                 nofile: spec.nofile,
                 oom_score_adj: oom_score_adj.as_deref(),
+                keep: err_w.as_raw_fd(),
             });
             let _ = nix::unistd::write(&err_w, &(errno as i32).to_le_bytes());
             // SAFETY: _exit is async-signal-safe and skips the parent's atexit handlers and buffers.
@@ -260,7 +298,7 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
         instance: spec.instance.clone(),
         shim,
         workload,
-        boot_id: proc::boot_id(),
+        boot_id,
         started_at_ns: files::now_ns(),
     };
     // Atomic but not fsynced: it matters only while the processes it names exist, and no process
@@ -297,6 +335,7 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
             .is_some_and(crate::cgroup::oom_killed),
         at_ns: files::now_ns(),
         error: None,
+        note: None,
     };
     files::write_json(&dir.join(files::EXIT), &record)
         .map_err(|e| format!("write exit.json: {e}"))?;
@@ -315,6 +354,8 @@ struct ChildSetup<'a> {
     nofile: Option<(u64, u64)>,
     /// The decimal text to write to `/proc/self/oom_score_adj`.
     oom_score_adj: Option<&'a [u8]>,
+    /// The one descriptor above 2 left open until exec (close-on-exec): the exec-error pipe.
+    keep: i32,
 }
 
 /// In the forked child: become the workload. Returns only if exec failed (with errno).
@@ -329,6 +370,7 @@ fn exec_child(c: &ChildSetup<'_>) -> nix::errno::Errno {
         out,
         nofile,
         oom_score_adj,
+        keep,
     } = *c;
     // The agent's own limits are not the workload's (see `limits`). Best effort: a workload
     // that keeps the shim's is better than one that does not run.
@@ -368,6 +410,9 @@ fn exec_child(c: &ChildSetup<'_>) -> nix::errno::Errno {
     {
         return e;
     }
+    // Nothing above 2 reaches the workload but what it is given: whatever the shim (or the
+    // agent before it) had open is closed here, not merely trusted to be close-on-exec.
+    close_fds_from(3, Some(keep));
     match nix::unistd::execve(path, argv, envp) {
         Err(e) => e,
         Ok(never) => match never {},

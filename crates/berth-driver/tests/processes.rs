@@ -462,3 +462,75 @@ async fn workloads_get_their_own_limits_not_the_agents() {
     };
     assert_eq!(log, format!("{soft}\n{hard_text}\n0\n"));
 }
+
+/// A shim.json that cannot be read is unknown, never absent: spawn, stop, signal and cleanup
+/// refuse and remove nothing, and nothing is killed; once it reads again, all is as it was.
+#[tokio::test]
+async fn unreadable_state_is_unknown_and_nothing_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir, CgroupMode::Off);
+    let m = id();
+    let pid = d.spawn(&m, &sh("sleep 1000"), "1").await.unwrap();
+    let path = d.dir(&m).join("shim.json");
+    let good = std::fs::read(&path).unwrap();
+    std::fs::write(&path, b"{\"instance\":").unwrap();
+    assert!(
+        matches!(d.probe(&m), Probe::Unknown { .. }),
+        "{:?}",
+        d.probe(&m)
+    );
+    assert!(matches!(
+        d.spawn(&m, &sh("sleep 1000"), "2").await,
+        Err(DriverError::Unknown(..))
+    ));
+    assert!(matches!(
+        d.stop(&m, "SIGTERM", Duration::from_secs(1)).await,
+        Err(DriverError::Unknown(..))
+    ));
+    assert!(matches!(
+        d.signal(&m, "SIGTERM"),
+        Err(DriverError::Unknown(..))
+    ));
+    assert!(matches!(d.cleanup(&m), Err(DriverError::Unknown(..))));
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"{\"instance\":",
+        "shim.json was touched"
+    );
+    assert!(alive(pid), "the workload was touched");
+    std::fs::write(&path, &good).unwrap();
+    match d.probe(&m) {
+        Probe::Running(s) => assert_eq!(s.workload.pid, pid),
+        other => panic!("expected Running, got {other:?}"),
+    }
+    d.stop(&m, "SIGKILL", Duration::from_secs(5)).await.unwrap();
+}
+
+/// A shim killed while its workload runs: the workload is killed (its identity proven) and its
+/// exit recorded with the note, so a new launch can follow.
+#[tokio::test]
+async fn a_dead_shim_is_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir, CgroupMode::Off);
+    let m = id();
+    let pid = d.spawn(&m, &sh("sleep 1000"), "1").await.unwrap();
+    let state: berth_driver::files::ShimState =
+        berth_driver::files::read_json(&d.dir(&m).join("shim.json"))
+            .unwrap()
+            .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(state.shim.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let rec = tokio::time::timeout(Duration::from_secs(10), d.wait_exit(&m))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.note.as_deref(), Some(berth_driver::SUPERVISOR_DIED));
+    assert!(!alive(pid), "the unsupervised workload still runs");
+    assert!(matches!(d.probe(&m), Probe::Exited(_)));
+    let again = d.spawn(&m, &sh("sleep 1000"), "2").await.unwrap();
+    assert_ne!(again, pid);
+    d.stop(&m, "SIGKILL", Duration::from_secs(5)).await.unwrap();
+}

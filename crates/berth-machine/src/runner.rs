@@ -46,6 +46,16 @@ pub trait Effects: Send + Sync + 'static {
     fn observe(&self, m: &MachineRecord) -> crate::Observed;
     /// Workloads supervised on this host whose machine is not in `known` (no side effects).
     fn orphans(&self, known: &std::collections::BTreeSet<String>) -> Vec<String>;
+    /// Kills a workload that runs without its supervisor ([`crate::Observed::Unsupervised`]),
+    /// after proving its identity, and records its exit where `observe` will find it. Called
+    /// only by reconciliation, once the blast-radius guard admitted the pass.
+    fn kill_unsupervised(
+        &self,
+        m: &MachineRecord,
+    ) -> impl Future<Output = Result<(), EffectError>> + Send {
+        let _ = m;
+        async { Err(EffectError("no unsupervised workloads on this host".into())) }
+    }
 }
 
 /// Why an operation did not complete.

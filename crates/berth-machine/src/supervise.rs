@@ -40,8 +40,20 @@ pub enum Observed {
         /// What was found.
         reason: String,
     },
+    /// Its supervisor died and the workload (this pid) runs on unsupervised: reconciliation kills
+    /// it, once the blast-radius guard admits the pass, and records it gone.
+    Unsupervised {
+        /// Workload pid.
+        pid: u32,
+    },
     /// Nothing was ever launched for it.
     NotStarted,
+    /// What runs could not be read (EMFILE, EACCES, EIO, a garbled file): no evidence either
+    /// way, so nothing may be recorded or removed on it.
+    Unknown {
+        /// What could not be read, and why.
+        reason: String,
+    },
 }
 
 /// Restart budget for `on-failure` when `max_retries` is not set.
@@ -183,6 +195,9 @@ pub struct Planned {
     /// The recorded pid it applies to.
     #[serde(skip)]
     pub pid: Option<u32>,
+    /// The workload runs without its supervisor: kill it before recording.
+    #[serde(skip)]
+    pub kill: bool,
 }
 
 /// What a reconciliation pass saw and did.
@@ -370,6 +385,24 @@ impl<E: Effects> Machines<E> {
                 Observed::NotStarted => {
                     (unknown_exit(), "no workload was ever launched".to_owned())
                 }
+                Observed::Unsupervised { pid } => {
+                    report.planned.push(Planned {
+                        machine_id: m.id.clone(),
+                        recorded: m.state,
+                        observed: format!(
+                            "its supervisor died; the workload (pid {pid}) runs unsupervised"
+                        ),
+                        exit: unknown_exit(),
+                        pid: m.pid,
+                        kill: true,
+                    });
+                    continue;
+                }
+                // Unknown is never absent: nothing is planned; the next pass looks again.
+                Observed::Unknown { reason } => {
+                    tracing::warn!(machine = %m.id, recorded = ?m.pid, %reason, "reconcile: the workload's state cannot be read; left as recorded");
+                    continue;
+                }
             };
             report.planned.push(Planned {
                 machine_id: m.id.clone(),
@@ -377,6 +410,7 @@ impl<E: Effects> Machines<E> {
                 observed: what,
                 exit,
                 pid: m.pid,
+                kill: false,
             });
         }
         let known: BTreeSet<String> = machines
@@ -432,8 +466,26 @@ impl<E: Effects> Machines<E> {
             return Ok(report);
         }
         for p in &report.planned {
-            tracing::info!(machine = %p.machine_id, recorded = %p.recorded, observed = %p.observed, "reconcile: recording what was observed");
-            let observed = Some(p.observed.clone());
+            let mut observed = Some(p.observed.clone());
+            if p.kill {
+                let Some(rec) = machines.iter().find(|m| m.id == p.machine_id) else {
+                    continue;
+                };
+                tracing::warn!(machine = %p.machine_id, observed = %p.observed, "reconcile: killing a workload that runs without its supervisor");
+                if let Err(e) = self.effects().kill_unsupervised(rec).await {
+                    tracing::warn!(machine = %p.machine_id, error = %e, "reconcile: could not kill the unsupervised workload; left as recorded");
+                    continue;
+                }
+                // The kill recorded its exit; record what it says.
+                match self.effects().observe(rec) {
+                    Observed::Gone { reason } => observed = Some(reason),
+                    other => {
+                        tracing::warn!(machine = %p.machine_id, observed = ?other, "reconcile: after killing the unsupervised workload it is not gone; left as recorded");
+                        continue;
+                    }
+                }
+            }
+            tracing::info!(machine = %p.machine_id, recorded = %p.recorded, observed = ?observed, "reconcile: recording what was observed");
             match self
                 .handle_exit(&p.machine_id, p.pid, p.exit.clone(), observed)
                 .await

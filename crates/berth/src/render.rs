@@ -352,6 +352,13 @@ pub fn doctor(h: &HostInfo, ms: &[MachineRecord]) -> serde_json::Value {
             "orphan supervisor {o}: a workload runs with no machine record"
         ));
     }
+    for u in h.supervision["unknown"].as_array().into_iter().flatten() {
+        problems.push(format!(
+            "machine {} is unknown: its state cannot be read ({}); left as recorded, nothing removed",
+            u["machine_id"].as_str().unwrap_or("?"),
+            u["reason"].as_str().unwrap_or("?")
+        ));
+    }
     let guard = &h.supervision["guard"];
     if guard["tripped"].as_bool() == Some(true) {
         let held: Vec<String> = guard["held"]
