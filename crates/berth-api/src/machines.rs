@@ -580,10 +580,10 @@ pub(crate) async fn lease_acquire(
             )));
         }
     }
-    let nonce = leases
-        .get(id.as_str())
-        .filter(|l| l.expires_at > now)
-        .map_or_else(|| random_hex(16), |l| l.nonce.clone());
+    let nonce = match leases.get(id.as_str()).filter(|l| l.expires_at > now) {
+        Some(l) => l.nonce.clone(),
+        None => random_hex(16)?,
+    };
     let lease = Lease {
         machine_id: id.to_string(),
         nonce,
