@@ -367,6 +367,11 @@ async fn run(cfg: config::Config) -> Result<(), Fatal> {
         slow,
     );
 
+    // Handlers before the socket exists: a SIGTERM arriving as soon as a client can connect
+    // must drain, not kill.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     match std::fs::remove_file(&cfg.socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(format!("removing stale {}: {e}", cfg.socket.display()).into());
@@ -441,10 +446,6 @@ async fn run(cfg: config::Config) -> Result<(), Fatal> {
         data_dir = %cfg.data_dir.display(), socket = %cfg.socket.display(), listen = ?cfg.listen,
         config = ?cfg.config_file, "berthd ready"
     );
-    // Handlers first: a SIGTERM arriving right after READY=1 must drain, not kill.
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     systemd::notify("READY=1");
     systemd::spawn_watchdog(shared.clone(), cfg.socket.clone(), stop_rx.clone());
     tokio::select! {
