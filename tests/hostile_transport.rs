@@ -167,11 +167,21 @@ fn a_flood_of_half_open_connections_leaves_the_operator_lane_answering() {
     let c = agent.socket();
     let deadline = Instant::now() + Duration::from_secs(20);
     let m = loop {
-        let health = rt.block_on(c.health());
+        // Bounded calls: a lane that accepts nothing must fail the test, not hang it.
+        let bound = Duration::from_secs(5);
+        let health = rt.block_on(async { tokio::time::timeout(bound, c.health()).await });
         let created = health
             .as_ref()
             .ok()
-            .map(|_| rt.block_on(c.create(&create_body(&["sleep", "1000"]), None)));
+            .and_then(|h| h.as_ref().ok())
+            .and_then(|_| {
+                rt.block_on(async {
+                    let body = create_body(&["sleep", "1000"]);
+                    let create = c.create(&body, None);
+                    tokio::time::timeout(bound, create).await
+                })
+                .ok()
+            });
         match created {
             Some(Ok(m)) => break m,
             other => {
