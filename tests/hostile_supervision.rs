@@ -560,3 +560,24 @@ fn supervisors_killed_together_leave_their_workloads_to_an_operator() {
         );
     }
 }
+
+/// berthd's umask 077 keeps its own files private; a workload runs with the usual 022.
+#[test]
+fn a_workload_gets_the_usual_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "");
+    let rt = rt();
+    let c = agent.socket();
+    let m = rt
+        .block_on(c.create(
+            &body(&["sh", "-c", "umask; sleep 1000"], RestartPolicy::No),
+            None,
+        ))
+        .unwrap();
+    let out = poll(20, "the workload's output", || {
+        let o = agent.cli(&["logs", m.id.as_str()]);
+        let t = String::from_utf8_lossy(&o.stdout).into_owned();
+        (!t.trim().is_empty()).then_some(t)
+    });
+    assert_eq!(out.trim(), "0022", "{out}");
+}

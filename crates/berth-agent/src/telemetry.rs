@@ -166,6 +166,20 @@ pub const METRICS: &[Metric] = &[
         "Mutations refused with 429 because the lane's bound on concurrent mutations was reached.",
     ),
     m(
+        "berth_api_connections",
+        Gauge,
+        Some(Unit::Count),
+        &["lane"],
+        "Connections open on each API lane (socket, tcp).",
+    ),
+    m(
+        "berth_api_connections_refused_total",
+        Counter,
+        Some(Unit::Count),
+        &["lane"],
+        "Connections closed at accept because the lane held api.max_connections (for tcp, clamped to what the open-files limit leaves).",
+    ),
+    m(
         "berth_events_last_seq",
         Gauge,
         Some(Unit::Count),

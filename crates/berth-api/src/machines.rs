@@ -526,7 +526,7 @@ pub(crate) async fn lease_acquire(
         req.ttl.map(|t| t.0),
         req.description,
         lease_nonce(&headers),
-        random_hex(16),
+        random_hex(16)?,
     )?;
     Ok((StatusCode::CREATED, Json(wire_lease(lease))).into_response())
 }

@@ -5,10 +5,11 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use berth_api_types::REQUEST_ID_HEADER;
+use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{ApiError, ApiResult};
@@ -92,15 +93,15 @@ pub fn router(lane: Lane) -> Router {
         .with_state(lane)
 }
 
-/// TCP requires `Authorization: Bearer <token>`; the socket lane has no token.
+/// TCP requires `Authorization: Bearer <token>` (the scheme in any case, RFC 7235); the socket
+/// lane has no token.
 async fn auth(State(lane): State<Lane>, req: Request, next: Next) -> Response {
     if let Some(token) = &lane.token {
         let ok = req
             .headers()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()));
+            .and_then(|v| bearer(v.as_bytes()))
+            .is_some_and(|given| bool::from(given.ct_eq(token.as_bytes())));
         if !ok {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -113,8 +114,89 @@ async fn auth(State(lane): State<Lane>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The credentials of a `Bearer` authorization header: the scheme is case-insensitive and
+/// separated from the token by one or more spaces.
+fn bearer(v: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = v.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let start = rest.iter().position(|&b| b != b' ')?;
+    let token = &rest[start..];
+    let end = token.iter().rposition(|&b| b != b' ')? + 1;
+    Some(&token[..end])
+}
+
+/// The `method` label: one of the methods HTTP defines, else `other`, so a client cannot create
+/// a series per made-up method.
+pub(crate) fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// The error code of a status, for errors not produced by berth's handlers (axum's rejections,
+/// 405 and the like).
+pub(crate) fn code_for(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 | 403 => "unauthorized",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 | 504 => "timeout",
+        409 => "conflict",
+        410 => "expired",
+        413 | 414 | 431 => "too_large",
+        429 => "overloaded",
+        503 => "unavailable",
+        500..=599 => "internal",
+        _ => "invalid",
+    }
+}
+
+/// Largest error body from a layer below the handlers (a rejection's text) kept as the message.
+const MAX_REJECTION_BODY: usize = 16 << 10;
+
+/// An error answered without berth's `{"error","code"}` body (axum's 405 and its extractors'
+/// rejections are plain text or empty) gets one, keeping the status and headers (`Allow`).
+async fn well_formed(resp: Response) -> Response {
+    let is_json = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if resp.status().as_u16() < 400 || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_BODY)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = match (text.is_empty(), parts.status.as_u16()) {
+        (false, _) => text,
+        (true, 405) => "this route does not take that method (see the Allow header)".to_owned(),
+        (true, _) => parts
+            .status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_lowercase(),
+    };
+    let fresh = ApiError::new(parts.status, code_for(parts.status), message).into_response();
+    let (fresh_parts, body) = fresh.into_parts();
+    parts.headers.remove("content-length");
+    for (k, v) in &fresh_parts.headers {
+        parts.headers.insert(k.clone(), v.clone());
+    }
+    Response::from_parts(parts, body)
 }
 
 /// Request id, per-route metrics and a log line per request.
@@ -125,18 +207,18 @@ async fn observe(req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_owned)
-        .unwrap_or_else(|| random_hex(8));
+        .unwrap_or_else(request_id);
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |m| m.as_str())
         .to_owned();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let start = Instant::now();
-    let mut resp = next.run(req).await;
+    let mut resp = well_formed(next.run(req).await).await;
     let status = resp.status().as_u16().to_string();
     let secs = start.elapsed().as_secs_f64();
-    metrics::counter!("berth_api_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+    metrics::counter!("berth_api_requests_total", "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
     metrics::histogram!("berth_api_request_duration_seconds", "route" => route.clone())
         .record(secs);
@@ -145,4 +227,16 @@ async fn observe(req: Request, next: Next) -> Response {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     resp
+}
+
+/// A fresh request id: OS randomness, or (should the OS refuse it) a process-wide counter: a
+/// request id needs to be unique, not secret.
+fn request_id() -> String {
+    random_hex(8).unwrap_or_else(|_| {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        format!(
+            "c{:015x}",
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )
+    })
 }

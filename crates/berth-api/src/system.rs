@@ -216,6 +216,14 @@ pub(crate) async fn events(
             .min(Duration::from_secs(60)),
     };
     let store = lane.shared.agent.store();
+    // A cursor past the head would otherwise wait forever for seqs this log already gave to
+    // other events, or will never reach: refuse it.
+    let head = store.last_seq()?;
+    if after > head {
+        return Err(ApiError::conflict(format!(
+            "after={after} is past this host's newest event (seq {head}): the database was probably replaced or restored from a backup, or the cursor belongs to another host; resync: list the machines, then follow from after={head}"
+        )));
+    }
     let mut seq = store.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -281,7 +289,7 @@ pub(crate) async fn db_backup(State(lane): State<Lane>) -> ApiResult<Response> {
     let dir = lane.shared.cfg.data_dir.join("backups");
     std::fs::create_dir_all(&dir)
         .map_err(|e| ApiError::internal(format!("create {}: {e}", dir.display())))?;
-    let path = dir.join(format!("backup-{}.redb", crate::random_hex(6)));
+    let path = dir.join(format!("backup-{}.redb", crate::random_hex(6)?));
     let store = lane.shared.agent.store().clone();
     let p = path.clone();
     let bytes = tokio::task::spawn_blocking(move || {

@@ -401,6 +401,9 @@ fn exec_child(c: &ChildSetup<'_>) -> nix::errno::Errno {
         let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // berthd runs with umask 077 so that its own files are private; a workload gets the usual
+    // 022, as under a service manager.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     if let Err(e) = nix::unistd::chdir(workdir.as_c_str()) {
         return e;
     }

@@ -48,6 +48,8 @@ pub struct ApiSection {
     pub token_file: Option<PathBuf>,
     pub max_inflight_mutations: Option<usize>,
     pub socket_max_inflight_mutations: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub header_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +127,11 @@ pub struct Config {
     pub token_file: PathBuf,
     pub max_inflight: usize,
     pub socket_max_inflight: usize,
+    /// Most connections per lane.
+    pub max_connections: usize,
+    /// A connection without a complete request head this long after it opened (or after its
+    /// last response) is closed.
+    pub header_timeout: Duration,
     pub slow_op_threshold: Duration,
     pub slow_op_window: Duration,
     pub write_queue: usize,
@@ -314,6 +321,12 @@ impl Config {
                 file.api.socket_max_inflight_mutations,
                 16,
             )?,
+            max_connections: positive("api.max_connections", file.api.max_connections, 1024)?,
+            header_timeout: positive_duration(
+                "api.header_timeout",
+                file.api.header_timeout.as_ref(),
+                Duration::from_secs(10),
+            )?,
             slow_op_threshold: duration(
                 "db.slow_op_threshold",
                 file.db.slow_op_threshold.as_ref(),
@@ -413,6 +426,8 @@ mod tests {
         assert_eq!(c.token_file, PathBuf::from("/var/lib/berth/token"));
         assert_eq!(c.slow_op_threshold, Duration::from_millis(100));
         assert_eq!(c.compaction_min_file_size, 64 << 20);
+        assert_eq!(c.max_connections, 1024);
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
     }
 
     #[test]
@@ -434,6 +449,8 @@ mod tests {
                 "[metrics]\nsample_interval = \"0s\"",
                 "metrics.sample_interval",
             ),
+            ("[api]\nmax_connections = 0", "api.max_connections"),
+            ("[api]\nheader_timeout = \"0s\"", "api.header_timeout"),
         ] {
             let err = build(text).unwrap_err();
             assert!(err.contains(want), "{text}: {err}");

@@ -101,6 +101,9 @@ fn main() -> ExitCode {
             return ExitCode::from(78);
         }
     };
+    // Everything berthd creates is private, whatever umask it was started with: the database,
+    // the token, the socket, the machines' specs (which hold their env, secrets included).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -114,30 +117,131 @@ fn main() -> ExitCode {
     match rt.block_on(run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("berthd: {e}");
-            ExitCode::FAILURE
+            eprintln!("berthd: {}", e.message);
+            ExitCode::from(e.code)
         }
     }
 }
 
-/// Reads the API token, creating it (0600, random) on first start.
-fn token(path: &Path) -> Result<String, String> {
-    match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
-        Ok(_) => {
-            return Err(format!(
-                "{} is empty; delete it to have a new token generated",
-                path.display()
+/// Why berthd stops, and its exit status (78: configuration, including an unsafe token file).
+#[derive(Debug)]
+struct Fatal {
+    code: u8,
+    message: String,
+}
+
+impl From<String> for Fatal {
+    fn from(message: String) -> Self {
+        Fatal { code: 1, message }
+    }
+}
+
+fn config_error(message: String) -> Fatal {
+    Fatal { code: 78, message }
+}
+
+/// Reads an existing API token, refusing a file that is not safe to trust: it must be a regular
+/// file (opened without following a symbolic link), owned by berthd's user, with no permission
+/// for group or other. `None`: there is none yet.
+fn existing_token(path: &Path) -> Result<Option<String>, Fatal> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let what = |why: String| config_error(format!("api.token_file {}: {why}", path.display()));
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
+            return Err(what(
+                "is a symbolic link; berthd does not follow links to its token (replace it with the file itself)".into(),
             ));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        Err(e) => return Err(what(format!("cannot be opened: {e}"))),
+    };
+    let meta = f
+        .metadata()
+        .map_err(|e| what(format!("cannot be examined: {e}")))?;
+    if !meta.file_type().is_file() {
+        return Err(what("is not a regular file".into()));
     }
-    let token = berth_api::random_hex(32);
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(what(format!(
+            "is owned by uid {}, not by berthd's user (uid {euid}); chown it",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(what(format!(
+            "has mode {mode:04o}: group or other may use it; chmod 600 it"
+        )));
+    }
+    let mut t = String::new();
+    f.read_to_string(&mut t)
+        .map_err(|e| what(format!("cannot be read: {e}")))?;
+    if t.trim().is_empty() {
+        return Err(what(
+            "is empty; delete it to have a new token generated".into(),
+        ));
+    }
+    Ok(Some(t.trim().to_owned()))
+}
+
+/// Makes `dir` mode 0700 whatever it was, saying so when it changes anything.
+fn make_private_dir(dir: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("chmod 700 {}: {e}", dir.display()))?;
+        tracing::warn!(path = %dir.display(), was = %format!("{mode:04o}"), "the data directory was not private: made it 0700");
+    }
+    Ok(())
+}
+
+/// Takes group and other permissions off every regular file directly in the data directory
+/// (the database and its side files, the cordon flag), never following a link. The token file
+/// is not fixed but checked ([`existing_token`]); `machines/` belongs to the driver.
+fn make_private_files(dir: &Path, skip: &Path) -> Result<(), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path == skip {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if !meta.file_type().is_file() || mode & 0o077 == 0 {
+            continue;
+        }
+        let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags.bits())
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
+            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        tracing::warn!(path = %path.display(), was = %format!("{mode:04o}"), now = %format!("{:04o}", mode & 0o700), "a file in the data directory was readable by others: made it private");
+    }
+    Ok(())
+}
+
+/// Creates the API token (0600, random) on first start. Without OS randomness there is no token.
+fn new_token(path: &Path, token: Result<String, berth_api::RandomError>) -> Result<String, Fatal> {
+    let token = token.map_err(|e| format!("cannot make an API token: {e}"))?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(path)
         .map_err(|e| format!("creating {}: {e}", path.display()))?;
     writeln!(f, "{token}")
@@ -147,12 +251,16 @@ fn token(path: &Path) -> Result<String, String> {
     Ok(token)
 }
 
-async fn run(cfg: config::Config) -> Result<(), String> {
+async fn run(cfg: config::Config) -> Result<(), Fatal> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&cfg.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+    make_private_dir(&cfg.data_dir)?;
+    // Checked before anything starts; created (if missing) once the store's lock is held.
+    let token = existing_token(&cfg.token_file)?;
+    make_private_files(&cfg.data_dir, &cfg.token_file)?;
     // Buckets, not the exporter's default summaries: quantiles of a summary cannot be
     // aggregated or taken over a time window, and the alert rules need both.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -239,13 +347,19 @@ async fn run(cfg: config::Config) -> Result<(), String> {
         return Err(format!(
             "the supervisor binary {} does not exist (driver.shim)",
             agent_cfg.driver.shim.display()
-        ));
+        )
+        .into());
     }
 
     // Opening the store takes the data dir's lock: a second agent stops here, before it could
     // touch the first one's socket.
     let agent = Agent::start(agent_cfg).await.map_err(|e| e.to_string())?;
-    let token = token(&cfg.token_file)?;
+    let token = match token {
+        Some(t) => t,
+        None => new_token(&cfg.token_file, berth_api::random_hex(32))?,
+    };
+    // A database created by this start is 0600 already (umask); one restored by hand may not be.
+    make_private_files(&cfg.data_dir, &cfg.token_file)?;
     let telemetry = agent.telemetry().clone();
     let render = Arc::new(move || telemetry.render(|| prometheus.render()))
         as Arc<dyn Fn() -> String + Send + Sync>;
@@ -260,9 +374,14 @@ async fn run(cfg: config::Config) -> Result<(), String> {
         slow,
     );
 
+    // Handlers before the socket exists: a SIGTERM arriving as soon as a client can connect
+    // must drain, not kill.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     match std::fs::remove_file(&cfg.socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(format!("removing stale {}: {e}", cfg.socket.display()));
+            return Err(format!("removing stale {}: {e}", cfg.socket.display()).into());
         }
         _ => {}
     }
@@ -285,27 +404,55 @@ async fn run(cfg: config::Config) -> Result<(), String> {
     };
     let socket_lane = berth_api::lane(shared.clone(), "socket", None, cfg.socket_max_inflight);
     let mut servers = Vec::new();
-    servers.push(tokio::spawn(
-        axum::serve(unix, berth_api::router(socket_lane))
-            .with_graceful_shutdown(shutdown(stop_rx.clone()))
-            .into_future(),
-    ));
+    servers.push(tokio::spawn(berth_api::serve::serve(
+        unix,
+        berth_api::router(socket_lane),
+        berth_api::serve::ServeConfig {
+            lane: "socket",
+            max_connections: cfg.max_connections,
+            header_timeout: cfg.header_timeout,
+            fd_budget: None,
+        },
+        shutdown(stop_rx.clone()),
+    )));
     if let Some(tcp) = tcp {
+        // The TCP lane must never take the descriptors berthd's own files need: a pidfd per
+        // machine and a few for each launch, the database, the socket lane's connections.
+        let budget = berth_api::serve::FdBudget {
+            reserve: fd_reserve(cfg.max_machines),
+            others: cfg.max_connections as u64,
+        };
+        if let Ok((soft, _)) = berth_driver::limits::nofile_limit() {
+            let limit = budget.clamp(cfg.max_connections, soft);
+            if limit < cfg.max_connections {
+                tracing::warn!(
+                    soft,
+                    reserve = budget.reserve,
+                    limit,
+                    configured = cfg.max_connections,
+                    "the open-files limit leaves the TCP lane fewer connections than api.max_connections: clamped (raise LimitNOFILE)"
+                );
+            }
+        }
         let tcp_lane = berth_api::lane(shared.clone(), "tcp", Some(token), cfg.max_inflight);
-        servers.push(tokio::spawn(
-            axum::serve(tcp, berth_api::router(tcp_lane))
-                .with_graceful_shutdown(shutdown(stop_rx.clone()))
-                .into_future(),
-        ));
+        servers.push(tokio::spawn(berth_api::serve::serve(
+            tcp,
+            berth_api::router(tcp_lane),
+            berth_api::serve::ServeConfig {
+                lane: "tcp",
+                max_connections: cfg.max_connections,
+                header_timeout: cfg.header_timeout,
+                fd_budget: Some(budget),
+            },
+            shutdown(stop_rx.clone()),
+        )));
+    } else {
+        berth_api::serve::register_metrics("tcp");
     }
     tracing::info!(
         data_dir = %cfg.data_dir.display(), socket = %cfg.socket.display(), listen = ?cfg.listen,
         config = ?cfg.config_file, "berthd ready"
     );
-    // Handlers first: a SIGTERM arriving right after READY=1 must drain, not kill.
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     systemd::notify("READY=1");
     systemd::spawn_watchdog(shared.clone(), cfg.socket.clone(), stop_rx.clone());
     tokio::select! {
@@ -330,4 +477,29 @@ async fn run(cfg: config::Config) -> Result<(), String> {
     let _ = std::fs::remove_file(&cfg.socket);
     tracing::info!("berthd stopped; workloads keep running under their supervisors");
     Ok(())
+}
+
+/// Descriptors kept for berthd's own files: 256 for the process itself (the database, logs,
+/// the runtime, shim launches in flight) and two per machine (its pidfd, and a file of its
+/// directory being read or a log being followed).
+fn fd_reserve(max_machines: usize) -> u64 {
+    256 + 2 * max_machines as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_token_without_os_randomness() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("token");
+        let r = new_token(
+            &path,
+            berth_api::random_hex_with(32, |_| Err("getrandom: ENOSYS".into())),
+        );
+        let e = r.err().map(|e| e.message).unwrap_or_default();
+        assert!(e.contains("cannot make an API token"), "{e}");
+        assert!(!path.exists(), "no token file is written");
+    }
 }
