@@ -64,10 +64,13 @@ fn assert_untouched(path: &Path, before: &(Vec<u8>, i64, i64), what: &str) {
 }
 
 fn populate(agent: &Agent, n: usize) {
+    // Names are unique on a host: every call names its machines afresh.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let rt = rt();
     let c = agent.socket();
     rt.block_on(async {
-        for i in 0..n {
+        for _ in 0..n {
+            let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             c.create(&create_body(&format!("m{i:04}"), true), None)
                 .await
                 .unwrap();

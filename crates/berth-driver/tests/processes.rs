@@ -506,8 +506,9 @@ async fn unreadable_state_is_unknown_and_nothing_is_removed() {
     d.stop(&m, "SIGKILL", Duration::from_secs(5)).await.unwrap();
 }
 
-/// A shim killed while its workload runs: the workload is killed (its identity proven) and its
-/// exit recorded with the note, so a new launch can follow.
+/// A shim killed while its workload runs: waiting for the exit reports the lost supervisor and
+/// touches nothing (killing is the guarded caller's decision); settling it kills the workload
+/// (its identity proven) and records its exit with the note, so a new launch can follow.
 #[tokio::test]
 async fn a_dead_shim_is_settled() {
     let dir = tempfile::tempdir().unwrap();
@@ -523,10 +524,18 @@ async fn a_dead_shim_is_settled() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let rec = tokio::time::timeout(Duration::from_secs(10), d.wait_exit(&m))
+    let lost = tokio::time::timeout(Duration::from_secs(10), d.wait_exit(&m))
         .await
-        .unwrap()
         .unwrap();
+    assert!(
+        matches!(lost, Err(berth_driver::DriverError::Lost(_))),
+        "{lost:?}"
+    );
+    assert!(alive(pid), "waiting for an exit killed the workload");
+    let rec = d
+        .settle_lost(&m)
+        .unwrap()
+        .expect("a lost supervisor to settle");
     assert_eq!(rec.note.as_deref(), Some(berth_driver::SUPERVISOR_DIED));
     assert!(!alive(pid), "the unsupervised workload still runs");
     assert!(matches!(d.probe(&m), Probe::Exited(_)));
