@@ -787,23 +787,28 @@ fn materialize(
 
 /// The history rows of every event above the watermark, read in one snapshot, and the last seq.
 fn pending_history(db: &Database) -> Result<(Vec<HistoryRow>, u64)> {
-    let txn = db
-        .begin_read()
-        .map_err(StoreError::db("read pending history"))?;
-    let meta = txn
-        .open_table(META)
-        .map_err(StoreError::db("read pending history"))?;
-    let watermark = schema::read_u64(&meta, KEY_HISTORY_SEQ)?.unwrap_or(0);
-    let events = txn
-        .open_table(EVENTS)
-        .map_err(StoreError::db("read pending history"))?;
+    let what = "read pending history";
+    let txn = db.begin_read().map_err(StoreError::db(what))?;
+    let meta = txn.open_table(META).map_err(StoreError::db(what))?;
+    let events = txn.open_table(EVENTS).map_err(StoreError::db(what))?;
+    rows_above_watermark(&meta, &events, what)
+}
+
+/// The history rows of every event above `meta`'s watermark, and the last seq (the watermark when
+/// there is none), from the tables of a read or a write transaction.
+fn rows_above_watermark(
+    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    events: &impl redb::ReadableTable<u64, &'static [u8]>,
+    what: &'static str,
+) -> Result<(Vec<HistoryRow>, u64)> {
+    let watermark = schema::read_u64(meta, KEY_HISTORY_SEQ)?.unwrap_or(0);
     let mut rows = Vec::new();
     let mut last = watermark;
     for entry in events
         .range(watermark.saturating_add(1)..)
-        .map_err(StoreError::db("read pending history"))?
+        .map_err(StoreError::db(what))?
     {
-        let (k, v) = entry.map_err(StoreError::db("read pending history"))?;
+        let (k, v) = entry.map_err(StoreError::db(what))?;
         let ev: Event = decode_at("events", k.value(), v.value())?;
         last = k.value();
         rows.push(HistoryRow {
@@ -822,29 +827,10 @@ pub(crate) fn catch_up_history(db: &Database) -> Result<usize> {
         .begin_write()
         .map_err(StoreError::db("catch up history"))?;
     let rows = {
-        let meta = txn
-            .open_table(META)
-            .map_err(StoreError::db("catch up history"))?;
-        let watermark = schema::read_u64(&meta, KEY_HISTORY_SEQ)?.unwrap_or(0);
-        let events = txn
-            .open_table(EVENTS)
-            .map_err(StoreError::db("catch up history"))?;
-        let mut rows = Vec::new();
-        let mut last = watermark;
-        for entry in events
-            .range(watermark.saturating_add(1)..)
-            .map_err(StoreError::db("catch up history"))?
-        {
-            let (k, v) = entry.map_err(StoreError::db("catch up history"))?;
-            let ev: Event = decode_at("events", k.value(), v.value())?;
-            last = k.value();
-            rows.push(HistoryRow {
-                machine_id: ev.machine_id,
-                version: ev.version,
-                bytes: v.value().to_vec(),
-            });
-        }
-        (rows, last)
+        let what = "catch up history";
+        let meta = txn.open_table(META).map_err(StoreError::db(what))?;
+        let events = txn.open_table(EVENTS).map_err(StoreError::db(what))?;
+        rows_above_watermark(&meta, &events, what)?
     };
     let (rows, last) = rows;
     let n = rows.len();
