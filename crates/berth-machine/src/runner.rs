@@ -143,20 +143,6 @@ impl<E> Clone for Machines<E> {
     }
 }
 
-fn params_of(op: &OperationRecord) -> (Option<String>, Option<Duration>) {
-    let signal = op
-        .params
-        .get("signal")
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
-    let timeout = op
-        .params
-        .get("timeout_ms")
-        .and_then(|v| v.as_u64())
-        .map(Duration::from_millis);
-    (signal, timeout)
-}
-
 impl<E: Effects> Machines<E> {
     /// A service over `store` with `effects`.
     pub fn new(store: Store, effects: Arc<E>) -> Self {
@@ -240,7 +226,10 @@ impl<E: Effects> Machines<E> {
             .collect();
         let source = req.source;
         let start = !req.skip_start;
-        let params = serde_json::json!({ "start": start });
+        let params = berth_types::OpParams {
+            start: Some(start),
+            ..Default::default()
+        };
         let max = admission.max_machines;
         let admitted = self
             .store
@@ -341,16 +330,14 @@ impl<E: Effects> Machines<E> {
         signal: Option<String>,
         timeout: Option<Duration>,
     ) -> Result<OperationRecord, OpError> {
-        let mut params = serde_json::Map::new();
+        let params = berth_types::OpParams {
+            timeout_ms: timeout.map(|t| t.as_millis() as u64),
+            signal,
+            ..Default::default()
+        };
         let steps = plan(kind, true);
         let names: Vec<&'static str> = steps.iter().map(|s| s.name).collect();
         let first_to = steps.iter().find_map(|s| s.to).map(|(s, _)| s);
-        if let Some(s) = signal {
-            params.insert("signal".into(), s.into());
-        }
-        if let Some(t) = timeout {
-            params.insert("timeout_ms".into(), (t.as_millis() as u64).into());
-        }
         let id = id.clone();
         let op = self
             .store
@@ -379,7 +366,7 @@ impl<E: Effects> Machines<E> {
                             source,
                         })?;
                 }
-                let op = w.begin_operation(&id, kind, source, serde_json::Value::Object(params), &names)?;
+                let op = w.begin_operation(&id, kind, source, params, &names)?;
                 first_step_inline(w, op, true)
             })
             .await?;
@@ -388,11 +375,7 @@ impl<E: Effects> Machines<E> {
 
     /// Runs an operation's remaining steps to the end.
     pub async fn run(&self, op: OperationRecord) -> Result<OpOutcome, OpError> {
-        let start = op
-            .params
-            .get("start")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(true);
+        let start = op.params.start.unwrap_or(true);
         let steps = plan(op.kind, start);
         for stored in &op.steps {
             if !steps.iter().any(|s| s.name == stored.name) {
@@ -443,23 +426,8 @@ impl<E: Effects> Machines<E> {
             // An operation begun by supervision carries the exit that caused it and a reason,
             // both recorded with its first transition.
             let first = op.steps.iter().all(|s| s.done_at.is_none());
-            let exit = exit.or_else(|| {
-                first
-                    .then(|| {
-                        op.params
-                            .get("exit")
-                            .and_then(|e| serde_json::from_value(e.clone()).ok())
-                    })
-                    .flatten()
-            });
-            let step_reason = first
-                .then(|| {
-                    op.params
-                        .get("reason")
-                        .and_then(|r| r.as_str())
-                        .map(str::to_owned)
-                })
-                .flatten();
+            let exit = exit.or_else(|| first.then(|| op.params.exit.clone()).flatten());
+            let step_reason = first.then(|| op.params.reason.clone()).flatten();
             let to = step.to;
             let kind = op.kind;
             let written = self
@@ -536,7 +504,7 @@ impl<E: Effects> Machines<E> {
             Effect::None => Ok((None, None)),
             Effect::Prepare => self.effects.prepare(machine).await.map(|()| (None, None)),
             Effect::Spawn => {
-                if let Some(ms) = op.params.get("delay_ms").and_then(|v| v.as_u64()) {
+                if let Some(ms) = op.params.delay_ms {
                     // Restart-policy backoff. After an agent restart the wait starts over, which
                     // only ever errs on the side of waiting longer.
                     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -550,9 +518,12 @@ impl<E: Effects> Machines<E> {
                     .map(|pid| (Some(pid), None))
             }
             Effect::StopWorkload => {
-                let (signal, timeout) = params_of(op);
-                let signal = signal.unwrap_or_else(|| machine.config.stop.signal.clone());
-                let timeout = timeout.unwrap_or(machine.config.stop.timeout.0);
+                let signal = op
+                    .params
+                    .signal
+                    .clone()
+                    .unwrap_or_else(|| machine.config.stop.signal.clone());
+                let timeout = op.params.timeout().unwrap_or(machine.config.stop.timeout.0);
                 self.effects
                     .stop_workload(machine, &signal, timeout)
                     .await
@@ -651,7 +622,7 @@ fn first_step_inline(
     let (Effect::None, Some((to, event_kind))) = (step.effect, step.to) else {
         return Ok(op);
     };
-    if op.params.get("exit").is_some() {
+    if op.params.exit.is_some() {
         return Ok(op);
     }
     let spec = TransitionSpec::new(to, event_kind, op.source, reason(op.kind, step.name));

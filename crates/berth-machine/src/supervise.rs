@@ -127,6 +127,8 @@ pub fn describe_exit(exit: &ExitInfo) -> String {
 
 /// What [`Machines::handle_exit`] did.
 #[derive(Debug, Clone)]
+// Returned once per decision, never stored in bulk: boxing the operation buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum ExitOutcome {
     /// Recorded as stopped or failed.
     Recorded(State),
@@ -300,11 +302,12 @@ impl<E: Effects> Machines<E> {
                             rec.restarts + 1,
                             delay.as_millis()
                         );
-                        let params = serde_json::json!({
-                            "delay_ms": delay.as_millis() as u64,
-                            "exit": exit,
-                            "reason": reason,
-                        });
+                        let params = berth_types::OpParams {
+                            delay_ms: Some(delay.as_millis() as u64),
+                            exit: Some(exit.clone()),
+                            reason: Some(reason),
+                            ..Default::default()
+                        };
                         ExitOutcome::Restart(w.begin_operation(
                             &id2,
                             OpKind::Restart,
@@ -519,10 +522,7 @@ fn unknown_exit() -> ExitInfo {
 
 fn exit_of(outcome: &ExitOutcome, rec: &MachineRecord) -> ExitInfo {
     match outcome {
-        ExitOutcome::Restart(op) => op
-            .params
-            .get("exit")
-            .and_then(|e| serde_json::from_value(e.clone()).ok()),
+        ExitOutcome::Restart(op) => op.params.exit.clone(),
         _ => rec.exit.clone(),
     }
     .unwrap_or_else(unknown_exit)

@@ -496,7 +496,7 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
         machine_id: &MachineId,
         kind: OpKind,
         source: Source,
-        params: serde_json::Value,
+        params: berth_types::OpParams,
         steps: &[&str],
     ) -> Result<OperationRecord> {
         let mut rec = self.machine_required(machine_id)?;

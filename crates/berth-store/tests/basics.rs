@@ -234,7 +234,7 @@ fn state_and_counters_survive_reopen() {
                     &id,
                     OpKind::Start,
                     Source::User,
-                    serde_json::json!({}),
+                    Default::default(),
                     &["mark_starting", "spawn", "mark_started"],
                 )
             })
@@ -254,13 +254,7 @@ fn state_and_counters_survive_reopen() {
     let id = MachineId::parse("m1").unwrap();
     let err = store
         .write_blocking(move |w| {
-            w.begin_operation(
-                &id,
-                OpKind::Stop,
-                Source::User,
-                serde_json::json!({}),
-                &["x"],
-            )
+            w.begin_operation(&id, OpKind::Stop, Source::User, Default::default(), &["x"])
         })
         .unwrap_err();
     assert!(matches!(err, StoreError::Busy { op, .. } if op == op_id));

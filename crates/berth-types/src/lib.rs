@@ -16,6 +16,6 @@ pub use config::{MachineConfig, ResourceLimits, RestartConfig, RestartPolicy, St
 pub use event::{Event, EventKind, ExitInfo, Source};
 pub use id::{IdError, MachineId};
 pub use machine::MachineRecord;
-pub use operation::{OpKind, OperationRecord, StepRecord};
+pub use operation::{OpKind, OpParams, OperationRecord, StepRecord};
 pub use state::{IllegalTransition, State};
 pub use time::Timestamp;
