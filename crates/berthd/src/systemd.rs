@@ -20,33 +20,44 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_api::Shared;
+use sd_notify::NotifyState;
 
 /// Sends one notification (e.g. `READY=1`) to systemd, if it asked for them.
 pub fn notify(state: &str) {
-    let Some(addr) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    if let Err(e) = send(&addr.to_string_lossy(), state) {
+    if let Err(e) = send(&NotifyState::Custom(state)) {
         tracing::warn!(error = %e, state, "could not notify systemd");
     }
 }
 
-fn send(addr: &str, state: &str) -> std::io::Result<()> {
-    let sock = std::os::unix::net::UnixDatagram::unbound()?;
-    let msg = format!("{state}\n");
-    if let Some(abstract_name) = addr.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        let a = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())?;
-        sock.send_to_addr(msg.as_bytes(), &a)?;
-    } else {
-        sock.send_to(msg.as_bytes(), addr)?;
+/// Sends `state` to the socket `NOTIFY_SOCKET` names, if it is set: through `sd-notify` for a
+/// path, by hand for an abstract name (`@name`, which systemd accepts and `sd-notify` 0.5 would
+/// treat as a file path).
+fn send(state: &NotifyState) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(addr) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(());
+    };
+    match addr.as_bytes().strip_prefix(b"@") {
+        Some(name) => send_abstract(name, state),
+        None => sd_notify::notify(std::slice::from_ref(state)),
     }
+}
+
+fn send_abstract(name: &[u8], state: &NotifyState) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    sock.send_to_addr(format!("{state}\n").as_bytes(), &addr)?;
     Ok(())
 }
 
 /// The watchdog period systemd expects, from `WATCHDOG_USEC` and `WATCHDOG_PID` (as
 /// `sd_watchdog_enabled` reads them): none when unset, zero or unparsable, or when
 /// `WATCHDOG_PID` names another process (the variables were inherited, not meant for us).
+///
+/// Not `sd_notify::watchdog_enabled`: that returns a zero period for `WATCHDOG_USEC=0` (a check
+/// loop with no pause) and ignores an unparsable `WATCHDOG_PID` instead of declining, and it reads
+/// the environment itself, so it cannot be tested without changing the test process's environment.
 pub fn watchdog_period(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Option<Duration> {
     let usec: u64 = usec?.trim().parse().ok().filter(|u| *u > 0)?;
     if let Some(pid) = pid
@@ -74,10 +85,10 @@ pub fn spawn_watchdog(
     ) else {
         return;
     };
-    let Some(addr) = env("NOTIFY_SOCKET") else {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
         tracing::warn!("WATCHDOG_USEC is set without NOTIFY_SOCKET; no watchdog");
         return;
-    };
+    }
     let step = period / 4;
     tracing::info!(period = ?period, every = ?step, "feeding systemd's watchdog while the store and the API respond");
     tokio::spawn(async move {
@@ -89,7 +100,7 @@ pub fn spawn_watchdog(
             };
             match outcome {
                 Ok(()) => {
-                    if let Err(e) = send(&addr, "WATCHDOG=1") {
+                    if let Err(e) = send(&NotifyState::Watchdog) {
                         tracing::warn!(error = %e, "could not ping systemd's watchdog");
                     }
                 }
@@ -159,15 +170,64 @@ mod tests {
         }
     }
 
+    /// The variable that makes [`child_sends_one_watchdog_ping`] act, naming what it expects.
+    const CHILD: &str = "BERTHD_TEST_NOTIFY_CHILD";
+
+    /// Runs [`child_sends_one_watchdog_ping`] in a child test process with `NOTIFY_SOCKET` set
+    /// (`send` reads it from the environment, which a test must not change in its own process).
+    fn child_sends(notify_socket: &std::ffi::OsStr, expect: &str) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "systemd::tests::child_sends_one_watchdog_ping",
+                "--nocapture",
+            ])
+            .env("NOTIFY_SOCKET", notify_socket)
+            .env(CHILD, expect)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Does nothing unless started by [`child_sends`].
+    #[test]
+    fn child_sends_one_watchdog_ping() {
+        let Ok(expect) = std::env::var(CHILD) else {
+            return;
+        };
+        let sent = send(&NotifyState::Watchdog);
+        match expect.as_str() {
+            "ok" => sent.unwrap(),
+            _ => assert!(sent.is_err(), "{sent:?}"),
+        }
+    }
+
     #[test]
     fn notifications_reach_a_datagram_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        send(path.to_str().unwrap(), "WATCHDOG=1").unwrap();
+        child_sends(path.as_os_str(), "ok");
         let mut buf = [0u8; 32];
         let n = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"WATCHDOG=1\n");
-        assert!(send(dir.path().join("nobody").to_str().unwrap(), "READY=1").is_err());
+        child_sends(dir.path().join("nobody").as_os_str(), "err");
+    }
+
+    #[test]
+    fn notifications_reach_an_abstract_datagram_socket() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("berthd-test-notify-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let rx = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        child_sends(format!("@{name}").as_ref(), "ok");
+        let mut buf = [0u8; 32];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"WATCHDOG=1\n");
     }
 }
