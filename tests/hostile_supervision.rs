@@ -52,6 +52,18 @@ fn alive(p: &ProcessId) -> bool {
     p.is_alive()
 }
 
+/// One reconciliation pass, now (`POST /v1/host/reconcile`).
+fn reconcile_now(rt: &tokio::runtime::Runtime, agent: &Agent) {
+    let r = rt
+        .block_on(
+            agent
+                .socket()
+                .raw(Method::POST, "/v1/host/reconcile", None, &[]),
+        )
+        .unwrap();
+    assert!(r.status.is_success(), "{r:?}");
+}
+
 fn get(rt: &tokio::runtime::Runtime, agent: &Agent, id: &str) -> MachineRecord {
     rt.block_on(agent.socket().get(id)).unwrap()
 }
@@ -220,14 +232,7 @@ fn a_garbled_shim_json_is_unknown_and_visible() {
         "{text}"
     );
     // A few more passes change nothing.
-    let r = rt
-        .block_on(
-            agent
-                .socket()
-                .raw(Method::POST, "/v1/host/reconcile", None, &[]),
-        )
-        .unwrap();
-    assert!(r.status.is_success(), "{r:?}");
+    reconcile_now(&rt, &agent);
     let now = get(&rt, &agent, &id);
     assert_eq!(
         (now.state.to_string(), now.version),
@@ -271,14 +276,7 @@ fn the_workloads_default_workdir_is_its_own() {
         (!s.is_empty()).then_some(s)
     });
     assert_eq!(PathBuf::from(out.trim()), work.canonicalize().unwrap());
-    let r = rt
-        .block_on(
-            agent
-                .socket()
-                .raw(Method::POST, "/v1/host/reconcile", None, &[]),
-        )
-        .unwrap();
-    assert!(r.status.is_success(), "{r:?}");
+    reconcile_now(&rt, &agent);
     let now = get(&rt, &agent, &id);
     assert_eq!(
         (now.state.to_string(), now.version),

@@ -184,13 +184,7 @@ impl Guard {
         }
         let live = self.live.load(Ordering::Relaxed);
         let mut s = self.lock();
-        while s
-            .recent
-            .front()
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > self.cfg.window)
-        {
-            s.recent.pop_front();
-        }
+        prune(&mut s.recent, self.cfg.window, now);
         let mut distinct: std::collections::BTreeSet<&MachineId> =
             s.recent.iter().map(|(_, m)| m).collect();
         distinct.extend(machines.iter());
@@ -219,21 +213,30 @@ impl Guard {
             );
             s.tripped = Some(why);
         }
-        *s.blocked_total.entry(action).or_default() += machines.len() as u64;
-        metrics::counter!("berth_guard_blocked_total", "action" => action.as_str())
-            .increment(machines.len() as u64);
         Verdict::Hold
     }
 
-    /// Records what a held decision would have done, for the operator.
-    pub fn hold(&self, held: Held) {
-        tracing::warn!(
-            machine = %held.machine_id, action = held.action.as_str(), observed = %held.observed,
-            "blast-radius guard: held back; approve with `berth host approve` once the host is healthy"
-        );
+    /// Records what a held decision would have done, for the operator, and counts it in
+    /// `berth_guard_blocked_total`. The same decision held again (a reconciliation pass seeing
+    /// the same machine, unchanged, every interval) is neither logged nor counted again; returns
+    /// whether it was new.
+    pub fn hold(&self, held: Held) -> bool {
         let mut s = self.lock();
-        s.held.insert(held.machine_id.clone(), held);
+        let known = s.held.get(&held.machine_id).is_some_and(|h| {
+            h.action == held.action && h.version == held.version && h.observed == held.observed
+        });
+        if !known {
+            tracing::warn!(
+                machine = %held.machine_id, action = held.action.as_str(), observed = %held.observed,
+                "blast-radius guard: held back; approve with `berth host approve` once the host is healthy"
+            );
+            *s.blocked_total.entry(held.action).or_default() += 1;
+            metrics::counter!("berth_guard_blocked_total", "action" => held.action.as_str())
+                .increment(1);
+            s.held.insert(held.machine_id.clone(), held);
+        }
         metrics::gauge!("berth_guard_held").set(s.held.len() as f64);
+        !known
     }
 
     /// An operator approved: the guard resets (window and trip), and the held decisions are
@@ -258,7 +261,8 @@ impl Guard {
 
     /// The guard's state.
     pub fn status(&self) -> GuardStatus {
-        let s = self.lock();
+        let mut s = self.lock();
+        prune(&mut s.recent, self.cfg.window, Instant::now());
         let mut held: Vec<Held> = s.held.values().cloned().collect();
         held.sort_by_key(|h| h.at);
         let distinct: std::collections::BTreeSet<&MachineId> =
@@ -272,6 +276,16 @@ impl Guard {
             recent_machines: distinct.len(),
             window_secs: self.cfg.window.as_secs(),
         }
+    }
+}
+
+/// Drops the decisions older than the window.
+fn prune(recent: &mut VecDeque<(Instant, MachineId)>, window: Duration, now: Instant) {
+    while recent
+        .front()
+        .is_some_and(|(t, _)| now.saturating_duration_since(*t) > window)
+    {
+        recent.pop_front();
     }
 }
 
@@ -328,9 +342,21 @@ mod tests {
             g.check_at(GuardAction::Restart, &m[..1], now),
             Verdict::Hold
         );
+        let held = |id: &MachineId, version| Held {
+            machine_id: id.clone(),
+            action: GuardAction::Restart,
+            observed: "exited with code 1".into(),
+            at: Timestamp::now(),
+            version,
+        };
+        assert!(g.hold(held(&m[5], 4)));
+        assert!(g.hold(held(&m[0], 7)));
+        // The same decision seen again is not counted again; a new one is.
+        assert!(!g.hold(held(&m[0], 7)));
+        assert!(g.hold(held(&m[0], 9)));
         assert_eq!(
             g.status().blocked_total.get(&GuardAction::Restart),
-            Some(&2)
+            Some(&3)
         );
     }
 

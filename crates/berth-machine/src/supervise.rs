@@ -442,29 +442,31 @@ impl<E: Effects> Machines<E> {
             && self.guard().check(GuardAction::Reconcile, &ids) == Verdict::Hold
         {
             report.blocked = true;
-            let planned: Vec<String> = report
-                .planned
-                .iter()
-                .map(|p| format!("{}: {}", p.machine_id, p.observed))
-                .collect();
-            tracing::error!(
-                would_change = n, machines = live, planned = ?planned,
-                "blast-radius guard: this reconciliation would act on too much of the host at once; \
-                 nothing was changed. Check the host, then approve (berth host approve) or fix what it observed"
-            );
+            let versions: std::collections::HashMap<&MachineId, u64> =
+                machines.iter().map(|m| (&m.id, m.version)).collect();
             let at = berth_types::Timestamp::now();
+            let mut new = 0;
             for p in &report.planned {
-                let version = machines
-                    .iter()
-                    .find(|m| m.id == p.machine_id)
-                    .map_or(0, |m| m.version);
-                self.guard().hold(Held {
+                new += usize::from(self.guard().hold(Held {
                     machine_id: p.machine_id.clone(),
                     action: GuardAction::Reconcile,
                     observed: p.observed.clone(),
                     at,
-                    version,
-                });
+                    version: versions.get(&p.machine_id).copied().unwrap_or(0),
+                }));
+            }
+            // Logged when the pass holds something new, not at every pass that sees the same.
+            if new > 0 {
+                let planned: Vec<String> = report
+                    .planned
+                    .iter()
+                    .map(|p| format!("{}: {}", p.machine_id, p.observed))
+                    .collect();
+                tracing::error!(
+                    would_change = n, machines = live, planned = ?planned,
+                    "blast-radius guard: this reconciliation would act on too much of the host at once; \
+                     nothing was changed. Check the host, then approve (berth host approve) or fix what it observed"
+                );
             }
             return Ok(report);
         }
