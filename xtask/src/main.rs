@@ -26,6 +26,10 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     ("shellcheck", "shellcheck"),
     ("man", "man-db"),
     ("unshare", "util-linux"),
+    // The hostile tests: squeezing a live berthd's open-files limit, and a small full disk.
+    ("prlimit", "util-linux"),
+    ("mount", "mount"),
+    ("umount", "mount"),
     // `promtool check metrics|rules`, `promtool test rules`, and a real Prometheus scraping a
     // real berthd (tests/packaging.rs, tests/metrics.rs, tests/prometheus.rs).
     ("promtool", "prometheus"),
