@@ -1,14 +1,23 @@
-//! berthd's configuration: embedded defaults, then `/etc/berth/berth.toml` (or `--config`), then
-//! environment variables, then flags. Validated completely before any port is bound; an error
-//! names the key and says what is wrong with it.
+//! berthd's configuration, in layers, each overriding the one before: embedded defaults, then
+//! `/etc/berth/berth.toml` (or `--config` / `BERTH_CONFIG`), then `BERTH_<SECTION>__<KEY>`
+//! environment variables (`BERTH_DB__SLOW_OP_THRESHOLD=250ms` is `[db] slow_op_threshold`), then
+//! `BERTH_DATA_DIR`, `BERTH_LISTEN`, `BERTH_SOCKET`, then flags. The file and the environment are
+//! merged by `figment` and read into [`File`], typed (durations and sizes parse there), so an
+//! error names the key and where it came from; [`Config::build`] adds the defaults and checks
+//! ranges. Everything is validated before any port is bound.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use berth_types::time::HumanDuration;
+use bytesize::ByteSize;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
-/// The config file, as written. Every key is optional; unknown keys are errors.
+/// The config file (and `BERTH_<SECTION>__<KEY>` variables), as written. Every key is optional;
+/// unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct File {
@@ -37,7 +46,7 @@ pub struct File {
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
     /// How often the CPU and memory of started machines are sampled.
-    pub sample_interval: Option<String>,
+    pub sample_interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,38 +58,38 @@ pub struct ApiSection {
     pub max_inflight_mutations: Option<usize>,
     pub socket_max_inflight_mutations: Option<usize>,
     pub max_connections: Option<usize>,
-    pub header_timeout: Option<String>,
+    pub header_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DbSection {
-    pub slow_op_threshold: Option<String>,
-    pub slow_op_window: Option<String>,
+    pub slow_op_threshold: Option<HumanDuration>,
+    pub slow_op_window: Option<HumanDuration>,
     pub write_queue: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionSection {
-    pub destroyed_machine_ttl: Option<String>,
+    pub destroyed_machine_ttl: Option<HumanDuration>,
     pub max_events_per_machine: Option<u64>,
     pub max_events: Option<u64>,
-    pub interval: Option<String>,
+    pub interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompactionSection {
     pub auto: Option<bool>,
-    pub min_file_size: Option<String>,
+    pub min_file_size: Option<ByteSize>,
     pub garbage_ratio: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSection {
-    pub db_delay: Option<String>,
+    pub db_delay: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,9 +101,9 @@ pub struct LimitsSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReconcileSection {
-    pub interval: Option<String>,
+    pub interval: Option<HumanDuration>,
     pub blast_radius_guard: Option<bool>,
-    pub guard_window: Option<String>,
+    pub guard_window: Option<HumanDuration>,
     pub guard_min_machines: Option<usize>,
     pub guard_fraction: Option<f64>,
 }
@@ -105,7 +114,7 @@ pub struct DriverSection {
     /// `auto` or `off`.
     pub cgroup: Option<String>,
     pub shim: Option<PathBuf>,
-    pub log_max_size: Option<String>,
+    pub log_max_size: Option<ByteSize>,
     pub log_keep: Option<u32>,
 }
 
@@ -167,41 +176,35 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
-fn duration(key: &str, v: Option<&String>, default: Duration) -> Result<Duration, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(s) => humantime::parse_duration(s.trim()).map_err(|e| {
-            ConfigError(format!(
-                "{key}: invalid duration {s:?}: {e} (examples: \"100ms\", \"24h\")"
-            ))
-        }),
-    }
+/// A duration key: its value, or the default.
+fn duration(v: Option<HumanDuration>, default: Duration) -> Duration {
+    v.map_or(default, |d| d.0)
 }
 
+/// A duration key that must not be zero.
 fn positive_duration(
     key: &str,
-    v: Option<&String>,
+    v: Option<HumanDuration>,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    let d = duration(key, v, default)?;
+    let d = duration(v, default);
     if d.is_zero() {
         return Err(ConfigError(format!("{key}: must be longer than 0")));
     }
     Ok(d)
 }
 
-fn size(key: &str, v: Option<&String>, default: u64) -> Result<u64, ConfigError> {
+/// A size key: its value in bytes, or the default.
+fn size(v: Option<ByteSize>, default: u64) -> u64 {
+    v.map_or(default, |b| b.as_u64())
+}
+
+/// A count key that must be at least 1.
+fn positive(key: &str, v: Option<usize>, default: usize) -> Result<usize, ConfigError> {
     match v {
+        Some(0) => Err(ConfigError(format!("{key}: must be at least 1"))),
+        Some(n) => Ok(n),
         None => Ok(default),
-        Some(s) => s
-            .trim()
-            .parse::<bytesize::ByteSize>()
-            .map(|b| b.as_u64())
-            .map_err(|e| {
-                ConfigError(format!(
-                    "{key}: invalid size {s:?}: {e} (examples: \"64MiB\", \"1GiB\")"
-                ))
-            }),
     }
 }
 
@@ -220,28 +223,63 @@ pub fn default_data_dir(is_root: bool) -> PathBuf {
     home.join(".local/state/berth")
 }
 
-/// Reads the config file: an explicit one must exist; the default one only if it exists.
+/// The default config file, read only if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/berth/berth.toml";
+
+/// Reads the config file (an explicit one must exist; the default one only if it exists) and
+/// the `BERTH_<SECTION>__<KEY>` environment variables over it.
 pub fn read_file(explicit: Option<&Path>) -> Result<(File, Option<PathBuf>), ConfigError> {
-    let (path, required) = match explicit {
-        Some(p) => (p.to_owned(), true),
-        None => (PathBuf::from("/etc/berth/berth.toml"), false),
+    read_layers(explicit, Env::prefixed("BERTH_"))
+}
+
+/// [`read_file`] with the environment provider given (tests pass one without the process's).
+fn read_layers(explicit: Option<&Path>, env: Env) -> Result<(File, Option<PathBuf>), ConfigError> {
+    let path = explicit.map_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE), Path::to_owned);
+    let found = match std::fs::metadata(&path) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => false,
+        Err(e) => return Err(ConfigError(format!("{}: {e}", path.display()))),
     };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let file: File = toml::from_str(&text).map_err(|e| {
-                ConfigError(format!("{}: {}", path.display(), e.to_string().trim()))
-            })?;
-            Ok((file, Some(path)))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-            Ok((File::default(), None))
-        }
-        Err(e) => Err(ConfigError(format!("{}: {e}", path.display()))),
+    let mut figment = Figment::new();
+    if found {
+        figment = figment.merge(Toml::file_exact(&path));
     }
+    // Only `SECTION__KEY` variables are config keys: `BERTH_DATA_DIR`, `BERTH_LISTEN` and
+    // `BERTH_SOCKET` are read with the flags, and `BERTH_LOG`, `BERTH_TOKEN`, ... are not config.
+    let env = env.filter(|k| k.as_str().contains("__")).split("__");
+    let file: File = figment
+        .merge(env)
+        .extract()
+        .map_err(|e| ConfigError(describe(e)))?;
+    Ok((file, found.then_some(path)))
+}
+
+/// A figment error as one line per problem: what is wrong, with which key, from which layer.
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let from = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(src) => format!(" (from {src})"),
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{from}", e.kind)
+            } else {
+                format!("{key}: {}{from}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Config {
-    /// Builds and validates the configuration.
+    /// Builds and validates the configuration: `file` (the file and environment layers) under
+    /// the flags in `o`, with the embedded defaults for whatever neither sets.
     pub fn build(
         file: File,
         config_file: Option<PathBuf>,
@@ -256,10 +294,66 @@ impl Config {
         if data_dir.as_os_str().is_empty() {
             return Err(ConfigError("data_dir: must not be empty".into()));
         }
+        let api = Api::build(&file.api, o, &data_dir)?;
+        let reconcile = Reconcile::build(&file.reconcile)?;
+        let store = StoreKeys::build(&file)?;
+        Ok(Config {
+            listen: api.listen,
+            socket: api.socket,
+            token_file: api.token_file,
+            max_inflight: api.max_inflight,
+            socket_max_inflight: api.socket_max_inflight,
+            max_connections: api.max_connections,
+            header_timeout: api.header_timeout,
+            slow_op_threshold: store.slow_op_threshold,
+            slow_op_window: store.slow_op_window,
+            write_queue: store.write_queue,
+            db_delay: duration(file.fault.db_delay, Duration::ZERO),
+            max_machines: positive("limits.max_machines", file.limits.max_machines, 1000)?,
+            reconcile_interval: reconcile.interval,
+            blast_radius_guard: reconcile.guard,
+            guard_window: reconcile.guard_window,
+            guard_min_machines: reconcile.guard_min_machines,
+            guard_fraction: reconcile.guard_fraction,
+            cgroup_off: cgroup_off(file.driver.cgroup.as_deref())?,
+            shim: file.driver.shim.clone(),
+            log_max_bytes: size(file.driver.log_max_size, 10 << 20),
+            log_keep: file.driver.log_keep.unwrap_or(2),
+            destroyed_machine_ttl: store.destroyed_machine_ttl,
+            max_events_per_machine: store.max_events_per_machine,
+            max_events: store.max_events,
+            retention_interval: store.retention_interval,
+            compaction_auto: store.compaction_auto,
+            compaction_min_file_size: store.compaction_min_file_size,
+            compaction_garbage_ratio: store.compaction_garbage_ratio,
+            metrics_sample_interval: positive_duration(
+                "metrics.sample_interval",
+                file.metrics.sample_interval,
+                Duration::from_secs(5),
+            )?,
+            data_dir,
+            config_file,
+        })
+    }
+}
+
+/// The `[api]` keys, resolved.
+struct Api {
+    listen: Option<SocketAddr>,
+    socket: PathBuf,
+    token_file: PathBuf,
+    max_inflight: usize,
+    socket_max_inflight: usize,
+    max_connections: usize,
+    header_timeout: Duration,
+}
+
+impl Api {
+    fn build(a: &ApiSection, o: &Overrides, data_dir: &Path) -> Result<Self, ConfigError> {
         let listen_raw = o
             .listen
             .clone()
-            .or(file.api.listen.clone())
+            .or(a.listen.clone())
             .unwrap_or_else(|| "127.0.0.1:4280".into());
         let listen = match listen_raw.as_str() {
             "" | "off" | "none" => None,
@@ -269,135 +363,116 @@ impl Config {
                 ))
             })?),
         };
-        let socket = o
-            .socket
-            .clone()
-            .or(file.api.socket.clone())
-            .unwrap_or_else(|| data_dir.join("berth.sock"));
-        let token_file = file
-            .api
-            .token_file
-            .clone()
-            .unwrap_or_else(|| data_dir.join("token"));
-        let ratio = file.compaction.garbage_ratio.unwrap_or(0.5);
-        if !(0.0..1.0).contains(&ratio) {
-            return Err(ConfigError(format!(
-                "compaction.garbage_ratio: {ratio} must be at least 0 and below 1"
-            )));
-        }
-        let guard_fraction = file.reconcile.guard_fraction.unwrap_or(0.5);
+        Ok(Api {
+            listen,
+            socket: o
+                .socket
+                .clone()
+                .or(a.socket.clone())
+                .unwrap_or_else(|| data_dir.join("berth.sock")),
+            token_file: a
+                .token_file
+                .clone()
+                .unwrap_or_else(|| data_dir.join("token")),
+            max_inflight: positive("api.max_inflight_mutations", a.max_inflight_mutations, 64)?,
+            socket_max_inflight: positive(
+                "api.socket_max_inflight_mutations",
+                a.socket_max_inflight_mutations,
+                16,
+            )?,
+            max_connections: positive("api.max_connections", a.max_connections, 1024)?,
+            header_timeout: positive_duration(
+                "api.header_timeout",
+                a.header_timeout,
+                Duration::from_secs(10),
+            )?,
+        })
+    }
+}
+
+/// The `[reconcile]` keys, resolved.
+struct Reconcile {
+    interval: Duration,
+    guard: bool,
+    guard_window: Duration,
+    guard_min_machines: usize,
+    guard_fraction: f64,
+}
+
+impl Reconcile {
+    fn build(r: &ReconcileSection) -> Result<Self, ConfigError> {
+        let guard_fraction = r.guard_fraction.unwrap_or(0.5);
         if !(guard_fraction > 0.0 && guard_fraction <= 1.0) {
             return Err(ConfigError(format!(
                 "reconcile.guard_fraction: {guard_fraction} must be above 0 and at most 1"
             )));
         }
-        let cgroup_off = match file.driver.cgroup.as_deref() {
-            None | Some("auto") => false,
-            Some("off") => true,
-            Some(other) => {
-                return Err(ConfigError(format!(
-                    "driver.cgroup: {other:?} must be \"auto\" or \"off\""
-                )));
-            }
-        };
-        let positive = |key: &str, v: Option<usize>, d: usize| -> Result<usize, ConfigError> {
-            match v {
-                Some(0) => Err(ConfigError(format!("{key}: must be at least 1"))),
-                Some(n) => Ok(n),
-                None => Ok(d),
-            }
-        };
-        Ok(Config {
-            listen,
-            socket,
-            token_file,
-            max_inflight: positive(
-                "api.max_inflight_mutations",
-                file.api.max_inflight_mutations,
-                64,
-            )?,
-            socket_max_inflight: positive(
-                "api.socket_max_inflight_mutations",
-                file.api.socket_max_inflight_mutations,
-                16,
-            )?,
-            max_connections: positive("api.max_connections", file.api.max_connections, 1024)?,
-            header_timeout: positive_duration(
-                "api.header_timeout",
-                file.api.header_timeout.as_ref(),
-                Duration::from_secs(10),
-            )?,
-            slow_op_threshold: duration(
-                "db.slow_op_threshold",
-                file.db.slow_op_threshold.as_ref(),
-                Duration::from_millis(100),
-            )?,
-            slow_op_window: duration(
-                "db.slow_op_window",
-                file.db.slow_op_window.as_ref(),
-                Duration::from_secs(300),
-            )?,
-            write_queue: positive("db.write_queue", file.db.write_queue, 4096)?,
-            db_delay: duration(
-                "fault.db_delay",
-                file.fault.db_delay.as_ref(),
-                Duration::ZERO,
-            )?,
-            max_machines: positive("limits.max_machines", file.limits.max_machines, 1000)?,
-            reconcile_interval: duration(
-                "reconcile.interval",
-                file.reconcile.interval.as_ref(),
-                Duration::from_secs(10),
-            )?,
-            blast_radius_guard: file.reconcile.blast_radius_guard.unwrap_or(true),
+        Ok(Reconcile {
+            interval: duration(r.interval, Duration::from_secs(10)),
+            guard: r.blast_radius_guard.unwrap_or(true),
             guard_window: positive_duration(
                 "reconcile.guard_window",
-                file.reconcile.guard_window.as_ref(),
+                r.guard_window,
                 Duration::from_secs(60),
             )?,
-            guard_min_machines: file.reconcile.guard_min_machines.unwrap_or(3),
+            guard_min_machines: r.guard_min_machines.unwrap_or(3),
             guard_fraction,
-            cgroup_off,
-            shim: file.driver.shim.clone(),
-            log_max_bytes: size(
-                "driver.log_max_size",
-                file.driver.log_max_size.as_ref(),
-                10 << 20,
-            )?,
-            log_keep: file.driver.log_keep.unwrap_or(2),
+        })
+    }
+}
+
+/// The database's keys (`[db]`, `[retention]`, `[compaction]`), resolved.
+struct StoreKeys {
+    slow_op_threshold: Duration,
+    slow_op_window: Duration,
+    write_queue: usize,
+    destroyed_machine_ttl: Duration,
+    max_events_per_machine: u64,
+    max_events: u64,
+    retention_interval: Duration,
+    compaction_auto: bool,
+    compaction_min_file_size: u64,
+    compaction_garbage_ratio: f64,
+}
+
+impl StoreKeys {
+    fn build(f: &File) -> Result<Self, ConfigError> {
+        let ratio = f.compaction.garbage_ratio.unwrap_or(0.5);
+        if !(0.0..1.0).contains(&ratio) {
+            return Err(ConfigError(format!(
+                "compaction.garbage_ratio: {ratio} must be at least 0 and below 1"
+            )));
+        }
+        let r = &f.retention;
+        Ok(StoreKeys {
+            slow_op_threshold: duration(f.db.slow_op_threshold, Duration::from_millis(100)),
+            slow_op_window: duration(f.db.slow_op_window, Duration::from_secs(300)),
+            write_queue: positive("db.write_queue", f.db.write_queue, 4096)?,
             destroyed_machine_ttl: duration(
-                "retention.destroyed_machine_ttl",
-                file.retention.destroyed_machine_ttl.as_ref(),
+                r.destroyed_machine_ttl,
                 Duration::from_secs(24 * 3600),
-            )?,
+            ),
             max_events_per_machine: at_least_one(
                 "retention.max_events_per_machine",
-                file.retention.max_events_per_machine.unwrap_or(1000),
+                r.max_events_per_machine.unwrap_or(1000),
             )?,
-            max_events: at_least_one(
-                "retention.max_events",
-                file.retention.max_events.unwrap_or(100_000),
-            )?,
-            retention_interval: duration(
-                "retention.interval",
-                file.retention.interval.as_ref(),
-                Duration::from_secs(60),
-            )?,
-            compaction_auto: file.compaction.auto.unwrap_or(true),
-            compaction_min_file_size: size(
-                "compaction.min_file_size",
-                file.compaction.min_file_size.as_ref(),
-                64 << 20,
-            )?,
+            max_events: at_least_one("retention.max_events", r.max_events.unwrap_or(100_000))?,
+            retention_interval: duration(r.interval, Duration::from_secs(60)),
+            compaction_auto: f.compaction.auto.unwrap_or(true),
+            compaction_min_file_size: size(f.compaction.min_file_size, 64 << 20),
             compaction_garbage_ratio: ratio,
-            metrics_sample_interval: positive_duration(
-                "metrics.sample_interval",
-                file.metrics.sample_interval.as_ref(),
-                Duration::from_secs(5),
-            )?,
-            data_dir,
-            config_file,
         })
+    }
+}
+
+/// `driver.cgroup`: `auto` (use cgroups where the host has them) or `off`.
+fn cgroup_off(v: Option<&str>) -> Result<bool, ConfigError> {
+    match v {
+        None | Some("auto") => Ok(false),
+        Some("off") => Ok(true),
+        Some(other) => Err(ConfigError(format!(
+            "driver.cgroup: {other:?} must be \"auto\" or \"off\""
+        ))),
     }
 }
 
@@ -412,9 +487,18 @@ fn at_least_one(key: &str, v: u64) -> Result<u64, ConfigError> {
 mod tests {
     use super::*;
 
+    /// Builds from `toml_text` as a config file, with no environment layer.
+    fn build_file(toml_text: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        read_layers(Some(&path), Env::prefixed("BERTH_NOBODY_SETS_THIS_"))
+            .and_then(|(file, p)| Config::build(file, p, &Overrides::default(), true))
+            .map_err(|e| e.0)
+    }
+
     fn build(toml_text: &str) -> Result<Config, String> {
-        let file: File = toml::from_str(toml_text).map_err(|e| e.to_string())?;
-        Config::build(file, None, &Overrides::default(), true).map_err(|e| e.0)
+        build_file(toml_text)
     }
 
     #[test]
@@ -443,7 +527,7 @@ mod tests {
                 "[compaction]\ngarbage_ratio = 1.5",
                 "compaction.garbage_ratio",
             ),
-            ("[db]\nbogus = 1", "unknown field `bogus`"),
+            ("[db]\nbogus = 1", "db.bogus: unknown field"),
             ("[fault]\ndb_delay = \"1 fortnight\"", "fault.db_delay"),
             (
                 "[metrics]\nsample_interval = \"0s\"",
@@ -470,5 +554,65 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/srv/b"));
         assert_eq!(c.listen, None);
         assert_eq!(c.socket, PathBuf::from("/srv/b/berth.sock"));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
+    fn every_key_has_an_environment_override_over_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "berth.toml",
+                "[db]\nslow_op_threshold = \"1s\"\n[limits]\nmax_machines = 5",
+            )?;
+            jail.set_env("BERTH_DB__SLOW_OP_THRESHOLD", "250ms");
+            jail.set_env("BERTH_COMPACTION__MIN_FILE_SIZE", "1MiB");
+            jail.set_env("BERTH_RECONCILE__BLAST_RADIUS_GUARD", "false");
+            // Not config keys: read elsewhere, and no error for them.
+            jail.set_env("BERTH_LOG", "debug");
+            jail.set_env("BERTH_TOKEN", "x");
+            let path = jail.directory().join("berth.toml");
+            let (file, _) = read_file(Some(&path)).map_err(|e| e.0)?;
+            let c = Config::build(file, None, &Overrides::default(), true).map_err(|e| e.0)?;
+            assert_eq!(c.slow_op_threshold, Duration::from_millis(250));
+            assert_eq!(c.compaction_min_file_size, 1 << 20);
+            assert!(!c.blast_radius_guard);
+            assert_eq!(
+                c.max_machines, 5,
+                "the file still counts where env is silent"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
+    fn a_bad_environment_value_names_its_key_and_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("berth.toml", "")?;
+            jail.set_env("BERTH_DB__SLOW_OP_THRESHOLD", "soon");
+            let path = jail.directory().join("berth.toml");
+            let err = read_file(Some(&path)).unwrap_err().0;
+            assert!(err.contains("db.slow_op_threshold"), "{err}");
+            assert!(
+                err.contains("BERTH_"),
+                "names the environment as the source: {err}"
+            );
+            jail.set_env("BERTH_DB__SLOW_OP_THRESHOLD", "1s");
+            jail.set_env("BERTH_DB__BOGUS", "1");
+            let err = read_file(Some(&path)).unwrap_err().0;
+            assert!(err.contains("db.bogus: unknown field"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_explicit_config_file_must_exist() {
+        let err = read_layers(
+            Some(Path::new("/nonexistent/berth.toml")),
+            Env::prefixed("BERTH_NOBODY_SETS_THIS_"),
+        )
+        .unwrap_err()
+        .0;
+        assert!(err.contains("/nonexistent/berth.toml"), "{err}");
     }
 }

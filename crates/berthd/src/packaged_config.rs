@@ -55,11 +55,10 @@ macro_rules! leaves {
 impl<'de> Deserializer<'de> for Schema<'_> {
     type Error = de::value::Error;
 
-    fn deserialize_any<V: Visitor<'de>>(self, _v: V) -> Result<V::Value, Self::Error> {
-        Err(de::Error::custom(format!(
-            "{}: a kind of value this key walker does not know; teach it",
-            self.path
-        )))
+    /// A self-describing leaf (a size takes `"64MiB"` or a number): offered a number.
+    fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.leaf();
+        v.visit_u64(0)
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -91,8 +90,9 @@ impl<'de> Deserializer<'de> for Schema<'_> {
         deserialize_i64 => visit_i64(0),
         deserialize_f32 => visit_f64(0.0),
         deserialize_f64 => visit_f64(0.0),
-        deserialize_str => visit_str(""),
-        deserialize_string => visit_str(""),
+        // A string that every string-typed key parses: a duration, a path, a name.
+        deserialize_str => visit_str("0s"),
+        deserialize_string => visit_str("0s"),
     }
 
     serde::forward_to_deserialize_any! {
