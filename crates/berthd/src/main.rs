@@ -5,14 +5,13 @@
 #![allow(clippy::print_stderr)]
 
 mod config;
+mod private;
 mod systemd;
 
 #[cfg(test)]
 mod packaged_config;
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,127 +139,88 @@ fn config_error(message: String) -> Fatal {
     Fatal { code: 78, message }
 }
 
-/// Reads an existing API token, refusing a file that is not safe to trust: it must be a regular
-/// file (opened without following a symbolic link), owned by berthd's user, with no permission
-/// for group or other. `None`: there is none yet.
-fn existing_token(path: &Path) -> Result<Option<String>, Fatal> {
-    use std::io::Read;
-    use std::os::unix::fs::MetadataExt;
-    let what = |why: String| config_error(format!("api.token_file {}: {why}", path.display()));
-    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
-    let mut f = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits())
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
-            return Err(what(
-                "is a symbolic link; berthd does not follow links to its token (replace it with the file itself)".into(),
-            ));
-        }
-        Err(e) => return Err(what(format!("cannot be opened: {e}"))),
-    };
-    let meta = f
-        .metadata()
-        .map_err(|e| what(format!("cannot be examined: {e}")))?;
-    if !meta.file_type().is_file() {
-        return Err(what("is not a regular file".into()));
-    }
-    let euid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != euid {
-        return Err(what(format!(
-            "is owned by uid {}, not by berthd's user (uid {euid}); chown it",
-            meta.uid()
-        )));
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(what(format!(
-            "has mode {mode:04o}: group or other may use it; chmod 600 it"
-        )));
-    }
-    let mut t = String::new();
-    f.read_to_string(&mut t)
-        .map_err(|e| what(format!("cannot be read: {e}")))?;
-    if t.trim().is_empty() {
-        return Err(what(
-            "is empty; delete it to have a new token generated".into(),
-        ));
-    }
-    Ok(Some(t.trim().to_owned()))
-}
-
-/// Makes `dir` mode 0700 whatever it was, saying so when it changes anything.
-fn make_private_dir(dir: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode != 0o700 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("chmod 700 {}: {e}", dir.display()))?;
-        tracing::warn!(path = %dir.display(), was = %format!("{mode:04o}"), "the data directory was not private: made it 0700");
-    }
-    Ok(())
-}
-
-/// Takes group and other permissions off every regular file directly in the data directory
-/// (the database and its side files, the cordon flag), never following a link. The token file
-/// is not fixed but checked ([`existing_token`]); `machines/` belongs to the driver.
-fn make_private_files(dir: &Path, skip: &Path) -> Result<(), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path == skip {
-            continue;
-        }
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        let mode = meta.permissions().mode() & 0o7777;
-        if !meta.file_type().is_file() || mode & 0o077 == 0 {
-            continue;
-        }
-        let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(flags.bits())
-            .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
-            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
-        tracing::warn!(path = %path.display(), was = %format!("{mode:04o}"), now = %format!("{:04o}", mode & 0o700), "a file in the data directory was readable by others: made it private");
-    }
-    Ok(())
-}
-
-/// Creates the API token (0600, random) on first start. Without OS randomness there is no token.
-fn new_token(path: &Path, token: Result<String, berth_api::RandomError>) -> Result<String, Fatal> {
-    let token = token.map_err(|e| format!("cannot make an API token: {e}"))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(path)
-        .map_err(|e| format!("creating {}: {e}", path.display()))?;
-    writeln!(f, "{token}")
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
-    tracing::info!(path = %path.display(), "created a new API token");
-    Ok(token)
-}
-
 async fn run(cfg: config::Config) -> Result<(), Fatal> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&cfg.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
-    make_private_dir(&cfg.data_dir)?;
+    private::make_private_dir(&cfg.data_dir)?;
     // Checked before anything starts; created (if missing) once the store's lock is held.
-    let token = existing_token(&cfg.token_file)?;
-    make_private_files(&cfg.data_dir, &cfg.token_file)?;
+    let token = private::existing_token(&cfg.token_file)?;
+    private::make_private_files(&cfg.data_dir, &cfg.token_file)?;
+    let prometheus = install_metrics()?;
+    let slow = SlowOps::new(256);
+    let agent_cfg = agent_config(&cfg, &slow)?;
+
+    // Opening the store takes the data dir's lock: a second agent stops here, before it could
+    // touch the first one's socket.
+    let agent = Agent::start(agent_cfg).await.map_err(|e| e.to_string())?;
+    let token = match token {
+        Some(t) => t,
+        None => private::new_token(&cfg.token_file, berth_api::random_hex(32))?,
+    };
+    // A database created by this start is 0600 already (umask); one restored by hand may not be.
+    private::make_private_files(&cfg.data_dir, &cfg.token_file)?;
+    let telemetry = agent.telemetry().clone();
+    let render = Arc::new(move || telemetry.render(|| prometheus.render()))
+        as Arc<dyn Fn() -> String + Send + Sync>;
+    let shared = Shared::new(
+        agent,
+        ApiConfig {
+            data_dir: cfg.data_dir.clone(),
+            max_machines: cfg.max_machines,
+            slow_window: cfg.slow_op_window,
+            metrics: Some(render),
+        },
+        slow,
+    );
+
+    // Handlers before the socket exists: a SIGTERM arriving as soon as a client can connect
+    // must drain, not kill.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let (unix, tcp) = bind(&cfg).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let servers = serve(&cfg, &shared, token, unix, tcp, &stop_rx);
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(), socket = %cfg.socket.display(), listen = ?cfg.listen,
+        config = ?cfg.config_file, "berthd ready"
+    );
+    systemd::notify("READY=1");
+    systemd::spawn_watchdog(shared.clone(), cfg.socket.clone(), stop_rx.clone());
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    systemd::notify("STOPPING=1");
+    let _ = stop_tx.send(true);
+    drain(servers).await;
+    let _ = std::fs::remove_file(&cfg.socket);
+    tracing::info!("berthd stopped; workloads keep running under their supervisors");
+    Ok(())
+}
+
+/// How long a stopping berthd waits for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits for the lanes to finish their requests in flight, for at most [`DRAIN_TIMEOUT`].
+async fn drain(servers: Vec<tokio::task::JoinHandle<()>>) {
+    let all = async {
+        for s in servers {
+            let _ = s.await;
+        }
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, all).await.is_err() {
+        tracing::warn!(
+            "requests still in flight after {DRAIN_TIMEOUT:?}; exiting anyway (operations resume at the next start)"
+        );
+    }
+}
+
+/// Installs the Prometheus recorder and its upkeep.
+fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, Fatal> {
     // Buckets, not the exporter's default summaries: quantiles of a summary cannot be
     // aggregated or taken over a time window, and the alert rules need both.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -278,8 +238,11 @@ async fn run(cfg: config::Config) -> Result<(), Fatal> {
             upkeep.run_upkeep();
         }
     });
+    Ok(prometheus)
+}
 
-    let slow = SlowOps::new(256);
+/// The agent core's configuration from berthd's.
+fn agent_config(cfg: &config::Config, slow: &Arc<SlowOps>) -> Result<AgentConfig, Fatal> {
     let hook_ring = slow.clone();
     let mut agent_cfg = AgentConfig::new(cfg.data_dir.clone());
     agent_cfg.store.slow_op_threshold = cfg.slow_op_threshold;
@@ -293,32 +256,7 @@ async fn run(cfg: config::Config) -> Result<(), Fatal> {
         agent_cfg.driver.shim = shim.clone();
         agent_cfg.driver.shim_args = Vec::new();
     }
-    // A pidfd per running machine plus connections: the default soft limit (1024) is below what
-    // limits.max_machines allows. Workloads get the limits berthd started with.
-    match berth_driver::limits::raise_nofile_limit() {
-        Ok(before) => {
-            agent_cfg.driver.workload_nofile = Some(before);
-            let now = berth_driver::limits::nofile_limit().unwrap_or(before);
-            if now != before {
-                tracing::info!(
-                    soft_before = before.0,
-                    soft = now.0,
-                    "raised the open-files limit to its hard limit; workloads keep the one berthd started with"
-                );
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
-    }
-    if let Ok((soft, _)) = berth_driver::limits::nofile_limit() {
-        let needed = (cfg.max_machines as u64).saturating_add(256);
-        if soft < needed {
-            tracing::warn!(
-                soft,
-                needed,
-                "the open-files limit is below limits.max_machines plus headroom: raise LimitNOFILE"
-            );
-        }
-    }
+    agent_cfg.driver.workload_nofile = raise_nofile(cfg.max_machines);
     agent_cfg.driver.log_max_bytes = cfg.log_max_bytes;
     agent_cfg.driver.log_keep = cfg.log_keep;
     agent_cfg.reconcile.guard = cfg.blast_radius_guard;
@@ -350,35 +288,47 @@ async fn run(cfg: config::Config) -> Result<(), Fatal> {
         )
         .into());
     }
+    Ok(agent_cfg)
+}
 
-    // Opening the store takes the data dir's lock: a second agent stops here, before it could
-    // touch the first one's socket.
-    let agent = Agent::start(agent_cfg).await.map_err(|e| e.to_string())?;
-    let token = match token {
-        Some(t) => t,
-        None => new_token(&cfg.token_file, berth_api::random_hex(32))?,
+/// Raises the open-files soft limit to the hard limit, returning the limits berthd started with
+/// (which workloads keep). A pidfd per running machine plus connections: the default soft limit
+/// (1024) is below what `limits.max_machines` allows.
+fn raise_nofile(max_machines: usize) -> Option<(u64, u64)> {
+    let before = match berth_driver::limits::raise_nofile_limit() {
+        Ok(before) => {
+            let now = berth_driver::limits::nofile_limit().unwrap_or(before);
+            if now != before {
+                tracing::info!(
+                    soft_before = before.0,
+                    soft = now.0,
+                    "raised the open-files limit to its hard limit; workloads keep the one berthd started with"
+                );
+            }
+            Some(before)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-files limit");
+            None
+        }
     };
-    // A database created by this start is 0600 already (umask); one restored by hand may not be.
-    make_private_files(&cfg.data_dir, &cfg.token_file)?;
-    let telemetry = agent.telemetry().clone();
-    let render = Arc::new(move || telemetry.render(|| prometheus.render()))
-        as Arc<dyn Fn() -> String + Send + Sync>;
-    let shared = Shared::new(
-        agent,
-        ApiConfig {
-            data_dir: cfg.data_dir.clone(),
-            max_machines: cfg.max_machines,
-            slow_window: cfg.slow_op_window,
-            metrics: Some(render),
-        },
-        slow,
-    );
+    if let Ok((soft, _)) = berth_driver::limits::nofile_limit() {
+        let needed = (max_machines as u64).saturating_add(256);
+        if soft < needed {
+            tracing::warn!(
+                soft,
+                needed,
+                "the open-files limit is below limits.max_machines plus headroom: raise LimitNOFILE"
+            );
+        }
+    }
+    before
+}
 
-    // Handlers before the socket exists: a SIGTERM arriving as soon as a client can connect
-    // must drain, not kill.
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+/// Binds the unix socket (0600, replacing a stale one) and, unless `api.listen` is off, TCP.
+async fn bind(
+    cfg: &config::Config,
+) -> Result<(tokio::net::UnixListener, Option<tokio::net::TcpListener>), Fatal> {
     match std::fs::remove_file(&cfg.socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(format!("removing stale {}: {e}", cfg.socket.display()).into());
@@ -397,14 +347,23 @@ async fn run(cfg: config::Config) -> Result<(), Fatal> {
         ),
         None => None,
     };
+    Ok((unix, tcp))
+}
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+/// Serves the socket lane and, if bound, the TCP lane (token required), until `stop` turns true.
+fn serve(
+    cfg: &config::Config,
+    shared: &Arc<Shared>,
+    token: String,
+    unix: tokio::net::UnixListener,
+    tcp: Option<tokio::net::TcpListener>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let socket_lane = berth_api::lane(shared.clone(), "socket", None, cfg.socket_max_inflight);
-    let mut servers = Vec::new();
-    servers.push(tokio::spawn(berth_api::serve::serve(
+    let mut servers = vec![tokio::spawn(berth_api::serve::serve(
         unix,
         berth_api::router(socket_lane),
         berth_api::serve::ServeConfig {
@@ -413,70 +372,43 @@ async fn run(cfg: config::Config) -> Result<(), Fatal> {
             header_timeout: cfg.header_timeout,
             fd_budget: None,
         },
-        shutdown(stop_rx.clone()),
-    )));
-    if let Some(tcp) = tcp {
-        // The TCP lane must never take the descriptors berthd's own files need: a pidfd per
-        // machine and a few for each launch, the database, the socket lane's connections.
-        let budget = berth_api::serve::FdBudget {
-            reserve: fd_reserve(cfg.max_machines),
-            others: cfg.max_connections as u64,
-        };
-        if let Ok((soft, _)) = berth_driver::limits::nofile_limit() {
-            let limit = budget.clamp(cfg.max_connections, soft);
-            if limit < cfg.max_connections {
-                tracing::warn!(
-                    soft,
-                    reserve = budget.reserve,
-                    limit,
-                    configured = cfg.max_connections,
-                    "the open-files limit leaves the TCP lane fewer connections than api.max_connections: clamped (raise LimitNOFILE)"
-                );
-            }
-        }
-        let tcp_lane = berth_api::lane(shared.clone(), "tcp", Some(token), cfg.max_inflight);
-        servers.push(tokio::spawn(berth_api::serve::serve(
-            tcp,
-            berth_api::router(tcp_lane),
-            berth_api::serve::ServeConfig {
-                lane: "tcp",
-                max_connections: cfg.max_connections,
-                header_timeout: cfg.header_timeout,
-                fd_budget: Some(budget),
-            },
-            shutdown(stop_rx.clone()),
-        )));
-    } else {
+        shutdown(stop.clone()),
+    ))];
+    let Some(tcp) = tcp else {
         berth_api::serve::register_metrics("tcp");
-    }
-    tracing::info!(
-        data_dir = %cfg.data_dir.display(), socket = %cfg.socket.display(), listen = ?cfg.listen,
-        config = ?cfg.config_file, "berthd ready"
-    );
-    systemd::notify("READY=1");
-    systemd::spawn_watchdog(shared.clone(), cfg.socket.clone(), stop_rx.clone());
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = int.recv() => tracing::info!("SIGINT: draining"),
-    }
-    systemd::notify("STOPPING=1");
-    let _ = stop_tx.send(true);
-    let drain = async {
-        for s in servers {
-            let _ = s.await;
-        }
+        return servers;
     };
-    if tokio::time::timeout(Duration::from_secs(10), drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "requests still in flight after 10s; exiting anyway (operations resume at the next start)"
-        );
+    // The TCP lane must never take the descriptors berthd's own files need: a pidfd per
+    // machine and a few for each launch, the database, the socket lane's connections.
+    let budget = berth_api::serve::FdBudget {
+        reserve: fd_reserve(cfg.max_machines),
+        others: cfg.max_connections as u64,
+    };
+    if let Ok((soft, _)) = berth_driver::limits::nofile_limit() {
+        let limit = budget.clamp(cfg.max_connections, soft);
+        if limit < cfg.max_connections {
+            tracing::warn!(
+                soft,
+                reserve = budget.reserve,
+                limit,
+                configured = cfg.max_connections,
+                "the open-files limit leaves the TCP lane fewer connections than api.max_connections: clamped (raise LimitNOFILE)"
+            );
+        }
     }
-    let _ = std::fs::remove_file(&cfg.socket);
-    tracing::info!("berthd stopped; workloads keep running under their supervisors");
-    Ok(())
+    let tcp_lane = berth_api::lane(shared.clone(), "tcp", Some(token), cfg.max_inflight);
+    servers.push(tokio::spawn(berth_api::serve::serve(
+        tcp,
+        berth_api::router(tcp_lane),
+        berth_api::serve::ServeConfig {
+            lane: "tcp",
+            max_connections: cfg.max_connections,
+            header_timeout: cfg.header_timeout,
+            fd_budget: Some(budget),
+        },
+        shutdown(stop.clone()),
+    )));
+    servers
 }
 
 /// Descriptors kept for berthd's own files: 256 for the process itself (the database, logs,
@@ -484,22 +416,4 @@ async fn run(cfg: config::Config) -> Result<(), Fatal> {
 /// directory being read or a log being followed).
 fn fd_reserve(max_machines: usize) -> u64 {
     256 + 2 * max_machines as u64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn no_token_without_os_randomness() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let path = dir.path().join("token");
-        let r = new_token(
-            &path,
-            berth_api::random_hex_with(32, |_| Err("getrandom: ENOSYS".into())),
-        );
-        let e = r.err().map(|e| e.message).unwrap_or_default();
-        assert!(e.contains("cannot make an API token"), "{e}");
-        assert!(!path.exists(), "no token file is written");
-    }
 }
