@@ -114,6 +114,25 @@ impl Drop for Harness {
     }
 }
 
+/// Polls `done` until it holds (panics after 20 s, naming `what`).
+fn poll(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The report of the agent's first reconciliation pass, once it has run.
+fn first_reconcile(h: &mut Harness) -> Value {
+    let mut report = Value::Null;
+    poll("the first reconciliation pass", || {
+        report = h.ok(json!({"op": "status"}))["last_reconcile"].clone();
+        !report.is_null()
+    });
+    report
+}
+
 fn sh(script: &str) -> Value {
     json!({"cmd": ["/bin/sh", "-c", script]})
 }
@@ -291,11 +310,16 @@ fn the_blast_radius_guard_holds_when_most_workloads_vanish_at_once() {
             );
         }
     }
-    std::thread::sleep(Duration::from_millis(200));
+    poll("every killed process to be gone", || {
+        shims.iter().all(|s| {
+            [s.shim.pid, s.workload.pid]
+                .iter()
+                .all(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), None).is_err())
+        })
+    });
 
     let mut h = Harness::start(dir.path());
-    std::thread::sleep(Duration::from_millis(600));
-    let report = h.ok(json!({"op": "status"}))["last_reconcile"].clone();
+    let report = first_reconcile(&mut h);
     assert_eq!(report["blocked"], true, "{report}");
     assert_eq!(report["planned"].as_array().unwrap().len(), 6);
     for id in &ids {
@@ -355,8 +379,7 @@ fn orphaned_supervisors_are_reported_not_killed() {
         ))
         .unwrap();
     let mut h = Harness::start(dir.path());
-    std::thread::sleep(Duration::from_millis(500));
-    let report = h.ok(json!({"op": "status"}))["last_reconcile"].clone();
+    let report = first_reconcile(&mut h);
     assert_eq!(report["orphans"], json!(["stray"]), "{report}");
     assert!(
         ProcessId::of(pid).unwrap().is_alive(),

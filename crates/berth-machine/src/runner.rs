@@ -375,25 +375,8 @@ impl<E: Effects> Machines<E> {
 
     /// Runs an operation's remaining steps to the end.
     pub async fn run(&self, op: OperationRecord) -> Result<OpOutcome, OpError> {
-        let start = op.params.start.unwrap_or(true);
-        let steps = plan(op.kind, start);
-        for stored in &op.steps {
-            if !steps.iter().any(|s| s.name == stored.name) {
-                return Err(OpError::UnknownPlan {
-                    op: op.id,
-                    step: stored.name.clone(),
-                });
-            }
-        }
+        let remaining = remaining_steps(&op)?;
         let mut op = op;
-        let remaining: Vec<&'static PlanStep> = steps
-            .iter()
-            .filter(|s| {
-                op.steps
-                    .iter()
-                    .any(|r| r.name == s.name && r.done_at.is_none())
-            })
-            .collect();
         let last = remaining.len();
         if last == 0 {
             let machine = self.finish(op.id).await?;
@@ -404,13 +387,11 @@ impl<E: Effects> Machines<E> {
         }
         let mut machine = self.machine(&op.machine_id)?;
         for (i, step) in remaining.into_iter().enumerate() {
-            let is_last = i + 1 == last;
             if step.effect != Effect::None && self.store.operation(op.id)?.is_none() {
                 tracing::info!(machine = %op.machine_id, op = op.id, step = step.name, "operation was superseded; stopping here");
                 return Err(StoreError::OperationNotFound(op.id).into());
             }
-            let effect = self.run_effect(step, &machine, &op).await;
-            let (pid, exit) = match effect {
+            let (pid, exit) = match self.run_effect(step, &machine, &op).await {
                 Ok(v) => v,
                 Err(error) => {
                     tracing::warn!(machine = %op.machine_id, op = op.id, step = step.name, %error, "operation step failed");
@@ -422,68 +403,13 @@ impl<E: Effects> Machines<E> {
                     });
                 }
             };
-            let (op_id, id, name, source) = (op.id, op.machine_id.clone(), step.name, op.source);
-            // An operation begun by supervision carries the exit that caused it and a reason,
-            // both recorded with its first transition.
-            let first = op.steps.iter().all(|s| s.done_at.is_none());
-            let exit = exit.or_else(|| first.then(|| op.params.exit.clone()).flatten());
-            let step_reason = first.then(|| op.params.reason.clone()).flatten();
-            let to = step.to;
-            let kind = op.kind;
-            let written = self
-                .store
-                .write(move |w| {
-                    if let Some((to, event_kind)) = to {
-                        let why = step_reason.unwrap_or_else(|| reason(kind, name));
-                        let mut spec = TransitionSpec::new(to, event_kind, source, why)
-                            .with_pid(if to == State::Started { pid } else { None });
-                        if let Some(exit) = exit {
-                            spec = spec.with_exit(exit);
-                        }
-                        w.transition(&id, spec)?;
-                    }
-                    let op = w.complete_step(op_id, name)?;
-                    if is_last {
-                        w.finish_operation(op_id)?;
-                    }
-                    let m = w
-                        .machine(&id)?
-                        .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-                    Ok((m, op))
-                })
-                .await;
-            let (m, o) = match written {
-                Ok(v) => v,
-                Err(e @ StoreError::OperationNotFound(_)) => {
-                    // Superseded while the effect ran: a workload it started is not wanted.
-                    if step.effect == Effect::Spawn {
-                        tracing::info!(machine = %op.machine_id, op = op.id, "superseded after spawning; stopping the new workload");
-                        let _ = self
-                            .effects
-                            .stop_workload(&machine, "SIGKILL", Duration::from_secs(5))
-                            .await;
-                    }
-                    return Err(e.into());
+            match self.record_step(&op, step, pid, exit, i + 1 == last).await {
+                Ok((m, o)) => {
+                    machine = m;
+                    op = o;
                 }
-                Err(e @ (StoreError::IllegalTransition { .. } | StoreError::NotFound(_))) => {
-                    if step.effect == Effect::Spawn {
-                        let _ = self
-                            .effects
-                            .stop_workload(&machine, "SIGKILL", Duration::from_secs(5))
-                            .await;
-                    }
-                    // The machine moved on without us (reconciled, or changed by another
-                    // version): this operation can never complete, so it must not keep the
-                    // machine busy.
-                    tracing::warn!(machine = %op.machine_id, op = op.id, step = step.name, error = %e, "abandoning operation");
-                    let op_id = op.id;
-                    self.store.write(move |w| w.finish_operation(op_id)).await?;
-                    return Err(e.into());
-                }
-                Err(e) => return Err(e.into()),
-            };
-            machine = m;
-            op = o;
+                Err(e) => return Err(self.step_not_recorded(&op, step, &machine, e).await),
+            }
         }
         if machine.state == State::Destroyed {
             self.leases.drop_machine(&machine.id);
@@ -492,6 +418,83 @@ impl<E: Effects> Machines<E> {
             operation: op,
             machine,
         })
+    }
+
+    /// Records a step whose effect is done: its transition (if any), the step, and for the last
+    /// step the end of the operation, in one write.
+    async fn record_step(
+        &self,
+        op: &OperationRecord,
+        step: &'static PlanStep,
+        pid: Option<u32>,
+        exit: Option<ExitInfo>,
+        is_last: bool,
+    ) -> Result<(MachineRecord, OperationRecord), StoreError> {
+        let (op_id, id, name, source) = (op.id, op.machine_id.clone(), step.name, op.source);
+        // An operation begun by supervision carries the exit that caused it and a reason,
+        // both recorded with its first transition.
+        let first = op.steps.iter().all(|s| s.done_at.is_none());
+        let exit = exit.or_else(|| first.then(|| op.params.exit.clone()).flatten());
+        let step_reason = first.then(|| op.params.reason.clone()).flatten();
+        let (to, kind) = (step.to, op.kind);
+        self.store
+            .write(move |w| {
+                if let Some((to, event_kind)) = to {
+                    let why = step_reason.unwrap_or_else(|| reason(kind, name));
+                    let mut spec = TransitionSpec::new(to, event_kind, source, why)
+                        .with_pid(if to == State::Started { pid } else { None });
+                    if let Some(exit) = exit {
+                        spec = spec.with_exit(exit);
+                    }
+                    w.transition(&id, spec)?;
+                }
+                let op = w.complete_step(op_id, name)?;
+                if is_last {
+                    w.finish_operation(op_id)?;
+                }
+                let m = w
+                    .machine(&id)?
+                    .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+                Ok((m, op))
+            })
+            .await
+    }
+
+    /// A step's effect ran but its record was refused: undoes a spawn nobody wants any more and,
+    /// when the machine moved on without this operation, ends the operation so it cannot keep
+    /// the machine busy. Returns the error to report.
+    async fn step_not_recorded(
+        &self,
+        op: &OperationRecord,
+        step: &PlanStep,
+        machine: &MachineRecord,
+        e: StoreError,
+    ) -> OpError {
+        let moved_on = matches!(
+            e,
+            StoreError::IllegalTransition { .. } | StoreError::NotFound(_)
+        );
+        let superseded = matches!(e, StoreError::OperationNotFound(_));
+        if !(moved_on || superseded) {
+            return e.into();
+        }
+        if step.effect == Effect::Spawn {
+            tracing::info!(machine = %op.machine_id, op = op.id, error = %e, "the operation cannot record its spawn; stopping the new workload");
+            let _ = self
+                .effects
+                .stop_workload(machine, "SIGKILL", Duration::from_secs(5))
+                .await;
+        }
+        if moved_on {
+            // The machine moved on without us (reconciled, or changed by another version):
+            // this operation can never complete, so it must not keep the machine busy.
+            tracing::warn!(machine = %op.machine_id, op = op.id, step = step.name, error = %e, "abandoning operation");
+            let op_id = op.id;
+            if let Err(e) = self.store.write(move |w| w.finish_operation(op_id)).await {
+                return e.into();
+            }
+        }
+        e.into()
     }
 
     async fn run_effect(
@@ -639,4 +642,28 @@ fn reason(kind: OpKind, step: &str) -> String {
         OpKind::Destroy => "destroy",
     };
     format!("{verb}: {step}")
+}
+
+/// The steps of `op`'s plan not yet done, in order; an operation recorded with a step its plan
+/// does not have (written by another version) is refused rather than guessed at.
+fn remaining_steps(op: &OperationRecord) -> Result<Vec<&'static PlanStep>, OpError> {
+    let steps = plan(op.kind, op.params.start.unwrap_or(true));
+    if let Some(stored) = op
+        .steps
+        .iter()
+        .find(|stored| !steps.iter().any(|s| s.name == stored.name))
+    {
+        return Err(OpError::UnknownPlan {
+            op: op.id,
+            step: stored.name.clone(),
+        });
+    }
+    Ok(steps
+        .iter()
+        .filter(|s| {
+            op.steps
+                .iter()
+                .any(|r| r.name == s.name && r.done_at.is_none())
+        })
+        .collect())
 }
