@@ -95,6 +95,10 @@ pub struct MachineConfig {
     /// Resource limits; each one is refused unless the host can enforce it.
     #[serde(default)]
     pub resources: ResourceLimits,
+    /// The image the machine runs from (`oci:/path[:tag]`, or `REGISTRY/REPO[:TAG|@sha256:…]`);
+    /// a host process when absent. Only its syntax is checked here; berth-image resolves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// When berth restarts a workload that exited on its own.
@@ -308,6 +312,7 @@ impl MachineConfig {
             restart: RestartConfig::default(),
             stop: StopConfig::default(),
             resources: ResourceLimits::default(),
+            image: None,
         }
     }
 
@@ -430,6 +435,15 @@ impl MachineConfig {
         if r.pids == Some(0) {
             return Err(bad("resources.pids", "must be at least 1"));
         }
+        if let Some(image) = &self.image {
+            crate::image_ref::validate_image_ref(image).map_err(|e| {
+                if image.len() > crate::image_ref::IMAGE_REF_MAX {
+                    too_large("image", e)
+                } else {
+                    bad("image", e)
+                }
+            })?;
+        }
         Ok(())
     }
 }
@@ -475,6 +489,8 @@ mod tests {
                 "unknown variant",
             ),
             (r#"{"cmd":["x"],"env":{"A=B":"c"}}"#, "config.env"),
+            (r#"{"cmd":["x"],"image":"oci:rel/path"}"#, "config.image"),
+            (r#"{"cmd":["x"],"image":"busybox"}"#, "config.image"),
         ];
         for (json, want) in cases {
             let err = parse(json).unwrap_err();
