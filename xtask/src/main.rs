@@ -37,6 +37,9 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     // The runbooks' commands, run by tests/runbooks.rs.
     ("curl", "curl"),
     ("jq", "jq"),
+    // The image store's tests build an OCI image layout from the static busybox
+    // (crates/berth-image/tests).
+    ("busybox", "busybox-static"),
 ];
 
 fn main() -> ExitCode {

@@ -25,15 +25,20 @@ fn child_process_import() {
     ImageStore::open(store).unwrap().import(&reference).unwrap();
 }
 
-fn in_progress_files(tmp: &Path) -> usize {
-    let Ok(entries) = fs::read_dir(tmp) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| fs::read_dir(e.path().join("rootfs/data")).ok())
-        .map(Iterator::count)
-        .sum()
+/// Files unpacked so far, wherever the unpack writes them (`tmp/*` or `roots/*`).
+fn unpacked_files(images: &Path) -> usize {
+    let mut n = 0;
+    for sub in ["tmp", "roots"] {
+        let Ok(entries) = fs::read_dir(images.join(sub)) else {
+            continue;
+        };
+        n += entries
+            .filter_map(Result::ok)
+            .filter_map(|e| fs::read_dir(e.path().join("rootfs/data")).ok())
+            .map(Iterator::count)
+            .sum::<usize>();
+    }
+    n
 }
 
 #[test]
@@ -61,7 +66,7 @@ fn unpack_killed_midway_leaves_no_usable_root() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while in_progress_files(&images.join("tmp")) < 2 {
+    while unpacked_files(&images) < 2 {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the child finished before it could be killed"
@@ -75,7 +80,7 @@ fn unpack_killed_midway_leaves_no_usable_root() {
     child.kill().unwrap(); // SIGKILL, by pid.
     child.wait().unwrap();
 
-    let partial = in_progress_files(&images.join("tmp"));
+    let partial = unpacked_files(&images);
     assert!(
         partial > 0 && partial < FILES + 1,
         "killed mid-unpack ({partial} files written)"
