@@ -43,6 +43,8 @@ pub struct Unpacker {
     written: HashSet<Vec<u8>>,
     /// Device nodes skipped so far.
     pub skipped_devices: u64,
+    /// The copy buffer, reused for every file.
+    buf: Vec<u8>,
 }
 
 /// A path inside the root, as normalized components.
@@ -63,6 +65,7 @@ impl Unpacker {
             layer: String::new(),
             written: HashSet::new(),
             skipped_devices: 0,
+            buf: vec![0; 128 * 1024],
         })
     }
 
@@ -209,7 +212,7 @@ impl Unpacker {
     }
 
     fn file<R: Read>(
-        &self,
+        &mut self,
         parent: &OwnedFd,
         name: &CString,
         entry: &mut tar::Entry<'_, R>,
@@ -224,13 +227,12 @@ impl Unpacker {
         )
         .map_err(|e| self.io(raw, e))?;
         let mut file = File::from(fd);
-        let mut buf = vec![0u8; 128 * 1024];
         loop {
-            let n = entry.read(&mut buf).map_err(|e| self.bad_layer(&e))?;
+            let n = entry.read(&mut self.buf).map_err(|e| self.bad_layer(&e))?;
             if n == 0 {
                 break;
             }
-            file.write_all(&buf[..n])
+            file.write_all(&self.buf[..n])
                 .map_err(|e| self.io(raw, Errno::from_raw(e.raw_os_error().unwrap_or(0))))?;
         }
         self.set_owner_mode(&file, entry.header(), raw)?;

@@ -541,6 +541,17 @@ mod bounds {
             .insert(big(limits::ENV_KEY_MAX), big(limits::ENV_VALUE_MAX));
         c.validate().unwrap();
 
+        let mut c = MachineConfig::command(["x"]);
+        c.image = Some(format!("oci:/{}", big(crate::image_ref::IMAGE_REF_MAX)));
+        let e = c.validate().unwrap_err();
+        assert!(e.too_large && e.field == "image", "{e}");
+        assert!(
+            e.to_string().len() < 300,
+            "a huge image reference is not echoed back"
+        );
+        c.image = Some("oci:/srv/images/app:v1".to_owned());
+        c.validate().unwrap();
+
         let e = normalize_signal(&big(1 << 20)).unwrap_err();
         assert!(
             e.len() < 300,
