@@ -150,6 +150,14 @@ pub enum ImageError {
     },
 }
 
+impl ImageError {
+    /// Whether the image (or the reference, or the user spec) is at fault, as opposed to the
+    /// store's own I/O: what an API answers with 400 `invalid` rather than 500.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, Self::Io { .. })
+    }
+}
+
 fn known_tags(known: &[String]) -> String {
     if known.is_empty() {
         "none".to_owned()

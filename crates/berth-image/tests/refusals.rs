@@ -14,6 +14,10 @@ use support::{Desc, GZIP, INDEX, Layout, MANIFEST, Tar, busybox, single_layer};
 fn refused(store_dir: &Path, reference: &str) -> ImageError {
     let store = ImageStore::open(store_dir).unwrap();
     let err = store.import(reference).unwrap_err();
+    assert!(
+        err.is_bad_input(),
+        "{err}: the image is at fault, not the store"
+    );
     assert!(store.list().unwrap().is_empty(), "{err}: nothing is stored");
     assert_eq!(
         fs::read_dir(store_dir.join("roots")).unwrap().count(),
