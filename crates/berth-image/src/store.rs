@@ -13,7 +13,7 @@
 //! whole. Everything left in `tmp/` is debris from a crash, removed under the digest's lock.
 
 use std::fs::{self, File};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -182,6 +182,9 @@ impl ImageStore {
                 .mode(0o755)
                 .create(d)
                 .map_err(io(format!("creating {}", d.display())))?;
+            // Not the umask's choice: a non-root workload must be able to traverse its `/`.
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755))
+                .map_err(io(format!("setting the mode of {}", d.display())))?;
         }
         let mut unpacker = Unpacker::new(&rootfs)?;
         let diff_ids = image.config.rootfs().diff_ids();

@@ -23,7 +23,9 @@ use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
-use nix::sys::stat::{Mode, SFlag, fchmod, fstatat, futimens, mkdirat, mknodat};
+use nix::sys::stat::{
+    FchmodatFlags, Mode, SFlag, fchmod, fchmodat, fstatat, futimens, mkdirat, mknodat,
+};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
 use tar::EntryType;
@@ -168,6 +170,8 @@ impl Unpacker {
                         Err(e) => return Err(self.io(entry, e)),
                     }
                     cur = open_in_root(&self.root, &prefix).map_err(|e| self.io(entry, e))?;
+                    // Whatever berthd's umask: a directory the archive implies is 0755.
+                    fchmod(&cur, Mode::from_bits_truncate(0o755)).map_err(|e| self.io(entry, e))?;
                 }
                 Err(Errno::ENOENT) => return Ok(None),
                 Err(Errno::ENOTDIR) => {
@@ -341,7 +345,11 @@ impl Unpacker {
             Some(gid),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
-        .map_err(|e| self.io(raw, e))
+        .map_err(|e| self.io(raw, e))?;
+        // mknodat's mode went through the umask. The name is the FIFO just made in this
+        // private directory, so following it cannot lead anywhere else.
+        fchmodat(parent, name.as_c_str(), mode, FchmodatFlags::FollowSymlink)
+            .map_err(|e| self.io(raw, e))
     }
 
     /// Makes room for `name` in `parent`: removes what is there, except a directory when the
