@@ -78,7 +78,9 @@ pub fn normalize_signal(name: &str) -> Result<&'static str, String> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineConfig {
-    /// Program and arguments; required and non-empty.
+    /// Program and arguments; required and non-empty, except with an `image`, whose
+    /// Entrypoint and Cmd are the default.
+    #[serde(default)]
     pub cmd: Vec<String>,
     /// Environment variables for the workload.
     #[serde(default)]
@@ -318,10 +320,11 @@ impl MachineConfig {
 
     /// Checks every bound that does not depend on the host, and normalizes signal names.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
-        if self.cmd.is_empty() || self.cmd[0].is_empty() {
+        let cmd_defaults_to_image = self.cmd.is_empty() && self.image.is_some();
+        if !cmd_defaults_to_image && self.cmd.first().is_none_or(String::is_empty) {
             return Err(bad(
                 "cmd",
-                "must name a program (a non-empty array of strings)",
+                "must name a program (a non-empty array of strings), unless an image gives the default",
             ));
         }
         if self.cmd.len() > limits::CMD_ARGS {
@@ -467,6 +470,18 @@ mod tests {
     }
 
     #[test]
+    fn an_image_machine_may_leave_cmd_to_the_image() {
+        let c = parse(r#"{"image":"oci:/srv/images/app:v1"}"#).unwrap();
+        assert!(c.cmd.is_empty());
+        assert_eq!(c.image.as_deref(), Some("oci:/srv/images/app:v1"));
+        let c = parse(r#"{"image":"oci:/srv/app","cmd":["/bin/sh"]}"#).unwrap();
+        assert_eq!(c.cmd, ["/bin/sh"]);
+        // Serialized without an image, a config reads back exactly as before.
+        let json = serde_json::to_string(&MachineConfig::command(["x"])).unwrap();
+        assert!(!json.contains("image"), "{json}");
+    }
+
+    #[test]
     fn precise_errors() {
         let cases = [
             (r#"{"cmd":[]}"#, "config.cmd"),
@@ -491,6 +506,8 @@ mod tests {
             (r#"{"cmd":["x"],"env":{"A=B":"c"}}"#, "config.env"),
             (r#"{"cmd":["x"],"image":"oci:rel/path"}"#, "config.image"),
             (r#"{"cmd":["x"],"image":"busybox"}"#, "config.image"),
+            (r#"{}"#, "config.cmd"),
+            (r#"{"cmd":[""],"image":"oci:/srv/app"}"#, "config.cmd"),
         ];
         for (json, want) in cases {
             let err = parse(json).unwrap_err();
