@@ -37,6 +37,11 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     // The runbooks' commands, run by tests/runbooks.rs.
     ("curl", "curl"),
     ("jq", "jq"),
+    // The image store's tests build an OCI image layout from the static busybox
+    // (crates/berth-image/tests).
+    ("busybox", "busybox-static"),
+    // ... and import one written by umoci, as an operator would write it.
+    ("umoci", "umoci"),
 ];
 
 fn main() -> ExitCode {

@@ -78,7 +78,9 @@ pub fn normalize_signal(name: &str) -> Result<&'static str, String> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineConfig {
-    /// Program and arguments; required and non-empty.
+    /// Program and arguments; required and non-empty, except with an `image`, whose
+    /// Entrypoint and Cmd are the default.
+    #[serde(default)]
     pub cmd: Vec<String>,
     /// Environment variables for the workload.
     #[serde(default)]
@@ -95,6 +97,10 @@ pub struct MachineConfig {
     /// Resource limits; each one is refused unless the host can enforce it.
     #[serde(default)]
     pub resources: ResourceLimits,
+    /// The image the machine runs from (`oci:/path[:tag]`, or `REGISTRY/REPO[:TAG|@sha256:…]`);
+    /// a host process when absent. Only its syntax is checked here; berth-image resolves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// When berth restarts a workload that exited on its own.
@@ -308,15 +314,17 @@ impl MachineConfig {
             restart: RestartConfig::default(),
             stop: StopConfig::default(),
             resources: ResourceLimits::default(),
+            image: None,
         }
     }
 
     /// Checks every bound that does not depend on the host, and normalizes signal names.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
-        if self.cmd.is_empty() || self.cmd[0].is_empty() {
+        let cmd_defaults_to_image = self.cmd.is_empty() && self.image.is_some();
+        if !cmd_defaults_to_image && self.cmd.first().is_none_or(String::is_empty) {
             return Err(bad(
                 "cmd",
-                "must name a program (a non-empty array of strings)",
+                "must name a program (a non-empty array of strings), unless an image gives the default",
             ));
         }
         if self.cmd.len() > limits::CMD_ARGS {
@@ -430,6 +438,15 @@ impl MachineConfig {
         if r.pids == Some(0) {
             return Err(bad("resources.pids", "must be at least 1"));
         }
+        if let Some(image) = &self.image {
+            crate::image_ref::validate_image_ref(image).map_err(|e| {
+                if image.len() > crate::image_ref::IMAGE_REF_MAX {
+                    too_large("image", e)
+                } else {
+                    bad("image", e)
+                }
+            })?;
+        }
         Ok(())
     }
 }
@@ -450,6 +467,18 @@ mod tests {
         assert_eq!(c.stop.signal, "SIGINT");
         assert_eq!(c.stop.timeout.0, Duration::from_secs(10));
         assert_eq!(c.restart.policy, RestartPolicy::No);
+    }
+
+    #[test]
+    fn an_image_machine_may_leave_cmd_to_the_image() {
+        let c = parse(r#"{"image":"oci:/srv/images/app:v1"}"#).unwrap();
+        assert!(c.cmd.is_empty());
+        assert_eq!(c.image.as_deref(), Some("oci:/srv/images/app:v1"));
+        let c = parse(r#"{"image":"oci:/srv/app","cmd":["/bin/sh"]}"#).unwrap();
+        assert_eq!(c.cmd, ["/bin/sh"]);
+        // Serialized without an image, a config reads back exactly as before.
+        let json = serde_json::to_string(&MachineConfig::command(["x"])).unwrap();
+        assert!(!json.contains("image"), "{json}");
     }
 
     #[test]
@@ -475,6 +504,10 @@ mod tests {
                 "unknown variant",
             ),
             (r#"{"cmd":["x"],"env":{"A=B":"c"}}"#, "config.env"),
+            (r#"{"cmd":["x"],"image":"oci:rel/path"}"#, "config.image"),
+            (r#"{"cmd":["x"],"image":"busybox"}"#, "config.image"),
+            (r#"{}"#, "config.cmd"),
+            (r#"{"cmd":[""],"image":"oci:/srv/app"}"#, "config.cmd"),
         ];
         for (json, want) in cases {
             let err = parse(json).unwrap_err();
@@ -523,6 +556,17 @@ mod bounds {
         let mut c = MachineConfig::command([big(1000)]);
         c.env
             .insert(big(limits::ENV_KEY_MAX), big(limits::ENV_VALUE_MAX));
+        c.validate().unwrap();
+
+        let mut c = MachineConfig::command(["x"]);
+        c.image = Some(format!("oci:/{}", big(crate::image_ref::IMAGE_REF_MAX)));
+        let e = c.validate().unwrap_err();
+        assert!(e.too_large && e.field == "image", "{e}");
+        assert!(
+            e.to_string().len() < 300,
+            "a huge image reference is not echoed back"
+        );
+        c.image = Some("oci:/srv/images/app:v1".to_owned());
         c.validate().unwrap();
 
         let e = normalize_signal(&big(1 << 20)).unwrap_err();

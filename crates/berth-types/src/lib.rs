@@ -7,6 +7,7 @@
 pub mod config;
 pub mod event;
 pub mod id;
+pub mod image_ref;
 pub mod machine;
 pub mod operation;
 pub mod state;
