@@ -175,6 +175,10 @@ impl Effects for HostEffects {
     }
 
     fn check_config(&self, config: &berth_types::MachineConfig) -> Result<(), String> {
+        if config.image.is_some() {
+            // Until the OCI runtime runs image machines, one must not run as a host process.
+            return Err("image: machines from images are not supported by this agent yet".into());
+        }
         self.driver.capabilities().check(&config.resources)
     }
 
