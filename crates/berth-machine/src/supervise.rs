@@ -373,48 +373,11 @@ impl<E: Effects> Machines<E> {
                 report.stranded.push(m.id.clone());
                 continue;
             }
-            if m.state != State::Started {
-                continue;
+            if m.state == State::Started
+                && let Some(p) = self.plan_for(m)
+            {
+                report.planned.push(p);
             }
-            let observed = self.effects().observe(m);
-            let (exit, what) = match &observed {
-                Observed::Running { pid } if Some(*pid) == m.pid => continue,
-                Observed::Running { pid } => {
-                    tracing::warn!(machine = %m.id, recorded = ?m.pid, running = pid, "running pid differs from the recorded one");
-                    continue;
-                }
-                Observed::Exited { exit, .. } => (exit.clone(), describe_exit(exit)),
-                Observed::Gone { reason } => (unknown_exit(), reason.clone()),
-                Observed::NotStarted => {
-                    (unknown_exit(), "no workload was ever launched".to_owned())
-                }
-                Observed::Unsupervised { pid } => {
-                    report.planned.push(Planned {
-                        machine_id: m.id.clone(),
-                        recorded: m.state,
-                        observed: format!(
-                            "its supervisor died; the workload (pid {pid}) runs unsupervised"
-                        ),
-                        exit: unknown_exit(),
-                        pid: m.pid,
-                        kill: true,
-                    });
-                    continue;
-                }
-                // Unknown is never absent: nothing is planned; the next pass looks again.
-                Observed::Unknown { reason } => {
-                    tracing::warn!(machine = %m.id, recorded = ?m.pid, %reason, "reconcile: the workload's state cannot be read; left as recorded");
-                    continue;
-                }
-            };
-            report.planned.push(Planned {
-                machine_id: m.id.clone(),
-                recorded: m.state,
-                observed: what,
-                exit,
-                pid: m.pid,
-                kill: false,
-            });
         }
         let known: BTreeSet<String> = machines
             .iter()
@@ -428,90 +391,143 @@ impl<E: Effects> Machines<E> {
         for s in &report.stranded {
             tracing::warn!(machine = %s, "machine in a transient state with no operation in flight");
         }
-
-        let n = report.planned.len();
         self.guard().set_live(live);
+        report.approved = approved && !report.planned.is_empty();
+        if cfg.guard && !approved && self.hold_back(&report, &machines, live) {
+            report.blocked = true;
+            return Ok(report);
+        }
+        for p in &report.planned {
+            if self.apply(p, &machines).await {
+                report.applied += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// What a pass would do about a `started` machine with no operation in flight: `None` when
+    /// its workload runs as recorded, or when its state cannot be read (unknown is never absent:
+    /// the next pass looks again).
+    fn plan_for(&self, m: &MachineRecord) -> Option<Planned> {
+        let (exit, what, kill) = match self.effects().observe(m) {
+            Observed::Running { pid } if Some(pid) == m.pid => return None,
+            Observed::Running { pid } => {
+                tracing::warn!(machine = %m.id, recorded = ?m.pid, running = pid, "running pid differs from the recorded one");
+                return None;
+            }
+            Observed::Exited { exit, .. } => {
+                let what = describe_exit(&exit);
+                (exit, what, false)
+            }
+            Observed::Gone { reason } => (unknown_exit(), reason, false),
+            Observed::NotStarted => (
+                unknown_exit(),
+                "no workload was ever launched".to_owned(),
+                false,
+            ),
+            Observed::Unsupervised { pid } => (
+                unknown_exit(),
+                format!("its supervisor died; the workload (pid {pid}) runs unsupervised"),
+                true,
+            ),
+            Observed::Unknown { reason } => {
+                tracing::warn!(machine = %m.id, recorded = ?m.pid, %reason, "reconcile: the workload's state cannot be read; left as recorded");
+                return None;
+            }
+        };
+        Some(Planned {
+            machine_id: m.id.clone(),
+            recorded: m.state,
+            observed: what,
+            exit,
+            pid: m.pid,
+            kill,
+        })
+    }
+
+    /// Asks the blast-radius guard about the pass's plan; `true` when it holds the plan back
+    /// (each held decision recorded, and logged once while it stays the same).
+    fn hold_back(&self, report: &ReconcileReport, machines: &[MachineRecord], live: usize) -> bool {
         let ids: Vec<MachineId> = report
             .planned
             .iter()
             .map(|p| p.machine_id.clone())
             .collect();
-        report.approved = approved && n > 0;
-        if cfg.guard
-            && !approved
-            && self.guard().check(GuardAction::Reconcile, &ids) == Verdict::Hold
-        {
-            report.blocked = true;
-            let versions: std::collections::HashMap<&MachineId, u64> =
-                machines.iter().map(|m| (&m.id, m.version)).collect();
-            let at = berth_types::Timestamp::now();
-            let mut new = 0;
-            for p in &report.planned {
-                new += usize::from(self.guard().hold(Held {
-                    machine_id: p.machine_id.clone(),
-                    action: GuardAction::Reconcile,
-                    observed: p.observed.clone(),
-                    at,
-                    version: versions.get(&p.machine_id).copied().unwrap_or(0),
-                }));
-            }
-            // Logged when the pass holds something new, not at every pass that sees the same.
-            if new > 0 {
-                let planned: Vec<String> = report
-                    .planned
-                    .iter()
-                    .map(|p| format!("{}: {}", p.machine_id, p.observed))
-                    .collect();
-                tracing::error!(
-                    would_change = n, machines = live, planned = ?planned,
-                    "blast-radius guard: this reconciliation would act on too much of the host at once; \
-                     nothing was changed. Check the host, then approve (berth host approve) or fix what it observed"
-                );
-            }
-            return Ok(report);
+        if self.guard().check(GuardAction::Reconcile, &ids) != Verdict::Hold {
+            return false;
         }
+        let versions: std::collections::HashMap<&MachineId, u64> =
+            machines.iter().map(|m| (&m.id, m.version)).collect();
+        let at = berth_types::Timestamp::now();
+        let mut new = 0;
         for p in &report.planned {
-            let mut observed = Some(p.observed.clone());
-            if p.kill {
-                let Some(rec) = machines.iter().find(|m| m.id == p.machine_id) else {
-                    continue;
-                };
-                tracing::warn!(machine = %p.machine_id, observed = %p.observed, "reconcile: killing a workload that runs without its supervisor");
-                if let Err(e) = self.effects().kill_unsupervised(rec).await {
-                    tracing::warn!(machine = %p.machine_id, error = %e, "reconcile: could not kill the unsupervised workload; left as recorded");
-                    continue;
-                }
-                // The kill recorded its exit; record what it says.
-                match self.effects().observe(rec) {
-                    Observed::Gone { reason } => observed = Some(reason),
-                    other => {
-                        tracing::warn!(machine = %p.machine_id, observed = ?other, "reconcile: after killing the unsupervised workload it is not gone; left as recorded");
-                        continue;
-                    }
-                }
+            new += usize::from(self.guard().hold(Held {
+                machine_id: p.machine_id.clone(),
+                action: GuardAction::Reconcile,
+                observed: p.observed.clone(),
+                at,
+                version: versions.get(&p.machine_id).copied().unwrap_or(0),
+            }));
+        }
+        // Logged when the pass holds something new, not at every pass that sees the same.
+        if new > 0 {
+            let planned: Vec<String> = report
+                .planned
+                .iter()
+                .map(|p| format!("{}: {}", p.machine_id, p.observed))
+                .collect();
+            tracing::error!(
+                would_change = report.planned.len(), machines = live, planned = ?planned,
+                "blast-radius guard: this reconciliation would act on too much of the host at once; \
+                 nothing was changed. Check the host, then approve (berth host approve) or fix what it observed"
+            );
+        }
+        true
+    }
+
+    /// Carries out one planned decision: kills an unsupervised workload first if planned, then
+    /// records the exit (and starts the restart the policy asks for). `true` when recorded.
+    async fn apply(&self, p: &Planned, machines: &[MachineRecord]) -> bool {
+        let mut observed = Some(p.observed.clone());
+        if p.kill {
+            let Some(rec) = machines.iter().find(|m| m.id == p.machine_id) else {
+                return false;
+            };
+            tracing::warn!(machine = %p.machine_id, observed = %p.observed, "reconcile: killing a workload that runs without its supervisor");
+            if let Err(e) = self.effects().kill_unsupervised(rec).await {
+                tracing::warn!(machine = %p.machine_id, error = %e, "reconcile: could not kill the unsupervised workload; left as recorded");
+                return false;
             }
-            tracing::info!(machine = %p.machine_id, recorded = %p.recorded, observed = ?observed, "reconcile: recording what was observed");
-            match self
-                .handle_exit(&p.machine_id, p.pid, p.exit.clone(), observed)
-                .await
-            {
-                Ok(ExitOutcome::Restart(op)) => {
-                    report.applied += 1;
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = me.run(op).await {
-                            tracing::warn!(error = %e, "restart after reconciliation failed");
-                        }
-                    });
-                }
-                Ok(ExitOutcome::Recorded(_)) => report.applied += 1,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(machine = %p.machine_id, error = %e, "reconcile: could not record")
+            // The kill recorded its exit; record what it says.
+            match self.effects().observe(rec) {
+                Observed::Gone { reason } => observed = Some(reason),
+                other => {
+                    tracing::warn!(machine = %p.machine_id, observed = ?other, "reconcile: after killing the unsupervised workload it is not gone; left as recorded");
+                    return false;
                 }
             }
         }
-        Ok(report)
+        tracing::info!(machine = %p.machine_id, recorded = %p.recorded, observed = ?observed, "reconcile: recording what was observed");
+        match self
+            .handle_exit(&p.machine_id, p.pid, p.exit.clone(), observed)
+            .await
+        {
+            Ok(ExitOutcome::Restart(op)) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = me.run(op).await {
+                        tracing::warn!(error = %e, "restart after reconciliation failed");
+                    }
+                });
+                true
+            }
+            Ok(ExitOutcome::Recorded(_)) => true,
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(machine = %p.machine_id, error = %e, "reconcile: could not record");
+                false
+            }
+        }
     }
 }
 
