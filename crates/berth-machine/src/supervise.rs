@@ -238,87 +238,7 @@ impl<E: Effects> Machines<E> {
         let guard = self.guard().clone();
         let outcome = self
             .store()
-            .write(move |w| {
-                let rec = w
-                    .machine(&id2)?
-                    .ok_or_else(|| StoreError::NotFound(id2.clone()))?;
-                if rec.active_op.is_some() {
-                    return Ok((ExitOutcome::Deferred, None));
-                }
-                if rec.state != State::Started || (pid.is_some() && rec.pid != pid) {
-                    return Ok((ExitOutcome::Ignored, None));
-                }
-                let decision = after_exit(&rec.config.restart, &exit, rec.restarts);
-                let what = match (&observed, exit.code, &exit.signal) {
-                    (Some(o), None, None) => o.clone(),
-                    _ => describe_exit(&exit),
-                };
-                let outcome = match decision {
-                    AfterExit::Stop | AfterExit::Fail => {
-                        let to = if decision == AfterExit::Stop {
-                            State::Stopped
-                        } else {
-                            State::Failed
-                        };
-                        let reason = if to == State::Failed
-                            && rec.config.restart.policy == RestartPolicy::OnFailure
-                        {
-                            format!("{what}; no restart left (restarted {} times)", rec.restarts)
-                        } else {
-                            what.clone()
-                        };
-                        w.transition(
-                            &id2,
-                            TransitionSpec::new(to, EventKind::Exit, Source::Berth, reason)
-                                .with_exit(exit.clone()),
-                        )?;
-                        ExitOutcome::Recorded(to)
-                    }
-                    AfterExit::Restart { .. }
-                        if guard.check(GuardAction::Restart, std::slice::from_ref(&id2))
-                            == Verdict::Hold =>
-                    {
-                        let clean = exit.code == Some(0) && exit.signal.is_none();
-                        let to = if clean { State::Stopped } else { State::Failed };
-                        let reason = format!(
-                            "{what}; restart held back by the blast-radius guard (too many machines \
-                             acted on at once); it runs once an operator approves (berth host approve)"
-                        );
-                        w.transition(
-                            &id2,
-                            TransitionSpec::new(to, EventKind::Exit, Source::Berth, reason)
-                                .with_exit(exit.clone()),
-                        )?;
-                        ExitOutcome::Held(to)
-                    }
-                    AfterExit::Restart { delay } => {
-                        let steps: Vec<&str> = crate::plan(OpKind::Restart, true)
-                            .iter()
-                            .map(|s| s.name)
-                            .collect();
-                        let reason = format!(
-                            "{what}; restart policy {:?}: restart {} in {}ms",
-                            rec.config.restart.policy,
-                            rec.restarts + 1,
-                            delay.as_millis()
-                        );
-                        let params = berth_types::OpParams {
-                            delay_ms: Some(delay.as_millis() as u64),
-                            exit: Some(exit.clone()),
-                            reason: Some(reason),
-                            ..Default::default()
-                        };
-                        ExitOutcome::Restart(w.begin_operation(
-                            &id2,
-                            OpKind::Restart,
-                            Source::Berth,
-                            params,
-                            &steps,
-                        )?)
-                    }
-                };
-                Ok((outcome, Some((rec, decision))))
-            })
+            .write(move |w| record_exit(w, &id2, pid, exit, observed.as_deref(), &guard))
             .await?;
         let (outcome, seen) = outcome;
         if let (ExitOutcome::Held(_), Some((rec, _))) = (&outcome, &seen)
@@ -529,6 +449,92 @@ impl<E: Effects> Machines<E> {
             }
         }
     }
+}
+
+/// What a machine's exit (of pid `pid`) becomes, decided and written in one write: nothing
+/// (an operation owns the machine, or the exit is not its current workload's), stopped or failed,
+/// failed or stopped because the guard holds the restart back, or a restart operation.
+fn record_exit(
+    w: &mut berth_store::WriteCtx<'_, '_>,
+    id: &MachineId,
+    pid: Option<u32>,
+    exit: ExitInfo,
+    observed: Option<&str>,
+    guard: &crate::guard::Guard,
+) -> Result<(ExitOutcome, Option<(MachineRecord, AfterExit)>), StoreError> {
+    let rec = w
+        .machine(id)?
+        .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+    if rec.active_op.is_some() {
+        return Ok((ExitOutcome::Deferred, None));
+    }
+    if rec.state != State::Started || (pid.is_some() && rec.pid != pid) {
+        return Ok((ExitOutcome::Ignored, None));
+    }
+    let decision = after_exit(&rec.config.restart, &exit, rec.restarts);
+    let what = match (observed, exit.code, &exit.signal) {
+        (Some(o), None, None) => o.to_owned(),
+        _ => describe_exit(&exit),
+    };
+    let exited = |w: &mut berth_store::WriteCtx<'_, '_>, to: State, reason: String| {
+        w.transition(
+            id,
+            TransitionSpec::new(to, EventKind::Exit, Source::Berth, reason).with_exit(exit.clone()),
+        )
+    };
+    let outcome = match decision {
+        AfterExit::Stop => {
+            exited(w, State::Stopped, what)?;
+            ExitOutcome::Recorded(State::Stopped)
+        }
+        AfterExit::Fail => {
+            let reason = if rec.config.restart.policy == RestartPolicy::OnFailure {
+                format!("{what}; no restart left (restarted {} times)", rec.restarts)
+            } else {
+                what
+            };
+            exited(w, State::Failed, reason)?;
+            ExitOutcome::Recorded(State::Failed)
+        }
+        AfterExit::Restart { .. }
+            if guard.check(GuardAction::Restart, std::slice::from_ref(id)) == Verdict::Hold =>
+        {
+            let clean = exit.code == Some(0) && exit.signal.is_none();
+            let to = if clean { State::Stopped } else { State::Failed };
+            let reason = format!(
+                "{what}; restart held back by the blast-radius guard (too many machines \
+                 acted on at once); it runs once an operator approves (berth host approve)"
+            );
+            exited(w, to, reason)?;
+            ExitOutcome::Held(to)
+        }
+        AfterExit::Restart { delay } => {
+            let steps: Vec<&str> = crate::plan(OpKind::Restart, true)
+                .iter()
+                .map(|s| s.name)
+                .collect();
+            let reason = format!(
+                "{what}; restart policy {:?}: restart {} in {}ms",
+                rec.config.restart.policy,
+                rec.restarts + 1,
+                delay.as_millis()
+            );
+            let params = berth_types::OpParams {
+                delay_ms: Some(delay.as_millis() as u64),
+                exit: Some(exit.clone()),
+                reason: Some(reason),
+                ..Default::default()
+            };
+            ExitOutcome::Restart(w.begin_operation(
+                id,
+                OpKind::Restart,
+                Source::Berth,
+                params,
+                &steps,
+            )?)
+        }
+    };
+    Ok((outcome, Some((rec, decision))))
 }
 
 fn unknown_exit() -> ExitInfo {
