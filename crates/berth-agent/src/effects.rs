@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use berth_driver::files::{self, ShimState};
 use berth_driver::{Driver, DriverError, Probe, exit_info};
-use berth_machine::{EffectError, Effects, Observed};
+use berth_machine::{EffectError, Effects, ImageError, Observed};
 use berth_types::{ExitInfo, MachineRecord};
 use tokio::sync::mpsc;
 
@@ -41,6 +41,8 @@ pub struct HostEffects {
     exits: mpsc::UnboundedSender<ExitNotice>,
     watched: Mutex<HashSet<(String, i32)>>,
     unknown: Mutex<BTreeMap<String, UnknownMachine>>,
+    /// The host's image store; without one, image machines are refused.
+    images: Option<Arc<berth_image::ImageStore>>,
 }
 
 fn effect_err(e: DriverError) -> EffectError {
@@ -55,7 +57,14 @@ impl HostEffects {
             exits,
             watched: Mutex::new(HashSet::new()),
             unknown: Mutex::new(BTreeMap::new()),
+            images: None,
         }
+    }
+
+    /// These effects with an image store, which image machines' images are imported into.
+    pub fn with_images(mut self, images: Arc<berth_image::ImageStore>) -> Self {
+        self.images = Some(images);
+        self
     }
 
     /// Machines whose state could not be read at their last observation (for health, metrics
@@ -172,6 +181,29 @@ impl Effects for HostEffects {
         self.driver.cleanup(m.id.as_str()).map_err(effect_err)?;
         self.set_unknown(m.id.as_str(), None);
         Ok(())
+    }
+
+    async fn resolve_image(
+        &self,
+        config: &berth_types::MachineConfig,
+    ) -> Result<Option<String>, ImageError> {
+        let Some(reference) = config.image.clone() else {
+            return Ok(None);
+        };
+        let Some(images) = self.images.clone() else {
+            return Err(ImageError::Invalid(
+                "image: this host has no image store".into(),
+            ));
+        };
+        // Importing reads and unpacks files: off the async threads.
+        let imported = tokio::task::spawn_blocking(move || images.import(&reference))
+            .await
+            .map_err(|e| ImageError::Host(format!("image: the import task failed: {e}")))?;
+        match imported {
+            Ok(resolved) => Ok(Some(resolved.digest)),
+            Err(e) if e.is_bad_input() => Err(ImageError::Invalid(format!("image: {e}"))),
+            Err(e) => Err(ImageError::Host(format!("image: {e}"))),
+        }
     }
 
     fn check_config(&self, config: &berth_types::MachineConfig) -> Result<(), String> {

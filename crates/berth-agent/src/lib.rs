@@ -91,6 +91,9 @@ pub enum AgentError {
     /// An operation failed.
     #[error(transparent)]
     Op(#[from] OpError),
+    /// The image store could not be opened.
+    #[error(transparent)]
+    Images(#[from] berth_image::ImageError),
 }
 
 /// What supervision has seen lately (for health, host status and `berth doctor`).
@@ -145,7 +148,8 @@ impl Agent {
         let store = Store::open(cfg.data_dir.join("berth.redb"), cfg.store.clone())?;
         let driver = Arc::new(Driver::new(cfg.driver.clone())?);
         let (tx, rx) = mpsc::unbounded_channel();
-        let effects = Arc::new(HostEffects::new(driver.clone(), tx));
+        let images = Arc::new(berth_image::ImageStore::open(cfg.data_dir.join("images"))?);
+        let effects = Arc::new(HostEffects::new(driver.clone(), tx).with_images(images));
         let guard = Arc::new(Guard::new(cfg.reconcile.guard_config()));
         let machines = Machines::with_guard(store.clone(), effects.clone(), guard);
         let agent = Agent {

@@ -42,6 +42,25 @@ pub trait Effects: Send + Sync + 'static {
     /// Refuses a config this host cannot honour (a resource limit it cannot enforce), with a
     /// message naming the field. Called before anything is recorded.
     fn check_config(&self, config: &MachineConfig) -> Result<(), String>;
+    /// Makes the config's image ready on the host (imported into the image store if it is not
+    /// there yet) and returns its manifest digest; `None` for a host-process machine. Called
+    /// before anything is recorded: [`ImageError::Invalid`] for an image that cannot be used
+    /// (message naming the field), [`ImageError::Host`] when the host's image store fails.
+    fn resolve_image(
+        &self,
+        config: &MachineConfig,
+    ) -> impl Future<Output = Result<Option<String>, ImageError>> + Send {
+        let refused = config.image.is_some();
+        async move {
+            if refused {
+                Err(ImageError::Invalid(
+                    "image: this host has no image store".into(),
+                ))
+            } else {
+                Ok(None)
+            }
+        }
+    }
     /// What the host says about the machine's workload right now (no side effects).
     fn observe(&self, m: &MachineRecord) -> crate::Observed;
     /// Workloads supervised on this host whose machine is not in `known` (no side effects).
@@ -56,6 +75,17 @@ pub trait Effects: Send + Sync + 'static {
         let _ = m;
         async { Err(EffectError("no unsupervised workloads on this host".into())) }
     }
+}
+
+/// Why a machine's image cannot be made ready ([`Effects::resolve_image`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    /// The image cannot be used (missing, malformed, unknown tag, digest mismatch, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The host's image store failed (its disk, its directory).
+    #[error("{0}")]
+    Host(String),
 }
 
 /// Why an operation did not complete.
@@ -87,6 +117,10 @@ pub enum OpError {
     /// A lease refused the request.
     #[error(transparent)]
     Lease(#[from] crate::leases::LeaseError),
+    /// The host could not prepare what the request needs (its image store failed): nothing was
+    /// recorded.
+    #[error("{0}")]
+    Host(String),
     /// The stored operation names a step this build does not know (written by another version).
     #[error("operation {op} has step {step:?}, which is not in its plan")]
     UnknownPlan {
@@ -209,6 +243,14 @@ impl<E: Effects> Machines<E> {
                 OpError::Invalid(e.to_string())
             }
         })?;
+        let image_digest = self
+            .effects
+            .resolve_image(&config)
+            .await
+            .map_err(|e| match e {
+                ImageError::Invalid(m) => OpError::Invalid(m),
+                ImageError::Host(m) => OpError::Host(m),
+            })?;
         self.effects
             .check_config(&config)
             .map_err(OpError::Invalid)?;
@@ -219,7 +261,9 @@ impl<E: Effects> Machines<E> {
             Some(k) => crate::admission::keyed_metadata(req.metadata, k, &digest),
             None => req.metadata,
         };
-        let rec = MachineRecord::new(id.clone(), req.name, req.config, metadata, Timestamp::now());
+        let mut rec =
+            MachineRecord::new(id.clone(), req.name, req.config, metadata, Timestamp::now());
+        rec.image_digest = image_digest;
         let steps: Vec<&'static str> = plan(OpKind::Create, !req.skip_start)
             .iter()
             .map(|s| s.name)

@@ -39,6 +39,10 @@ pub struct MachineRecord {
     /// The durable operation currently running on this machine, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_op: Option<u64>,
+    /// Image machines: the manifest digest (`sha256:...`) of the image it runs, fixed when it
+    /// was created, so a tag moved later never changes what runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
 }
 
 impl MachineRecord {
@@ -63,6 +67,7 @@ impl MachineRecord {
             exit: None,
             restarts: 0,
             active_op: None,
+            image_digest: None,
         }
     }
 
