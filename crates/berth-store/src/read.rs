@@ -8,9 +8,9 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefiniti
 use serde::Serialize;
 
 use crate::Store;
+use crate::codec::decode_at;
 use crate::error::{Result, StoreError};
 use crate::schema::{EVENTS, HISTORY, MACHINES, META, OPERATIONS};
-use crate::writer::decode_at;
 
 /// A read transaction together with the database it reads. Holding the `Arc` is what tells a
 /// compaction that replaced this database when its last reader is gone, and only then does it
