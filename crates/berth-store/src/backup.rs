@@ -1,12 +1,9 @@
 //! Online backup: a consistent copy of one read snapshot, written to a new file while writers
 //! carry on.
 
-use redb::ReadableTable;
-
 use crate::Store;
 use crate::error::{Result, StoreError};
-use crate::read::open_ro;
-use crate::schema::{EVENTS, HISTORY, MACHINES, META, OPERATIONS};
+use crate::schema::TABLES;
 
 impl Store {
     /// Writes a consistent copy of the database, as of one read snapshot, to a new file at
@@ -42,31 +39,25 @@ impl Store {
     }
 }
 
-/// [`Store::backup_to`] over one read transaction; `dest` must not exist.
+/// Rows per durable commit of a backup's copy: the copy's dirty pages reach the disk a chunk at a
+/// time instead of piling up in memory until one commit at the end.
+pub(crate) const BACKUP_CHUNK_ROWS: u64 = 4_096;
+/// The backup file's page cache: what the copy holds in memory, whatever the database's size.
+pub(crate) const BACKUP_CACHE_BYTES: usize = 8 << 20;
+
+/// [`Store::backup_to`] over one read transaction; `dest` must not exist. A backup that fails
+/// leaves no file behind.
 pub(crate) fn backup_of(txn: &redb::ReadTransaction, dest: &std::path::Path) -> Result<u64> {
-    {
-        let out = redb::Database::create(dest).map_err(StoreError::db("backup"))?;
-        let w = out.begin_write().map_err(StoreError::db("backup"))?;
-        let mut rows = 0u64;
-        macro_rules! copy {
-            ($def:expr) => {{
-                let src = open_ro(txn, $def, "backup")?;
-                let mut dst = w.open_table($def).map_err(StoreError::db("backup"))?;
-                for entry in src.iter().map_err(StoreError::db("backup"))? {
-                    let (k, v) = entry.map_err(StoreError::db("backup"))?;
-                    dst.insert(k.value(), v.value())
-                        .map_err(StoreError::db("backup"))?;
-                    rows += 1;
-                }
-            }};
-        }
-        copy!(META);
-        copy!(MACHINES);
-        copy!(HISTORY);
-        copy!(EVENTS);
-        copy!(OPERATIONS);
-        w.commit().map_err(StoreError::db("backup"))?;
-        drop(out);
-        Ok(rows)
+    let out = redb::Builder::new()
+        .set_cache_size(BACKUP_CACHE_BYTES)
+        .create(dest)
+        .map_err(StoreError::db("backup"))?;
+    let copied = TABLES.iter().try_fold(0u64, |rows, table| {
+        Ok::<_, StoreError>(rows + table.copy(txn, &out, BACKUP_CHUNK_ROWS, "backup", &mut |_| {})?)
+    });
+    drop(out);
+    if copied.is_err() {
+        let _ = std::fs::remove_file(dest);
     }
+    copied
 }

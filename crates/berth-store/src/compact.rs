@@ -28,11 +28,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_types::Timestamp;
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadTransaction, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
-use crate::schema::{EVENTS, HISTORY, MACHINES, META, OPERATIONS};
+use crate::schema::{EVENTS, HISTORY, MACHINES, OPERATIONS, TABLES};
 use crate::writer::{Dirty, Writer};
 use crate::{Store, slot_get};
 
@@ -135,47 +135,12 @@ pub(crate) fn space_needed(live: u64, reserve: u64) -> u64 {
 
 fn copy_all(src: &ReadTransaction, dst: &Database, mut progress: impl FnMut(u64)) -> Result<u64> {
     let mut rows = 0u64;
-    macro_rules! copy {
-        ($def:expr) => {{
-            let table = src
-                .open_table($def)
-                .map_err(StoreError::db("compact: read"))?;
-            let mut iter = table.iter().map_err(StoreError::db("compact: read"))?;
-            loop {
-                let mut txn = dst.begin_write().map_err(StoreError::db("compact: copy"))?;
-                txn.set_durability(redb::Durability::Immediate)
-                    .map_err(StoreError::db("compact: copy"))?;
-                let mut done = true;
-                {
-                    let mut t = txn
-                        .open_table($def)
-                        .map_err(StoreError::db("compact: copy"))?;
-                    let mut n = 0;
-                    for entry in iter.by_ref() {
-                        let (k, v) = entry.map_err(StoreError::db("compact: read"))?;
-                        t.insert(k.value(), v.value())
-                            .map_err(StoreError::db("compact: copy"))?;
-                        n += 1;
-                        if n >= COPY_CHUNK_ROWS {
-                            done = false;
-                            break;
-                        }
-                    }
-                    rows += n;
-                }
-                txn.commit().map_err(StoreError::db("compact: copy"))?;
-                progress(rows);
-                if done {
-                    break;
-                }
-            }
-        }};
+    for table in TABLES {
+        table.copy(src, dst, COPY_CHUNK_ROWS, "compact: copy", &mut |n| {
+            rows += n;
+            progress(rows);
+        })?;
     }
-    copy!(META);
-    copy!(MACHINES);
-    copy!(OPERATIONS);
-    copy!(EVENTS);
-    copy!(HISTORY);
     Ok(rows)
 }
 
@@ -229,16 +194,11 @@ fn apply_dirty(
         sync_keys!(OPERATIONS, &dirty.operations, |k| *k);
         sync_keys!(EVENTS, &dirty.events, |k| *k);
         sync_keys!(HISTORY, &dirty.history, |k| (k.0.as_str(), k.1));
-        let from = src
-            .open_table(META)
-            .map_err(StoreError::db("compact: read"))?;
-        let mut to = txn
-            .open_table(META)
-            .map_err(StoreError::db("compact: catch up"))?;
-        for entry in from.iter().map_err(StoreError::db("compact: read"))? {
-            let (k, v) = entry.map_err(StoreError::db("compact: read"))?;
-            to.insert(k.value(), v.value())
-                .map_err(StoreError::db("compact: catch up"))?;
+        for table in TABLES
+            .iter()
+            .filter(|t| Dirty::COPIED_WHOLE.contains(&t.name()))
+        {
+            table.copy_into(src, &txn, "compact: catch up")?;
         }
     }
     txn.commit().map_err(e)
@@ -621,9 +581,11 @@ mod tests {
     use std::sync::Mutex;
 
     use berth_types::{MachineConfig, MachineId, MachineRecord, Source};
+    use redb::ReadableTable;
 
     use super::*;
     use crate::StoreOptions;
+    use crate::schema::MACHINES;
 
     fn create(store: &Store, id: &str) {
         let rec = MachineRecord::new(

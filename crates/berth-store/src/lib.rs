@@ -19,6 +19,7 @@ mod read;
 mod retention;
 pub mod schema;
 mod stats;
+mod tables;
 mod timing;
 mod writer;
 

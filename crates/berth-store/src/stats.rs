@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableTable, ReadableTableMetadata};
+use redb::ReadableTable;
 use serde::Serialize;
 
 use crate::Store;
 use crate::error::{Result, StoreError};
 use crate::read::{history_watermark, open_ro};
-use crate::schema::{EVENTS, HISTORY, MACHINES, META, OPERATIONS};
+use crate::schema::{EVENTS, META, TABLES};
 
 /// Sizes and row counts.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -86,19 +86,11 @@ pub(crate) fn stats_of(txn: &redb::ReadTransaction, path: &std::path::Path) -> R
         let (file_size_bytes, file_allocated_bytes) = crate::compact::file_sizes(path)?;
         let mut tables = BTreeMap::new();
         let mut live_bytes = 0u64;
-        macro_rules! count {
-            ($def:expr, $name:literal) => {{
-                let t = open_ro(txn, $def, "stats")?;
-                tables.insert($name.to_owned(), t.len().map_err(StoreError::db("stats"))?);
-                let s = t.stats().map_err(StoreError::db("stats"))?;
-                live_bytes += s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes();
-            }};
+        for table in TABLES {
+            let (rows, live) = table.rows_and_live_bytes(txn)?;
+            tables.insert(table.name().to_owned(), rows);
+            live_bytes += live;
         }
-        count!(MACHINES, "machines");
-        count!(HISTORY, "history");
-        count!(EVENTS, "events");
-        count!(OPERATIONS, "operations");
-        count!(META, "meta");
         let meta = open_ro(txn, META, "stats")?;
         let next_seq = crate::schema::next_seq(&meta, &open_ro(txn, EVENTS, "stats")?)?;
         let history_seq = history_watermark(txn)?;
