@@ -1,7 +1,7 @@
 //! The consistency check: every record decoded and the cross-table invariants verified in one
 //! snapshot ([`Store::check`]; page checksums are `offline::verify_pages`'s).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use berth_types::{Event, MachineRecord, OperationRecord};
 use redb::ReadableTable;
@@ -71,161 +71,226 @@ impl Store {
     }
 }
 
+/// Each machine's history as the check sees it: the index rows, then (by [`check_events`]) the
+/// log's events not yet materialized.
+type Histories = BTreeMap<String, Vec<Event>>;
+
 /// [`Store::check`] over one read transaction.
 pub(crate) fn check_of(txn: &redb::ReadTransaction) -> Result<CheckReport> {
-    {
-        let mut report = CheckReport::default();
-        let p = &mut report.problems;
-
-        let meta = open_ro(txn, META, "check")?;
-        let next_seq = crate::schema::next_seq(&meta, &open_ro(txn, EVENTS, "check")?)?;
-
-        let history_t = open_ro(txn, HISTORY, "check")?;
-        let mut histories: BTreeMap<String, Vec<Event>> = BTreeMap::new();
-        for entry in history_t.iter().map_err(StoreError::db("check"))? {
-            let (k, v) = entry.map_err(StoreError::db("check"))?;
-            let (m, ver) = k.value();
-            match decode_at::<Event>("history", format!("({m}, {ver})"), v.value()) {
-                Ok(ev) => {
-                    if ev.machine_id.as_str() != m || ev.version != ver {
-                        p.push(format!(
-                            "history ({m}, {ver}) holds event for ({}, {})",
-                            ev.machine_id, ev.version
-                        ));
-                    }
-                    histories.entry(m.to_owned()).or_default().push(ev);
-                }
-                Err(e) => p.push(e.to_string()),
-            }
-        }
-
-        let watermark = history_watermark(txn)?;
-        let mut machine_ids = std::collections::BTreeSet::new();
-        for entry in open_ro(txn, MACHINES, "check")?
-            .iter()
-            .map_err(StoreError::db("check"))?
+    let mut report = CheckReport::default();
+    let meta = open_ro(txn, META, "check")?;
+    let next_seq = crate::schema::next_seq(&meta, &open_ro(txn, EVENTS, "check")?)?;
+    let mut histories = read_histories(txn, &mut report.problems)?;
+    check_events(txn, next_seq, &mut histories, &mut report)?;
+    let active_ops = check_machines(txn, &mut histories, &mut report)?;
+    for (m, h) in &histories {
+        if let Some(first) = h.first()
+            && first.version == 1
         {
-            let (k, _) = entry.map_err(StoreError::db("check"))?;
-            machine_ids.insert(k.value().to_owned());
+            // Complete history of a machine whose record is gone: only retention may do that.
+            report
+                .problems
+                .push(format!("history of {m} has no machine record"));
         }
-        // Where retention trimmed a history, its index rows start above version 1; an event of a
-        // version below that (or of a machine retention removed whole) has no row, rightly.
-        let first_indexed: BTreeMap<String, u64> = histories
+    }
+    check_operations(txn, active_ops, &mut report)?;
+    Ok(report)
+}
+
+/// The `history` index, each row checked against its key.
+fn read_histories(txn: &redb::ReadTransaction, p: &mut Vec<String>) -> Result<Histories> {
+    let mut histories = Histories::new();
+    for entry in open_ro(txn, HISTORY, "check")?
+        .iter()
+        .map_err(StoreError::db("check"))?
+    {
+        let (k, v) = entry.map_err(StoreError::db("check"))?;
+        let (m, ver) = k.value();
+        match decode_at::<Event>("history", format!("({m}, {ver})"), v.value()) {
+            Ok(ev) => {
+                if ev.machine_id.as_str() != m || ev.version != ver {
+                    p.push(format!(
+                        "history ({m}, {ver}) holds event for ({}, {})",
+                        ev.machine_id, ev.version
+                    ));
+                }
+                histories.entry(m.to_owned()).or_default().push(ev);
+            }
+            Err(e) => p.push(e.to_string()),
+        }
+    }
+    Ok(histories)
+}
+
+/// The ids of every machine record.
+fn machine_ids(txn: &redb::ReadTransaction) -> Result<BTreeSet<String>> {
+    let mut ids = BTreeSet::new();
+    for entry in open_ro(txn, MACHINES, "check")?
+        .iter()
+        .map_err(StoreError::db("check"))?
+    {
+        let (k, _) = entry.map_err(StoreError::db("check"))?;
+        ids.insert(k.value().to_owned());
+    }
+    Ok(ids)
+}
+
+/// Where an event of the log stands against the history index.
+struct IndexView<'a> {
+    watermark: u64,
+    machine_ids: BTreeSet<String>,
+    /// Where retention trimmed a history, its index rows start above version 1; an event of a
+    /// version below that (or of a machine retention removed whole) has no row, rightly.
+    first_indexed: BTreeMap<String, u64>,
+    histories: &'a mut Histories,
+}
+
+/// The event log: seqs contiguous and below `next_seq`, each event equal to its history row
+/// (events above the watermark without one are added to `histories`).
+fn check_events(
+    txn: &redb::ReadTransaction,
+    next_seq: u64,
+    histories: &mut Histories,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let mut view = IndexView {
+        watermark: history_watermark(txn)?,
+        machine_ids: machine_ids(txn)?,
+        first_indexed: histories
             .iter()
             .filter_map(|(m, h)| h.first().map(|e| (m.clone(), e.version)))
-            .collect();
-        let events_t = open_ro(txn, EVENTS, "check")?;
-        let mut prev: Option<u64> = None;
-        for entry in events_t.iter().map_err(StoreError::db("check"))? {
-            let (k, v) = entry.map_err(StoreError::db("check"))?;
-            let seq = k.value();
-            report.events += 1;
-            if let Some(prev) = prev
-                && seq != prev + 1
-            {
-                p.push(format!("event log gap: seq {prev} is followed by {seq}"));
-            }
-            report.seq_range = Some((report.seq_range.map_or(seq, |r| r.0), seq));
-            prev = Some(seq);
-            if seq >= next_seq {
-                p.push(format!("event seq {seq} is not below next_seq {next_seq}"));
-            }
-            match decode_at::<Event>("events", seq, v.value()) {
-                Ok(ev) => {
-                    if ev.seq != seq {
-                        p.push(format!("events[{seq}] holds seq {}", ev.seq));
-                    }
-                    let in_history = histories
-                        .get(ev.machine_id.as_str())
-                        .and_then(|h| h.iter().find(|h| h.version == ev.version));
-                    match (seq <= watermark, in_history) {
-                        (true, Some(h)) if *h != ev => {
-                            p.push(format!("events[{seq}] differs from its history row"))
-                        }
-                        (true, None) => {
-                            let m = ev.machine_id.as_str();
-                            let trimmed = match first_indexed.get(m) {
-                                Some(first) => ev.version < *first,
-                                None => !machine_ids.contains(m),
-                            };
-                            if !trimmed {
-                                p.push(format!(
-                                    "events[{seq}] is below the history watermark {watermark} but has no history row"
-                                ));
-                            }
-                        }
-                        // Materialized by a generation still in progress.
-                        (false, Some(h)) if *h != ev => {
-                            p.push(format!("events[{seq}] differs from its history row"))
-                        }
-                        (false, Some(_)) => {}
-                        // Not yet materialized: the log is this transition's history row.
-                        (false, None) => histories
-                            .entry(ev.machine_id.to_string())
-                            .or_default()
-                            .push(ev),
-                        (true, Some(_)) => {}
-                    }
-                }
-                Err(e) => p.push(e.to_string()),
-            }
+            .collect(),
+        histories,
+    };
+    let mut prev: Option<u64> = None;
+    for entry in open_ro(txn, EVENTS, "check")?
+        .iter()
+        .map_err(StoreError::db("check"))?
+    {
+        let (k, v) = entry.map_err(StoreError::db("check"))?;
+        let seq = k.value();
+        report.events += 1;
+        let p = &mut report.problems;
+        if let Some(prev) = prev
+            && seq != prev + 1
+        {
+            p.push(format!("event log gap: seq {prev} is followed by {seq}"));
         }
-
-        let machines_t = open_ro(txn, MACHINES, "check")?;
-        let mut active_ops: BTreeMap<u64, String> = BTreeMap::new();
-        for entry in machines_t.iter().map_err(StoreError::db("check"))? {
-            let (k, v) = entry.map_err(StoreError::db("check"))?;
-            let id = k.value();
-            report.machines += 1;
-            let rec: MachineRecord = match decode_at("machines", id, v.value()) {
-                Ok(r) => r,
-                Err(e) => {
-                    p.push(e.to_string());
-                    continue;
-                }
-            };
-            if rec.id.as_str() != id {
-                p.push(format!("machines[{id}] holds machine {}", rec.id));
-            }
-            if let Some(op) = rec.active_op {
-                active_ops.insert(op, id.to_owned());
-            }
-            let history = histories.remove(id).unwrap_or_default();
-            check_history(&rec, &history, p);
+        report.seq_range = Some((report.seq_range.map_or(seq, |r| r.0), seq));
+        prev = Some(seq);
+        if seq >= next_seq {
+            p.push(format!("event seq {seq} is not below next_seq {next_seq}"));
         }
-        for (m, h) in &histories {
-            if let Some(first) = h.first()
-                && first.version == 1
-            {
-                // Complete history of a machine whose record is gone: only retention may do that.
-                p.push(format!("history of {m} has no machine record"));
-            }
+        match decode_at::<Event>("events", seq, v.value()) {
+            Ok(ev) => check_event(seq, ev, &mut view, p),
+            Err(e) => p.push(e.to_string()),
         }
-
-        let ops_t = open_ro(txn, OPERATIONS, "check")?;
-        for entry in ops_t.iter().map_err(StoreError::db("check"))? {
-            let (k, v) = entry.map_err(StoreError::db("check"))?;
-            report.operations += 1;
-            match decode_at::<OperationRecord>("operations", k.value(), v.value()) {
-                Ok(op) => {
-                    if active_ops.get(&op.id).map(String::as_str) != Some(op.machine_id.as_str()) {
-                        p.push(format!(
-                            "operation {} is not the active operation of machine {}",
-                            op.id, op.machine_id
-                        ));
-                    }
-                    active_ops.remove(&op.id);
-                }
-                Err(e) => p.push(e.to_string()),
-            }
-        }
-        for (op, m) in active_ops {
-            p.push(format!(
-                "machine {m} points at operation {op}, which is not in flight"
-            ));
-        }
-        Ok(report)
     }
+    Ok(())
+}
+
+/// One event of the log against its history row.
+fn check_event(seq: u64, ev: Event, view: &mut IndexView<'_>, p: &mut Vec<String>) {
+    if ev.seq != seq {
+        p.push(format!("events[{seq}] holds seq {}", ev.seq));
+    }
+    let watermark = view.watermark;
+    let in_history = view
+        .histories
+        .get(ev.machine_id.as_str())
+        .and_then(|h| h.iter().find(|h| h.version == ev.version));
+    match (seq <= watermark, in_history) {
+        // Below the watermark, or materialized by a generation still in progress.
+        (_, Some(h)) if *h != ev => p.push(format!("events[{seq}] differs from its history row")),
+        (_, Some(_)) => {}
+        (true, None) => {
+            let m = ev.machine_id.as_str();
+            let trimmed = match view.first_indexed.get(m) {
+                Some(first) => ev.version < *first,
+                None => !view.machine_ids.contains(m),
+            };
+            if !trimmed {
+                p.push(format!(
+                    "events[{seq}] is below the history watermark {watermark} but has no history row"
+                ));
+            }
+        }
+        // Not yet materialized: the log is this transition's history row.
+        (false, None) => view
+            .histories
+            .entry(ev.machine_id.to_string())
+            .or_default()
+            .push(ev),
+    }
+}
+
+/// Every machine record against its key and its history (taken out of `histories`); returns the
+/// operations the records point at.
+fn check_machines(
+    txn: &redb::ReadTransaction,
+    histories: &mut Histories,
+    report: &mut CheckReport,
+) -> Result<BTreeMap<u64, String>> {
+    let mut active_ops = BTreeMap::new();
+    for entry in open_ro(txn, MACHINES, "check")?
+        .iter()
+        .map_err(StoreError::db("check"))?
+    {
+        let (k, v) = entry.map_err(StoreError::db("check"))?;
+        let id = k.value();
+        report.machines += 1;
+        let p = &mut report.problems;
+        let rec: MachineRecord = match decode_at("machines", id, v.value()) {
+            Ok(r) => r,
+            Err(e) => {
+                p.push(e.to_string());
+                continue;
+            }
+        };
+        if rec.id.as_str() != id {
+            p.push(format!("machines[{id}] holds machine {}", rec.id));
+        }
+        if let Some(op) = rec.active_op {
+            active_ops.insert(op, id.to_owned());
+        }
+        let history = histories.remove(id).unwrap_or_default();
+        check_history(&rec, &history, p);
+    }
+    Ok(active_ops)
+}
+
+/// Every operation in flight belongs to a machine that points back at it, and the other way round.
+fn check_operations(
+    txn: &redb::ReadTransaction,
+    mut active_ops: BTreeMap<u64, String>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    for entry in open_ro(txn, OPERATIONS, "check")?
+        .iter()
+        .map_err(StoreError::db("check"))?
+    {
+        let (k, v) = entry.map_err(StoreError::db("check"))?;
+        report.operations += 1;
+        let p = &mut report.problems;
+        match decode_at::<OperationRecord>("operations", k.value(), v.value()) {
+            Ok(op) => {
+                if active_ops.get(&op.id).map(String::as_str) != Some(op.machine_id.as_str()) {
+                    p.push(format!(
+                        "operation {} is not the active operation of machine {}",
+                        op.id, op.machine_id
+                    ));
+                }
+                active_ops.remove(&op.id);
+            }
+            Err(e) => p.push(e.to_string()),
+        }
+    }
+    for (op, m) in active_ops {
+        report.problems.push(format!(
+            "machine {m} points at operation {op}, which is not in flight"
+        ));
+    }
+    Ok(())
 }
 
 fn check_history(rec: &MachineRecord, history: &[Event], p: &mut Vec<String>) {

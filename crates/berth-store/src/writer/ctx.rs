@@ -206,7 +206,18 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
         if self.cache.len() > MAX_CACHED_RECORDS {
             self.cache.clear();
         }
-        for (id, rec) in staged.machines {
+        self.apply_machines(staged.machines)?;
+        self.apply_events(staged.events)?;
+        self.apply_operations(&staged.operations)?;
+        self.apply_removals(&staged.removals)?;
+        self.apply_meta(&staged.meta)?;
+        self.committed_seq = staged.next_seq;
+        self.committed_op_id = staged.next_op_id;
+        Ok(())
+    }
+
+    fn apply_machines(&mut self, machines: BTreeMap<MachineId, MachineRecord>) -> Result<()> {
+        for (id, rec) in machines {
             let bytes = codec::encode(&rec);
             self.bytes += bytes.len();
             self.tables
@@ -217,7 +228,11 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
             self.admission.observe(&rec);
             self.cache.insert(id, rec);
         }
-        for ev in staged.events {
+        Ok(())
+    }
+
+    fn apply_events(&mut self, events: Vec<Event>) -> Result<()> {
+        for ev in events {
             let bytes = codec::encode(&ev);
             self.bytes += bytes.len();
             self.tables
@@ -231,7 +246,14 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
                 bytes,
             });
         }
-        for (id, op) in &staged.operations {
+        Ok(())
+    }
+
+    fn apply_operations(
+        &mut self,
+        operations: &BTreeMap<u64, Option<OperationRecord>>,
+    ) -> Result<()> {
+        for (id, op) in operations {
             self.dirty.operation(*id);
             match op {
                 Some(op) => {
@@ -250,12 +272,16 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
                 }
             }
         }
-        if !staged.removals.is_empty() {
+        Ok(())
+    }
+
+    fn apply_removals(&mut self, removals: &[Removal]) -> Result<()> {
+        if !removals.is_empty() {
             let mut history = self
                 .txn
                 .open_table(HISTORY)
                 .map_err(StoreError::db("open history"))?;
-            for r in &staged.removals {
+            for r in removals {
                 match r {
                     Removal::Machine(id) => {
                         self.tables
@@ -282,18 +308,21 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
                 }
             }
         }
-        if !staged.meta.is_empty() {
-            let mut meta = self
+        Ok(())
+    }
+
+    fn apply_meta(&mut self, meta: &[(&'static str, Vec<u8>)]) -> Result<()> {
+        if !meta.is_empty() {
+            let mut table = self
                 .txn
                 .open_table(META)
                 .map_err(StoreError::db("write meta"))?;
-            for (k, v) in &staged.meta {
-                meta.insert(*k, v.as_slice())
+            for (k, v) in meta {
+                table
+                    .insert(*k, v.as_slice())
                     .map_err(StoreError::db("write meta"))?;
             }
         }
-        self.committed_seq = staged.next_seq;
-        self.committed_op_id = staged.next_op_id;
         Ok(())
     }
 

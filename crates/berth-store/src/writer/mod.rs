@@ -82,8 +82,11 @@ pub(crate) type BoxedJob = Box<dyn Job>;
 /// writer thread between commits, such as the steps of an online compaction.
 pub(crate) enum Msg {
     Job(BoxedJob),
-    Control(Box<dyn FnOnce(&mut Writer) + Send>),
+    Control(Control),
 }
+
+/// Work run on the writer thread between two commits.
+pub(crate) type Control = Box<dyn FnOnce(&mut Writer) + Send>;
 
 /// Counters the writer keeps, readable from any thread.
 #[derive(Debug, Default)]
@@ -148,80 +151,89 @@ impl Writer {
     pub fn run(mut self) {
         let mut batch: Vec<BoxedJob> = Vec::with_capacity(self.max_batch);
         while let Some(first) = self.rx.blocking_recv() {
-            let mut control = None;
-            match first {
-                Msg::Job(job) => batch.push(job),
-                Msg::Control(f) => control = Some(f),
+            let control = self.gather(first, &mut batch);
+            if !batch.is_empty() {
+                self.commit_batch(&mut batch);
             }
-            while control.is_none() && batch.len() < self.max_batch {
-                match self.rx.try_recv() {
-                    Ok(Msg::Job(job)) => batch.push(job),
-                    Ok(Msg::Control(f)) => control = Some(f),
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
-                // A control message runs after the writes queued before it are committed.
-                if let Some(f) = control {
-                    f(&mut self);
-                }
-                continue;
-            }
-            if let Some(reason) = self.refuse_while_recovering() {
-                let err = StoreError::Poisoned(reason);
-                for job in batch.drain(..) {
-                    job.finish(Err(&err));
-                }
-                if let Some(f) = control {
-                    f(&mut self);
-                }
-                continue;
-            }
-            let result = self.commit(&mut batch);
-            match &result {
-                Err(e) => {
-                    tracing::error!(error = %e, writes = batch.len(), "database commit failed; writes are refused while the store reopens the database and retries");
-                    self.poisoned.store(true, Ordering::Release);
-                }
-                Ok(()) => {
-                    if self.poisoned.swap(false, Ordering::AcqRel) {
-                        tracing::info!("database commits succeed again; the store has recovered");
-                    }
-                    self.recovery.backoff = RECOVERY_BACKOFF_MIN;
-                    self.recovery.retry_at = None;
-                }
-            }
-            let outcome = result.as_ref().map(|_| ());
-            for job in batch.drain(..) {
-                job.finish(outcome);
-            }
-            if result.is_err() {
-                self.after_failed_commit();
-            }
+            // A control message runs after the writes queued before it are committed.
             if let Some(f) = control {
                 f(&mut self);
             }
         }
-        // Every handle is gone: materialize what is pending so a clean shutdown leaves the
-        // history index complete (a crash leaves it to `catch_up_history` at the next open).
-        if !self.indexer.is_idle() && !self.poisoned.load(Ordering::Acquire) {
-            let through = self.next_seq - 1;
-            let indexer = &mut self.indexer;
-            let result = self
-                .db
-                .begin_write()
-                .map_err(StoreError::db("flush history"))
-                .and_then(|txn| {
-                    indexer.finish(&txn, &mut self.dirty, through)?;
-                    txn.commit().map_err(StoreError::db("flush history"))
-                });
-            if let Err(e) = result {
-                tracing::error!(error = %e, "could not flush the history index at shutdown; it is rebuilt at the next open");
+        self.flush_history_at_shutdown();
+    }
+
+    /// Takes what is queued after `first` into `batch`, up to the batch limit or the first
+    /// control message (returned: it runs after the batch).
+    fn gather(&mut self, first: Msg, batch: &mut Vec<BoxedJob>) -> Option<Control> {
+        let mut control = None;
+        match first {
+            Msg::Job(job) => batch.push(job),
+            Msg::Control(f) => control = Some(f),
+        }
+        while control.is_none() && batch.len() < self.max_batch {
+            match self.rx.try_recv() {
+                Ok(Msg::Job(job)) => batch.push(job),
+                Ok(Msg::Control(f)) => control = Some(f),
+                Err(_) => break,
             }
+        }
+        control
+    }
+
+    /// Commits `batch` (or refuses it while recovering) and answers every caller in it.
+    fn commit_batch(&mut self, batch: &mut Vec<BoxedJob>) {
+        if let Some(reason) = self.refuse_while_recovering() {
+            let err = StoreError::Poisoned(reason);
+            for job in batch.drain(..) {
+                job.finish(Err(&err));
+            }
+            return;
+        }
+        let result = self.commit(batch);
+        match &result {
+            Err(e) => {
+                tracing::error!(error = %e, writes = batch.len(), "database commit failed; writes are refused while the store reopens the database and retries");
+                self.poisoned.store(true, Ordering::Release);
+            }
+            Ok(()) => {
+                if self.poisoned.swap(false, Ordering::AcqRel) {
+                    tracing::info!("database commits succeed again; the store has recovered");
+                }
+                self.recovery.backoff = RECOVERY_BACKOFF_MIN;
+                self.recovery.retry_at = None;
+            }
+        }
+        let outcome = result.as_ref().map(|_| ());
+        for job in batch.drain(..) {
+            job.finish(outcome);
+        }
+        if result.is_err() {
+            self.after_failed_commit();
         }
     }
 
-    /// Whether a batch must be refused now, and why: the database still needs reopening (and the
+    /// Every handle is gone: materialize what is pending so a clean shutdown leaves the history
+    /// index complete (a crash leaves it to `catch_up_history` at the next open).
+    fn flush_history_at_shutdown(&mut self) {
+        if self.indexer.is_idle() || self.poisoned.load(Ordering::Acquire) {
+            return;
+        }
+        let through = self.next_seq - 1;
+        let indexer = &mut self.indexer;
+        let result = self
+            .db
+            .begin_write()
+            .map_err(StoreError::db("flush history"))
+            .and_then(|txn| {
+                indexer.finish(&txn, &mut self.dirty, through)?;
+                txn.commit().map_err(StoreError::db("flush history"))
+            });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "could not flush the history index at shutdown; it is rebuilt at the next open");
+        }
+    }
+
     fn commit(&mut self, batch: &mut [BoxedJob]) -> Result<()> {
         let start = self.timings.start();
         let mut txn = self
