@@ -52,6 +52,8 @@ const MAX_ROUNDS: u32 = 16;
 const OLD_READERS_WAIT: Duration = Duration::from_secs(30);
 /// Free space the copy needs beyond the live data, as a fraction of it.
 const SPACE_MARGIN: f64 = 0.2;
+/// The old file is truncated this much at a time when its blocks are given back.
+const RELEASE_SLICE_BYTES: u64 = 32 << 20;
 
 /// What a finished compaction did (also kept in the database as the last compaction).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -545,7 +547,6 @@ fn swap(
 /// filesystem journal transaction, and every live commit's fsync would wait behind it.
 fn release_old_file(file: &std::fs::File) {
     use std::os::unix::fs::MetadataExt;
-    const SLICE: u64 = 32 << 20;
     let Ok(meta) = file.metadata() else {
         return;
     };
@@ -555,8 +556,8 @@ fn release_old_file(file: &std::fs::File) {
         return;
     }
     let mut len = meta.len();
-    while len > SLICE {
-        len -= SLICE;
+    while len > RELEASE_SLICE_BYTES {
+        len -= RELEASE_SLICE_BYTES;
         if file.set_len(len).is_err() {
             break;
         }
