@@ -252,20 +252,7 @@ pub(crate) async fn events(
 
 pub(crate) async fn db_stats(State(lane): State<Lane>) -> ApiResult<Json<DbStats>> {
     let st = lane.shared.agent.store().stats()?;
-    Ok(Json(DbStats {
-        garbage_ratio: st.garbage_ratio(),
-        file_size_bytes: st.file_size_bytes,
-        file_allocated_bytes: st.file_allocated_bytes,
-        live_bytes: st.live_bytes,
-        tables: st.tables,
-        last_compaction: st
-            .last_compaction
-            .and_then(|c| serde_json::to_value(c).ok()),
-        next_seq: st.next_seq,
-        history_seq: st.history_seq,
-        first_seq: st.first_seq,
-        compaction: st.compaction.and_then(|c| serde_json::to_value(c).ok()),
-    }))
+    Ok(Json(DbStats::from(st)))
 }
 
 /// Compacts online (or joins the compaction running) and answers with its report when the new
@@ -284,30 +271,75 @@ pub(crate) async fn slow_ops(State(lane): State<Lane>) -> Json<Vec<SlowOp>> {
     Json(lane.shared.slow_ops.list())
 }
 
-/// A consistent snapshot of the database, taken without pausing writers, as the response body.
+/// A consistent snapshot of the database, taken without pausing writers, streamed as the
+/// response body: the store writes it to a file under `backups/` in the data dir, which is
+/// unlinked once open and read out [`BACKUP_CHUNK_BYTES`] at a time, so a backup's memory does
+/// not grow with the database.
 pub(crate) async fn db_backup(State(lane): State<Lane>) -> ApiResult<Response> {
     let dir = lane.shared.cfg.data_dir.join("backups");
     std::fs::create_dir_all(&dir)
         .map_err(|e| ApiError::internal(format!("create {}: {e}", dir.display())))?;
     let path = dir.join(format!("backup-{}.redb", crate::random_hex(6)?));
     let store = lane.shared.agent.store().clone();
-    let p = path.clone();
-    let bytes = tokio::task::spawn_blocking(move || {
+    let (file, len) = tokio::task::spawn_blocking(move || {
         let r = store
-            .backup_to(&p)
+            .backup_to(&path)
             .map_err(ApiError::from)
-            .and_then(|_| std::fs::read(&p).map_err(|e| ApiError::internal(e.to_string())));
-        let _ = std::fs::remove_file(&p);
+            .and_then(|_| {
+                let file =
+                    std::fs::File::open(&path).map_err(|e| ApiError::internal(e.to_string()))?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .len();
+                Ok((file, len))
+            });
+        // The open file streams on without its name; nothing is left behind.
+        let _ = std::fs::remove_file(&path);
         r
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    let _ = path;
     Ok((
-        [("content-type", "application/octet-stream")],
-        Body::from(bytes),
+        [
+            ("content-type", "application/octet-stream".to_owned()),
+            ("content-length", len.to_string()),
+        ],
+        Body::from_stream(file_chunks(file)),
     )
         .into_response())
+}
+
+/// Bytes per chunk of a streamed backup.
+pub(crate) const BACKUP_CHUNK_BYTES: usize = 64 << 10;
+
+/// `file`, read on a blocking thread [`BACKUP_CHUNK_BYTES`] at a time; at most two chunks wait
+/// for a slow client.
+fn file_chunks(
+    mut file: std::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> + Send + 'static {
+    use std::io::Read;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<axum::body::Bytes>>(2);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let mut buf = vec![0u8; BACKUP_CHUNK_BYTES];
+            let chunk = match file.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Ok(axum::body::Bytes::from(buf))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            // A closed channel is a client that went away.
+            if tx.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
 }
 
 /// Check of the live database: every page's checksum (on a copy made between two commits, see
@@ -327,4 +359,34 @@ pub(crate) async fn db_check(State(lane): State<Lane>) -> ApiResult<Json<serde_j
         "schema_version": berth_store::SCHEMA_VERSION,
         "report": report,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests fail loudly by design
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    /// A backup is read out a chunk at a time, never as one allocation, and arrives whole.
+    #[tokio::test]
+    async fn a_file_streams_in_bounded_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..(5 * BACKUP_CHUNK_BYTES + 17))
+            .map(|i| i as u8)
+            .collect();
+        std::fs::write(&path, &data).unwrap();
+        let mut stream = Box::pin(file_chunks(std::fs::File::open(&path).unwrap()));
+        let mut got = Vec::new();
+        let mut chunks = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap();
+            assert!(chunk.len() <= BACKUP_CHUNK_BYTES, "{}", chunk.len());
+            got.extend_from_slice(&chunk);
+            chunks += 1;
+        }
+        assert!(chunks >= 6, "{chunks}");
+        assert_eq!(got, data);
+    }
 }

@@ -21,9 +21,10 @@ use berth_types::{MachineId, MachineRecord, State, Timestamp};
 use redb::{ReadableDatabase, ReadableTable};
 
 use crate::Store;
+use crate::codec::decode_at;
 use crate::error::{Result, StoreError};
 use crate::schema::MACHINES;
-use crate::writer::{WriteCtx, decode_at};
+use crate::writer::WriteCtx;
 
 /// Metadata key holding the Idempotency-Key a machine was created with.
 pub const IDEMPOTENCY_KEY_LABEL: &str = "berth/idempotency-key";

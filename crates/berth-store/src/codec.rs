@@ -48,6 +48,19 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     serde_json::from_slice(&bytes[HEADER..]).map_err(|e| format!("undecodable payload: {e}"))
 }
 
+/// Decodes a record read from `table` at `key`, naming both when it is corrupt.
+pub(crate) fn decode_at<T: DeserializeOwned>(
+    table: &'static str,
+    key: impl std::fmt::Display,
+    bytes: &[u8],
+) -> crate::error::Result<T> {
+    decode(bytes).map_err(|reason| crate::error::StoreError::Corrupt {
+        table,
+        key: key.to_string(),
+        reason,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,11 +28,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_types::Timestamp;
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadTransaction, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
-use crate::schema::{EVENTS, HISTORY, MACHINES, META, OPERATIONS};
+use crate::schema::{EVENTS, HISTORY, MACHINES, OPERATIONS, TABLES};
 use crate::writer::{Dirty, Writer};
 use crate::{Store, slot_get};
 
@@ -52,6 +52,8 @@ const MAX_ROUNDS: u32 = 16;
 const OLD_READERS_WAIT: Duration = Duration::from_secs(30);
 /// Free space the copy needs beyond the live data, as a fraction of it.
 const SPACE_MARGIN: f64 = 0.2;
+/// The old file is truncated this much at a time when its blocks are given back.
+const RELEASE_SLICE_BYTES: u64 = 32 << 20;
 
 /// What a finished compaction did (also kept in the database as the last compaction).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,47 +137,12 @@ pub(crate) fn space_needed(live: u64, reserve: u64) -> u64 {
 
 fn copy_all(src: &ReadTransaction, dst: &Database, mut progress: impl FnMut(u64)) -> Result<u64> {
     let mut rows = 0u64;
-    macro_rules! copy {
-        ($def:expr) => {{
-            let table = src
-                .open_table($def)
-                .map_err(StoreError::db("compact: read"))?;
-            let mut iter = table.iter().map_err(StoreError::db("compact: read"))?;
-            loop {
-                let mut txn = dst.begin_write().map_err(StoreError::db("compact: copy"))?;
-                txn.set_durability(redb::Durability::Immediate)
-                    .map_err(StoreError::db("compact: copy"))?;
-                let mut done = true;
-                {
-                    let mut t = txn
-                        .open_table($def)
-                        .map_err(StoreError::db("compact: copy"))?;
-                    let mut n = 0;
-                    for entry in iter.by_ref() {
-                        let (k, v) = entry.map_err(StoreError::db("compact: read"))?;
-                        t.insert(k.value(), v.value())
-                            .map_err(StoreError::db("compact: copy"))?;
-                        n += 1;
-                        if n >= COPY_CHUNK_ROWS {
-                            done = false;
-                            break;
-                        }
-                    }
-                    rows += n;
-                }
-                txn.commit().map_err(StoreError::db("compact: copy"))?;
-                progress(rows);
-                if done {
-                    break;
-                }
-            }
-        }};
+    for table in TABLES {
+        table.copy(src, dst, COPY_CHUNK_ROWS, "compact: copy", &mut |n| {
+            rows += n;
+            progress(rows);
+        })?;
     }
-    copy!(META);
-    copy!(MACHINES);
-    copy!(OPERATIONS);
-    copy!(EVENTS);
-    copy!(HISTORY);
     Ok(rows)
 }
 
@@ -229,16 +196,11 @@ fn apply_dirty(
         sync_keys!(OPERATIONS, &dirty.operations, |k| *k);
         sync_keys!(EVENTS, &dirty.events, |k| *k);
         sync_keys!(HISTORY, &dirty.history, |k| (k.0.as_str(), k.1));
-        let from = src
-            .open_table(META)
-            .map_err(StoreError::db("compact: read"))?;
-        let mut to = txn
-            .open_table(META)
-            .map_err(StoreError::db("compact: catch up"))?;
-        for entry in from.iter().map_err(StoreError::db("compact: read"))? {
-            let (k, v) = entry.map_err(StoreError::db("compact: read"))?;
-            to.insert(k.value(), v.value())
-                .map_err(StoreError::db("compact: catch up"))?;
+        for table in TABLES
+            .iter()
+            .filter(|t| Dirty::COPIED_WHOLE.contains(&t.name()))
+        {
+            table.copy_into(src, &txn, "compact: catch up")?;
         }
     }
     txn.commit().map_err(e)
@@ -351,6 +313,50 @@ impl Store {
         let path = self.inner.path.clone();
         let (size_before, allocated_before) = file_sizes(&path)?;
         let live_bytes = self.stats()?.live_bytes;
+        self.check_space(&path, live_bytes)?;
+        remove_leftover(&path)?;
+        self.phase("copy");
+        let (new, epoch, rows_copied) = self.copy_snapshot(tmp)?;
+        self.phase("catch-up");
+        let (rounds, mut caught_up) = self.catch_up(&new)?;
+        flush(tmp)?;
+        self.phase("swap");
+        let old_file = hold_open(&path);
+        let hook = self.inner.compaction_hook.clone();
+        let (tmp_owned, swap_path) = (tmp.to_owned(), path.clone());
+        let (pause, last_keys, old) = self.control(move |w: &mut Writer| {
+            if w.recovery.reopens != epoch || w.recovery.needs_reopen {
+                // A commit failed since the copy began and the writer reopened the file (or must):
+                // what the copy missed is not known for sure, so the copy is abandoned.
+                return Err(StoreError::CommitFailed(
+                    "a commit failed during the compaction; the compacted copy is abandoned".into(),
+                ));
+            }
+            swap(w, new, &tmp_owned, &swap_path, hook.as_deref())
+        })??;
+        caught_up += last_keys;
+        self.phase("release");
+        self.release(old, old_file);
+        let (size_after, allocated_after) = file_sizes(&path)?;
+        let report = CompactionReport {
+            at: started_at,
+            duration_ms: t0.elapsed().as_millis() as u64,
+            size_before,
+            size_after,
+            allocated_before,
+            allocated_after,
+            live_bytes,
+            max_pause_ms: pause.as_secs_f64() * 1000.0,
+            rows_copied,
+            catch_up_rounds: rounds,
+            keys_caught_up: caught_up,
+        };
+        self.keep_report(&report)?;
+        Ok(report)
+    }
+
+    /// Refuses unless the data dir's file system has room for a copy of `live_bytes`.
+    fn check_space(&self, path: &Path, live_bytes: u64) -> Result<()> {
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -365,9 +371,12 @@ impl Store {
                 available,
             });
         }
-        remove_leftover(&path)?;
+        Ok(())
+    }
 
-        self.phase("copy");
+    /// Switches on dirty-key tracking, copies a snapshot taken after it into `tmp` and shrinks
+    /// the copy. Returns the copy, the writer's reopen count when tracking began, and the rows.
+    fn copy_snapshot(&self, tmp: &Path) -> Result<(Database, u64, u64)> {
         let epoch = self.control(|w| {
             w.dirty = Dirty {
                 enabled: true,
@@ -401,8 +410,12 @@ impl Store {
             source: Box::new(e.into()),
         })? {}
         flush(tmp)?;
-        self.phase("catch-up");
+        Ok((new, epoch, rows_copied))
+    }
 
+    /// Copies the keys written meanwhile, in rounds, until a round is small (or there were
+    /// [`MAX_ROUNDS`]). Returns the rounds and the keys copied.
+    fn catch_up(&self, new: &Database) -> Result<(u32, u64)> {
         let mut rounds = 0;
         let mut caught_up = 0u64;
         loop {
@@ -415,7 +428,7 @@ impl Store {
             caught_up += dirty.len() as u64;
             // Durable, outside the pause: redb's first durable commit after the bulk copy does
             // the deferred bookkeeping of every non-durable one, which must not land in the swap.
-            apply_dirty(&snapshot, &new, &dirty, redb::Durability::Immediate)?;
+            apply_dirty(&snapshot, new, &dirty, redb::Durability::Immediate)?;
             self.set_progress(|p| p.catch_up_rounds = rounds);
             tracing::info!(
                 round = rounds,
@@ -423,38 +436,14 @@ impl Store {
                 "online compaction: caught up"
             );
             if dirty.len() <= SMALL_ROUND_KEYS || rounds >= MAX_ROUNDS {
-                break;
+                return Ok((rounds, caught_up));
             }
         }
-        flush(tmp)?;
+    }
 
-        self.phase("swap");
-        // Our own handle on the old file, so that closing its database does not free its blocks
-        // all at once (see release_old_file).
-        // Without it (it should not fail: the store has the file open itself) the old file's
-        // space is freed at its last close, as redb would; not a reason to give up.
-        let old_file = match std::fs::OpenOptions::new().write(true).open(&path) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot hold the old database file open; its space is freed at once when it closes");
-                None
-            }
-        };
-        let hook = self.inner.compaction_hook.clone();
-        let tmp_owned = tmp.to_owned();
-        let swap_path = path.clone();
-        let (pause, last_keys, old) = self.control(move |w: &mut Writer| {
-            if w.recovery.reopens != epoch || w.recovery.needs_reopen {
-                // A commit failed since the copy began and the writer reopened the file (or must):
-                // what the copy missed is not known for sure, so the copy is abandoned.
-                return Err(StoreError::CommitFailed(
-                    "a commit failed during the compaction; the compacted copy is abandoned".into(),
-                ));
-            }
-            swap(w, new, &tmp_owned, &swap_path, hook.as_deref())
-        })??;
-        caught_up += last_keys;
-        self.phase("release");
+    /// After the swap: waits (up to [`OLD_READERS_WAIT`]) for the old database's last reader,
+    /// closes it, and gives its blocks back a slice at a time through `old_file`.
+    fn release(&self, old: Arc<Database>, old_file: Option<std::fs::File>) {
         // New readers get the new database; those already reading the old one (a backup, say)
         // finish on it. Only once the last one is gone may its blocks be given back.
         let deadline = Instant::now() + OLD_READERS_WAIT;
@@ -484,31 +473,31 @@ impl Store {
         if let Some(hook) = &self.inner.compaction_hook {
             hook("released");
         }
+    }
 
-        let (size_after, allocated_after) = file_sizes(&path)?;
-        let report = CompactionReport {
-            at: started_at,
-            duration_ms: t0.elapsed().as_millis() as u64,
-            size_before,
-            size_after,
-            allocated_before,
-            allocated_after,
-            live_bytes,
-            max_pause_ms: pause.as_secs_f64() * 1000.0,
-            rows_copied,
-            catch_up_rounds: rounds,
-            keys_caught_up: caught_up,
-        };
-        // Recorded through the writer like any write, so it survives restarts.
-        let bytes = serde_json::to_vec(&report).map_err(|e| StoreError::Io {
+    /// Records the report through the writer like any write, so it survives restarts.
+    fn keep_report(&self, report: &CompactionReport) -> Result<()> {
+        let bytes = serde_json::to_vec(report).map_err(|e| StoreError::Io {
             context: "encode compaction report".into(),
             source: std::io::Error::other(e),
         })?;
         self.write_blocking(move |w| {
             w.put_meta(KEY_LAST_COMPACTION, bytes);
             Ok(())
-        })?;
-        Ok(report)
+        })
+    }
+}
+
+/// Our own handle on the old file, so that closing its database does not free its blocks all at
+/// once (see [`release_old_file`]). Without it (it should not fail: the store has the file open
+/// itself) the old file's space is freed at its last close, as redb would; not a reason to give up.
+fn hold_open(path: &Path) -> Option<std::fs::File> {
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot hold the old database file open; its space is freed at once when it closes");
+            None
+        }
     }
 }
 
@@ -558,7 +547,6 @@ fn swap(
 /// filesystem journal transaction, and every live commit's fsync would wait behind it.
 fn release_old_file(file: &std::fs::File) {
     use std::os::unix::fs::MetadataExt;
-    const SLICE: u64 = 32 << 20;
     let Ok(meta) = file.metadata() else {
         return;
     };
@@ -568,8 +556,8 @@ fn release_old_file(file: &std::fs::File) {
         return;
     }
     let mut len = meta.len();
-    while len > SLICE {
-        len -= SLICE;
+    while len > RELEASE_SLICE_BYTES {
+        len -= RELEASE_SLICE_BYTES;
         if file.set_len(len).is_err() {
             break;
         }
@@ -621,9 +609,11 @@ mod tests {
     use std::sync::Mutex;
 
     use berth_types::{MachineConfig, MachineId, MachineRecord, Source};
+    use redb::ReadableTable;
 
     use super::*;
     use crate::StoreOptions;
+    use crate::schema::MACHINES;
 
     fn create(store: &Store, id: &str) {
         let rec = MachineRecord::new(

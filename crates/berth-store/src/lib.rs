@@ -9,6 +9,8 @@
 //! [`StoreOptions`], [`StoreError`], the slow-op hook ([`SlowOp`]).
 
 pub mod admission;
+mod backup;
+mod check;
 mod codec;
 mod compact;
 mod error;
@@ -16,6 +18,8 @@ mod offline;
 mod read;
 mod retention;
 pub mod schema;
+mod stats;
+mod tables;
 mod timing;
 mod writer;
 
@@ -27,12 +31,13 @@ use std::time::Duration;
 use redb::Database;
 use tokio::sync::{mpsc, oneshot};
 
+pub use check::CheckReport;
 pub use compact::{CompactionProgress, CompactionReport};
 pub use error::{Result, StoreError};
 pub use offline::{OfflineDb, PageCheck};
-pub use read::{CheckReport, StoreStats};
 pub use retention::{RetentionPolicy, RetentionReport};
 pub use schema::{IntegrityReport, OpenKind, SCHEMA_VERSION, check_file_integrity};
+pub use stats::StoreStats;
 pub use timing::{
     DURATION_BUCKETS, OP_DURATION, OPS, OpDurations, SLOW_OPS, SlowOp, SlowOpHook, TimingProbe,
 };

@@ -17,9 +17,11 @@ use redb::{DatabaseError, ReadOnlyDatabase, ReadableDatabase, RepairSession};
 use serde::Serialize;
 
 use crate::Store;
+use crate::backup::backup_of;
+use crate::check::{CheckReport, check_of};
 use crate::error::{Result, StoreError};
-use crate::read::{CheckReport, StoreStats, backup_of, check_of, stats_of};
 use crate::schema::{aside_path, guarded};
+use crate::stats::{StoreStats, stats_of};
 
 /// What the page check found.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

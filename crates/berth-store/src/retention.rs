@@ -21,9 +21,10 @@ use redb::ReadableTable;
 use serde::Serialize;
 
 use crate::Store;
+use crate::codec::decode_at;
 use crate::error::{Result, StoreError};
 use crate::schema::{HISTORY, KEY_HISTORY_SEQ, META};
-use crate::writer::{Removal, WriteCtx, decode_at};
+use crate::writer::{Removal, WriteCtx};
 
 /// What to keep.
 #[derive(Debug, Clone)]

@@ -29,8 +29,8 @@ use redb::{
     Database, DatabaseError, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition,
 };
 
-use crate::codec;
 use crate::error::{Result, StoreError};
+use crate::tables::{AnyTable, Table};
 
 /// Current machine records.
 pub const MACHINES: TableDefinition<&str, &[u8]> = TableDefinition::new("machines");
@@ -43,7 +43,18 @@ pub const OPERATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("operat
 /// Schema version and counters.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-/// Names of every table, for stats and checks.
+/// Every table of the schema: the one list that creating a file, the checksum walk, stats,
+/// backups and compaction's copy go over (see `tables.rs`). A new table is added here (and to
+/// [`TABLE_NAMES`]; the tests check the two agree with the definitions above).
+pub(crate) const TABLES: [&dyn AnyTable; 5] = [
+    &Table::records(MACHINES),
+    &Table::records(HISTORY),
+    &Table::records(EVENTS),
+    &Table::records(OPERATIONS),
+    &Table::raw(META),
+];
+
+/// Names of every table, for stats and checks, in the order of [`TABLES`].
 pub const TABLE_NAMES: [&str; 5] = ["machines", "history", "events", "operations", "meta"];
 
 /// The schema version this build writes.
@@ -210,29 +221,7 @@ fn read_schema_ro(db: &ReadOnlyDatabase) -> Result<Option<u32>, String> {
 /// shows up as a redb error, a panic (caught by the caller) or a checksum mismatch.
 fn verify_checksums(db: &ReadOnlyDatabase) -> Result<(), String> {
     let txn = db.begin_read().map_err(|e| e.to_string())?;
-    fn walk<K: redb::Key + 'static>(
-        txn: &redb::ReadTransaction,
-        def: TableDefinition<K, &'static [u8]>,
-        name: &str,
-    ) -> Result<(), String> {
-        let table = match txn.open_table(def) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(e) => return Err(format!("table {name}: {e}")),
-        };
-        for entry in table.iter().map_err(|e| format!("table {name}: {e}"))? {
-            let (k, v) = entry.map_err(|e| format!("table {name}: {e}"))?;
-            codec::decode::<serde::de::IgnoredAny>(v.value()).map_err(|r| {
-                format!("corrupt record in table {name} at key {:?}: {r}", k.value())
-            })?;
-        }
-        Ok(())
-    }
-    walk(&txn, MACHINES, "machines")?;
-    walk(&txn, HISTORY, "history")?;
-    walk(&txn, EVENTS, "events")?;
-    walk(&txn, OPERATIONS, "operations")?;
-    Ok(())
+    TABLES.iter().try_for_each(|t| t.verify_records(&txn))
 }
 
 /// Opens (or creates) the database at `path` so that a file berth cannot trust is never modified.
@@ -380,10 +369,9 @@ fn init_fresh(db: &Database) -> Result<()> {
             .map_err(StoreError::db("init"))?;
         meta.insert(KEY_NEXT_OP, 1u64.to_le_bytes().as_slice())
             .map_err(StoreError::db("init"))?;
-        txn.open_table(MACHINES).map_err(StoreError::db("init"))?;
-        txn.open_table(HISTORY).map_err(StoreError::db("init"))?;
-        txn.open_table(EVENTS).map_err(StoreError::db("init"))?;
-        txn.open_table(OPERATIONS).map_err(StoreError::db("init"))?;
+    }
+    for table in TABLES {
+        table.create(&txn)?;
     }
     txn.commit().map_err(StoreError::db("init"))
 }
@@ -448,4 +436,45 @@ pub fn check_file_integrity(path: &Path) -> Result<IntegrityReport> {
         repaired_on_open: kind == OpenKind::Repaired,
         passed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// Every `TableDefinition` this file declares, read from its source: a table defined but
+    /// left out of [`TABLES`] (and so out of stats, backups and compaction's copy) fails here.
+    #[test]
+    fn every_table_defined_is_in_the_one_list() {
+        let source = include_str!("schema.rs");
+        let defined: BTreeSet<&str> = source
+            .split("TableDefinition::new(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        let listed: BTreeSet<&str> = TABLES.iter().map(|t| t.name()).collect();
+        assert_eq!(listed.len(), TABLES.len(), "a table is listed twice");
+        assert_eq!(defined, listed);
+        let names: Vec<&str> = TABLES.iter().map(|t| t.name()).collect();
+        assert_eq!(names, TABLE_NAMES);
+    }
+
+    /// A fresh file holds exactly the listed tables.
+    #[test]
+    fn a_fresh_file_has_every_listed_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, kind) = open_database(&dir.path().join("berth.redb"), 1 << 20).unwrap();
+        assert_eq!(kind, OpenKind::Created);
+        let txn = db.begin_read().unwrap();
+        let in_file: BTreeSet<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| redb::TableHandle::name(&t).to_owned())
+            .collect();
+        let listed: BTreeSet<String> = TABLE_NAMES.iter().map(|n| (*n).to_owned()).collect();
+        assert_eq!(in_file, listed);
+    }
 }

@@ -625,21 +625,7 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
                 let st = offline_db(cli)?
                     .stats()
                     .map_err(|e| Fail(1, e.to_string()))?;
-                serde_json::to_value(berth_api_types::DbStats {
-                    garbage_ratio: st.garbage_ratio(),
-                    file_size_bytes: st.file_size_bytes,
-                    file_allocated_bytes: st.file_allocated_bytes,
-                    live_bytes: st.live_bytes,
-                    tables: st.tables,
-                    last_compaction: st
-                        .last_compaction
-                        .and_then(|c| serde_json::to_value(c).ok()),
-                    next_seq: st.next_seq,
-                    history_seq: st.history_seq,
-                    first_seq: st.first_seq,
-                    compaction: None,
-                })
-                .unwrap_or_default()
+                serde_json::to_value(berth_api_types::DbStats::from(st)).unwrap_or_default()
             } else {
                 serde_json::to_value(cli.client()?.db_stats().await?).unwrap_or_default()
             };
@@ -786,10 +772,28 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
                     .map_err(|e| Fail(1, e.to_string()))?;
                 println!("wrote {} ({rows} rows)", file.display());
             } else {
-                let bytes = cli.client()?.backup().await?;
-                std::fs::write(file, &bytes)
-                    .map_err(|e| Fail(1, format!("writing {}: {e}", file.display())))?;
-                println!("wrote {} ({} bytes)", file.display(), bytes.len());
+                // Streamed to the file as it arrives: a backup is never held in memory whole.
+                let fail = |e: std::io::Error| Fail(1, format!("writing {}: {e}", file.display()));
+                let mut out = std::fs::File::create_new(file).map_err(fail)?;
+                let (mut bytes, mut error) = (0u64, None);
+                let streamed = cli
+                    .client()?
+                    .stream("/v1/db/backup", |chunk| {
+                        if error.is_none() {
+                            bytes += chunk.len() as u64;
+                            error = std::io::Write::write_all(&mut out, chunk).err();
+                        }
+                    })
+                    .await;
+                if let Some(e) = error.or_else(|| out.sync_all().err()) {
+                    let _ = std::fs::remove_file(file);
+                    return Err(fail(e));
+                }
+                if let Err(e) = streamed {
+                    let _ = std::fs::remove_file(file);
+                    return Err(e.into());
+                }
+                println!("wrote {} ({bytes} bytes)", file.display());
             }
             Ok(())
         }
