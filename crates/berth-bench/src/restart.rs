@@ -1,4 +1,4 @@
-//! `bench restart [--machines N] [--started N] [--events N] [--restarts N]`: how fast a real
+//! `bench restart [--machines N] [--started N] [--events N] [--restarts N] [--keep-data]`: how fast a real
 //! release `berthd` comes back on a data dir with a big history.
 //!
 //! Setup: the data dir is preloaded through the store (in large commits) with `--machines` minus
@@ -43,6 +43,8 @@ struct Args {
     started: usize,
     events: u64,
     restarts: usize,
+    /// Leave the data dir in place (to profile a start by hand).
+    keep_data: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, Box<dyn std::error::Error>> {
@@ -51,6 +53,7 @@ fn parse(args: &[String]) -> Result<Args, Box<dyn std::error::Error>> {
         started: 1_000,
         events: 1_000_000,
         restarts: 5,
+        keep_data: false,
     };
     let mut it = args.iter();
     while let Some(k) = it.next() {
@@ -60,6 +63,7 @@ fn parse(args: &[String]) -> Result<Args, Box<dyn std::error::Error>> {
             "--started" => a.started = v()?.parse()?,
             "--events" => a.events = v()?.parse()?,
             "--restarts" => a.restarts = v()?.parse()?,
+            "--keep-data" => a.keep_data = true,
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
@@ -458,7 +462,9 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
     let stats = rt.block_on(d.socket().db_stats()).ok();
     cleanup(&rt, &mut d, &created);
     let (first_start, create_seconds, restarts) = measured?;
-    let _ = std::fs::remove_dir_all(&dir);
+    if !a.keep_data {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let _ = std::fs::remove_file(&d.notify);
 
     let mut ready: Vec<f64> = restarts.iter().map(|s| s.ready_ms).collect();
