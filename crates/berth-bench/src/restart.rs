@@ -84,6 +84,9 @@ struct Start {
     /// Workloads the agent reattached at start-up (from `GET /v1/host`).
     reattached: u64,
     rss_at_ready_mib: f64,
+    /// CPU time (user + system) berthd had used when ready: what the start costs regardless of
+    /// how loaded the machine is.
+    cpu_at_ready_ms: f64,
     /// Once the first reconciliation pass has finished.
     rss_settled_mib: f64,
     /// When the first reconciliation pass had finished.
@@ -102,6 +105,7 @@ struct Report {
     restarts: Vec<Start>,
     ready_p50_ms: f64,
     ready_max_ms: f64,
+    cpu_at_ready_p50_ms: f64,
     rss_after_start_mib: f64,
     target_ready_p50_ms: f64,
     target_rss_mib: f64,
@@ -121,6 +125,20 @@ fn rss_mib(pid: u32) -> f64 {
         })
         .unwrap_or(0.0)
         / 1024.0
+}
+
+/// User + system CPU time of `pid` (ms), from `/proc/<pid>/stat` (in USER_HZ, 100 on Linux).
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() * 10.0
 }
 
 fn record(i: usize) -> Result<MachineRecord, berth_types::IdError> {
@@ -258,6 +276,7 @@ impl Berthd {
             tcp.unwrap_or_default(),
         );
         let rss_at_ready_mib = rss_mib(self.pid());
+        let cpu_at_ready_ms = cpu_ms(self.pid());
         let (reattached, reconciled_ms) = self.reconciled(at).await?;
         Ok(Start {
             ready_ms: ready.max(sock).max(tcp),
@@ -266,6 +285,7 @@ impl Berthd {
             tcp_health_ms: tcp,
             reattached,
             rss_at_ready_mib,
+            cpu_at_ready_ms,
             rss_settled_mib: rss_mib(self.pid()),
             reconciled_ms,
         })
@@ -397,12 +417,13 @@ async fn measure(
         d.stop()?;
         let s = d.start().await?;
         println!(
-            "restart {}: ready {:.0} ms (READY=1 {:.0}, socket {:.0}, tcp {:.0}), reattached {}, RSS {:.1} MiB at ready, {:.1} MiB after the first reconciliation ({:.0} ms)",
+            "restart {}: ready {:.0} ms (READY=1 {:.0}, socket {:.0}, tcp {:.0}; CPU {:.0} ms), reattached {}, RSS {:.1} MiB at ready, {:.1} MiB after the first reconciliation ({:.0} ms)",
             i + 1,
             s.ready_ms,
             s.notify_ready_ms,
             s.socket_health_ms,
             s.tcp_health_ms,
+            s.cpu_at_ready_ms,
             s.reattached,
             s.rss_at_ready_mib,
             s.rss_settled_mib,
@@ -469,6 +490,8 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
 
     let mut ready: Vec<f64> = restarts.iter().map(|s| s.ready_ms).collect();
     ready.sort_by(f64::total_cmp);
+    let mut cpu: Vec<f64> = restarts.iter().map(|s| s.cpu_at_ready_ms).collect();
+    cpu.sort_by(f64::total_cmp);
     let rss = restarts
         .iter()
         .map(|s| s.rss_settled_mib)
@@ -489,19 +512,21 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
         first_start,
         ready_p50_ms: percentile(&ready, 50.0),
         ready_max_ms: ready.last().copied().unwrap_or(0.0),
+        cpu_at_ready_p50_ms: percentile(&cpu, 50.0),
         rss_after_start_mib: rss,
         restarts,
         target_ready_p50_ms: 1000.0,
         target_rss_mib: 64.0,
     };
     println!(
-        "{} machines ({} started), {} events, {:.0} MiB: ready p50 {:.0} ms, max {:.0} ms (target p50 <= 1000); RSS after start {:.1} MiB (target <= 64)",
+        "{} machines ({} started), {} events, {:.0} MiB: ready p50 {:.0} ms, max {:.0} ms (target p50 <= 1000), CPU to ready p50 {:.0} ms; RSS after start {:.1} MiB (target <= 64)",
         report.machines,
         report.started,
         report.events_in_log,
         report.file_bytes as f64 / 1048576.0,
         report.ready_p50_ms,
         report.ready_max_ms,
+        report.cpu_at_ready_p50_ms,
         report.rss_after_start_mib
     );
     let json = out.join("restart.json");
