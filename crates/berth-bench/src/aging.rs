@@ -392,7 +392,7 @@ async fn preload(store: &Store, target_mib: u64) -> Result<Preload, Box<dyn std:
     let mut rounds = 0u64;
     // The file's disk usage (`st_blocks`, cheap) stands for its size here: `Store::stats` walks
     // every page.
-    while rounds % 4 != 0 || du(store) < target_mib << 20 {
+    while !rounds.is_multiple_of(4) || du(store) < target_mib << 20 {
         for chunk in ids.chunks(PRELOAD_BATCH) {
             let (chunk, to) = (chunk.to_vec(), cycle[(rounds % 4) as usize]);
             store
