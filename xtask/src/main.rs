@@ -220,8 +220,9 @@ fn run_counted(cmd: &mut Command, totals: &mut Totals) -> Result<(), String> {
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
-    args.first()
-        .ok_or("usage: cargo xtask bench <store|driver|api|compaction|metrics|aging|restart> [SUITE ARGS]")?;
+    args.first().ok_or(
+        "usage: cargo xtask bench <store|driver|api|compaction|metrics|aging|restart> [SUITE ARGS]",
+    )?;
     // The driver suite launches the real supervisor, found beside the bench binary.
     run(cargo().args([
         "build",
