@@ -3,10 +3,12 @@
 //! Each suite prints a table and writes `DIR/SUITE.json` (default `target/bench`).
 #![allow(clippy::print_stdout)]
 
+mod aging;
 mod api;
 mod compaction;
 mod driver;
 mod metrics;
+mod restart;
 mod store;
 
 use std::path::PathBuf;
@@ -27,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => rest.push(a),
         }
     }
-    if suite != "compaction"
+    if !["compaction", "aging", "restart"].contains(&suite.as_str())
         && let Some(other) = rest.first()
     {
         return Err(format!("unknown argument {other:?}").into());
@@ -39,8 +41,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "api" => api::run(&out),
         "compaction" => compaction::run(&out, &rest),
         "metrics" => metrics::run(&out),
+        "aging" => aging::run(&out, &rest),
+        "restart" => restart::run(&out, &rest),
         _ => Err(format!(
-            "unknown suite {suite:?}; available: store, driver, api, compaction, metrics"
+            "unknown suite {suite:?}; available: store, driver, api, compaction, metrics, aging, restart"
         )
         .into()),
     }
