@@ -46,6 +46,13 @@ fn blob_bytes(layout: &Layout, manifest: &Desc) -> u64 {
     n
 }
 
+/// The size of the manifest's (first) layer.
+fn layer_size(layout: &Layout, manifest: &Desc) -> u64 {
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.blob_path(&manifest.digest)).unwrap()).unwrap();
+    m["layers"][0]["size"].as_u64().unwrap()
+}
+
 #[test]
 fn pull_by_tag_then_by_digest_and_a_moved_tag_changes_nothing_pulled() {
     let tmp = tempfile::tempdir().unwrap();
@@ -288,10 +295,10 @@ fn a_registry_killed_mid_pull_leaves_nothing_usable_and_the_next_pull_resumes() 
     proxy.set_upstream(reg.port);
     let pulled = rt.block_on(p.pull(&reference)).unwrap();
     assert_eq!(pulled.resolved.digest, manifest.digest);
-    assert!(
-        pulled.downloaded_bytes < blob_bytes(&layout, &manifest),
-        "resumed: {} bytes downloaded again",
-        pulled.downloaded_bytes
+    assert_eq!(
+        pulled.downloaded_bytes,
+        layer_size(&layout, &manifest) - kept,
+        "resumed where the cut-off pull stopped (the config was whole already)"
     );
     assert_eq!(
         fs::read(pulled.resolved.rootfs.join("big")).unwrap().len(),
@@ -347,11 +354,14 @@ fn a_puller_sigkilled_mid_pull_leaves_nothing_usable() {
         p.store().list().unwrap().is_empty(),
         "no root after a SIGKILL"
     );
+    let kept = partial_len(&images, &layer);
+    assert!(kept > 0);
     let pulled = runtime().block_on(p.pull(&reference)).unwrap();
     assert_eq!(pulled.resolved.digest, manifest.digest);
-    assert!(
-        pulled.downloaded_bytes < blob_bytes(&layout, &manifest),
-        "resumed"
+    assert_eq!(
+        pulled.downloaded_bytes,
+        layer_size(&layout, &manifest) - kept,
+        "resumed where the killed pull stopped"
     );
     assert_eq!(
         fs::read(pulled.resolved.rootfs.join("big")).unwrap().len(),
