@@ -162,6 +162,15 @@ impl ImageStore {
                 let Some(_lock) = self.try_lock(&hex)? else {
                     continue; // Being downloaded right now.
                 };
+                // A pull that reuses a blob renews its mtime first: checked again under the
+                // lock. (A pull that renews it after this check fails with a missing blob,
+                // and its retry downloads it again; nothing half-made is published.)
+                if !fs::metadata(entry.path())
+                    .and_then(|m| m.modified())
+                    .is_ok_and(stale)
+                {
+                    continue;
+                }
                 remove_file(&entry.path())?;
                 removed += 1;
             }

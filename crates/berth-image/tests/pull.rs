@@ -393,3 +393,48 @@ fn concurrent_pulls_of_one_image_pull_it_once() {
     let downloaded: u64 = results.iter().map(|r| r.downloaded_bytes).sum();
     assert_eq!(downloaded, blob_bytes(&layout, &manifest), "each blob once");
 }
+
+#[test]
+fn a_pulled_image_unused_is_collected_with_its_blobs_and_one_in_use_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&tmp.path().join("registry"), None);
+    let (layout, manifest) = busybox(&tmp.path().join("layout"));
+    reg.push(&layout.dir, "v1", "busybox:v1");
+    let images = tmp.path().join("images");
+    let p = puller(&images, insecure(&[reg.host()]));
+    let reference = format!("{}/busybox:v1", reg.host());
+    let rt = runtime();
+    rt.block_on(p.pull(&reference)).unwrap();
+    let blobs = || {
+        fs::read_dir(images.join("cache/blobs/sha256"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(blobs(), 5, "manifest, config and three layers");
+
+    let uses = |d: &str| d == manifest.digest;
+    let kept = p
+        .store()
+        .collect_garbage(std::time::Duration::ZERO, &uses, 100)
+        .unwrap();
+    assert!(
+        kept.removed.is_empty() && kept.blobs_removed == 0,
+        "{kept:?}"
+    );
+    let e = p
+        .store()
+        .remove_unused(&manifest.digest, &uses)
+        .unwrap_err();
+    assert!(matches!(e, ImageError::InUse { .. }), "{e}");
+
+    let gone = p
+        .store()
+        .collect_garbage(std::time::Duration::ZERO, &|_| false, 100)
+        .unwrap();
+    assert_eq!(gone.removed, [manifest.digest.clone()]);
+    assert_eq!(gone.blobs_removed, 5);
+    assert_eq!(blobs(), 0);
+    assert!(p.store().list().unwrap().is_empty());
+    let again = rt.block_on(p.pull(&reference)).unwrap();
+    assert_eq!(again.downloaded_bytes, blob_bytes(&layout, &manifest));
+}
