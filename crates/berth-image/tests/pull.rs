@@ -431,7 +431,7 @@ fn a_pulled_image_unused_is_collected_with_its_blobs_and_one_in_use_is_kept() {
         .store()
         .collect_garbage(std::time::Duration::ZERO, &|_| false, 100)
         .unwrap();
-    assert_eq!(gone.removed, [manifest.digest.clone()]);
+    assert_eq!(gone.removed, vec![manifest.digest.clone()]);
     assert_eq!(gone.blobs_removed, 5);
     assert_eq!(blobs(), 0);
     assert!(p.store().list().unwrap().is_empty());
