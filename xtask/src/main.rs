@@ -42,6 +42,11 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     ("busybox", "busybox-static"),
     // ... and import one written by umoci, as an operator would write it.
     ("umoci", "umoci"),
+    // Registry pulls are tested against a real registry on loopback, the test images pushed
+    // with skopeo, htpasswd for its basic auth (crates/berth-image/tests/pull.rs).
+    ("docker-registry", "docker-registry"),
+    ("skopeo", "skopeo"),
+    ("htpasswd", "apache2-utils"),
 ];
 
 fn main() -> ExitCode {

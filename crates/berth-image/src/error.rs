@@ -140,6 +140,41 @@ pub enum ImageError {
         /// The digest as given.
         digest: String,
     },
+    /// A registry refused the pull for want of (valid) credentials.
+    #[error("registry {registry}: unauthorized to pull {reference}: {detail}")]
+    Unauthorized {
+        /// `host[:port]`.
+        registry: String,
+        /// The reference being pulled.
+        reference: String,
+        /// Whether credentials were sent, and from where.
+        detail: String,
+    },
+    /// A registry that cannot be reached, answers with an error, or serves content that is not
+    /// what its digest says.
+    #[error("registry {registry}: pulling {reference}: {reason}")]
+    Registry {
+        /// `host[:port]`.
+        registry: String,
+        /// The reference being pulled.
+        reference: String,
+        /// What went wrong, in words.
+        reason: String,
+    },
+    /// The credentials file (`images.credentials_file`) cannot be used.
+    #[error("credentials file {}: {reason}", path.display())]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The image cannot be removed: a machine uses it.
+    #[error("image {digest} is in use by a machine; destroy its machines first")]
+    InUse {
+        /// The image's manifest digest.
+        digest: String,
+    },
     /// An I/O failure of the store itself.
     #[error("{context}: {source}")]
     Io {
@@ -154,7 +189,15 @@ impl ImageError {
     /// Whether the image (or the reference, or the user spec) is at fault, as opposed to the
     /// store's own I/O: what an API answers with 400 `invalid` rather than 500.
     pub fn is_bad_input(&self) -> bool {
-        !matches!(self, Self::Io { .. })
+        !matches!(
+            self,
+            Self::Io { .. } | Self::Registry { .. } | Self::Credentials { .. } | Self::InUse { .. }
+        )
+    }
+
+    /// Whether the registry (or the way to it) is at fault: what an API answers with 502.
+    pub fn is_registry(&self) -> bool {
+        matches!(self, Self::Registry { .. } | Self::Unauthorized { .. })
     }
 }
 

@@ -62,6 +62,15 @@ pub fn resolve(r: &LayoutRef) -> Result<Image, ImageError> {
     let index = read_index_json(&r.path)?;
     let top = pick_tag(&r.path, &index, r)?;
     let manifest_desc = descend(&r.path, top, 0)?;
+    load(&r.path, &manifest_desc)
+}
+
+/// The image whose manifest `manifest_desc` names, read (verified) from the layout at `path`
+/// with its config, its layers' media types checked.
+pub fn load(path: &Path, manifest_desc: &Descriptor) -> Result<Image, ImageError> {
+    let r = LoadAt {
+        path: path.to_owned(),
+    };
     let digest = manifest_desc.digest().to_string();
     let manifest: ImageManifest = parse(
         &r.path,
@@ -98,11 +107,16 @@ pub fn resolve(r: &LayoutRef) -> Result<Image, ImageError> {
         });
     }
     Ok(Image {
-        layout: r.path.clone(),
+        layout: r.path,
         digest,
         manifest,
         config,
     })
+}
+
+/// Where `load` reads from (named like a `LayoutRef` so the checks above read the same).
+struct LoadAt {
+    path: PathBuf,
 }
 
 fn check_marker(path: &Path) -> Result<(), ImageError> {
@@ -220,7 +234,7 @@ pub fn host_platform() -> (&'static str, &'static str) {
     ("linux", arch)
 }
 
-fn for_this_platform<'a>(
+pub(crate) fn for_this_platform<'a>(
     path: &Path,
     digest: &str,
     index: &'a ImageIndex,

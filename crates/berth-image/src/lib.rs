@@ -6,18 +6,28 @@
 //!   on disk and why a crash never leaves a half root that a machine could use).
 //! - [`Resolved`]: an image's root and the defaults its config gives a machine.
 //! - [`resolve_user`]: a user spec looked up in the image's own `/etc/passwd` and `/etc/group`.
+//! - [`Puller`]: `pull` of `REGISTRY/REPO[:TAG|@sha256:DIGEST]` into the same store
+//!   (`pull.rs`: verified while streamed, resumable, pulled once however many ask).
+//! - [`ImageStore::collect_garbage`], [`ImageStore::remove_unused`]: removal of unused images
+//!   in small steps, refused while the caller's `in_use` says a machine uses one (`gc.rs`).
 //! - [`ImageError`]: every failure, in words that name the path, tag or digest.
 
 mod blob;
 mod error;
+mod gc;
 mod layout;
+mod pull;
 mod reference;
+mod registry;
 mod store;
 mod unpack;
 mod user;
 
 pub use error::ImageError;
+pub use gc::{Collected, IMAGE_BYTES, IMAGES};
 pub use layout::host_platform;
+pub use pull::{PULLS_TOTAL, Pull, Puller};
 pub use reference::LayoutRef;
+pub use registry::{RegistryConfig, RegistryRef};
 pub use store::{ImageStore, Import, Resolved};
 pub use user::{UserIds, resolve_user};

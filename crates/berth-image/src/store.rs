@@ -6,6 +6,11 @@
 //! <dir>/roots/<hex>/image.json   its `Resolved` (config defaults, unpacked size)
 //! <dir>/tmp/<hex>.<pid>.<n>/     an unpack (or a removal) in progress; never used by a machine
 //! <dir>/locks/<hex>.lock         flock held while one process unpacks or removes that image
+//!                                (or downloads that blob, for a blob's digest)
+//! <dir>/roots/<hex>/last_used    its mtime: when the image was last pulled, imported or used
+//! <dir>/cache/                   an OCI image layout of blobs pulled from registries (`pull.rs`):
+//!                                `blobs/sha256/<hex>` complete and verified only, `partial/<hex>`
+//!                                a download in progress (resumed by the next pull of that blob)
 //! ```
 //!
 //! A root appears only by `rename(2)` of a complete, synced temp directory into `roots/`, and
@@ -66,6 +71,9 @@ pub struct ImageStore {
     dir: PathBuf,
 }
 
+/// The file in an image's directory whose mtime is when it was last used.
+pub(crate) const LAST_USED: &str = "last_used";
+
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl ImageStore {
@@ -73,13 +81,26 @@ impl ImageStore {
     /// process is working on.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, ImageError> {
         let store = Self { dir: dir.into() };
-        for sub in ["", "roots", "tmp", "locks"] {
+        for sub in [
+            "",
+            "roots",
+            "tmp",
+            "locks",
+            "cache",
+            "cache/blobs/sha256",
+            "cache/partial",
+        ] {
             let path = store.dir.join(sub);
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(&path)
                 .map_err(io(format!("creating {}", path.display())))?;
+        }
+        let marker = store.cache_dir().join("oci-layout");
+        if !marker.exists() {
+            fs::write(&marker, r#"{"imageLayoutVersion":"1.0.0"}"#)
+                .map_err(io(format!("writing {}", marker.display())))?;
         }
         let tmp = store.dir.join("tmp");
         for entry in fs::read_dir(&tmp).map_err(io(format!("listing {}", tmp.display())))? {
@@ -100,6 +121,11 @@ impl ImageStore {
         &self.dir
     }
 
+    /// The OCI image layout that holds blobs pulled from registries.
+    pub(crate) fn cache_dir(&self) -> PathBuf {
+        self.dir.join("cache")
+    }
+
     /// Resolves `oci:/path[:tag]`, verifies it, and unpacks it unless already in the store.
     pub fn import(&self, reference: &str) -> Result<Resolved, ImageError> {
         self.import_report(reference).map(|i| i.resolved)
@@ -116,15 +142,26 @@ impl ImageStore {
             elapsed: started.elapsed(),
         };
         if let Some(resolved) = self.read_root(&hex)? {
+            self.touch(&hex)?;
             return Ok(done(resolved, false));
         }
         let _lock = self.lock(&hex)?;
-        if let Some(resolved) = self.read_root(&hex)? {
-            return Ok(done(resolved, false)); // Another import finished it while we waited.
+        let (resolved, unpacked) = self.unpack_locked(&image, &hex)?;
+        Ok(done(resolved, unpacked))
+    }
+
+    /// Unpacks `image` unless its root exists; the caller holds the lock of `hex`.
+    pub(crate) fn unpack_locked(
+        &self,
+        image: &Image,
+        hex: &str,
+    ) -> Result<(Resolved, bool), ImageError> {
+        if let Some(resolved) = self.read_root(hex)? {
+            self.touch(hex)?; // Another import finished it while we waited.
+            return Ok((resolved, false));
         }
-        self.clear_tmp(&hex)?;
-        let resolved = self.unpack(&image, &hex)?;
-        Ok(done(resolved, true))
+        self.clear_tmp(hex)?;
+        Ok((self.unpack(image, hex)?, true))
     }
 
     /// The image with this manifest digest, if the store has it.
@@ -155,11 +192,16 @@ impl ImageStore {
     pub fn remove(&self, digest: &str) -> Result<bool, ImageError> {
         let hex = sha256_hex(&self.dir, digest)?.to_owned();
         let _lock = self.lock(&hex)?;
-        let root = self.dir.join("roots").join(&hex);
+        self.remove_locked(&hex)
+    }
+
+    /// [`ImageStore::remove`], the caller holding the lock of `hex`.
+    pub(crate) fn remove_locked(&self, hex: &str) -> Result<bool, ImageError> {
+        let root = self.dir.join("roots").join(hex);
         if !root.exists() {
             return Ok(false);
         }
-        let doomed = self.tmp_path(&hex);
+        let doomed = self.tmp_path(hex);
         fs::rename(&root, &doomed).map_err(io(format!("moving {} out", root.display())))?;
         sync_dir(&self.dir.join("roots"))?;
         remove_tree(&doomed)?;
@@ -199,6 +241,8 @@ impl ImageStore {
             source: e.into(),
         })?;
         fs::write(&meta, json).map_err(io(format!("writing {}", meta.display())))?;
+        let used = tmp.join(LAST_USED);
+        fs::write(&used, b"").map_err(io(format!("writing {}", used.display())))?;
         // One syncfs makes every file of the root durable before the rename publishes it.
         let dirfd = File::open(tmp).map_err(io(format!("opening {}", tmp.display())))?;
         nix::unistd::syncfs(&dirfd).map_err(errno(format!("syncing {}", tmp.display())))?;
@@ -210,7 +254,7 @@ impl ImageStore {
         Ok(resolved)
     }
 
-    fn read_root(&self, hex: &str) -> Result<Option<Resolved>, ImageError> {
+    pub(crate) fn read_root(&self, hex: &str) -> Result<Option<Resolved>, ImageError> {
         let dir = self.dir.join("roots").join(hex);
         let meta = dir.join("image.json");
         let bytes = match fs::read(&meta) {
@@ -236,12 +280,12 @@ impl ImageStore {
             .map_err(io(format!("opening {}", path.display())))
     }
 
-    fn lock(&self, hex: &str) -> Result<Flock<File>, ImageError> {
+    pub(crate) fn lock(&self, hex: &str) -> Result<Flock<File>, ImageError> {
         Flock::lock(self.lock_file(hex)?, FlockArg::LockExclusive)
             .map_err(|(_, e)| errno(format!("locking image {hex}"))(e))
     }
 
-    fn try_lock(&self, hex: &str) -> Result<Option<Flock<File>>, ImageError> {
+    pub(crate) fn try_lock(&self, hex: &str) -> Result<Option<Flock<File>>, ImageError> {
         match Flock::lock(self.lock_file(hex)?, FlockArg::LockExclusiveNonblock) {
             Ok(l) => Ok(Some(l)),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
@@ -249,7 +293,7 @@ impl ImageStore {
         }
     }
 
-    fn tmp_path(&self, hex: &str) -> PathBuf {
+    pub(crate) fn tmp_path(&self, hex: &str) -> PathBuf {
         let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
         self.dir
             .join("tmp")
@@ -348,13 +392,13 @@ fn disk_usage(root: &Path) -> Result<u64, ImageError> {
     Ok(total)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), ImageError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), ImageError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(format!("syncing {}", dir.display())))
 }
 
-fn remove_tree(path: &Path) -> Result<(), ImageError> {
+pub(crate) fn remove_tree(path: &Path) -> Result<(), ImageError> {
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -362,6 +406,6 @@ fn remove_tree(path: &Path) -> Result<(), ImageError> {
     }
 }
 
-fn is_hex(s: &str) -> bool {
+pub(crate) fn is_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }

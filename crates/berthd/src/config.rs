@@ -40,6 +40,8 @@ pub struct File {
     pub driver: DriverSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub images: ImagesSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +120,17 @@ pub struct DriverSection {
     pub log_keep: Option<u32>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesSection {
+    /// Images no machine has used for this long are collected.
+    pub gc_unused_after: Option<HumanDuration>,
+    /// `HOST:PORT` registries pulled over plain HTTP.
+    pub insecure_registries: Option<Vec<String>>,
+    /// A root-only docker-style credentials file; empty: anonymous pulls only.
+    pub credentials_file: Option<PathBuf>,
+}
+
 /// Flags and environment (flags win; clap reads the env variables).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -164,6 +177,12 @@ pub struct Config {
     pub compaction_garbage_ratio: f64,
     pub config_file: Option<PathBuf>,
     pub metrics_sample_interval: Duration,
+    #[allow(dead_code, reason = "read once the agent pulls images (issue 17)")]
+    pub images_gc_unused_after: Duration,
+    #[allow(dead_code, reason = "read once the agent pulls images (issue 17)")]
+    pub insecure_registries: Vec<String>,
+    #[allow(dead_code, reason = "read once the agent pulls images (issue 17)")]
+    pub registry_credentials_file: Option<PathBuf>,
 }
 
 /// A configuration error: which key, and why.
@@ -182,6 +201,22 @@ fn duration(v: Option<HumanDuration>, default: Duration) -> Duration {
 }
 
 /// A duration key that must not be zero.
+/// `images.insecure_registries`: each `HOST:PORT`, as an image reference names it.
+fn insecure_registries(v: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let v = v.unwrap_or_default();
+    for r in &v {
+        let ok = r.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()
+        });
+        if !ok {
+            return Err(ConfigError(format!(
+                "images.insecure_registries: {r:?} is not HOST:PORT"
+            )));
+        }
+    }
+    Ok(v)
+}
+
 fn positive_duration(
     key: &str,
     v: Option<HumanDuration>,
@@ -331,6 +366,17 @@ impl Config {
                 file.metrics.sample_interval,
                 Duration::from_secs(5),
             )?,
+            images_gc_unused_after: positive_duration(
+                "images.gc_unused_after",
+                file.images.gc_unused_after,
+                Duration::from_secs(24 * 3600),
+            )?,
+            insecure_registries: insecure_registries(file.images.insecure_registries.clone())?,
+            registry_credentials_file: file
+                .images
+                .credentials_file
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
             data_dir,
             config_file,
         })
@@ -512,6 +558,8 @@ mod tests {
         assert_eq!(c.compaction_min_file_size, 64 << 20);
         assert_eq!(c.max_connections, 1024);
         assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.images_gc_unused_after, Duration::from_secs(24 * 3600));
+        assert!(c.insecure_registries.is_empty() && c.registry_credentials_file.is_none());
     }
 
     #[test]
@@ -535,6 +583,14 @@ mod tests {
             ),
             ("[api]\nmax_connections = 0", "api.max_connections"),
             ("[api]\nheader_timeout = \"0s\"", "api.header_timeout"),
+            (
+                "[images]\ninsecure_registries = [\"http://r:5000\"]",
+                "images.insecure_registries",
+            ),
+            (
+                "[images]\ngc_unused_after = \"0s\"",
+                "images.gc_unused_after",
+            ),
         ] {
             let err = build(text).unwrap_err();
             assert!(err.contains(want), "{text}: {err}");

@@ -78,6 +78,14 @@ impl<'de> Deserializer<'de> for Schema<'_> {
         v.visit_some(self)
     }
 
+    /// A list leaf: offered an empty list.
+    fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.leaf();
+        v.visit_seq(de::value::SeqDeserializer::<_, Self::Error>::new(
+            std::iter::empty::<String>(),
+        ))
+    }
+
     leaves! {
         deserialize_bool => visit_bool(false),
         deserialize_u8 => visit_u64(0),
@@ -96,7 +104,7 @@ impl<'de> Deserializer<'de> for Schema<'_> {
     }
 
     serde::forward_to_deserialize_any! {
-        i128 u128 char bytes byte_buf unit unit_struct newtype_struct seq tuple tuple_struct map
+        i128 u128 char bytes byte_buf unit unit_struct newtype_struct tuple tuple_struct map
         enum identifier ignored_any
     }
 }

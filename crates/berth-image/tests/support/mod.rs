@@ -1,6 +1,8 @@
 //! Builds real OCI image layouts inside the tests, with tar, flate2 and zstd, no network.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod registry;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,381 @@
+//! Pulls from OCI distribution registries into the store.
+//!
+//! A pull resolves the reference to a manifest (following an index to this host's platform),
+//! keeps every manifest, config and layer as a blob of the store's cache layout, then unpacks
+//! with the same code as a layout import. Blobs are streamed to `cache/partial/<hex>`, hashed
+//! and size-checked as they arrive, and renamed into `cache/blobs/` only once whole, synced and
+//! verified; the root is published by the store's rename. So a pull cut off anywhere (registry
+//! gone, berthd SIGKILLed) leaves no root, and the next pull resumes the partial blob (HTTP
+//! range) or starts it again.
+//!
+//! Concurrent pulls of one image (threads or processes) pull it once: the download and unpack
+//! run under the flock of the manifest's digest, each blob's download under the flock of its
+//! own digest, and whoever comes second finds the root (or the blob) there.
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use oci_client::Client;
+use oci_client::client::BlobResponse;
+use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageManifest, MediaType};
+use sha2::{Digest as _, Sha256};
+
+use crate::blob::{self, JSON_MAX, sha256_hex};
+use crate::error::io;
+use crate::layout;
+use crate::registry::{self, Auth, RegistryConfig, RegistryRef, describe};
+use crate::store::{ImageStore, sync_dir};
+use crate::{ImageError, Resolved};
+
+/// The counter of pulls, labelled `result` (`ok`, `error`).
+pub const PULLS_TOTAL: &str = "berth_image_pulls_total";
+
+const INDEX_MEDIA_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+const ACCEPT: [&str; 4] = [
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    INDEX_MEDIA_TYPES[0],
+    INDEX_MEDIA_TYPES[1],
+];
+const MAX_INDEX_DEPTH: usize = 4;
+
+/// What a pull did.
+#[derive(Debug, Clone)]
+pub struct Pull {
+    /// The image; `resolved.digest` is the manifest digest the reference named at pull time
+    /// (what a machine records as `image_digest`).
+    pub resolved: Resolved,
+    /// Blob bytes this call downloaded (0 when the image, or every blob, was there already).
+    pub downloaded_bytes: u64,
+    /// Whether this call unpacked the image (false: it was already in the store).
+    pub unpacked: bool,
+    /// How long the call took.
+    pub elapsed: Duration,
+}
+
+/// Pulls registry references into an [`ImageStore`].
+#[derive(Clone)]
+pub struct Puller {
+    store: Arc<ImageStore>,
+    config: RegistryConfig,
+    client: Arc<Client>,
+}
+
+impl std::fmt::Debug for Puller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Puller")
+            .field("store", &self.store.dir())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Puller {
+    /// A puller into `store`, reaching registries as `config` says.
+    pub fn new(store: Arc<ImageStore>, config: RegistryConfig) -> Self {
+        let client = Arc::new(registry::client(&config));
+        Self {
+            store,
+            config,
+            client,
+        }
+    }
+
+    /// The store it pulls into.
+    pub fn store(&self) -> &Arc<ImageStore> {
+        &self.store
+    }
+
+    /// Pulls `REGISTRY/REPO[:TAG|@sha256:DIGEST]` unless the image it names is in the store.
+    pub async fn pull(&self, reference: &str) -> Result<Pull, ImageError> {
+        let started = Instant::now();
+        let result = self.pull_inner(reference, started).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!(PULLS_TOTAL, "result" => outcome).increment(1);
+        if let Err(e) = crate::gc::record_usage(&self.store) {
+            tracing::warn!(error = %e, "measuring the image store");
+        }
+        result
+    }
+
+    async fn pull_inner(&self, reference: &str, started: Instant) -> Result<Pull, ImageError> {
+        let r = RegistryRef::parse(reference)?;
+        let auth = registry::auth_for(&self.config, &r.registry)?;
+        let manifest = self.fetch_manifest(&r, &auth).await?;
+        let (store, client, handle) = (
+            self.store.clone(),
+            self.client.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        // Flocks, file I/O and the unpack block: they run on a blocking thread, which drives
+        // the network streams through the runtime's handle.
+        let worker = tokio::task::spawn_blocking({
+            let (r, auth) = (r.clone(), auth.clone());
+            move || {
+                Fetch {
+                    store: &store,
+                    client: &client,
+                    handle: &handle,
+                    r: &r,
+                    auth: &auth,
+                }
+                .image(&manifest)
+            }
+        });
+        let (resolved, downloaded_bytes, unpacked) = worker
+            .await
+            .map_err(|e| r.error(format!("the pull's worker failed: {e}")))??;
+        Ok(Pull {
+            resolved,
+            downloaded_bytes,
+            unpacked,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Resolves the reference to this platform's manifest, every manifest and index on the way
+    /// kept (verified) as a blob of the cache; returns the manifest's descriptor.
+    async fn fetch_manifest(&self, r: &RegistryRef, auth: &Auth) -> Result<Descriptor, ImageError> {
+        let cache = self.store.cache_dir();
+        let mut reference = r.to_client();
+        for _ in 0..=MAX_INDEX_DEPTH {
+            let (bytes, digest) = self
+                .client
+                .pull_manifest_raw(&reference, &auth.auth, &ACCEPT)
+                .await
+                .map_err(|e| auth.explain(r, &e))?;
+            if bytes.len() as u64 > JSON_MAX {
+                return Err(r.error(format!(
+                    "manifest {digest} is {} bytes; the limit is {JSON_MAX}",
+                    bytes.len()
+                )));
+            }
+            if let Some(want) = &r.digest
+                && reference.digest() == Some(want.as_str())
+                && &digest != want
+            {
+                return Err(r.error(format!("served manifest {digest} for {want}")));
+            }
+            let actual = format!("sha256:{:x}", Sha256::digest(&bytes));
+            if actual != digest {
+                return Err(r.error(format!(
+                    "manifest {digest} does not match its digest (its content hashes to {actual}); refusing it"
+                )));
+            }
+            write_small_blob(&cache, &digest, &bytes)?;
+            let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("mediaType")?.as_str().map(str::to_owned))
+                .unwrap_or_else(|| ACCEPT[0].to_owned());
+            let descriptor = Descriptor::new(
+                MediaType::from(media_type.as_str()),
+                bytes.len() as u64,
+                Digest::try_from(digest.as_str()).map_err(|_| ImageError::BadDigest {
+                    digest: digest.clone(),
+                })?,
+            );
+            if !INDEX_MEDIA_TYPES.contains(&media_type.as_str()) {
+                return Ok(descriptor);
+            }
+            let index: ImageIndex = serde_json::from_slice(&bytes)
+                .map_err(|e| r.error(format!("malformed index {digest}: {e}")))?;
+            let child = layout::for_this_platform(&cache, &digest, &index)?;
+            reference = r.at_digest(child.digest().as_ref());
+        }
+        Err(r.error(format!(
+            "image indexes nested deeper than {MAX_INDEX_DEPTH}"
+        )))
+    }
+}
+
+/// One pull's blocking phase: blobs downloaded, the image unpacked.
+struct Fetch<'a> {
+    store: &'a ImageStore,
+    client: &'a Client,
+    handle: &'a tokio::runtime::Handle,
+    r: &'a RegistryRef,
+    auth: &'a Auth,
+}
+
+impl Fetch<'_> {
+    fn image(&self, manifest_desc: &Descriptor) -> Result<(Resolved, u64, bool), ImageError> {
+        let cache = self.store.cache_dir();
+        let digest = manifest_desc.digest().to_string();
+        let hex = sha256_hex(&cache, &digest)?.to_owned();
+        if let Some(resolved) = self.store.read_root(&hex)? {
+            self.store.touch(&hex)?;
+            return Ok((resolved, 0, false));
+        }
+        let _lock = self.store.lock(&hex)?;
+        if let Some(resolved) = self.store.read_root(&hex)? {
+            self.store.touch(&hex)?; // Another pull finished it while we waited.
+            return Ok((resolved, 0, false));
+        }
+        let manifest: ImageManifest =
+            serde_json::from_slice(&blob::read_json(&cache, &digest, manifest_desc.size())?)
+                .map_err(|e| self.r.error(format!("malformed manifest {digest}: {e}")))?;
+        let mut downloaded = self.blob(manifest.config())?;
+        let image = layout::load(&cache, manifest_desc)?; // Refuses unknown layer types first.
+        for layer in image.manifest.layers() {
+            downloaded += self.blob(layer)?;
+        }
+        let (resolved, unpacked) = self.store.unpack_locked(&image, &hex)?;
+        Ok((resolved, downloaded, unpacked))
+    }
+
+    /// Makes sure the cache holds the blob, downloading (or resuming) it under its flock;
+    /// returns the bytes downloaded.
+    fn blob(&self, d: &Descriptor) -> Result<u64, ImageError> {
+        let cache = self.store.cache_dir();
+        let digest = d.digest().to_string();
+        let hex = sha256_hex(&cache, &digest)?.to_owned();
+        let done = cache.join("blobs/sha256").join(&hex);
+        if reuse(&done)? {
+            return Ok(0);
+        }
+        let _lock = self.store.lock(&hex)?;
+        if reuse(&done)? {
+            return Ok(0); // Another pull downloaded it while we waited.
+        }
+        let partial = cache.join("partial").join(&hex);
+        let n = self.download(&digest, d.size(), &partial)?;
+        fs::rename(&partial, &done).map_err(io(format!("publishing {}", done.display())))?;
+        sync_dir(&cache.join("blobs/sha256"))?;
+        Ok(n)
+    }
+
+    /// Downloads the blob into `partial`, resuming what is there; on return it is whole,
+    /// synced and verified. A blob that fails verification is deleted, so the next pull
+    /// starts it again; one cut off midway is kept, so the next pull resumes it.
+    fn download(&self, digest: &str, size: u64, partial: &Path) -> Result<u64, ImageError> {
+        let ctx = || format!("writing {}", partial.display());
+        let mut file = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(partial)
+            .map_err(io(ctx()))?;
+        let mut have = file.metadata().map_err(io(ctx()))?.len();
+        let mut hasher = Sha256::new();
+        if have > size {
+            have = 0;
+        } else if have > 0 {
+            hash_prefix(&mut file, &mut hasher).map_err(io(ctx()))?;
+        }
+        let reference = self.r.at_digest(digest);
+        let lost = |e: &dyn std::error::Error| self.r.error(format!("blob {digest}: {}", e));
+        let mut stream = if have > 0 {
+            match self.handle.block_on(
+                self.client
+                    .pull_blob_stream_partial(&reference, digest, have, None),
+            ) {
+                Ok(BlobResponse::Partial(s)) => s,
+                Ok(BlobResponse::Full(s)) => {
+                    (have, hasher) = (0, Sha256::new()); // The registry ignored the range.
+                    s
+                }
+                Err(e) => return Err(self.auth.explain(self.r, &e)),
+            }
+        } else {
+            self.handle
+                .block_on(self.client.pull_blob_stream(&reference, digest))
+                .map_err(|e| self.auth.explain(self.r, &e))?
+        };
+        file.set_len(have).map_err(io(ctx()))?;
+        file.seek(SeekFrom::Start(have)).map_err(io(ctx()))?;
+        let resumed_at = have;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+        let mut cut: Option<String> = None;
+        while let Some(chunk) = self.handle.block_on(stream.stream.next()) {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    cut = Some(describe(&e));
+                    break;
+                }
+            };
+            if have + chunk.len() as u64 > size {
+                drop(out);
+                let _ = fs::remove_file(partial);
+                return Err(self.r.error(format!(
+                    "blob {digest} is longer than its descriptor's {size} bytes; refusing it"
+                )));
+            }
+            hasher.update(&chunk);
+            out.write_all(&chunk).map_err(io(ctx()))?;
+            have += chunk.len() as u64;
+        }
+        out.flush().map_err(io(ctx()))?;
+        drop(out);
+        if have < size {
+            file.sync_all().map_err(io(ctx()))?; // Kept for the next pull to resume.
+            return Err(lost(&std::io::Error::other(format!(
+                "the download stopped after {have} of {size} bytes ({}); the next pull resumes it",
+                cut.unwrap_or_else(|| "the registry closed the stream".to_owned())
+            ))));
+        }
+        let actual = format!("sha256:{:x}", hasher.finalize());
+        if actual != digest {
+            let _ = fs::remove_file(partial);
+            return Err(self.r.error(format!(
+                "blob {digest} does not match its digest (its content hashes to {actual}); refusing it"
+            )));
+        }
+        file.sync_all().map_err(io(ctx()))?;
+        Ok(have - resumed_at)
+    }
+}
+
+/// Whether a blob is in the cache; its mtime is renewed so that a collection running beside
+/// this pull does not take it for an unused one.
+fn reuse(path: &Path) -> Result<bool, ImageError> {
+    match File::options().write(true).open(path) {
+        Ok(f) => {
+            f.set_modified(std::time::SystemTime::now())
+                .map_err(io(format!("touching {}", path.display())))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io(format!("opening {}", path.display()))(e)),
+    }
+}
+
+fn hash_prefix(file: &mut File, hasher: &mut Sha256) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Writes a small verified blob (a manifest, an index) into the cache, unless it is there.
+fn write_small_blob(cache: &Path, digest: &str, bytes: &[u8]) -> Result<(), ImageError> {
+    let hex = sha256_hex(cache, digest)?;
+    let done = cache.join("blobs/sha256").join(hex);
+    if reuse(&done)? {
+        return Ok(());
+    }
+    let tmp = cache.join("partial").join(format!(
+        "{hex}.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let ctx = || format!("writing {}", tmp.display());
+    let mut f = File::create(&tmp).map_err(io(ctx()))?;
+    f.write_all(bytes).map_err(io(ctx()))?;
+    f.sync_all().map_err(io(ctx()))?;
+    fs::rename(&tmp, &done).map_err(io(format!("publishing {}", done.display())))?;
+    sync_dir(&cache.join("blobs/sha256"))
+}
