@@ -393,6 +393,28 @@ fn offline_store(cli: &Cli) -> Result<berth_store::Store, Fail> {
     })
 }
 
+/// `berth db check --offline [--repair]`: the page check and the consistency check on the file.
+fn offline_check(cli: &Cli, repair: bool) -> Result<berth_api_types::DbCheck, Fail> {
+    let path = cli.data_dir().join("berth.redb");
+    let mut repaired_on_open = false;
+    if repair {
+        if !path.exists() {
+            return Err(Fail(1, format!("{} does not exist", path.display())));
+        }
+        // The safe open: a damaged file is refused and left as it was.
+        let integrity = berth_store::check_file_integrity(&path).map_err(offline_fail)?;
+        repaired_on_open = integrity.repaired_on_open;
+    }
+    let db = offline_db(cli)?;
+    let pages = db.verify_pages().map_err(offline_fail)?;
+    let report = db.check().map_err(offline_fail)?;
+    Ok(berth_agent::wire::db_check(
+        pages,
+        report,
+        Some(repaired_on_open),
+    ))
+}
+
 async fn run(cli: Cli) -> Result<(), Fail> {
     match &cli.command {
         Command::Completions { shell } => {
@@ -509,7 +531,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             } else {
                 println!("{}", render::doctor_text(&report))
             }
-            if report["problems"].as_array().is_some_and(|p| !p.is_empty()) {
+            if !report.problems.is_empty() {
                 return Err(Fail(1, "doctor found problems".into()));
             }
             Ok(())
@@ -625,23 +647,9 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
                 let st = offline_db(cli)?
                     .stats()
                     .map_err(|e| Fail(1, e.to_string()))?;
-                serde_json::to_value(berth_api_types::DbStats {
-                    garbage_ratio: st.garbage_ratio(),
-                    file_size_bytes: st.file_size_bytes,
-                    file_allocated_bytes: st.file_allocated_bytes,
-                    live_bytes: st.live_bytes,
-                    tables: st.tables,
-                    last_compaction: st
-                        .last_compaction
-                        .and_then(|c| serde_json::to_value(c).ok()),
-                    next_seq: st.next_seq,
-                    history_seq: st.history_seq,
-                    first_seq: st.first_seq,
-                    compaction: None,
-                })
-                .unwrap_or_default()
+                berth_agent::wire::db_stats(st)
             } else {
-                serde_json::to_value(cli.client()?.db_stats().await?).unwrap_or_default()
+                cli.client()?.db_stats().await?
             };
             if out.json {
                 print_json(&v)
@@ -657,7 +665,7 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
                     .await
                     .map_err(|e| Fail(1, e.to_string()))?
                     .map_err(|e| Fail(1, e.to_string()))?;
-                serde_json::to_value(report).unwrap_or_default()
+                berth_agent::wire::compaction_report(report)
             } else {
                 cli.client()?.compact().await?
             };
@@ -673,92 +681,17 @@ async fn db(cli: &Cli, cmd: &DbCmd) -> Result<(), Fail> {
             repair,
             out,
         } => {
-            if !offline {
-                let v = cli.client()?.db_check().await?;
-                let ok = v["ok"].as_bool() == Some(true);
-                if out.json {
-                    print_json(&v);
-                } else {
-                    let r = &v["report"];
-                    println!(
-                        "consistency: {} machines, {} events, {} operations in flight",
-                        r["machines"], r["events"], r["operations"]
-                    );
-                    println!(
-                        "redb integrity: {} ({})",
-                        if v["pages"]["passed"].as_bool() == Some(true) {
-                            "ok"
-                        } else {
-                            "FAILED"
-                        },
-                        v["pages"]["detail"].as_str().unwrap_or_default()
-                    );
-                    for p in r["problems"].as_array().into_iter().flatten() {
-                        println!("  problem: {}", p.as_str().unwrap_or_default());
-                    }
-                    println!(
-                        "{}",
-                        if ok {
-                            "database OK"
-                        } else {
-                            "database has problems"
-                        }
-                    );
-                }
-                return if ok {
-                    Ok(())
-                } else {
-                    Err(Fail(1, "the check found problems".into()))
-                };
-            }
-            let path = cli.data_dir().join("berth.redb");
-            let mut repaired_on_open = false;
-            if *repair {
-                if !path.exists() {
-                    return Err(Fail(1, format!("{} does not exist", path.display())));
-                }
-                // The safe open: a damaged file is refused and left as it was.
-                let integrity = berth_store::check_file_integrity(&path).map_err(offline_fail)?;
-                repaired_on_open = integrity.repaired_on_open;
-            }
-            let db = offline_db(cli)?;
-            let pages = db.verify_pages().map_err(offline_fail)?;
-            let report = db.check().map_err(offline_fail)?;
-            drop(db);
-            let ok = pages.passed && report.is_ok();
-            let v = serde_json::json!({
-                "ok": ok, "integrity_passed": pages.passed, "pages": pages,
-                "repaired_on_open": repaired_on_open,
-                "schema_version": berth_store::SCHEMA_VERSION, "report": report,
-            });
+            let v = if *offline {
+                offline_check(cli, *repair)?
+            } else {
+                cli.client()?.db_check().await?
+            };
             if out.json {
                 print_json(&v);
             } else {
-                if repaired_on_open {
-                    println!("the file was not closed cleanly; it was repaired (--repair)");
-                }
-                println!(
-                    "redb integrity: {} ({})",
-                    if pages.passed { "ok" } else { "FAILED" },
-                    pages.detail
-                );
-                println!(
-                    "consistency: {} machines, {} events, {} operations in flight",
-                    report.machines, report.events, report.operations
-                );
-                for p in &report.problems {
-                    println!("  problem: {p}");
-                }
-                println!(
-                    "{}",
-                    if ok {
-                        "database OK"
-                    } else {
-                        "database has problems"
-                    }
-                );
+                println!("{}", render::db_check(&v, *offline));
             }
-            if ok {
+            if v.ok {
                 Ok(())
             } else {
                 Err(Fail(1, "the check found problems".into()))
