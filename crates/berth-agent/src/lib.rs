@@ -224,17 +224,18 @@ impl Agent {
         Ok(agent)
     }
 
-    /// The machine operations.
-    pub fn machines(&self) -> &Machines<HostEffects> {
+    /// The machine operations (the commands' own: a front end goes through the commands).
+    pub(crate) fn machines(&self) -> &Machines<HostEffects> {
         &self.machines
     }
 
-    /// The store.
+    /// The store, for berthd's watchdog probe and the benchmarks; a front end (the HTTP API)
+    /// goes through the commands (`command/`), never here.
     pub fn store(&self) -> &Store {
         self.machines.store()
     }
 
-    /// The driver.
+    /// The driver, for the benchmarks; a front end goes through the commands.
     pub fn driver(&self) -> &Arc<Driver> {
         self.machines.effects().driver()
     }
