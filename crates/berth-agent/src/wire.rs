@@ -459,8 +459,14 @@ mod tests {
             "ok": false, "integrity_passed": true, "pages": pages,
             "schema_version": berth_store::SCHEMA_VERSION, "report": report,
         });
-        same(&before, &super::db_check(pages.clone(), report.clone(), None));
+        same(
+            &before,
+            &super::db_check(pages.clone(), report.clone(), None),
+        );
         let check = super::db_check(pages, report, Some(true));
-        assert_eq!(to_value(&check).expect("serializes")["repaired_on_open"], true);
+        assert_eq!(
+            to_value(&check).expect("serializes")["repaired_on_open"],
+            true
+        );
     }
 }
