@@ -586,74 +586,65 @@ fn openapi() -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Validates `v` against `schema` for the subset of JSON Schema the document uses: `$ref`,
-/// `oneOf`, `type` (one or several), `required`, `properties`, `additionalProperties`, `items`, `enum`.
+/// Validates `v` against `schema`, a schema of the OpenAPI document (OpenAPI 3.1 schemas are
+/// JSON Schema 2020-12), with the document's components beside it so `$ref`s resolve.
 fn validate(v: &Value, schema: &Value, doc: &Value, at: &str) -> Result<(), String> {
-    if let Some(r) = schema["$ref"].as_str() {
-        let name = r.trim_start_matches("#/components/schemas/");
-        return validate(v, &doc["components"]["schemas"][name], doc, at);
+    let validator = schema_validator(schema, doc).map_err(|e| format!("{at}: {e}"))?;
+    let errors: Vec<String> = validator
+        .iter_errors(v)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{at}: {errors:?} in {v}"))
     }
-    if let Some(options) = schema["oneOf"].as_array() {
-        let errors: Vec<String> = options
-            .iter()
-            .filter_map(|o| validate(v, o, doc, at).err())
-            .collect();
-        if errors.len() == options.len() {
-            return Err(format!("{at}: matches none of oneOf: {errors:?}"));
-        }
-        return Ok(());
-    }
-    let type_ok = |t: &str| match t {
-        "string" => v.is_string(),
-        "integer" => v.is_i64() || v.is_u64(),
-        "number" => v.is_number(),
-        "boolean" => v.is_boolean(),
-        "array" => v.is_array(),
-        "object" => v.is_object(),
-        "null" => v.is_null(),
-        _ => false,
-    };
-    match &schema["type"] {
-        Value::String(t) if !type_ok(t) => return Err(format!("{at}: expected {t}, got {v}")),
-        Value::Array(ts) if !ts.iter().any(|t| type_ok(t.as_str().unwrap_or(""))) => {
-            return Err(format!("{at}: expected one of {ts:?}, got {v}"));
-        }
-        _ => {}
-    }
-    if let Some(options) = schema["enum"].as_array()
-        && !options.contains(v)
-    {
-        return Err(format!("{at}: {v} is not one of {options:?}"));
-    }
-    if let Some(obj) = v.as_object() {
-        for r in schema["required"].as_array().into_iter().flatten() {
-            let r = r.as_str().unwrap();
-            if !obj.contains_key(r) {
-                return Err(format!("{at}: missing required {r}"));
-            }
-        }
-        for (k, val) in obj {
-            match (&schema["properties"][k], &schema["additionalProperties"]) {
-                (Value::Null, Value::Bool(false)) => {
-                    return Err(format!("{at}: undocumented field {k}"));
-                }
-                (Value::Null, Value::Object(_)) => validate(
-                    val,
-                    &schema["additionalProperties"],
-                    doc,
-                    &format!("{at}.{k}"),
-                )?,
-                (Value::Null, _) => {}
-                (s, _) => validate(val, s, doc, &format!("{at}.{k}"))?,
-            }
+}
+
+fn schema_validator(schema: &Value, doc: &Value) -> Result<jsonschema::Validator, String> {
+    let mut root = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": doc["components"].clone(),
+    });
+    if let (Some(r), Some(s)) = (root.as_object_mut(), schema.as_object()) {
+        for (k, v) in s {
+            r.insert(k.clone(), v.clone());
         }
     }
-    if let (Some(items), Some(arr)) = (schema.get("items"), v.as_array()) {
-        for (i, item) in arr.iter().enumerate() {
-            validate(item, items, doc, &format!("{at}[{i}]"))?;
-        }
+    jsonschema::draft202012::new(&root).map_err(|e| e.to_string())
+}
+
+/// Every schema of the document is a valid JSON Schema (2020-12), and the checker catches what
+/// it should: a missing required field, a field of the wrong type, an undocumented field.
+#[test]
+fn the_openapi_schemas_are_valid_json_schema() {
+    let doc = openapi();
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    assert!(schemas.len() > 5, "{}", schemas.len());
+    for (name, s) in schemas {
+        jsonschema::meta::validate(s).unwrap_or_else(|e| panic!("schema {name}: {e}"));
+        schema_validator(s, &doc).unwrap_or_else(|e| panic!("schema {name}: {e}"));
     }
-    Ok(())
+    let error = json!({"$ref": "#/components/schemas/Error"});
+    assert!(
+        validate(
+            &json!({"error": "e", "code": "invalid"}),
+            &error,
+            &doc,
+            "ok"
+        )
+        .is_ok()
+    );
+    assert!(validate(&json!({"error": "e"}), &error, &doc, "missing").is_err());
+    assert!(
+        validate(
+            &json!({"error": 1, "code": "invalid"}),
+            &error,
+            &doc,
+            "type"
+        )
+        .is_err()
+    );
 }
 
 /// The OpenAPI document and the server agree: every served route is documented, every
@@ -774,6 +765,33 @@ fn the_openapi_document_matches_the_server() {
             let r = c.raw(Method::GET, &path, None, &[]).await.unwrap();
             assert_eq!(r.status.as_u16(), 200, "{path}");
             check(&path, &r.body, response_schema(doc_path, "get", "200"));
+        }
+        for (method, path, doc_path, name) in [
+            (Method::GET, "/v1/db/check", "/v1/db/check", "get"),
+            (Method::POST, "/v1/db/compact", "/v1/db/compact", "post"),
+            (
+                Method::POST,
+                "/v1/host/reconcile?approve=false",
+                "/v1/host/reconcile",
+                "post",
+            ),
+            (Method::POST, "/v1/host/approve", "/v1/host/approve", "post"),
+            (Method::POST, "/v1/host/cordon", "/v1/host/cordon", "post"),
+            (
+                Method::POST,
+                "/v1/host/uncordon",
+                "/v1/host/uncordon",
+                "post",
+            ),
+        ] {
+            let r = c.raw(method, path, None, &[]).await.unwrap();
+            assert_eq!(
+                r.status.as_u16(),
+                200,
+                "{path}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            check(path, &r.body, response_schema(doc_path, name, "200"));
         }
         let r = c
             .raw(Method::GET, "/v1/machines/nosuchmachine", None, &[])

@@ -295,7 +295,7 @@ fn the_workloads_default_workdir_is_its_own() {
     std::fs::remove_dir(&work).unwrap();
     agent.spawn();
     let host = rt.block_on(agent.socket().host()).unwrap();
-    assert_eq!(host.supervision["reattached"], 1, "{:?}", host.supervision);
+    assert_eq!(host.supervision.reattached, 1, "{:?}", host.supervision);
     let now = get(&rt, &agent, &id);
     assert_eq!(
         (now.state.to_string(), now.pid),

@@ -6,9 +6,14 @@
 //! never restarts a workload merely because the agent restarted. Every automated action goes
 //! through `berth-machine`, so it is recorded with its reason before it is reported.
 
+pub mod command;
 mod effects;
+mod error;
 mod maintenance;
+mod random;
+mod slow_ops;
 pub mod telemetry;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -23,9 +28,19 @@ use berth_store::{Store, StoreOptions};
 use berth_types::{MachineId, MachineRecord, OpKind, Source};
 use tokio::sync::mpsc;
 
+pub use command::{CommandConfig, LogFollower, MachinePage};
 pub use effects::{ExitNotice, HostEffects, UnknownMachine};
+pub use error::{CommandError, CommandResult, ErrorKind};
 pub use maintenance::{AutoCompaction, MaintenanceConfig};
+pub use random::{RandomError, random_hex, random_hex_with};
+pub use slow_ops::SlowOps;
 pub use telemetry::Telemetry;
+
+/// This process's open-files limit (soft, hard): the API's accept loop clamps its connections
+/// to what it leaves for the agent's own files.
+pub fn open_files_limit() -> std::io::Result<(u64, u64)> {
+    berth_driver::limits::nofile_limit()
+}
 
 /// How often the metrics sample what is not an event.
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +149,9 @@ pub struct Agent {
     reconcile: ReconcileConfig,
     compactions: maintenance::Compactions,
     telemetry: Arc<Telemetry>,
+    data_dir: PathBuf,
+    cordon: Arc<command::Cordon>,
+    commands: Arc<CommandConfig>,
 }
 
 impl Agent {
@@ -158,6 +176,9 @@ impl Agent {
             reconcile: cfg.reconcile,
             compactions: Default::default(),
             telemetry: Telemetry::new(store.clone(), driver.clone())?,
+            cordon: Arc::new(command::Cordon::open(&cfg.data_dir)),
+            data_dir: cfg.data_dir.clone(),
+            commands: Arc::default(),
         };
 
         // Reattach first: every supervisor that runs gets a watcher, nothing is restarted.
@@ -207,17 +228,18 @@ impl Agent {
         Ok(agent)
     }
 
-    /// The machine operations.
-    pub fn machines(&self) -> &Machines<HostEffects> {
+    /// The machine operations (the commands' own: a front end goes through the commands).
+    pub(crate) fn machines(&self) -> &Machines<HostEffects> {
         &self.machines
     }
 
-    /// The store.
+    /// The store, for berthd's watchdog probe and the benchmarks; a front end (the HTTP API)
+    /// goes through the commands (`command/`), never here.
     pub fn store(&self) -> &Store {
         self.machines.store()
     }
 
-    /// The driver.
+    /// The driver, for the benchmarks; a front end goes through the commands.
     pub fn driver(&self) -> &Arc<Driver> {
         self.machines.effects().driver()
     }

@@ -2,7 +2,10 @@
 //!
 //! Architecture invariant: no behaviour, only shapes. Machines and events travel as
 //! `berth_types::MachineRecord` and `berth_types::Event`, so the API shows exactly what is stored.
-//! Request bodies reject unknown fields, so a misspelt field is an error, not a silent default.
+//! Request bodies and closed query strings reject unknown fields, so a misspelt field is an
+//! error, not a silent default. Every response shape is typed here (no `serde_json::Value`), so
+//! the server, the client and the CLI read the same fields; the conversions from the agent's
+//! values are in `berth-agent`'s `wire.rs`.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +13,21 @@ use berth_types::time::HumanDuration;
 use berth_types::{Event, MachineConfig, Timestamp};
 use serde::{Deserialize, Serialize};
 
+mod db;
+mod host;
+mod query;
+
 pub use berth_types::{MachineRecord as Machine, State};
+pub use db::{
+    CheckReport, CompactionProgress, CompactionReport, DbCheck, DbStats, PageCheck, SlowOp,
+};
+pub use host::{
+    ApproveReport, Capabilities, Check, GuardAction, GuardStatus, Health, Held, HostInfo, Planned,
+    ReconcileReport, SupervisionStatus, UnknownMachine,
+};
+pub use query::{
+    DestroyQuery, EventsQuery, LogsQuery, MachineListQuery, ReconcileQuery, WaitQuery,
+};
 
 /// Every non-2xx response body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,45 +86,6 @@ pub struct EventsPage {
     pub last_seq: u64,
 }
 
-/// One health check.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Check {
-    /// Whether it passes.
-    pub ok: bool,
-    /// What it saw.
-    pub detail: String,
-}
-
-/// `GET /v1/health`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Health {
-    /// `ok` or `degraded`.
-    pub status: String,
-    /// Each check by name.
-    pub checks: BTreeMap<String, Check>,
-    /// Whether the host refuses new machines.
-    pub cordoned: bool,
-}
-
-/// `GET /v1/host`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HostInfo {
-    /// The host's name.
-    pub hostname: String,
-    /// berth's version.
-    pub version: String,
-    /// The data directory.
-    pub data_dir: String,
-    /// Whether the host refuses new machines.
-    pub cordoned: bool,
-    /// Machines by state.
-    pub machines: BTreeMap<String, u64>,
-    /// What the host can enforce and measure.
-    pub capabilities: serde_json::Value,
-    /// What supervision has seen lately (reattached workloads, last reconciliation, orphans).
-    pub supervision: serde_json::Value,
-}
-
 /// `POST /v1/machines/{id}/lease` (body optional).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,57 +112,6 @@ pub struct Lease {
     pub description: Option<String>,
 }
 
-/// `GET /v1/db/stats`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DbStats {
-    /// Length of the file (`ls -l`).
-    pub file_size_bytes: u64,
-    /// Bytes of the file holding data rather than holes (its disk usage before compression);
-    /// redb extends its file sparsely, so after a growth step or a compaction this can be well
-    /// below the length.
-    #[serde(default)]
-    pub file_allocated_bytes: u64,
-    /// Bytes holding data.
-    pub live_bytes: u64,
-    /// `1 - live/used`, used being the disk space the file occupies (at most its length): the
-    /// share of the written file that is garbage, what a compaction would give back.
-    pub garbage_ratio: f64,
-    /// Rows per table.
-    pub tables: BTreeMap<String, u64>,
-    /// The last compaction, if any.
-    pub last_compaction: Option<serde_json::Value>,
-    /// The next event seq.
-    pub next_seq: u64,
-    /// The history index is complete up to this seq.
-    pub history_seq: u64,
-    /// The oldest seq still in the event log (retention removed older ones); a consumer behind
-    /// it gets `expired` and resyncs from `next_seq - 1`.
-    #[serde(default)]
-    pub first_seq: Option<u64>,
-    /// The compaction running now, if any (`phase`, `rows_copied`, ...).
-    #[serde(default)]
-    pub compaction: Option<serde_json::Value>,
-}
-
-/// One entry of `GET /v1/db/slow-ops`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SlowOp {
-    /// Operation name.
-    pub op: String,
-    /// How long it took.
-    pub duration_ms: f64,
-    /// The threshold it exceeded.
-    pub threshold_ms: f64,
-    /// When.
-    pub at: Timestamp,
-    /// Writes in the batch, or rows read.
-    pub batch_size: usize,
-    /// Bytes written or read.
-    pub bytes: usize,
-    /// What it was doing.
-    pub detail: String,
-}
-
 /// The header a lease holder sends with mutations.
 pub const LEASE_HEADER: &str = "berth-lease-nonce";
 /// The header that makes a create idempotent.
@@ -196,3 +123,5 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const NEXT_CURSOR_HEADER: &str = "berth-next-cursor";
 /// Most machines one `GET /v1/machines` page may ask for (`limit`).
 pub const MAX_PAGE_LIMIT: usize = 1000;
+/// Most lines `GET /v1/machines/{id}/logs?tail=N` returns.
+pub const MAX_LOG_TAIL: usize = 100_000;

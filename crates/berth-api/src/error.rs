@@ -1,10 +1,10 @@
-//! API errors: every failure becomes `{"error", "code"}` with the right status.
+//! API errors: every failure becomes `{"error", "code"}` with the right status; the agent's
+//! command errors say what kind of failure they are, this file says which status and code that is.
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use berth_agent::{CommandError, ErrorKind, RandomError};
 use berth_api_types::ErrorBody;
-use berth_machine::{AdmissionError, LeaseError, OpError};
-use berth_store::StoreError;
 
 /// An error response.
 #[derive(Debug)]
@@ -48,71 +48,35 @@ impl ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        Self::from(&e)
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        let (status, code) = match e.kind {
+            ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+            ErrorKind::LeaseRequired => (StatusCode::CONFLICT, "lease_required"),
+            ErrorKind::LeaseMismatch => (StatusCode::CONFLICT, "lease_mismatch"),
+            ErrorKind::Cordoned => (StatusCode::CONFLICT, "cordoned"),
+            ErrorKind::IdempotencyMismatch => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_mismatch")
+            }
+            ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ErrorKind::Expired => (StatusCode::GONE, "expired"),
+            ErrorKind::InsufficientStorage => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
+            ErrorKind::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ErrorKind::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self::new(status, code, e.message)
     }
 }
 
-impl From<&StoreError> for ApiError {
-    fn from(e: &StoreError) -> Self {
-        let msg = e.to_string();
-        match e {
-            StoreError::Expired { .. } => Self::new(StatusCode::GONE, "expired", msg),
-            StoreError::CompactionRunning { .. } => Self::conflict(msg),
-            StoreError::NoSpace { .. } => Self::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "insufficient_storage",
-                msg,
-            ),
-            StoreError::NotFound(_) | StoreError::OperationNotFound(_) => Self::not_found(msg),
-            StoreError::AlreadyExists(_)
-            | StoreError::IllegalTransition { .. }
-            | StoreError::VersionMismatch { .. }
-            | StoreError::Busy { .. } => Self::conflict(msg),
-            StoreError::Overloaded { .. } => Self::overloaded(msg),
-            StoreError::Closed | StoreError::Poisoned(_) | StoreError::CommitFailed(_) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg)
-            }
-            _ => Self::internal(msg),
-        }
-    }
-}
-
-impl From<OpError> for ApiError {
-    fn from(e: OpError) -> Self {
-        match e {
-            OpError::Store(s) => s.into(),
-            OpError::Invalid(m) => Self::invalid(m),
-            OpError::TooLarge(m) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
-            OpError::Admission(a) => {
-                let msg = a.to_string();
-                match a {
-                    AdmissionError::IdempotencyMismatch { .. } => Self::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "idempotency_mismatch",
-                        msg,
-                    ),
-                    AdmissionError::LimitReached { .. } | AdmissionError::NameTaken { .. } => {
-                        Self::conflict(msg)
-                    }
-                }
-            }
-            OpError::Lease(l) => {
-                let msg = l.to_string();
-                match l {
-                    LeaseError::Required(_) => {
-                        Self::new(StatusCode::CONFLICT, "lease_required", msg)
-                    }
-                    LeaseError::Mismatch(_) => {
-                        Self::new(StatusCode::CONFLICT, "lease_mismatch", msg)
-                    }
-                    LeaseError::NotHeld(_) => Self::not_found(msg),
-                    LeaseError::Held { .. } | LeaseError::Destroyed(_) => Self::conflict(msg),
-                }
-            }
-            other => Self::internal(other.to_string()),
-        }
+impl From<RandomError> for ApiError {
+    fn from(e: RandomError) -> Self {
+        ApiError::internal(e.to_string())
     }
 }
 

@@ -148,7 +148,7 @@ pub async fn serve<L: Listener>(
                 continue;
             }
         };
-        let limit = match (cfg.fd_budget, berth_driver::limits::nofile_limit()) {
+        let limit = match (cfg.fd_budget, berth_agent::open_files_limit()) {
             (Some(b), Ok((soft, _))) => b.clamp(cfg.max_connections, soft),
             _ => cfg.max_connections,
         };

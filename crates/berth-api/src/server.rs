@@ -25,6 +25,11 @@ pub struct Lane {
 }
 
 impl Lane {
+    /// The agent this lane's requests command.
+    pub(crate) fn agent(&self) -> &berth_agent::Agent {
+        self.shared.agent()
+    }
+
     /// A permit to mutate, or an immediate 429: mutations never queue without bound.
     pub(crate) fn permit(&self) -> ApiResult<OwnedSemaphorePermit> {
         self.permits.clone().try_acquire_owned().map_err(|_| {

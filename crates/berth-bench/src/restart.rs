@@ -307,9 +307,8 @@ impl Berthd {
         loop {
             let host = socket.host().await?;
             let s = &host.supervision;
-            if !s["last_reconcile"].is_null() {
-                let n = s["reattached"].as_u64().ok_or("no reattached count")?;
-                return Ok((n, at.elapsed().as_secs_f64() * 1e3));
+            if s.last_reconcile.is_some() {
+                return Ok((s.reattached as u64, at.elapsed().as_secs_f64() * 1e3));
             }
             if at.elapsed() > DEADLINE {
                 return Err("no reconciliation pass".into());

@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 
 use berth_api_types::{
-    CreateMachine, DbStats, ErrorBody, EventsPage, Health, HostInfo, SlowOp, StopRequest,
+    ApproveReport, CompactionReport, CreateMachine, DbCheck, DbStats, ErrorBody, EventsPage,
+    Health, HostInfo, ReconcileReport, SlowOp, StopRequest,
 };
 use berth_types::{Event, MachineRecord};
 use http_body_util::{BodyExt, Full};
@@ -422,18 +423,24 @@ impl Client {
     }
 
     /// `POST /v1/host/approve`: release what the blast-radius guard held back.
-    pub async fn approve(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn approve(&self) -> Result<ApproveReport, ClientError> {
         self.call(Method::POST, "/v1/host/approve", None, &[]).await
     }
 
     /// `GET /v1/db/check`.
-    pub async fn db_check(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn db_check(&self) -> Result<DbCheck, ClientError> {
         self.call(Method::GET, "/v1/db/check", None, &[]).await
     }
 
     /// `POST /v1/db/compact`.
-    pub async fn compact(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn compact(&self) -> Result<CompactionReport, ClientError> {
         self.call(Method::POST, "/v1/db/compact", None, &[]).await
+    }
+
+    /// `POST /v1/host/reconcile`: a reconciliation pass now (`approve`: past the guard).
+    pub async fn reconcile(&self, approve: bool) -> Result<ReconcileReport, ClientError> {
+        let path = format!("/v1/host/reconcile?approve={approve}");
+        self.call(Method::POST, &path, None, &[]).await
     }
 
     /// `GET /v1/db/backup`: the snapshot's bytes.

@@ -199,7 +199,7 @@ fn probe(path: &Path) -> Result<Probe> {
             .set_cache_size(PROBE_CACHE_BYTES)
             .open_read_only(path)
     })
-        .map_err(|p| damaged(path, format!("redb could not read the file header: {p}")))?;
+    .map_err(|p| damaged(path, format!("redb could not read the file header: {p}")))?;
     let db = match opened {
         Ok(db) => db,
         Err(DatabaseError::RepairAborted) => return Ok(Probe::NeedsRepair),

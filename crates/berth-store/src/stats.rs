@@ -80,26 +80,6 @@ impl Store {
     }
 }
 
-/// The wire shape of `GET /v1/db/stats` (and `berth db stats --offline`), built here only.
-impl From<StoreStats> for berth_api_types::DbStats {
-    fn from(st: StoreStats) -> Self {
-        Self {
-            garbage_ratio: st.garbage_ratio(),
-            file_size_bytes: st.file_size_bytes,
-            file_allocated_bytes: st.file_allocated_bytes,
-            live_bytes: st.live_bytes,
-            tables: st.tables,
-            last_compaction: st
-                .last_compaction
-                .and_then(|c| serde_json::to_value(c).ok()),
-            next_seq: st.next_seq,
-            history_seq: st.history_seq,
-            first_seq: st.first_seq,
-            compaction: st.compaction.and_then(|c| serde_json::to_value(c).ok()),
-        }
-    }
-}
-
 /// [`Store::stats`] over one read transaction (no compaction progress: that is the store's).
 pub(crate) fn stats_of(txn: &redb::ReadTransaction, path: &std::path::Path) -> Result<StoreStats> {
     {

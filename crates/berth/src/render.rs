@@ -1,6 +1,9 @@
 //! Tables and lines for people. (`--json` prints the API's values unchanged.)
 
-use berth_api_types::{Health, HostInfo, SlowOp};
+use berth_api_types::{
+    ApproveReport, CompactionReport, DbCheck, DbStats, GuardAction, Health, HostInfo,
+    ReconcileReport, SlowOp,
+};
 use berth_types::{Event, MachineRecord, Timestamp};
 use comfy_table::presets::NOTHING;
 use comfy_table::{ContentArrangement, Table};
@@ -163,45 +166,43 @@ pub fn host(h: &HostInfo, health: &Health) -> String {
         },
     ]);
     let caps = &h.capabilities;
-    let yes = |k: &str| {
-        if caps[k].as_bool() == Some(true) {
-            "yes"
-        } else {
-            "no"
-        }
-    };
+    let yes = |b: bool| if b { "yes" } else { "no" };
     t.add_row(vec![
         "cgroup".to_owned(),
-        format!("{} (kill: {})", yes("cgroup"), yes("cgroup_kill")),
+        format!("{} (kill: {})", yes(caps.cgroup), yes(caps.cgroup_kill)),
     ]);
     t.add_row(vec![
         "Limits".to_owned(),
         format!(
             "memory: {}, cpu: {}, pids: {}",
-            yes("memory_limit"),
-            yes("cpu_limit"),
-            yes("pids_limit")
+            yes(caps.memory_limit),
+            yes(caps.cpu_limit),
+            yes(caps.pids_limit)
         ),
     ]);
-    let last = &h.supervision["last_reconcile"];
+    let blocked = h
+        .supervision
+        .last_reconcile
+        .as_ref()
+        .is_some_and(|r| r.blocked);
     t.add_row(vec![
         "Reconcile".to_owned(),
-        if last["blocked"].as_bool() == Some(true) {
+        if blocked {
             "BLOCKED by the blast-radius guard".into()
         } else {
             "ok".into()
         },
     ]);
-    let guard = &h.supervision["guard"];
+    let guard = &h.supervision.guard;
     t.add_row(vec![
         "Guard".to_owned(),
-        if guard["tripped"].as_bool() == Some(true) {
+        if guard.tripped {
             format!(
                 "HOLDING {} decision(s): {} (berth host approve)",
-                guard["held"].as_array().map_or(0, Vec::len),
-                guard["tripped_because"].as_str().unwrap_or("tripped")
+                guard.held.len(),
+                guard.tripped_because.as_deref().unwrap_or("tripped")
             )
-        } else if guard["enabled"].as_bool() == Some(false) {
+        } else if !guard.enabled {
             "off".into()
         } else {
             "armed".into()
@@ -211,69 +212,70 @@ pub fn host(h: &HostInfo, health: &Health) -> String {
 }
 
 /// What `berth host approve` released.
-pub fn approve(v: &serde_json::Value) -> String {
-    let n = |k: &str| v[k].as_array().map_or(0, Vec::len);
+pub fn approve(r: &ApproveReport) -> String {
     let mut s = format!(
         "approved: {} held decision(s) released; {} restart(s) running",
-        n("released"),
-        n("restarted")
+        r.released.len(),
+        r.restarted.len()
     );
-    if n("skipped") > 0 {
+    if !r.skipped.is_empty() {
         s.push_str(&format!(
             "; {} skipped (the machine changed since it was held)",
-            n("skipped")
+            r.skipped.len()
         ));
     }
-    if let Some(r) = v["reconcile"].as_object() {
+    if let Some(rec) = &r.reconcile {
         s.push_str(&format!(
             "; reconciliation applied {} correction(s)",
-            r.get("applied").and_then(|a| a.as_u64()).unwrap_or(0)
+            rec.applied
         ));
     }
     s
 }
 
-pub fn db_stats(v: &serde_json::Value) -> String {
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
+pub fn db_stats(v: &DbStats) -> String {
     let mut t = table(&["", ""]);
-    let mib = |k: &str| format!("{:.1} MiB", v[k].as_f64().unwrap_or(0.0) / 1048576.0);
-    t.add_row(vec!["File size".to_owned(), mib("file_size_bytes")]);
-    t.add_row(vec!["On disk".to_owned(), mib("file_allocated_bytes")]);
-    t.add_row(vec!["Live bytes".to_owned(), mib("live_bytes")]);
+    t.add_row(vec![
+        "File size".to_owned(),
+        format!("{:.1} MiB", mib(v.file_size_bytes)),
+    ]);
+    t.add_row(vec![
+        "On disk".to_owned(),
+        format!("{:.1} MiB", mib(v.file_allocated_bytes)),
+    ]);
+    t.add_row(vec![
+        "Live bytes".to_owned(),
+        format!("{:.1} MiB", mib(v.live_bytes)),
+    ]);
     t.add_row(vec![
         "Garbage ratio".to_owned(),
-        format!("{:.2}", v["garbage_ratio"].as_f64().unwrap_or(0.0)),
+        format!("{:.2}", v.garbage_ratio),
     ]);
-    if let Some(tables) = v["tables"].as_object() {
-        for (k, n) in tables {
-            t.add_row(vec![format!("rows in {k}"), n.to_string()]);
-        }
+    for (k, n) in &v.tables {
+        t.add_row(vec![format!("rows in {k}"), n.to_string()]);
     }
-    if let Some(first) = v["first_seq"].as_u64() {
+    if let Some(first) = v.first_seq {
         t.add_row(vec![
             "Event seqs kept".to_owned(),
-            format!(
-                "{first} .. {}",
-                v["next_seq"].as_u64().unwrap_or(1).saturating_sub(1)
-            ),
+            format!("{first} .. {}", v.next_seq.saturating_sub(1)),
         ]);
     }
     t.add_row(vec![
         "Last compaction".to_owned(),
-        if v["last_compaction"].is_null() {
-            "never".into()
-        } else {
-            compaction(&v["last_compaction"])
-        },
+        v.last_compaction
+            .as_ref()
+            .map_or_else(|| "never".into(), compaction),
     ]);
-    if !v["compaction"].is_null() {
-        let c = &v["compaction"];
+    if let Some(c) = &v.compaction {
         t.add_row(vec![
             "Compaction running".to_owned(),
             format!(
                 "phase {}, {} rows copied, {} catch-up rounds",
-                c["phase"].as_str().unwrap_or("?"),
-                c["rows_copied"],
-                c["catch_up_rounds"]
+                c.phase, c.rows_copied, c.catch_up_rounds
             ),
         ]);
     }
@@ -281,29 +283,60 @@ pub fn db_stats(v: &serde_json::Value) -> String {
 }
 
 /// One line for a compaction report: when, sizes, duration, longest pause.
-pub fn compaction(c: &serde_json::Value) -> String {
-    let mib = |k: &str| c[k].as_f64().unwrap_or(0.0) / 1048576.0;
-    let when = serde_json::from_value::<Timestamp>(c["at"].clone())
-        .ok()
-        .map(ago)
-        .unwrap_or_else(|| "?".into());
+pub fn compaction(c: &CompactionReport) -> String {
     // Reports written before berth recorded disk usage have no allocated sizes.
-    let on_disk = if c["allocated_after"].as_u64().unwrap_or(0) > 0 {
+    let on_disk = if c.allocated_after > 0 {
         format!(
             " (on disk {:.1} MiB -> {:.1} MiB)",
-            mib("allocated_before"),
-            mib("allocated_after")
+            mib(c.allocated_before),
+            mib(c.allocated_after)
         )
     } else {
         String::new()
     };
     format!(
-        "{when}: {:.1} MiB -> {:.1} MiB{on_disk} in {:.1} s, longest write pause {:.1} ms",
-        mib("size_before"),
-        mib("size_after"),
-        c["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0,
-        c["max_pause_ms"].as_f64().unwrap_or(0.0)
+        "{}: {:.1} MiB -> {:.1} MiB{on_disk} in {:.1} s, longest write pause {:.1} ms",
+        ago(c.at),
+        mib(c.size_before),
+        mib(c.size_after),
+        c.duration_ms as f64 / 1000.0,
+        c.max_pause_ms
     )
+}
+
+/// The consistency and page check, for people (`berth db check`); the offline check says the
+/// page check first, the agent's the consistency check.
+pub fn db_check(v: &DbCheck, integrity_first: bool) -> String {
+    let mut s = String::new();
+    if v.repaired_on_open == Some(true) {
+        s.push_str("the file was not closed cleanly; it was repaired (--repair)\n");
+    }
+    let r = &v.report;
+    let consistency = format!(
+        "consistency: {} machines, {} events, {} operations in flight\n",
+        r.machines, r.events, r.operations
+    );
+    let integrity = format!(
+        "redb integrity: {} ({})\n",
+        if v.pages.passed { "ok" } else { "FAILED" },
+        v.pages.detail
+    );
+    if integrity_first {
+        s.push_str(&integrity);
+        s.push_str(&consistency);
+    } else {
+        s.push_str(&consistency);
+        s.push_str(&integrity);
+    }
+    for p in &r.problems {
+        s.push_str(&format!("  problem: {p}\n"));
+    }
+    s.push_str(if v.ok {
+        "database OK"
+    } else {
+        "database has problems"
+    });
+    s
 }
 
 pub fn slow_ops(ops: &[SlowOp]) -> String {
@@ -324,8 +357,19 @@ pub fn slow_ops(ops: &[SlowOp]) -> String {
     t.to_string()
 }
 
+/// What `berth doctor` found (its `--json`).
+#[derive(Debug, serde::Serialize)]
+pub struct Doctor {
+    /// The last reconciliation pass.
+    pub last_reconcile: Option<ReconcileReport>,
+    /// Machines compared.
+    pub machines: usize,
+    /// Every disagreement found; empty means healthy.
+    pub problems: Vec<String>,
+}
+
 /// Compares what the agent recorded with what runs on this host.
-pub fn doctor(h: &HostInfo, ms: &[MachineRecord]) -> serde_json::Value {
+pub fn doctor(h: &HostInfo, ms: &[MachineRecord]) -> Doctor {
     let mut problems: Vec<String> = Vec::new();
     for m in ms {
         if m.state == berth_types::State::Started {
@@ -346,63 +390,58 @@ pub fn doctor(h: &HostInfo, ms: &[MachineRecord]) -> serde_json::Value {
             ));
         }
     }
-    let last = &h.supervision["last_reconcile"];
-    for o in last["orphans"].as_array().into_iter().flatten() {
+    let last = h.supervision.last_reconcile.clone();
+    for o in last.iter().flat_map(|r| &r.orphans) {
         problems.push(format!(
-            "orphan supervisor {o}: a workload runs with no machine record"
+            "orphan supervisor {o:?}: a workload runs with no machine record"
         ));
     }
-    for u in h.supervision["unknown"].as_array().into_iter().flatten() {
+    for u in &h.supervision.unknown {
         problems.push(format!(
             "machine {} is unknown: its state cannot be read ({}); left as recorded, nothing removed",
-            u["machine_id"].as_str().unwrap_or("?"),
-            u["reason"].as_str().unwrap_or("?")
+            u.machine_id, u.reason
         ));
     }
-    let guard = &h.supervision["guard"];
-    if guard["tripped"].as_bool() == Some(true) {
-        let held: Vec<String> = guard["held"]
-            .as_array()
-            .into_iter()
-            .flatten()
+    let guard = &h.supervision.guard;
+    if guard.tripped {
+        let held: Vec<String> = guard
+            .held
+            .iter()
             .map(|x| {
-                format!(
-                    "{} {} ({})",
-                    x["action"].as_str().unwrap_or("?"),
-                    x["machine_id"].as_str().unwrap_or("?"),
-                    x["observed"].as_str().unwrap_or("")
-                )
+                let action = match x.action {
+                    GuardAction::Restart => "restart",
+                    GuardAction::Reconcile => "reconcile",
+                };
+                format!("{action} {} ({})", x.machine_id, x.observed)
             })
             .collect();
         problems.push(format!(
             "the blast-radius guard is holding automated decisions back ({}): {}; check the host, then run `berth host approve`",
-            guard["tripped_because"].as_str().unwrap_or("tripped"),
+            guard.tripped_because.as_deref().unwrap_or("tripped"),
             if held.is_empty() { "none listed".to_owned() } else { held.join("; ") }
         ));
-    } else if last["blocked"].as_bool() == Some(true) {
+    } else if last.as_ref().is_some_and(|r| r.blocked) {
         problems.push(
             "the blast-radius guard blocked reconciliation; inspect, then run `berth host approve`"
                 .into(),
         );
     }
-    serde_json::json!({ "machines": ms.len(), "problems": problems, "last_reconcile": last })
+    Doctor {
+        last_reconcile: last,
+        machines: ms.len(),
+        problems,
+    }
 }
 
-pub fn doctor_text(v: &serde_json::Value) -> String {
-    let problems: Vec<&str> = v["problems"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p.as_str())
-        .collect();
-    if problems.is_empty() {
+pub fn doctor_text(v: &Doctor) -> String {
+    if v.problems.is_empty() {
         return format!(
             "{} machines; the database and the live processes agree",
-            v["machines"]
+            v.machines
         );
     }
-    let mut s = format!("{} problem(s):\n", problems.len());
-    for p in problems {
+    let mut s = format!("{} problem(s):\n", v.problems.len());
+    for p in &v.problems {
         s.push_str(&format!("  - {p}\n"));
     }
     s

@@ -1,0 +1,219 @@
+//! Machine commands: create (admitted), list, lifecycle operations, signal, wait, history.
+
+use std::time::Duration;
+
+use berth_api_types::{CreateMachine, MAX_PAGE_LIMIT, MachineListQuery};
+use berth_machine::{Admission, Admitted, CreateRequest, OpError};
+use berth_types::{Event, MachineId, MachineRecord, OpKind, Source, State};
+
+use crate::Agent;
+use crate::error::{CommandError, CommandResult, ErrorKind};
+
+/// One page of machines, in id order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MachinePage {
+    /// The machines on this page.
+    pub machines: Vec<MachineRecord>,
+    /// Pass as `cursor` for the next page, when more machines match.
+    pub next: Option<MachineId>,
+}
+
+impl Agent {
+    /// Admits a user's create (cordon, bounds, Idempotency-Key, unique name, machine limit,
+    /// decided with the write that records it) and runs it. A replayed key answers the machine
+    /// its first create made, once that create is done; a workload that failed to start leaves
+    /// the machine recorded `failed`, which is the answer.
+    pub async fn create_machine(
+        &self,
+        req: CreateMachine,
+        idempotency_key: Option<String>,
+    ) -> CommandResult<MachineRecord> {
+        let me = self.clone();
+        self.detached(async move { me.admit_and_run(req, idempotency_key).await })
+            .await
+    }
+
+    async fn admit_and_run(
+        &self,
+        req: CreateMachine,
+        idempotency_key: Option<String>,
+    ) -> CommandResult<MachineRecord> {
+        let id = MachineId::generate();
+        let creq = CreateRequest {
+            id: Some(id.clone()),
+            name: req.name,
+            config: req.config,
+            metadata: req.metadata,
+            skip_start: req.skip_start,
+            source: Source::User,
+        };
+        let admission = Admission {
+            max_machines: self.commands.max_machines,
+            idempotency_key,
+        };
+        let admitted = {
+            let _cordon = self.cordon.admit().await?;
+            self.machines().admit(creq, admission).await?
+        };
+        let result = match admitted {
+            Admitted::Created { operation, .. } => self.machines().run(operation).await.map(|o| {
+                self.after_op(&o.machine);
+                o.machine
+            }),
+            Admitted::Replayed(m) => self.machines().settled(m).await,
+        };
+        self.recorded_on_effect_failure(&id, result)
+    }
+
+    /// An effect that failed (spawn error...) is recorded on the machine: the machine is the
+    /// answer.
+    fn recorded_on_effect_failure(
+        &self,
+        id: &MachineId,
+        result: Result<MachineRecord, OpError>,
+    ) -> CommandResult<MachineRecord> {
+        match result {
+            Ok(m) => Ok(m),
+            Err(OpError::Effect { .. }) => self.machine(id),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Machines matching `q`, paged by `limit` and `cursor` (validated here).
+    pub fn list_machines(&self, q: &MachineListQuery) -> CommandResult<MachinePage> {
+        if let Some(l) = q.limit
+            && !(1..=MAX_PAGE_LIMIT).contains(&l)
+        {
+            return Err(CommandError::invalid(format!(
+                "limit must be a number from 1 to {MAX_PAGE_LIMIT}, not {l}"
+            )));
+        }
+        let cursor = match &q.cursor {
+            None => None,
+            Some(c) => Some(MachineId::parse(c).map_err(|e| {
+                CommandError::invalid(format!(
+                    "cursor must be the {} of an earlier page: {e}",
+                    berth_api_types::NEXT_CURSOR_HEADER
+                ))
+            })?),
+        };
+        if cursor.is_some() && q.limit.is_none() {
+            return Err(CommandError::invalid("cursor needs a limit"));
+        }
+        let page = self.store().machines_page(cursor.as_ref(), q.limit, |m| {
+            (q.include_destroyed
+                || q.state == Some(State::Destroyed)
+                || m.state != State::Destroyed)
+                && q.state.is_none_or(|s| m.state == s)
+                && q.metadata.iter().all(|(k, v)| m.metadata.get(k) == Some(v))
+        })?;
+        Ok(MachinePage {
+            machines: page.machines,
+            next: page.next,
+        })
+    }
+
+    /// A user's lifecycle operation (start, stop, restart, destroy), run to completion; refused
+    /// without the lease's nonce while a lease is held.
+    pub async fn lifecycle(
+        &self,
+        id: &MachineId,
+        kind: OpKind,
+        signal: Option<String>,
+        timeout: Option<Duration>,
+        lease_nonce: Option<String>,
+    ) -> CommandResult<MachineRecord> {
+        self.machine(id)?;
+        let me = self.clone();
+        let id = id.clone();
+        self.detached(async move {
+            let r = me
+                .operate_leased(&id, kind, signal, timeout, lease_nonce.as_deref())
+                .await;
+            me.recorded_on_effect_failure(&id, r)
+        })
+        .await
+    }
+
+    /// Destroys a machine; a running one only with `force` (SIGKILL, no grace period).
+    pub async fn destroy_machine(
+        &self,
+        id: &MachineId,
+        force: bool,
+        lease_nonce: Option<String>,
+    ) -> CommandResult<MachineRecord> {
+        let m = self.machine(id)?;
+        if m.state == State::Started && !force {
+            return Err(CommandError::conflict(format!(
+                "machine {id} is running; stop it first or pass ?force=true"
+            )));
+        }
+        let signal = force.then(|| "SIGKILL".to_owned());
+        let timeout = force.then_some(Duration::ZERO);
+        self.lifecycle(id, OpKind::Destroy, signal, timeout, lease_nonce)
+            .await
+    }
+
+    /// Sends a signal (a name `normalize_signal` accepts) to a started machine's workload.
+    pub fn signal_machine(
+        &self,
+        id: &MachineId,
+        signal: &str,
+        lease_nonce: Option<&str>,
+    ) -> CommandResult<MachineRecord> {
+        let sig = berth_types::config::normalize_signal(signal).map_err(CommandError::invalid)?;
+        let m = self.machine(id)?;
+        self.machines().check_lease(id, lease_nonce)?;
+        if m.state != State::Started {
+            return Err(CommandError::conflict(format!(
+                "machine {id} is {}, not started",
+                m.state
+            )));
+        }
+        self.driver()
+            .signal(id.as_str(), sig)
+            .map_err(|e| CommandError::conflict(e.to_string()))?;
+        tracing::info!(machine = %id, signal = sig, "signal sent at a user's request");
+        Ok(m)
+    }
+
+    /// Waits until the machine is in `want`, or `timeout` passes (`timeout`).
+    pub async fn wait_for(
+        &self,
+        id: &MachineId,
+        want: State,
+        timeout: Duration,
+    ) -> CommandResult<MachineRecord> {
+        let mut seq = self.store().subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            seq.borrow_and_update();
+            let m = self.machine(id)?;
+            if m.state == want {
+                return Ok(m);
+            }
+            if tokio::time::timeout_at(deadline, seq.changed())
+                .await
+                .is_err()
+            {
+                return Err(CommandError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "machine {id} did not reach {want} within {}; it is {}",
+                        humantime::format_duration(timeout),
+                        m.state
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// A machine's events, oldest first.
+    pub fn machine_events(&self, id: &MachineId) -> CommandResult<Vec<Event>> {
+        let history = self.store().history(id)?;
+        if history.is_empty() {
+            self.machine(id)?;
+        }
+        Ok(history)
+    }
+}

@@ -1,0 +1,86 @@
+//! Query strings. Each route's keys are closed (an unknown key is refused, naming it), except
+//! `metadata.KEY=VALUE` on the machine list, which the server collects into
+//! [`MachineListQuery::metadata`] itself.
+
+use std::collections::BTreeMap;
+
+use berth_types::State;
+use berth_types::time::HumanDuration;
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/machines?...`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineListQuery {
+    /// Only machines in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
+    /// Include destroyed machines.
+    #[serde(default)]
+    pub include_destroyed: bool,
+    /// At most this many (1 to [`crate::MAX_PAGE_LIMIT`]); without it, every match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// The `berth-next-cursor` of the previous page (needs `limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// `metadata.KEY=VALUE` pairs: every one must match. Not a key of its own on the wire.
+    #[serde(skip)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `DELETE /v1/machines/{id}?force=`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestroyQuery {
+    /// Destroy a running machine, killing it first.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `GET /v1/machines/{id}/wait?state=&timeout=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    /// The state to wait for.
+    pub state: State,
+    /// How long to wait (default 30s, at most 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// `GET /v1/machines/{id}/logs?tail=&follow=`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Lines from the end (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<usize>,
+    /// Keep the response open and send new output as it is written.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// `GET /v1/events?after=&limit=&wait=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Events with a seq above this (default 0).
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many (default 100, clamped to 1..=1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// Long-poll: wait up to this long (at most 60s) for an event when none is there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<HumanDuration>,
+}
+
+/// `POST /v1/host/reconcile?approve=`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileQuery {
+    /// Override the blast-radius guard for this pass.
+    #[serde(default)]
+    pub approve: bool,
+}

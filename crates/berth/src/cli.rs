@@ -1,0 +1,350 @@
+//! The command line: clap's types (every subcommand, flag and help text), the failure type with
+//! its exit code, and what every command shares (the data dir, the client, `--json` output).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use berth_client::{Client, ClientError, Endpoint};
+use clap::{Args, Parser, Subcommand};
+
+/// Operate the berth agent on this host.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    /// The agent's unix socket (default <data-dir>/berth.sock).
+    #[arg(long, global = true, env = "BERTH_SOCKET")]
+    pub(crate) socket: Option<PathBuf>,
+    /// Talk to an agent over TCP instead, e.g. http://10.0.0.5:4280.
+    #[arg(long, global = true, env = "BERTH_API")]
+    pub(crate) api: Option<String>,
+    /// Bearer token for --api (default: read from <data-dir>/token).
+    #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// The agent's data directory (default /var/lib/berth as root, else $XDG_STATE_HOME/berth).
+    #[arg(long, global = true, env = "BERTH_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Manage machines.
+    #[command(subcommand, alias = "machines", alias = "m")]
+    Machine(MachineCmd),
+    /// The host-wide event stream.
+    Events {
+        /// Only events after this seq (default: from the oldest event kept).
+        #[arg(long)]
+        after: Option<u64>,
+        /// Keep following new events.
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON event per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A machine's output.
+    Logs {
+        /// Machine id.
+        id: String,
+        /// Lines from the end.
+        #[arg(long, short = 'n', default_value_t = 100)]
+        tail: usize,
+        /// Keep following.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// This host: status, cordon, uncordon.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// The database: stats, compact, check, slow-ops, backup.
+    #[command(subcommand)]
+    Db(DbCmd),
+    /// Compare the database with the live processes.
+    Doctor {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print shell completions.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (berth.1 and one per subcommand) into DIR; `cargo xtask dist` uses it.
+    #[command(hide = true)]
+    Man {
+        /// An existing directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum MachineCmd {
+    /// List machines.
+    #[command(alias = "ls")]
+    List {
+        /// Only machines in this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only print ids.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Include destroyed machines.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// A machine's details and event log.
+    Status {
+        /// Machine id.
+        id: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Create (and start) a machine.
+    Create(CreateArgs),
+    /// Start a machine.
+    Start(IdArgs),
+    /// Stop a machine.
+    Stop(LifecycleArgs),
+    /// Restart a machine.
+    Restart(IdArgs),
+    /// Destroy a machine.
+    Destroy(LifecycleArgs),
+    /// Wait for a machine to reach a state.
+    Wait {
+        /// Machine id.
+        id: String,
+        /// The state to wait for.
+        #[arg(long, default_value = "started")]
+        state: String,
+        /// How long to wait.
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+    },
+    /// A machine's event log.
+    Events {
+        /// Machine id.
+        id: String,
+        #[command(flatten)]
+        out: Out,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Out {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IdArgs {
+    /// Machine id.
+    pub(crate) id: String,
+    #[command(flatten)]
+    pub(crate) out: Out,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LifecycleArgs {
+    /// Machine id.
+    pub(crate) id: String,
+    /// Signal to send first.
+    #[arg(long)]
+    pub(crate) signal: Option<String>,
+    /// Grace period before SIGKILL.
+    #[arg(long)]
+    pub(crate) timeout: Option<String>,
+    /// Destroy a running machine (killing it first).
+    #[arg(long)]
+    pub(crate) force: bool,
+    #[command(flatten)]
+    pub(crate) out: Out,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CreateArgs {
+    /// Name.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Environment variable, K=V (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    pub(crate) env: Vec<String>,
+    /// Restart policy: no, on-failure, always.
+    #[arg(long, default_value = "no")]
+    pub(crate) restart: String,
+    /// Memory limit in MiB.
+    #[arg(long)]
+    pub(crate) memory: Option<u64>,
+    /// Record it without starting it.
+    #[arg(long)]
+    pub(crate) skip_start: bool,
+    /// Metadata label, K=V (repeatable).
+    #[arg(long = "metadata", value_name = "K=V")]
+    pub(crate) metadata: Vec<String>,
+    #[command(flatten)]
+    pub(crate) out: Out,
+    /// The command to run.
+    #[arg(last = true, required = true)]
+    pub(crate) cmd: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum HostCmd {
+    /// Host facts, capabilities and supervision status.
+    Status {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// The agent's health checks; exits 1 while the host is degraded.
+    Health {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Refuse new machines (existing ones keep running).
+    Cordon,
+    /// Accept new machines again.
+    Uncordon,
+    /// Let the automated decisions the blast-radius guard held back proceed (held restarts
+    /// run, a held reconciliation pass is applied). Check the host first: the guard trips when
+    /// most machines fail at once, which is usually the host's fault.
+    Approve {
+        #[command(flatten)]
+        out: Out,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DbCmd {
+    /// Size, live bytes, garbage ratio, rows per table.
+    Stats {
+        #[command(flatten)]
+        out: Out,
+        /// Open the data directory directly, read-only (no agent may hold it; a file that needs
+        /// repair is refused untouched).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Compact the database (online through the agent; it keeps serving meanwhile).
+    Compact {
+        /// Open the data directory directly (no agent may hold it).
+        #[arg(long)]
+        offline: bool,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Integrity and consistency check: every page's checksum, every record, the cross-table
+    /// invariants.
+    ///
+    /// With --offline the file is opened read-only and never written (the page check works on a
+    /// copy beside it, removed afterwards). A file that was not closed cleanly needs repair,
+    /// which writes: the check then says so and exits 1, unless --repair is given.
+    Check {
+        /// Open the data directory directly (no agent may hold it); the file is not modified.
+        #[arg(long)]
+        offline: bool,
+        /// With --offline: repair a file that was not closed cleanly first, as berthd's open
+        /// does (a copy is kept aside as berth.redb.pre-repair until the repair succeeded).
+        #[arg(long, requires = "offline")]
+        repair: bool,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Recent slow database operations.
+    SlowOps {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Write a consistent snapshot of the database to FILE.
+    Backup {
+        /// Destination file (must not exist).
+        file: PathBuf,
+        /// Open the data directory directly, read-only (no agent may hold it; a file that needs
+        /// repair is refused untouched).
+        #[arg(long)]
+        offline: bool,
+    },
+}
+
+/// A failure with its exit code.
+pub(crate) struct Fail(pub(crate) u8, pub(crate) String);
+
+impl From<ClientError> for Fail {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Unreachable { .. } => 3,
+            ClientError::Api { status: 404, .. } => 4,
+            _ => 1,
+        };
+        Fail(code, e.to_string())
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    let root = std::fs::metadata("/proc/self").map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid() == 0
+    });
+    if root.unwrap_or(false) {
+        return PathBuf::from("/var/lib/berth");
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("berth");
+    }
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".local/state/berth")
+}
+
+impl Cli {
+    pub(crate) fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+
+    pub(crate) fn client(&self) -> Result<Client, Fail> {
+        if let Some(api) = &self.api {
+            let addr = api
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_owned();
+            if addr.starts_with("https://") {
+                return Err(Fail(
+                    2,
+                    "--api: https is not supported; use the unix socket or an http:// address"
+                        .into(),
+                ));
+            }
+            let token = self.token.clone().or_else(|| {
+                std::fs::read_to_string(self.data_dir().join("token"))
+                    .ok()
+                    .map(|t| t.trim().to_owned())
+            });
+            return Ok(Client::new(Endpoint::Tcp { addr, token }));
+        }
+        Ok(Client::new(Endpoint::Unix(
+            self.socket
+                .clone()
+                .unwrap_or_else(|| self.data_dir().join("berth.sock")),
+        )))
+    }
+}
+
+pub(crate) fn kv(items: &[String], what: &str) -> Result<BTreeMap<String, String>, Fail> {
+    items
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| Fail(2, format!("{what} {s:?} must be K=V")))
+        })
+        .collect()
+}
+
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
