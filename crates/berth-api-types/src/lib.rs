@@ -106,6 +106,9 @@ pub struct HostInfo {
     pub capabilities: serde_json::Value,
     /// What supervision has seen lately (reattached workloads, last reconciliation, orphans).
     pub supervision: serde_json::Value,
+    /// The fleet export (host id, connection, acknowledged seq, lag, holes); absent when off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<serde_json::Value>,
 }
 
 /// `POST /v1/machines/{id}/lease` (body optional).

@@ -147,6 +147,7 @@ pub(crate) async fn host(State(lane): State<Lane>) -> ApiResult<Json<HostInfo>> 
         machines,
         capabilities: serde_json::to_value(s.agent.driver().capabilities()).unwrap_or_default(),
         supervision: serde_json::to_value(s.agent.status()).unwrap_or_default(),
+        export: s.cfg.export.as_ref().map(|f| f()),
     }))
 }
 

@@ -6,6 +6,7 @@
 mod api;
 mod compaction;
 mod driver;
+mod fleet;
 mod metrics;
 mod store;
 
@@ -28,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if suite != "compaction"
+        && suite != "fleet"
         && let Some(other) = rest.first()
     {
         return Err(format!("unknown argument {other:?}").into());
@@ -39,8 +41,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "api" => api::run(&out),
         "compaction" => compaction::run(&out, &rest),
         "metrics" => metrics::run(&out),
+        "fleet" => fleet::run(&out, &rest),
         _ => Err(format!(
-            "unknown suite {suite:?}; available: store, driver, api, compaction, metrics"
+            "unknown suite {suite:?}; available: store, driver, api, compaction, metrics, fleet"
         )
         .into()),
     }

@@ -12,6 +12,7 @@ pub mod admission;
 mod codec;
 mod compact;
 mod error;
+mod export;
 mod offline;
 mod read;
 mod retention;
@@ -29,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use compact::{CompactionProgress, CompactionReport};
 pub use error::{Result, StoreError};
+pub use export::{ExportCursor, ExportHole};
 pub use offline::{OfflineDb, PageCheck};
 pub use read::{CheckReport, StoreStats};
 pub use retention::{RetentionPolicy, RetentionReport};

@@ -31,6 +31,18 @@ pub struct File {
     pub driver: DriverSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub export: ExportSection,
+}
+
+/// `[export]`: fleet export into NATS JetStream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSection {
+    /// Empty: no export.
+    pub nats_url: Option<String>,
+    /// Empty: generated once and kept in the database.
+    pub host_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +167,10 @@ pub struct Config {
     pub compaction_garbage_ratio: f64,
     pub config_file: Option<PathBuf>,
     pub metrics_sample_interval: Duration,
+    /// `export.nats_url`; `None` when empty (no export).
+    pub export_nats_url: Option<String>,
+    /// `export.host_id`; `None` when empty (the one kept in the database).
+    pub export_host_id: Option<String>,
 }
 
 /// A configuration error: which key, and why.
@@ -395,10 +411,47 @@ impl Config {
                 file.metrics.sample_interval.as_ref(),
                 Duration::from_secs(5),
             )?,
+            export_nats_url: export_nats_url(&file.export)?,
+            export_host_id: export_host_id(&file.export)?,
             data_dir,
             config_file,
         })
     }
+}
+
+fn export_nats_url(e: &ExportSection) -> Result<Option<String>, ConfigError> {
+    let url = e.nats_url.as_deref().map(str::trim).unwrap_or("");
+    if url.is_empty() {
+        return Ok(None);
+    }
+    let rest = url.strip_prefix("nats://").unwrap_or(url);
+    let ok = !rest.contains(char::is_whitespace)
+        && rest.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+    if !ok {
+        return Err(ConfigError(format!(
+            "export.nats_url: {url:?} is not like \"nats://127.0.0.1:4222\""
+        )));
+    }
+    Ok(Some(url.to_owned()))
+}
+
+fn export_host_id(e: &ExportSection) -> Result<Option<String>, ConfigError> {
+    let id = e.host_id.as_deref().map(str::trim).unwrap_or("");
+    if id.is_empty() {
+        return Ok(None);
+    }
+    let ok = id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(ConfigError(format!(
+            "export.host_id: {id:?} must be 1 to 64 of A-Z, a-z, 0-9, '-' and '_' (it is part of NATS subjects)"
+        )));
+    }
+    Ok(Some(id.to_owned()))
 }
 
 fn at_least_one(key: &str, v: u64) -> Result<u64, ConfigError> {
@@ -451,6 +504,8 @@ mod tests {
             ),
             ("[api]\nmax_connections = 0", "api.max_connections"),
             ("[api]\nheader_timeout = \"0s\"", "api.header_timeout"),
+            ("[export]\nnats_url = \"nats://\"", "export.nats_url"),
+            ("[export]\nhost_id = \"a.b\"", "export.host_id"),
         ] {
             let err = build(text).unwrap_err();
             assert!(err.contains(want), "{text}: {err}");
