@@ -128,44 +128,63 @@ pub async fn stream_by_host(js: &async_nats::jetstream::Context) -> BTreeMap<Str
     out
 }
 
-/// Asserts that a host's messages are exactly its event log: same seqs in the same order (no
-/// gap, no duplicate), each body the event plus `host_id`, each `Nats-Msg-Id` `<host>:<seq>`.
-/// `holes` are seq ranges the host recorded as lost to retention: they must be absent, and only
-/// they.
+/// Asserts that a host's messages are exactly its event log: every seq from 1 to the head once,
+/// in order (no gap, no duplicate), except the `holes` the host recorded as lost to retention;
+/// each body the logged event plus `host_id` (for the events the log still keeps), each
+/// `Nats-Msg-Id` `<host>:<seq>`.
 pub fn assert_stream_is_log(host: &str, msgs: &[Msg], log: &[Event], holes: &[(u64, u64)]) {
     let in_hole = |seq: u64| holes.iter().any(|(a, b)| (*a..=*b).contains(&seq));
-    let want: Vec<&Event> = log.iter().filter(|e| !in_hole(e.seq)).collect();
+    let head = log.last().map_or(0, |e| e.seq);
+    let want_seqs: Vec<u64> = (1..=head).filter(|s| !in_hole(*s)).collect();
     let got_seqs: Vec<u64> = msgs
         .iter()
         .map(|m| m.body["seq"].as_u64().unwrap())
         .collect();
-    let want_seqs: Vec<u64> = want.iter().map(|e| e.seq).collect();
     assert_eq!(
         got_seqs, want_seqs,
-        "host {host}: the stream's seqs are not the event log's"
+        "host {host}: the stream's seqs are not the event log's (holes: {holes:?})"
     );
-    for (m, e) in msgs.iter().zip(want) {
-        assert_eq!(
-            m.msg_id,
-            format!("{host}:{}", e.seq),
-            "host {host}: Nats-Msg-Id"
-        );
+    let logged: std::collections::HashMap<u64, &Event> = log.iter().map(|e| (e.seq, e)).collect();
+    for m in msgs {
+        let seq = m.body["seq"].as_u64().unwrap();
+        assert_eq!(m.msg_id, format!("{host}:{seq}"), "host {host}: Nats-Msg-Id");
         let mut body = m.body.clone();
         let h = body.as_object_mut().unwrap().remove("host_id");
         assert_eq!(h, Some(serde_json::Value::String(host.into())));
-        assert_eq!(
-            body,
-            serde_json::to_value(e).unwrap(),
-            "host {host}: seq {} differs from the log",
-            e.seq
-        );
+        if let Some(e) = logged.get(&seq) {
+            assert_eq!(
+                body,
+                serde_json::to_value(e).unwrap(),
+                "host {host}: seq {seq} differs from the log"
+            );
+        }
+    }
+    for e in log {
+        assert!(!in_hole(e.seq), "host {host}: seq {} is kept yet recorded as a hole", e.seq);
     }
 }
 
-/// A host's whole event log, through its API.
+/// A host's event log as far as it keeps it, through its API (from the oldest kept event:
+/// `after` below it is 410, so the start is searched for).
 pub async fn event_log(c: &berth_client::Client) -> Vec<Event> {
-    let mut out = Vec::new();
+    let expired = |after: u64| async move {
+        matches!(c.events(after, 1, None).await, Err(e) if e.code() == Some("expired"))
+    };
     let mut after = 0;
+    if expired(0).await {
+        // Invariant: `lo` is expired, `hi` is not.
+        let (mut lo, mut hi) = (0u64, 1u64 << 40);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if expired(mid).await {
+                lo = mid
+            } else {
+                hi = mid
+            }
+        }
+        after = hi;
+    }
+    let mut out = Vec::new();
     loop {
         let page = c.events(after, 1000, None).await.unwrap();
         if page.events.is_empty() {
