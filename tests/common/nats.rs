@@ -147,7 +147,11 @@ pub fn assert_stream_is_log(host: &str, msgs: &[Msg], log: &[Event], holes: &[(u
     let logged: std::collections::HashMap<u64, &Event> = log.iter().map(|e| (e.seq, e)).collect();
     for m in msgs {
         let seq = m.body["seq"].as_u64().unwrap();
-        assert_eq!(m.msg_id, format!("{host}:{seq}"), "host {host}: Nats-Msg-Id");
+        assert_eq!(
+            m.msg_id,
+            format!("{host}:{seq}"),
+            "host {host}: Nats-Msg-Id"
+        );
         let mut body = m.body.clone();
         let h = body.as_object_mut().unwrap().remove("host_id");
         assert_eq!(h, Some(serde_json::Value::String(host.into())));
@@ -160,7 +164,11 @@ pub fn assert_stream_is_log(host: &str, msgs: &[Msg], log: &[Event], holes: &[(u
         }
     }
     for e in log {
-        assert!(!in_hole(e.seq), "host {host}: seq {} is kept yet recorded as a hole", e.seq);
+        assert!(
+            !in_hole(e.seq),
+            "host {host}: seq {} is kept yet recorded as a hole",
+            e.seq
+        );
     }
 }
 
