@@ -373,7 +373,9 @@ fn retention_holds_unexported_events_up_to_its_bound_then_records_the_hole() {
             holes[0]["from"].as_u64().unwrap(),
             holes[0]["to"].as_u64().unwrap(),
         );
-        assert_eq!(from, acked + 1, "{e}");
+        // A publish buffered while NATS was down may still have been stored once it came
+        // back: the hole starts after what the stream acknowledged, never before.
+        assert!(from > acked && from <= acked + 2, "{e}");
         assert!(to > from, "{e}");
         let m = metrics(&c).await;
         assert_eq!(
