@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/nats.rs"]
+mod nats;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -802,6 +804,86 @@ fn guard_tripped_runbook() {
                 assert!(s.stdout.contains("6 restart(s) running"), "{what}");
             }
             7 => assert!(ok && s.stdout.starts_with("status: ok"), "{what}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn export_lagging_runbook() {
+    let expected = [
+        "berth host status",
+        "berth host status --json",
+        "journalctl -u berthd | grep 'fleet export'",
+        "grep -A2 '^\\[export\\]' ${BERTH_CONFIG:-/etc/berth/berth.toml}",
+        "berth host status",
+    ];
+    let cmds = commands("export-lagging.md");
+    assert_eq!(
+        cmds, expected,
+        "the runbook's commands changed: update this test with them"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path().join("oncall");
+    std::fs::create_dir_all(&cwd).unwrap();
+    // NATS is down from the start: the host works, its export lags.
+    let mut nats = nats::Nats::not_started(&tmp.path().join("nats"));
+    let mut agent = Agent::start_logged(
+        &tmp.path().join("data"),
+        &format!(
+            "[export]\nnats_url = \"{}\"\nhost_id = \"oncall-host\"\n",
+            nats.url()
+        ),
+    );
+    for _ in 0..5 {
+        let out = agent.cli(&["machine", "create", "--skip-start", "--", "true"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let config = agent.config.display().to_string();
+    let env = [("BERTH_CONFIG", config.as_str())];
+    eventually(10, "the export failure to be logged", || {
+        agent
+            .log_text()
+            .contains("fleet export cannot publish to NATS")
+    });
+    for (i, cmd) in cmds.iter().enumerate() {
+        if i + 1 == 5 {
+            // The operator's fix: NATS is back.
+            nats.spawn();
+        }
+        let mut s = step(&mut agent, cmd, &cwd, &env);
+        if i + 1 == 5 {
+            eventually(20, "the export to catch up", || {
+                s = step(&mut agent, cmd, &cwd, &env);
+                s.stdout.contains("connected as oncall-host") && s.stdout.contains("lag 0 event(s)")
+            });
+        }
+        let what = format!("step {} `{cmd}`:\n{}{}", i + 1, s.stdout, s.stderr);
+        assert_eq!(s.code, Some(0), "{what}");
+        match i + 1 {
+            1 => assert!(
+                s.stdout.contains("NOT CONNECTED as oncall-host") && !s.stdout.contains("lag 0 "),
+                "{what}"
+            ),
+            2 => {
+                let v: Value = serde_json::from_str(&s.stdout).unwrap();
+                assert_eq!(v["export"]["connected"], false, "{what}");
+                assert!(v["export"]["lag_events"].as_u64().unwrap() >= 5, "{what}");
+                assert!(
+                    v["export"]["last_error"]
+                        .as_str()
+                        .unwrap()
+                        .contains("not connected"),
+                    "{what}"
+                );
+            }
+            3 => assert!(s.stdout.contains("cannot publish to NATS"), "{what}"),
+            4 => assert!(s.stdout.contains(&nats.url()), "{what}"),
             _ => {}
         }
     }

@@ -4,7 +4,7 @@
 //!   Debian, with apt-get) and then runs `cargo test --workspace`. This is the README's test
 //!   command and what `.ci/run` calls.
 //! - `cargo xtask bench <suite>`: a benchmark, built in release mode (`store`, `driver`, `api`,
-//!   `compaction`, `metrics`, `aging`, `restart`).
+//!   `compaction`, `metrics`, `aging`, `restart`, `fleet`).
 //! - `cargo xtask dist`: release binaries and the Debian package (see `dist.rs`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -47,6 +47,8 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
     ("skopeo", "skopeo"),
     ("htpasswd", "apache2-utils"),
+    // A real JetStream for the fleet export (tests/fleet.rs, `cargo xtask bench fleet`).
+    ("nats-server", "nats-server"),
 ];
 
 fn main() -> ExitCode {
@@ -58,7 +60,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask test [-- CARGO TEST ARGS] \
-                 | cargo xtask bench <store|driver|api|compaction|metrics|aging|restart> [SUITE ARGS] \
+                 | cargo xtask bench <store|driver|api|compaction|metrics|aging|restart|fleet> [SUITE ARGS] \
                  | cargo xtask dist [--profile PROFILE] [--out DIR]"
             );
             return ExitCode::from(2);
@@ -231,7 +233,7 @@ fn run_counted(cmd: &mut Command, totals: &mut Totals) -> Result<(), String> {
 
 fn bench(args: &[String]) -> Result<(), String> {
     args.first().ok_or(
-        "usage: cargo xtask bench <store|driver|api|compaction|metrics|aging|restart> [SUITE ARGS]",
+        "usage: cargo xtask bench <store|driver|api|compaction|metrics|aging|restart|fleet> [SUITE ARGS]",
     )?;
     // The driver suite launches the real supervisor, found beside the bench binary.
     run(cargo().args([

@@ -268,6 +268,34 @@ pub const METRICS: &[Metric] = &[
         &["version"],
         "Always 1; the version label says which berthd runs.",
     ),
+    m(
+        "berth_export_lag_events",
+        Gauge,
+        Some(Unit::Count),
+        &[],
+        "Events committed but not yet acknowledged by the fleet export target (NATS JetStream).",
+    ),
+    m(
+        "berth_export_published_total",
+        Counter,
+        Some(Unit::Count),
+        &[],
+        "Events the fleet export target stored (duplicates it dropped not counted).",
+    ),
+    m(
+        "berth_export_hole_events_total",
+        Counter,
+        Some(Unit::Count),
+        &[],
+        "Events retention removed before they were exported (a hole in the fleet stream: consumers must resync the host).",
+    ),
+    m(
+        "berth_export_connected",
+        Gauge,
+        None,
+        &[],
+        "1 while the fleet export is connected to NATS and its stream exists.",
+    ),
 ];
 
 /// Durations of database operations, rendered at scrape time from the store's own histograms
@@ -363,6 +391,11 @@ pub fn describe() {
     metrics::gauge!("berth_guard_held").set(0.0);
     metrics::gauge!("berth_machines_unknown").set(0.0);
     metrics::gauge!("berth_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Fleet export (berth-export updates them; zero while export is off).
+    metrics::gauge!("berth_export_lag_events").set(0.0);
+    metrics::counter!("berth_export_published_total").increment(0);
+    metrics::counter!("berth_export_hole_events_total").increment(0);
+    metrics::gauge!("berth_export_connected").set(0.0);
 }
 
 /// Writes a family's HELP and TYPE lines.

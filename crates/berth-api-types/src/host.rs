@@ -42,6 +42,10 @@ pub struct HostInfo {
     pub capabilities: Capabilities,
     /// What supervision has seen lately (reattached workloads, last reconciliation, orphans).
     pub supervision: SupervisionStatus,
+    /// The fleet export (host id, connection, acknowledged seq, lag, holes); absent when off.
+    /// Its shape is `berth_export::ExportStatus`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<serde_json::Value>,
 }
 
 /// What this host can enforce and measure.

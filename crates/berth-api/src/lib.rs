@@ -38,6 +38,8 @@ pub struct ApiConfig {
     pub slow_window: Duration,
     /// Renders `/metrics`.
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// The fleet export's state for `GET /v1/host`; `None` when export is off.
+    pub export: Option<Arc<dyn Fn() -> serde_json::Value + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ApiConfig {

@@ -42,7 +42,10 @@ pub(crate) async fn metrics(State(lane): State<Lane>) -> Response {
 }
 
 pub(crate) async fn host(State(lane): State<Lane>) -> ApiResult<Json<HostInfo>> {
-    Ok(Json(lane.agent().host_info()?))
+    let mut host = lane.agent().host_info()?;
+    // The exporter is berthd's, beside the agent: its state joins the agent's facts here.
+    host.export = lane.shared.cfg.export.as_ref().map(|f| f());
+    Ok(Json(host))
 }
 
 pub(crate) async fn cordon(State(lane): State<Lane>) -> ApiResult<Json<HostInfo>> {

@@ -33,6 +33,7 @@ async fn api(max_machines: usize) -> Api {
             max_machines,
             slow_window: Duration::from_secs(60),
             metrics: None,
+            export: None,
         },
         SlowOps::new(16),
     );

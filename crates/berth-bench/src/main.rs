@@ -7,6 +7,7 @@ mod aging;
 mod api;
 mod compaction;
 mod driver;
+mod fleet;
 mod metrics;
 mod restart;
 mod store;
@@ -29,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => rest.push(a),
         }
     }
-    if !["compaction", "aging", "restart"].contains(&suite.as_str())
+    if !["compaction", "aging", "restart", "fleet"].contains(&suite.as_str())
         && let Some(other) = rest.first()
     {
         return Err(format!("unknown argument {other:?}").into());
@@ -43,8 +44,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "metrics" => metrics::run(&out),
         "aging" => aging::run(&out, &rest),
         "restart" => restart::run(&out, &rest),
+        "fleet" => fleet::run(&out, &rest),
         _ => Err(format!(
-            "unknown suite {suite:?}; available: store, driver, api, compaction, metrics, aging, restart"
+            "unknown suite {suite:?}; available: store, driver, api, compaction, metrics, aging, restart, fleet"
         )
         .into()),
     }

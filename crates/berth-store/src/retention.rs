@@ -39,6 +39,10 @@ pub struct RetentionPolicy {
     pub batch_rows: usize,
     /// Pause between two batches.
     pub pause: Duration,
+    /// With fleet export on: how many events beyond `max_events` the log may keep while they wait
+    /// to be exported (above the saved export position). Past it retention removes them anyway,
+    /// and the exporter records the hole when it finds them gone. `None`: no export, no hold.
+    pub export_hold: Option<u64>,
 }
 
 impl Default for RetentionPolicy {
@@ -49,6 +53,7 @@ impl Default for RetentionPolicy {
             max_events: 1_000_000,
             batch_rows: 512,
             pause: Duration::from_millis(5),
+            export_hold: None,
         }
     }
 }
@@ -201,6 +206,7 @@ impl Store {
 
         loop {
             let max_events = policy.max_events.max(1);
+            let export_hold = policy.export_hold;
             let removed = self
                 .write(move |w| {
                     let mark = watermark(w)?;
@@ -213,7 +219,10 @@ impl Store {
                     else {
                         return Ok(0u64);
                     };
-                    let cutoff = last.saturating_sub(max_events).min(mark);
+                    let mut cutoff = last.saturating_sub(max_events).min(mark);
+                    if let Some(hold) = export_hold {
+                        cutoff = export_floor(w, cutoff, hold)?;
+                    }
                     let mut victims = Vec::new();
                     for entry in w
                         .tables
@@ -252,6 +261,13 @@ impl Store {
         }
         Ok(report)
     }
+}
+
+/// The highest seq retention may remove with export on: nothing above the saved export position,
+/// unless that would keep more than `hold` events beyond the normal cutoff.
+fn export_floor(ctx: &WriteCtx<'_, '_>, cutoff: u64, hold: u64) -> Result<u64> {
+    let acked = ctx.export_cursor()?.acked_seq.unwrap_or(0);
+    Ok(cutoff.min(acked.max(cutoff.saturating_sub(hold))))
 }
 
 /// The oldest seq kept in `events`, if any.

@@ -56,6 +56,7 @@ fn policy(max_per_machine: u64, max_events: u64, ttl: Duration) -> RetentionPoli
         max_events,
         batch_rows: 100,
         pause: Duration::ZERO,
+        export_hold: None,
     }
 }
 

@@ -208,7 +208,37 @@ pub fn host(h: &HostInfo, health: &Health) -> String {
             "armed".into()
         },
     ]);
+    t.add_row(vec!["Export".to_owned(), export(h.export.as_ref())]);
     t.to_string()
+}
+
+/// The fleet export's row of `berth host status`.
+fn export(e: Option<&serde_json::Value>) -> String {
+    let Some(e) = e else {
+        return "off".into();
+    };
+    let n = |k: &str| e[k].as_u64().unwrap_or(0);
+    let mut s = format!(
+        "{} as {}: acked seq {}, lag {} event(s)",
+        if e["connected"].as_bool() == Some(true) {
+            "connected"
+        } else {
+            "NOT CONNECTED"
+        },
+        e["host_id"].as_str().unwrap_or("?"),
+        n("acked_seq"),
+        n("lag_events"),
+    );
+    let holes = e["holes"].as_array().map_or(0, Vec::len);
+    if holes > 0 {
+        s.push_str(&format!(
+            "; {holes} HOLE(S) in the stream (runbooks/export-lagging.md)"
+        ));
+    }
+    if let Some(err) = e["last_error"].as_str() {
+        s.push_str(&format!("; last error: {err}"));
+    }
+    s
 }
 
 /// What `berth host approve` released.

@@ -42,6 +42,18 @@ pub struct File {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub images: ImagesSection,
+    #[serde(default)]
+    pub export: ExportSection,
+}
+
+/// `[export]`: fleet export into NATS JetStream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSection {
+    /// Empty: no export.
+    pub nats_url: Option<String>,
+    /// Empty: generated once and kept in the database.
+    pub host_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,6 +195,10 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     #[allow(dead_code, reason = "read once the agent pulls images (issue 17)")]
     pub registry_credentials_file: Option<PathBuf>,
+    /// `export.nats_url`; `None` when empty (no export).
+    pub export_nats_url: Option<String>,
+    /// `export.host_id`; `None` when empty (the one kept in the database).
+    pub export_host_id: Option<String>,
 }
 
 /// A configuration error: which key, and why.
@@ -377,6 +393,8 @@ impl Config {
                 .credentials_file
                 .clone()
                 .filter(|p| !p.as_os_str().is_empty()),
+            export_nats_url: export_nats_url(&file.export)?,
+            export_host_id: export_host_id(&file.export)?,
             data_dir,
             config_file,
         })
@@ -522,6 +540,41 @@ fn cgroup_off(v: Option<&str>) -> Result<bool, ConfigError> {
     }
 }
 
+fn export_nats_url(e: &ExportSection) -> Result<Option<String>, ConfigError> {
+    let url = e.nats_url.as_deref().map(str::trim).unwrap_or("");
+    if url.is_empty() {
+        return Ok(None);
+    }
+    let rest = url.strip_prefix("nats://").unwrap_or(url);
+    let ok = !rest.contains(char::is_whitespace)
+        && rest.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+    if !ok {
+        return Err(ConfigError(format!(
+            "export.nats_url: {url:?} is not like \"nats://127.0.0.1:4222\""
+        )));
+    }
+    Ok(Some(url.to_owned()))
+}
+
+fn export_host_id(e: &ExportSection) -> Result<Option<String>, ConfigError> {
+    let id = e.host_id.as_deref().map(str::trim).unwrap_or("");
+    if id.is_empty() {
+        return Ok(None);
+    }
+    let ok = id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(ConfigError(format!(
+            "export.host_id: {id:?} must be 1 to 64 of A-Z, a-z, 0-9, '-' and '_' (it is part of NATS subjects)"
+        )));
+    }
+    Ok(Some(id.to_owned()))
+}
+
 fn at_least_one(key: &str, v: u64) -> Result<u64, ConfigError> {
     if v == 0 {
         return Err(ConfigError(format!("{key}: must be at least 1")));
@@ -591,6 +644,8 @@ mod tests {
                 "[images]\ngc_unused_after = \"0s\"",
                 "images.gc_unused_after",
             ),
+            ("[export]\nnats_url = \"nats://\"", "export.nats_url"),
+            ("[export]\nhost_id = \"a.b\"", "export.host_id"),
         ] {
             let err = build(text).unwrap_err();
             assert!(err.contains(want), "{text}: {err}");

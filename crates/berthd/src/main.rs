@@ -162,6 +162,7 @@ async fn run(cfg: config::Config) -> Result<(), Fatal> {
     };
     // A database created by this start is 0600 already (umask); one restored by hand may not be.
     private::make_private_files(&cfg.data_dir, &cfg.token_file)?;
+    let exporter = start_export(&cfg, &agent).await?;
     let telemetry = agent.telemetry().clone();
     let render = Arc::new(move || telemetry.render(|| prometheus.render()))
         as Arc<dyn Fn() -> String + Send + Sync>;
@@ -172,6 +173,10 @@ async fn run(cfg: config::Config) -> Result<(), Fatal> {
             max_machines: cfg.max_machines,
             slow_window: cfg.slow_op_window,
             metrics: Some(render),
+            export: exporter.map(|e| {
+                Arc::new(move || serde_json::to_value(e.status()).unwrap_or_default())
+                    as Arc<dyn Fn() -> serde_json::Value + Send + Sync>
+            }),
         },
         slow,
     );
@@ -270,6 +275,8 @@ fn agent_config(cfg: &config::Config, slow: &Arc<SlowOps>) -> Result<AgentConfig
             destroyed_machine_ttl: cfg.destroyed_machine_ttl,
             max_events_per_machine: cfg.max_events_per_machine,
             max_events: cfg.max_events,
+            // With export on, unexported events are kept up to as many again as max_events.
+            export_hold: cfg.export_nats_url.as_ref().map(|_| cfg.max_events),
             ..Default::default()
         },
         interval: cfg.retention_interval,
@@ -409,6 +416,46 @@ fn serve(
         shutdown(stop.clone()),
     )));
     servers
+}
+
+/// Starts the fleet export when `export.nats_url` is set. It only reads the store and runs in
+/// the background: a slow or absent NATS never delays start-up, commits or shutdown.
+async fn start_export(
+    cfg: &config::Config,
+    agent: &Agent,
+) -> Result<Option<berth_export::Exporter>, Fatal> {
+    let Some(url) = &cfg.export_nats_url else {
+        return Ok(None);
+    };
+    let mut export_cfg = berth_export::ExportConfig::new(url.clone());
+    export_cfg.host_id = cfg.export_host_id.clone();
+    let (telemetry, driver, facts_agent) = (
+        agent.telemetry().clone(),
+        agent.driver().clone(),
+        agent.clone(),
+    );
+    let facts: berth_export::FactsFn = Arc::new(move || {
+        let status = facts_agent.status();
+        let degraded = status.guard.tripped || !status.unknown.is_empty();
+        let machines: std::collections::BTreeMap<String, u64> = telemetry
+            .machine_counts()
+            .into_iter()
+            .map(|(s, n)| (s.to_string(), n))
+            .collect();
+        serde_json::json!({
+            "hostname": std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "capabilities": driver.capabilities(),
+            "machines": machines,
+            "health": if degraded { "degraded" } else { "ok" },
+        })
+    });
+    let exporter = berth_export::Exporter::start(agent.store().clone(), export_cfg, facts)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some(exporter))
 }
 
 /// Descriptors kept for berthd's own files: 256 for the process itself (the database, logs,

@@ -36,6 +36,7 @@ impl Agent {
             machines,
             capabilities: wire::capabilities(self.driver().capabilities()),
             supervision: wire::supervision(self.status()),
+            export: None,
         })
     }
 

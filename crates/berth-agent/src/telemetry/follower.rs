@@ -214,6 +214,12 @@ impl Telemetry {
         self.lock().series.len()
     }
 
+    /// Machines per state as of the last catch-up (every state but destroyed): cheap, for the
+    /// fleet export's host facts.
+    pub fn machine_counts(&self) -> std::collections::BTreeMap<berth_types::State, u64> {
+        self.lock().series.counts()
+    }
+
     /// Follows the event log (coalescing bursts: at most one catch-up per `follow_every`) and
     /// samples usage every `sample_every`; the database size every `db_every`.
     pub fn spawn(self: &Arc<Self>, sample_every: Duration, db_every: Duration) {

@@ -1,0 +1,315 @@
+//! `bench fleet [--agents N] [--machines M] [--rate R]`: a real `nats-server -js` and N real
+//! release berthd agents exporting into it (plus a few without export, for the RSS baseline). A
+//! simulated control plane places M machines across the agents over their APIs at R creates/s
+//! fleet-wide (one event each), on a fixed schedule; a JetStream consumer on `berth.events.>`
+//! measures each event's latency from its commit on the host (the event's `at`) to its delivery.
+//! Then the RSS an agent pays for export: export agents against the baseline agents, same load.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use berth_client::{Client, Endpoint};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::percentile;
+
+/// Agents without export, for the RSS baseline.
+const BASELINE: usize = 4;
+
+#[derive(Serialize)]
+struct Report {
+    agents: usize,
+    machines: usize,
+    offered_events_per_sec: f64,
+    achieved_events_per_sec: f64,
+    delivered: usize,
+    commit_to_consumer_p50_ms: f64,
+    commit_to_consumer_p99_ms: f64,
+    commit_to_consumer_max_ms: f64,
+    rss_export_agent_mib: f64,
+    rss_baseline_agent_mib: f64,
+    rss_export_cost_mib: f64,
+}
+
+struct Args {
+    agents: usize,
+    machines: usize,
+    rate: f64,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut a = Args {
+        agents: 100,
+        machines: 10_000,
+        rate: 1000.0,
+    };
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        let v = it.next().ok_or(format!("{k} needs a value"))?;
+        let bad = |e: String| format!("{k} {v}: {e}");
+        match k.as_str() {
+            "--agents" => a.agents = v.parse().map_err(|e| bad(format!("{e}")))?,
+            "--machines" => a.machines = v.parse().map_err(|e| bad(format!("{e}")))?,
+            "--rate" => a.rate = v.parse().map_err(|e| bad(format!("{e}")))?,
+            _ => return Err(format!("unknown argument {k:?}")),
+        }
+    }
+    if a.agents == 0 || a.machines == 0 || a.rate <= 0.0 {
+        return Err("--agents, --machines and --rate must be positive".into());
+    }
+    Ok(a)
+}
+
+fn free_port() -> Result<u16, std::io::Error> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// The processes started, killed by pid when dropped.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_agent(
+    exe_dir: &Path,
+    dir: &Path,
+    export: Option<(&str, String)>,
+    max_machines: usize,
+) -> Result<Child, Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("berth.toml");
+    let mut text = format!("[api]\nlisten = \"off\"\n[limits]\nmax_machines = {max_machines}\n");
+    if let Some((url, host)) = export {
+        text.push_str(&format!(
+            "[export]\nnats_url = \"{url}\"\nhost_id = \"{host}\"\n"
+        ));
+    }
+    std::fs::write(&config, text)?;
+    Ok(Command::new(exe_dir.join("berthd"))
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--config")
+        .arg(&config)
+        .env("BERTH_SHIM", exe_dir.join("berth-shim"))
+        .env("BERTH_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()?)
+}
+
+fn wait_sockets(dirs: &[PathBuf]) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for d in dirs {
+        while !d.join("berth.sock").exists() {
+            if Instant::now() > deadline {
+                return Err(format!("berthd in {} did not start", d.display()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let a = parse(args)?;
+    let exe_dir = std::env::current_exe()?
+        .parent()
+        .ok_or("no exe dir")?
+        .to_owned();
+    let root = out.join("fleet-data");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let port = free_port()?;
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut procs = Procs(Vec::new());
+    procs.0.push(
+        Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(root.join("nats"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("nats-server (apt-get install nats-server): {e}"))?,
+    );
+    let per_agent = a.machines.div_ceil(a.agents);
+    let mut dirs = Vec::new();
+    for i in 0..a.agents + BASELINE {
+        let dir = root.join(format!("a{i}"));
+        let export = (i < a.agents).then(|| (url.as_str(), format!("bench-{i}")));
+        procs
+            .0
+            .push(start_agent(&exe_dir, &dir, export, per_agent + 10)?);
+        dirs.push(dir);
+    }
+    wait_sockets(&dirs)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (lat, elapsed) = rt.block_on(measure(&a, &url, &dirs, per_agent))?;
+    // Settle, then the agents' RSS: export agents against baseline ones with the same load.
+    std::thread::sleep(Duration::from_secs(2));
+    let rss: Vec<f64> = procs.0[1..].iter().map(|c| rss_mib(c.id())).collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (export_rss, base_rss) = (mean(&rss[..a.agents]), mean(&rss[a.agents..]));
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&root);
+    let report = Report {
+        agents: a.agents,
+        machines: per_agent * a.agents,
+        offered_events_per_sec: a.rate,
+        achieved_events_per_sec: (per_agent * a.agents) as f64 / elapsed,
+        delivered: lat.len(),
+        commit_to_consumer_p50_ms: percentile(&lat, 50.0),
+        commit_to_consumer_p99_ms: percentile(&lat, 99.0),
+        commit_to_consumer_max_ms: lat.last().copied().unwrap_or(0.0),
+        rss_export_agent_mib: export_rss,
+        rss_baseline_agent_mib: base_rss,
+        rss_export_cost_mib: export_rss - base_rss,
+    };
+    println!(
+        "fleet: {} release berthd agents exporting to one nats-server -js ({} more without export, for the baseline)",
+        report.agents, BASELINE
+    );
+    println!(
+        "  {} machines placed at {:.0} creates/s offered ({:.0}/s achieved), one event each",
+        report.machines, report.offered_events_per_sec, report.achieved_events_per_sec
+    );
+    println!(
+        "  commit on the host → delivery to a JetStream consumer: {} events, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        report.delivered,
+        report.commit_to_consumer_p50_ms,
+        report.commit_to_consumer_p99_ms,
+        report.commit_to_consumer_max_ms
+    );
+    println!(
+        "  agent RSS: {:.1} MiB with export, {:.1} MiB without: export costs {:.1} MiB",
+        report.rss_export_agent_mib, report.rss_baseline_agent_mib, report.rss_export_cost_mib
+    );
+    let json = out.join("fleet.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+    println!("\nwrote {}", json.display());
+    Ok(())
+}
+
+/// Places the machines on a fixed schedule and collects each event's commit→delivery latency
+/// (ms, sorted); returns them with the placing phase's duration (s).
+async fn measure(
+    a: &Args,
+    url: &str,
+    dirs: &[PathBuf],
+    per_agent: usize,
+) -> Result<(Vec<f64>, f64), String> {
+    let js = async_nats::jetstream::new(
+        async_nats::connect(url)
+            .await
+            .map_err(|e| format!("connect {url}: {e}"))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stream = loop {
+        match js.get_stream(berth_export_stream()).await {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => return Err(format!("the agents never created the stream: {e}")),
+        }
+    };
+    let consumer = stream
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::None,
+            filter_subject: "berth.events.>".into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("consumer: {e}"))?;
+    let total = per_agent * a.agents;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("consume: {e}"))?;
+    let collector = tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(total);
+        let end = tokio::time::Instant::now() + Duration::from_secs(120);
+        while lat.len() < total {
+            let Ok(Some(Ok(m))) = tokio::time::timeout_at(end, messages.next()).await else {
+                break;
+            };
+            let now = std::time::SystemTime::now();
+            // The body is the event as stored, plus host_id.
+            let at = serde_json::from_slice::<berth_types::Event>(&m.payload)
+                .ok()
+                .map(|ev| ev.at.to_system_time());
+            if let Some(at) = at {
+                let ms = now.duration_since(at).unwrap_or_default().as_secs_f64() * 1e3;
+                lat.push(ms);
+            }
+        }
+        lat
+    });
+    // The schedule: create k (over all agents, round-robin) is due at t0 + k / rate.
+    let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, dir) in dirs.iter().take(a.agents).enumerate() {
+        let c = Client::new(Endpoint::Unix(dir.join("berth.sock")));
+        let (agents, rate) = (a.agents, a.rate);
+        tasks.push(tokio::spawn(async move {
+            for j in 0..per_agent {
+                let k = j * agents + i;
+                tokio::time::sleep_until(t0 + Duration::from_secs_f64(k as f64 / rate)).await;
+                c.create(&placed(), None)
+                    .await
+                    .map_err(|e| format!("create on agent {i}: {e}"))?;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let elapsed = started.elapsed().as_secs_f64() - 0.2;
+    let mut lat = collector.await.map_err(|e| e.to_string())?;
+    lat.sort_by(|x, y| x.total_cmp(y));
+    Ok((lat, elapsed))
+}
+
+fn berth_export_stream() -> &'static str {
+    berth_export::STREAM
+}
+
+fn placed() -> berth_api_types::CreateMachine {
+    berth_api_types::CreateMachine {
+        name: None,
+        config: berth_types::MachineConfig::command(["/bin/sleep", "1000"]),
+        metadata: Default::default(),
+        skip_start: true,
+    }
+}
