@@ -13,7 +13,11 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct MachineListQuery {
     /// Only machines in this state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_state_words"
+    )]
     pub state: Option<State>,
     /// Include destroyed machines.
     #[serde(default)]
@@ -43,6 +47,7 @@ pub struct DestroyQuery {
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     /// The state to wait for.
+    #[serde(deserialize_with = "state_words")]
     pub state: State,
     /// How long to wait (default 30s, at most 5m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,4 +88,15 @@ pub struct ReconcileQuery {
     /// Override the blast-radius guard for this pass.
     #[serde(default)]
     pub approve: bool,
+}
+
+/// A state as a query value, refused in `State::from_str`'s words ("unknown state \"x\"; expected
+/// one of ...") rather than serde's variant list.
+fn state_words<'de, D: serde::Deserializer<'de>>(d: D) -> Result<State, D::Error> {
+    let s = <std::borrow::Cow<'de, str> as Deserialize>::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn optional_state_words<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<State>, D::Error> {
+    state_words(d).map(Some)
 }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_api_types::{
@@ -16,7 +16,9 @@ use berth_api_types::{
 use berth_types::{MachineRecord, OpKind};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{lease_nonce, parse_body, parse_id, parse_optional, query};
+use crate::extract::{
+    Query, QueryRejection, lease_nonce, parse_body, parse_id, parse_optional, query,
+};
 use crate::server::Lane;
 
 /// Default and most time `GET /v1/machines/{id}/wait` waits.
@@ -53,12 +55,7 @@ fn list_query(pairs: Vec<(String, String)>) -> ApiResult<MachineListQuery> {
         .partition(|(k, _)| k.starts_with("metadata."));
     let encoded = serde_urlencoded::to_string(&rest)
         .map_err(|e| ApiError::invalid(format!("invalid query string: {e}")))?;
-    let mut q: MachineListQuery = serde_urlencoded::from_str(&encoded).map_err(|e| {
-        ApiError::invalid(format!(
-            "invalid query string: {}",
-            e.to_string().chars().take(256).collect::<String>()
-        ))
-    })?;
+    let mut q: MachineListQuery = query(crate::extract::parse_query(&encoded).map(Query))?;
     q.metadata = metadata
         .into_iter()
         .filter_map(|(k, v)| k.strip_prefix("metadata.").map(|k| (k.to_owned(), v)))

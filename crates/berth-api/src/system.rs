@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use berth_api_types::{
@@ -15,7 +14,7 @@ use berth_api_types::{
 };
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::query;
+use crate::extract::{Query, QueryRejection, query};
 use crate::server::Lane;
 
 /// Events one page returns without `limit`.
