@@ -143,6 +143,31 @@ impl HostEffects {
     }
 }
 
+impl HostEffects {
+    /// An image machine's run, from its recorded image digest; `None` for a process machine.
+    fn image_run_of(
+        &self,
+        m: &MachineRecord,
+    ) -> Result<Option<berth_driver::oci::ImageRun>, EffectError> {
+        if m.config.image.is_none() {
+            return Ok(None);
+        }
+        let (Some(images), Some(digest)) = (&self.images, &m.image_digest) else {
+            return Err(EffectError(
+                "image: the machine has no recorded image digest, or this host no image store"
+                    .into(),
+            ));
+        };
+        let resolved = images
+            .get(digest)
+            .map_err(|e| EffectError(format!("image {digest}: {e}")))?
+            .ok_or_else(|| EffectError(format!("image {digest} is not in the image store")))?;
+        crate::image_run::image_run(&m.config, &resolved)
+            .map(Some)
+            .map_err(|e| EffectError(format!("user: {e}")))
+    }
+}
+
 impl Effects for HostEffects {
     async fn prepare(&self, m: &MachineRecord) -> Result<(), EffectError> {
         self.driver.prepare(m.id.as_str()).map_err(effect_err)
@@ -153,9 +178,10 @@ impl Effects for HostEffects {
         let instance = m
             .active_op
             .map_or_else(|| "adhoc".to_owned(), |op| format!("op-{op}"));
+        let run = self.image_run_of(m)?;
         let pid = self
             .driver
-            .spawn(m.id.as_str(), &m.config, &instance)
+            .spawn_with(m.id.as_str(), &m.config, &instance, run.as_ref())
             .await
             .map_err(effect_err)?;
         self.set_unknown(m.id.as_str(), None);
@@ -200,7 +226,14 @@ impl Effects for HostEffects {
             .await
             .map_err(|e| ImageError::Host(format!("image: the import task failed: {e}")))?;
         match imported {
-            Ok(resolved) => Ok(Some(resolved.digest)),
+            Ok(resolved) => {
+                // The user and the program are checked against the image before anything is
+                // recorded.
+                let run = crate::image_run::image_run(config, &resolved)
+                    .map_err(|e| ImageError::Invalid(format!("user: {e}")))?;
+                crate::image_run::check_args(&run).map_err(ImageError::Invalid)?;
+                Ok(Some(resolved.digest))
+            }
             Err(e) if e.is_bad_input() => Err(ImageError::Invalid(format!("image: {e}"))),
             Err(e) => Err(ImageError::Host(format!("image: {e}"))),
         }
@@ -208,8 +241,14 @@ impl Effects for HostEffects {
 
     fn check_config(&self, config: &berth_types::MachineConfig) -> Result<(), String> {
         if config.image.is_some() {
-            // Until the OCI runtime runs image machines, one must not run as a host process.
-            return Err("image: machines from images are not supported by this agent yet".into());
+            return self.driver.capabilities().check_image(&config.resources);
+        }
+        if config.user.is_some() {
+            // Never silently run a process machine as root when it asked for another user.
+            return Err(
+                "user: process machines cannot run as another user on this agent yet (image machines can)"
+                    .into(),
+            );
         }
         self.driver.capabilities().check(&config.resources)
     }

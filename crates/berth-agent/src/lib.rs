@@ -9,6 +9,7 @@
 pub mod command;
 mod effects;
 mod error;
+mod image_run;
 mod maintenance;
 mod random;
 mod slow_ops;

@@ -133,6 +133,11 @@ pub fn capabilities(c: &berth_driver::Capabilities) -> api::Capabilities {
         cpu_limit,
         pids_limit,
         cgroup_unavailable,
+        oci_runtime,
+        oci_unavailable,
+        image_memory_limit,
+        image_cpu_limit,
+        image_pids_limit,
     } = c.clone();
     api::Capabilities {
         cgroup,
@@ -144,6 +149,11 @@ pub fn capabilities(c: &berth_driver::Capabilities) -> api::Capabilities {
         cpu_limit,
         pids_limit,
         cgroup_unavailable,
+        oci_runtime,
+        oci_unavailable,
+        image_memory_limit,
+        image_cpu_limit,
+        image_pids_limit,
     }
 }
 

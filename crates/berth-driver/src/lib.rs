@@ -12,6 +12,7 @@ mod driver;
 pub mod files;
 pub mod limits;
 pub mod logs;
+pub mod oci;
 pub mod proc;
 pub mod shim;
 pub mod usage;

@@ -130,7 +130,7 @@ fn launcher_fail(msg: &str) -> i32 {
     1
 }
 
-fn report(ready: OwnedFd, result: &LaunchResult) {
+pub(crate) fn report(ready: OwnedFd, result: &LaunchResult) {
     let line = serde_json::to_string(result).unwrap_or_default();
     let _ = nix::unistd::write(&ready, line.as_bytes());
 }
@@ -211,6 +211,9 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
         );
         Ok(1)
     };
+    if let Some(oci) = &spec.oci {
+        return crate::oci::container::run(dir, spec, oci, ready);
+    }
     let Some(program) = spec.cmd.first() else {
         return fail(ready, "empty cmd".into());
     };
@@ -423,7 +426,11 @@ fn exec_child(c: &ChildSetup<'_>) -> nix::errno::Errno {
 }
 
 /// Copies output to the log until the workload exits; returns its wait status.
-fn pump_until_exit(child: Pid, out: &OwnedFd, log: &mut RotatingLog) -> Result<WaitStatus, String> {
+pub(crate) fn pump_until_exit(
+    child: Pid,
+    out: &OwnedFd,
+    log: &mut RotatingLog,
+) -> Result<WaitStatus, String> {
     let pidfd = proc::pidfd_open(child.as_raw()).map_err(|e| format!("pidfd_open: {e}"))?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut out_open = true;
@@ -457,7 +464,7 @@ fn pump_until_exit(child: Pid, out: &OwnedFd, log: &mut RotatingLog) -> Result<W
 }
 
 /// Reads whatever output is left without waiting (a surviving grandchild may hold the pipe).
-fn drain(out: &OwnedFd, log: &mut RotatingLog) {
+pub(crate) fn drain(out: &OwnedFd, log: &mut RotatingLog) {
     let _ = nix::fcntl::fcntl(out, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
     let mut buf = vec![0u8; 64 * 1024];
     while let Ok(n) = nix::unistd::read(out, &mut buf) {
