@@ -122,3 +122,93 @@ fn an_image_machine_sees_only_itself() {
         assert!(log.contains("nets=lo,\n"), "network none: only lo: {log}");
     });
 }
+
+fn runc_list() -> String {
+    let out = std::process::Command::new("runc")
+        .arg("list")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn mounts() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap()
+}
+
+#[test]
+fn layers_are_per_machine_volumes_are_shared_and_destroy_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "");
+    let image = busybox(dir.path());
+    let c = agent.socket();
+    rt().block_on(async {
+        let vol = json!([{"volume": "shared", "path": "/data"}]);
+        let a = create_ok(
+            &c,
+            json!({"image": image, "mounts": vol,
+                   "cmd": ["/bin/sh", "-c", "echo hi > /data/hello && touch /bin/marker && echo written; sleep 1000"]}),
+        )
+        .await;
+        logs_until(&c, &a, "written").await;
+        let b = create_ok(
+            &c,
+            json!({"image": image, "mounts": vol,
+                   "cmd": ["/bin/sh", "-c", "echo vol=$(cat /data/hello); test -e /bin/marker && echo layer-shared || echo layer-own; echo done"]}),
+        )
+        .await;
+        let log = logs_until(&c, &b, "done").await;
+        assert!(log.contains("vol=hi"), "the volume is shared: {log}");
+        assert!(log.contains("layer-own"), "each machine has its own writable layer: {log}");
+        let machine_dir = dir.path().join("machines").join(&a);
+        assert!(runc_list().contains(&format!("berth-{a}")), "running under runc: {}", runc_list());
+        assert!(mounts().contains(&machine_dir.display().to_string()));
+        c.destroy(&a, true).await.unwrap();
+        c.destroy(&b, true).await.unwrap();
+        let listed = runc_list();
+        assert!(!listed.contains(&format!("berth-{a}")) && !listed.contains(&format!("berth-{b}")), "{listed}");
+        assert!(!mounts().contains(&machine_dir.display().to_string()), "no mount is left");
+        assert!(!machine_dir.exists(), "the bundle is gone");
+        let images = std::process::Command::new("find")
+            .arg(dir.path().join("images"))
+            .args(["-name", "marker"])
+            .output()
+            .unwrap();
+        assert!(images.stdout.is_empty(), "the image's root was not written to");
+        let hello = dir.path().join("volumes/shared/hello");
+        assert_eq!(std::fs::read_to_string(hello).unwrap(), "hi\n", "the volume survives destroy");
+    });
+}
+
+#[test]
+fn an_image_machine_survives_sigkill_of_berthd_and_its_oom_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(dir.path(), "");
+    let image = busybox(dir.path());
+    let c = agent.socket();
+    let (id, pid, events) = rt().block_on(async {
+        let id = create_ok(&c, json!({"image": image, "cmd": ["/bin/sleep", "1000"]})).await;
+        let m = c.wait(&id, "started", "20s").await.unwrap();
+        let events = c.machine_events(&id).await.unwrap().len();
+        (id, m.pid.unwrap(), events)
+    });
+    let mut child = agent.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    agent.spawn();
+    let c = agent.socket();
+    rt().block_on(async {
+        let m = c.get(&id).await.unwrap();
+        assert_eq!(m.pid, Some(pid), "reattached to the same workload");
+        assert_eq!(m.state.to_string(), "started");
+        assert_eq!(c.machine_events(&id).await.unwrap().len(), events, "no new transitions");
+        let oom = create_ok(
+            &c,
+            json!({"image": image, "resources": {"memory_mb": 16},
+                   "cmd": ["/bin/sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"]}),
+        )
+        .await;
+        let m = c.wait(&oom, "stopped", "30s").await.unwrap();
+        let exit = m.exit.unwrap();
+        assert!(exit.oom_killed, "the OOM kill is recorded: {exit:?}");
+    });
+}
