@@ -22,8 +22,8 @@ pub use db::{
     CheckReport, CompactionProgress, CompactionReport, DbCheck, DbStats, PageCheck, SlowOp,
 };
 pub use host::{
-    ApproveReport, Capabilities, Check, GuardAction, GuardStatus, Health, Held, HostInfo, Planned,
-    ReconcileReport, SupervisionStatus, UnknownMachine,
+    ApproveReport, Capabilities, Check, ExportStatus, GuardAction, GuardStatus, Health, Held,
+    HostInfo, Planned, ReconcileReport, SupervisionStatus, UnknownMachine,
 };
 pub use query::{
     DestroyQuery, EventsQuery, LogsQuery, MachineListQuery, ReconcileQuery, WaitQuery,

@@ -39,7 +39,7 @@ pub struct ApiConfig {
     /// Renders `/metrics`.
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// The fleet export's state for `GET /v1/host`; `None` when export is off.
-    pub export: Option<Arc<dyn Fn() -> serde_json::Value + Send + Sync>>,
+    pub export: Option<Arc<dyn Fn() -> berth_api_types::ExportStatus + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ApiConfig {

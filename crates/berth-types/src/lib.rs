@@ -14,7 +14,7 @@ pub mod state;
 pub mod time;
 
 pub use config::{MachineConfig, ResourceLimits, RestartConfig, RestartPolicy, StopConfig};
-pub use event::{Event, EventKind, ExitInfo, Source};
+pub use event::{Event, EventKind, ExitInfo, ExportHole, Source};
 pub use id::{IdError, MachineId};
 pub use machine::MachineRecord;
 pub use operation::{OpKind, OpParams, OperationRecord, StepRecord};
