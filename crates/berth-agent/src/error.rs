@@ -95,9 +95,11 @@ impl From<&StoreError> for CommandError {
             | StoreError::VersionMismatch { .. }
             | StoreError::Busy { .. } => ErrorKind::Conflict,
             StoreError::Overloaded { .. } => ErrorKind::Overloaded,
-            StoreError::Closed | StoreError::Poisoned(_) | StoreError::CommitFailed(_) => {
-                ErrorKind::Unavailable
-            }
+            StoreError::Closed
+            | StoreError::Poisoned(_)
+            | StoreError::CommitFailed(_)
+            | StoreError::Verifying
+            | StoreError::HistoryDamaged { .. } => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         };
         Self::new(kind, e.to_string())

@@ -174,8 +174,8 @@ async fn run(cfg: config::Config) -> Result<(), Fatal> {
             slow_window: cfg.slow_op_window,
             metrics: Some(render),
             export: exporter.map(|e| {
-                Arc::new(move || serde_json::to_value(e.status()).unwrap_or_default())
-                    as Arc<dyn Fn() -> serde_json::Value + Send + Sync>
+                Arc::new(move || e.status())
+                    as Arc<dyn Fn() -> berth_export::ExportStatus + Send + Sync>
             }),
         },
         slow,
@@ -253,6 +253,7 @@ fn agent_config(cfg: &config::Config, slow: &Arc<SlowOps>) -> Result<AgentConfig
     agent_cfg.store.slow_op_threshold = cfg.slow_op_threshold;
     agent_cfg.store.commit_delay = cfg.db_delay;
     agent_cfg.store.queue_capacity = cfg.write_queue;
+    agent_cfg.store.cache_size = cfg.db_cache_size;
     agent_cfg.store.slow_op_hook = Some(Arc::new(move |s: &berth_store::SlowOp| hook_ring.push(s)));
     if cfg.cgroup_off {
         agent_cfg.driver.cgroup = berth_driver::CgroupMode::Off;
