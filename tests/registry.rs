@@ -10,8 +10,7 @@
 //! run; either way the image is pulled and nothing half-made is recorded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_client::{Client, Method};
@@ -25,37 +24,10 @@ use common::*;
 #[path = "../crates/berth-image/tests/support/registry.rs"]
 #[allow(dead_code)]
 mod registry;
-use registry::{Registry, SlowProxy, noise};
-
-/// An image tagged `v1` with busybox and, if `big` > 0, a file of that many random bytes;
-/// returns the layout and its manifest digest.
-fn image(dir: &Path, big: usize) -> (PathBuf, String) {
-    let layout = dir.join("layout");
-    let l = layout.to_str().unwrap().to_owned();
-    let content = dir.join("content");
-    std::fs::create_dir_all(content.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", content.join("bin/busybox")).unwrap();
-    if big > 0 {
-        std::fs::write(content.join("big"), noise(big)).unwrap();
-    }
-    let c = content.to_str().unwrap().to_owned();
-    for args in [
-        vec!["init", "--layout", &l],
-        vec!["new", "--image", &format!("{l}:v1")],
-        vec!["insert", "--image", &format!("{l}:v1"), &c, "/"],
-    ] {
-        let out = Command::new("umoci").args(&args).output().expect("umoci");
-        assert!(out.status.success(), "umoci {args:?}: {out:?}");
-    }
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
-    (layout, digest)
-}
-
-fn insecure(host: &str, extra: &str) -> String {
-    format!("[images]\ninsecure_registries = [\"{host}\"]\n{extra}")
-}
+use registry::{Registry, SlowProxy};
+#[path = "common/oci.rs"]
+mod oci;
+use oci::{image, insecure};
 
 async fn create(c: &Client, image: &str) -> (u16, Value) {
     let body =
