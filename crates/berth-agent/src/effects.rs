@@ -214,7 +214,7 @@ impl Effects for HostEffects {
             return Ok(None);
         };
         if let Some(pulls) = self.pulls.clone() {
-            return match pulls.ready(&reference).await {
+            return match pulls.ready(&reference, true).await {
                 Ok(resolved) => Ok(Some(resolved.digest)),
                 Err(e) => Err(image_error(&e)),
             };

@@ -79,8 +79,9 @@ impl Images {
     }
 
     /// Makes `reference` ready: imports an `oci:` layout, pulls anything else (at most
-    /// `pull_timeout`); records the reference beside the image and holds it as pending.
-    pub async fn ready(&self, reference: &str) -> Result<Resolved, ImageError> {
+    /// `pull_timeout`); records the reference beside the image and, for a create (`for_create`),
+    /// holds it as pending until the create has had time to record its machine.
+    pub async fn ready(&self, reference: &str, for_create: bool) -> Result<Resolved, ImageError> {
         let resolved = if reference.starts_with("oci:") {
             let (store, r) = (self.store.clone(), reference.to_owned());
             tokio::task::spawn_blocking(move || store.import(&r))
@@ -89,7 +90,9 @@ impl Images {
         } else {
             self.pull(reference).await?
         };
-        self.hold(&resolved.digest);
+        if for_create {
+            self.hold(&resolved.digest);
+        }
         let (store, d, r) = (
             self.store.clone(),
             resolved.digest.clone(),

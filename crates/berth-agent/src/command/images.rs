@@ -33,7 +33,7 @@ impl Agent {
             let started = Instant::now();
             let resolved = me
                 .images
-                .ready(&reference)
+                .ready(&reference, false)
                 .await
                 .map_err(|e| image_error(&e))?;
             let elapsed_ms = started.elapsed().as_millis() as u64;
