@@ -4,7 +4,7 @@
 //! (what a second machine of it costs); and 20 concurrent pulls of one new image, which must
 //! download it once.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
