@@ -43,6 +43,20 @@ pub struct HostEffects {
     unknown: Mutex<BTreeMap<String, UnknownMachine>>,
     /// The host's image store; without one, image machines are refused.
     images: Option<Arc<berth_image::ImageStore>>,
+    /// Imports and pulls into that store, and the images creates are about to record.
+    pulls: Option<Arc<crate::images::Images>>,
+}
+
+/// An image store's error as the machine layer classifies it: the image or the request at fault
+/// (400), the registry (502), or the host's own store (500).
+fn image_error(e: &berth_image::ImageError) -> ImageError {
+    if e.is_bad_input() {
+        ImageError::Invalid(format!("image: {e}"))
+    } else if e.is_registry() {
+        ImageError::Registry(format!("image: {e}"))
+    } else {
+        ImageError::Host(format!("image: {e}"))
+    }
 }
 
 fn effect_err(e: DriverError) -> EffectError {
@@ -58,12 +72,21 @@ impl HostEffects {
             watched: Mutex::new(HashSet::new()),
             unknown: Mutex::new(BTreeMap::new()),
             images: None,
+            pulls: None,
         }
     }
 
     /// These effects with an image store, which image machines' images are imported into.
     pub fn with_images(mut self, images: Arc<berth_image::ImageStore>) -> Self {
         self.images = Some(images);
+        self
+    }
+
+    /// These effects pulling registry images (and importing layouts) through `pulls`, whose
+    /// store becomes the image store.
+    pub fn with_pulls(mut self, pulls: Arc<crate::images::Images>) -> Self {
+        self.images = Some(pulls.store().clone());
+        self.pulls = Some(pulls);
         self
     }
 
@@ -190,6 +213,12 @@ impl Effects for HostEffects {
         let Some(reference) = config.image.clone() else {
             return Ok(None);
         };
+        if let Some(pulls) = self.pulls.clone() {
+            return match pulls.ready(&reference, true).await {
+                Ok(resolved) => Ok(Some(resolved.digest)),
+                Err(e) => Err(image_error(&e)),
+            };
+        }
         let Some(images) = self.images.clone() else {
             return Err(ImageError::Invalid(
                 "image: this host has no image store".into(),
@@ -199,11 +228,9 @@ impl Effects for HostEffects {
         let imported = tokio::task::spawn_blocking(move || images.import(&reference))
             .await
             .map_err(|e| ImageError::Host(format!("image: the import task failed: {e}")))?;
-        match imported {
-            Ok(resolved) => Ok(Some(resolved.digest)),
-            Err(e) if e.is_bad_input() => Err(ImageError::Invalid(format!("image: {e}"))),
-            Err(e) => Err(ImageError::Host(format!("image: {e}"))),
-        }
+        imported
+            .map(|resolved| Some(resolved.digest))
+            .map_err(|e| image_error(&e))
     }
 
     fn check_config(&self, config: &berth_types::MachineConfig) -> Result<(), String> {

@@ -9,6 +9,7 @@
 pub mod command;
 mod effects;
 mod error;
+pub mod images;
 mod maintenance;
 mod random;
 mod slow_ops;
@@ -77,6 +78,8 @@ pub struct AgentConfig {
     pub maintenance: Option<MaintenanceConfig>,
     /// Metrics sampling.
     pub telemetry: TelemetryConfig,
+    /// Registries, pull timeout and image collection.
+    pub images: images::ImagesConfig,
 }
 
 impl AgentConfig {
@@ -90,6 +93,7 @@ impl AgentConfig {
             reconcile_interval: Duration::from_secs(10),
             maintenance: Some(MaintenanceConfig::default()),
             telemetry: TelemetryConfig::default(),
+            images: images::ImagesConfig::default(),
         }
     }
 }
@@ -152,6 +156,7 @@ pub struct Agent {
     data_dir: PathBuf,
     cordon: Arc<command::Cordon>,
     commands: Arc<CommandConfig>,
+    images: Arc<images::Images>,
 }
 
 impl Agent {
@@ -166,8 +171,12 @@ impl Agent {
         let store = Store::open(cfg.data_dir.join("berth.redb"), cfg.store.clone())?;
         let driver = Arc::new(Driver::new(cfg.driver.clone())?);
         let (tx, rx) = mpsc::unbounded_channel();
-        let images = Arc::new(berth_image::ImageStore::open(cfg.data_dir.join("images"))?);
-        let effects = Arc::new(HostEffects::new(driver.clone(), tx).with_images(images));
+        let store_dir = cfg.data_dir.join("images");
+        let images = images::Images::new(
+            Arc::new(berth_image::ImageStore::open(store_dir)?),
+            cfg.images.clone(),
+        );
+        let effects = Arc::new(HostEffects::new(driver.clone(), tx).with_pulls(images.clone()));
         let guard = Arc::new(Guard::new(cfg.reconcile.guard_config()));
         let machines = Machines::with_guard(store.clone(), effects.clone(), guard);
         let agent = Agent {
@@ -179,7 +188,10 @@ impl Agent {
             cordon: Arc::new(command::Cordon::open(&cfg.data_dir)),
             data_dir: cfg.data_dir.clone(),
             commands: Arc::default(),
+            images: images.clone(),
         };
+        images.record_usage();
+        images.spawn_collector(store.clone());
 
         // Reattach first: every supervisor that runs gets a watcher, nothing is restarted.
         let mut reattached = 0;

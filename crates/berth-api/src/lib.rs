@@ -11,6 +11,7 @@
 
 mod error;
 mod extract;
+mod images;
 mod machines;
 pub mod serve;
 mod server;

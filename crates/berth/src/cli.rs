@@ -61,6 +61,9 @@ pub(crate) enum Command {
     /// The database: stats, compact, check, slow-ops, backup.
     #[command(subcommand)]
     Db(DbCmd),
+    /// The host's image store: ls, pull, rm.
+    #[command(subcommand, alias = "images")]
+    Image(ImageCmd),
     /// Compare the database with the live processes.
     Doctor {
         /// Machine-readable output.
@@ -215,6 +218,27 @@ pub(crate) enum HostCmd {
     Approve {
         #[command(flatten)]
         out: Out,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImageCmd {
+    /// Every image: digest, size, last use, the machines using it, its references.
+    Ls {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Pull REGISTRY/REPO[:TAG|@sha256:DIGEST] (or import oci:/path[:tag]); waits until done.
+    Pull {
+        /// The image reference.
+        reference: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Remove an image no machine uses (refused while one does).
+    Rm {
+        /// The manifest digest, sha256:...
+        digest: String,
     },
 }
 

@@ -11,6 +11,7 @@
 mod cli;
 mod db;
 mod host;
+mod image;
 mod machine;
 mod offline;
 mod render;
@@ -39,6 +40,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Command::Logs { id, tail, follow } => stream::logs(&cli, id, *tail, *follow).await,
         Command::Host(cmd) => host::run(&cli, cmd).await,
         Command::Db(cmd) => db::run(&cli, cmd).await,
+        Command::Image(cmd) => image::run(&cli, cmd).await,
         Command::Doctor { json } => host::doctor(&cli, *json).await,
     }
 }

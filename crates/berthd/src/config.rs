@@ -191,11 +191,8 @@ pub struct Config {
     pub compaction_garbage_ratio: f64,
     pub config_file: Option<PathBuf>,
     pub metrics_sample_interval: Duration,
-    #[allow(dead_code, reason = "read once the agent pulls images (issue 17)")]
     pub images_gc_unused_after: Duration,
-    #[allow(dead_code, reason = "read once the agent pulls images (issue 17)")]
     pub insecure_registries: Vec<String>,
-    #[allow(dead_code, reason = "read once the agent pulls images (issue 17)")]
     pub registry_credentials_file: Option<PathBuf>,
     /// `export.nats_url`; `None` when empty (no export).
     pub export_nats_url: Option<String>,

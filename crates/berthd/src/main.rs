@@ -270,6 +270,11 @@ fn agent_config(cfg: &config::Config, slow: &Arc<SlowOps>) -> Result<AgentConfig
     agent_cfg.reconcile.guard_min = cfg.guard_min_machines;
     agent_cfg.reconcile.guard_fraction = cfg.guard_fraction;
     agent_cfg.reconcile_interval = cfg.reconcile_interval;
+    agent_cfg.images.gc_unused_after = cfg.images_gc_unused_after;
+    agent_cfg.images.registry = berth_agent::images::RegistryConfig {
+        insecure_registries: cfg.insecure_registries.clone(),
+        credentials_file: cfg.registry_credentials_file.clone(),
+    };
     agent_cfg.telemetry.sample_interval = cfg.metrics_sample_interval;
     agent_cfg.maintenance = Some(berth_agent::MaintenanceConfig {
         retention: berth_store::RetentionPolicy {

@@ -10,6 +10,7 @@ mod cordon;
 mod db;
 mod events;
 mod host;
+mod images;
 mod leases;
 mod logs;
 mod machines;
