@@ -28,7 +28,9 @@ use berth_store::{Store, StoreOptions};
 use berth_types::{MachineId, MachineRecord, OpKind, Source};
 use tokio::sync::mpsc;
 
-pub use command::{CommandConfig, LogFollower, MachinePage};
+pub use command::{
+    CommandConfig, FollowEnd, LogFollower, LogSelect, LogText, MachinePage, Stopping,
+};
 pub use effects::{ExitNotice, HostEffects, UnknownMachine};
 pub use error::{CommandError, CommandResult, ErrorKind};
 pub use maintenance::{AutoCompaction, MaintenanceConfig};
@@ -152,6 +154,7 @@ pub struct Agent {
     data_dir: PathBuf,
     cordon: Arc<command::Cordon>,
     commands: Arc<CommandConfig>,
+    stopping: command::Stopping,
 }
 
 impl Agent {
@@ -179,6 +182,7 @@ impl Agent {
             cordon: Arc::new(command::Cordon::open(&cfg.data_dir)),
             data_dir: cfg.data_dir.clone(),
             commands: Arc::default(),
+            stopping: Default::default(),
         };
 
         // Reattach first: every supervisor that runs gets a watcher, nothing is restarted.

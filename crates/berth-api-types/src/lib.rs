@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 mod db;
 mod host;
+mod logs;
 mod query;
 
 pub use berth_types::{MachineRecord as Machine, State};
@@ -25,6 +26,7 @@ pub use host::{
     ApproveReport, Capabilities, Check, GuardAction, GuardStatus, Health, Held, HostInfo, Planned,
     ReconcileReport, SupervisionStatus, UnknownMachine,
 };
+pub use logs::{LogFormat, LogLine, LogStream};
 pub use query::{
     DestroyQuery, EventsQuery, LogsQuery, MachineListQuery, ReconcileQuery, WaitQuery,
 };

@@ -11,6 +11,7 @@
 
 mod error;
 mod extract;
+mod logs;
 mod machines;
 pub mod serve;
 mod server;

@@ -182,6 +182,17 @@ fn successor(dir: &Path, held: (u64, u64)) -> std::io::Result<Option<(File, (u64
 }
 
 impl LogReader {
+    /// A follower of a log not written yet (the machine has not started): it reads the log
+    /// from its start once it appears.
+    pub fn empty(dir: &Path, after: Option<Timestamp>) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            file: None,
+            pos: 0,
+            last: after,
+        }
+    }
+
     /// Drops records at or before the last one returned (repeats); keeps lines without time.
     fn keep_new(&mut self, recs: Vec<Record>) -> Vec<Record> {
         let mut out = Vec::with_capacity(recs.len());

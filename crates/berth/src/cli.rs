@@ -44,14 +44,21 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// A machine's output.
+    /// A machine's output: its stdout on stdout, its stderr on stderr, and where each run
+    /// started and ended on stderr.
     Logs {
         /// Machine id.
         id: String,
-        /// Lines from the end.
-        #[arg(long, short = 'n', default_value_t = 100)]
-        tail: usize,
-        /// Keep following.
+        /// Lines from the end (default 100; with --since, every line since).
+        #[arg(long, short = 'n')]
+        tail: Option<usize>,
+        /// Only lines written since this: a duration ago (10m, 2h) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Put the time each line was written before it.
+        #[arg(long, short)]
+        timestamps: bool,
+        /// Keep following until the machine stops (across berthd restarts).
         #[arg(long, short)]
         follow: bool,
     },

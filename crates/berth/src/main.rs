@@ -5,12 +5,13 @@
 //! Exit codes: 0 ok; 1 the operation failed; 2 usage error; 3 agent unreachable; 4 not found.
 //!
 //! `cli.rs` holds clap's types; each command group has its own module (`machine`, `host`, `db`,
-//! `stream` for events and logs, `offline` for `--offline`); `render.rs` draws tables and lines for people.
+//! `stream` for events, `logs` for logs, `offline` for `--offline`); `render.rs` draws tables and lines for people.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod cli;
 mod db;
 mod host;
+mod logs;
 mod machine;
 mod offline;
 mod render;
@@ -36,7 +37,22 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             follow,
             json,
         } => stream::events(&cli, *after, *follow, *json).await,
-        Command::Logs { id, tail, follow } => stream::logs(&cli, id, *tail, *follow).await,
+        Command::Logs {
+            id,
+            tail,
+            since,
+            timestamps,
+            follow,
+        } => {
+            let args = logs::LogsArgs {
+                id: id.clone(),
+                tail: *tail,
+                since: since.clone(),
+                timestamps: *timestamps,
+                follow: *follow,
+            };
+            logs::run(&cli, &args).await
+        }
         Command::Host(cmd) => host::run(&cli, cmd).await,
         Command::Db(cmd) => db::run(&cli, cmd).await,
         Command::Doctor { json } => host::doctor(&cli, *json).await,
