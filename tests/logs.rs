@@ -186,7 +186,9 @@ fn logs_show_streams_times_since_and_the_mark_between_runs() {
     // --since: an hour ago is everything, a time after the last line nothing.
     let o = agent.cli(&["logs", "--since", "1h", &id]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "to-out\nto-out\n");
-    let later = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
+    let later =
+        humantime::format_rfc3339_nanos(std::time::SystemTime::now() + Duration::from_secs(2))
+            .to_string();
     let o = agent.cli(&["logs", "--since", &later, &id]);
     assert!(o.status.success());
     assert_eq!(String::from_utf8_lossy(&o.stdout), "");

@@ -94,7 +94,9 @@ pub struct RecordLog {
 impl RecordLog {
     /// Opens the log in `dir` (see [`RotatingLog::open`]).
     pub fn open(dir: &Path, max_bytes: u64, keep: u32) -> std::io::Result<Self> {
-        let last = last_timestamp(&current(dir)).unwrap_or(Timestamp::from_nanos(0));
+        let last = last_timestamp(&current(dir))
+            .or_else(|| last_timestamp(&rotated(dir, 1)))
+            .unwrap_or(Timestamp::from_nanos(0));
         Ok(Self {
             log: RotatingLog::open(dir, max_bytes, keep)?,
             last,

@@ -47,7 +47,7 @@ pub(crate) enum Command {
     /// A machine's output: its stdout on stdout, its stderr on stderr, and where each run
     /// started and ended on stderr.
     Logs {
-        /// Machine id.
+        /// Machine id, name or unique id prefix.
         id: String,
         /// Lines from the end (default 100; with --since, every line since).
         #[arg(long, short = 'n')]
@@ -106,7 +106,7 @@ pub(crate) enum MachineCmd {
     },
     /// A machine's details and event log.
     Status {
-        /// Machine id.
+        /// Machine id, name or unique id prefix.
         id: String,
         #[command(flatten)]
         out: Out,
@@ -123,7 +123,7 @@ pub(crate) enum MachineCmd {
     Destroy(LifecycleArgs),
     /// Wait for a machine to reach a state.
     Wait {
-        /// Machine id.
+        /// Machine id, name or unique id prefix.
         id: String,
         /// The state to wait for.
         #[arg(long, default_value = "started")]
@@ -134,7 +134,7 @@ pub(crate) enum MachineCmd {
     },
     /// A machine's event log.
     Events {
-        /// Machine id.
+        /// Machine id, name or unique id prefix.
         id: String,
         #[command(flatten)]
         out: Out,
@@ -150,7 +150,7 @@ pub(crate) struct Out {
 
 #[derive(Debug, Args)]
 pub(crate) struct IdArgs {
-    /// Machine id.
+    /// Machine id, name or unique id prefix.
     pub(crate) id: String,
     #[command(flatten)]
     pub(crate) out: Out,
@@ -158,7 +158,7 @@ pub(crate) struct IdArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct LifecycleArgs {
-    /// Machine id.
+    /// Machine id, name or unique id prefix.
     pub(crate) id: String,
     /// Signal to send first.
     #[arg(long)]

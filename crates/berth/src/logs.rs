@@ -72,11 +72,15 @@ impl Printer {
                     format!("{time}{}", l.text)
                 };
                 let nl = if l.partial { "" } else { "\n" };
-                let _ = if l.stream == LogStream::Stderr {
+                let r = if l.stream == LogStream::Stderr {
                     write!(std::io::stderr(), "{text}{nl}")
                 } else {
                     write!(std::io::stdout().lock(), "{text}{nl}")
                 };
+                if r.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+                    // The reader went away (`berth logs -f ID | head`): end quietly.
+                    std::process::exit(141);
+                }
                 self.open = l.partial.then_some(l.stream);
             }
         }
@@ -146,6 +150,10 @@ fn encode(s: &str) -> String {
 /// Runs `berth logs`.
 pub(crate) async fn run(cli: &Cli, a: &LogsArgs) -> Result<(), Fail> {
     let c = cli.client()?;
+    let a = &LogsArgs {
+        id: crate::resolve::machine_id(&c, &a.id).await?,
+        ..a.clone()
+    };
     let mut p = Printer {
         timestamps: a.timestamps,
         ..Printer::default()
@@ -163,8 +171,10 @@ pub(crate) async fn run(cli: &Cli, a: &LogsArgs) -> Result<(), Fail> {
             eprintln!("berth: machine {} is {state}; follow ended", a.id);
             return Ok(());
         }
+        if !a.follow {
+            return r.map_err(Into::into);
+        }
         match r {
-            Ok(()) if !a.follow => return Ok(()),
             // berthd went away mid-follow (a clean end without `end`, or a cut connection).
             Ok(()) | Err(ClientError::Decode(_)) => {}
             Err(ClientError::Unreachable { .. }) if resumed => {

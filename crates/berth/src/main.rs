@@ -14,7 +14,9 @@ mod host;
 mod logs;
 mod machine;
 mod offline;
+mod outcome;
 mod render;
+mod resolve;
 mod stream;
 
 use std::process::ExitCode;
@@ -59,7 +61,27 @@ async fn run(cli: Cli) -> Result<(), Fail> {
     }
 }
 
+/// A reader that went away (`berth events | head -1`) is not an error of berth's: the print
+/// macros panic on EPIPE, so such a panic ends the process quietly, as SIGPIPE would
+/// (exit 141, 128 + SIGPIPE); any other panic is reported as before.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -62,14 +62,17 @@ impl LogFollower {
                 }
             }
             if let Some(state) = self.not_running() {
-                // Its supervisor is gone, so everything is written: one last read, then end.
-                match self.reader.step(u64::MAX) {
-                    Ok(Step::Records(r)) if !r.is_empty() => {
-                        self.ended = Some(state);
-                        return Ok(lines(&r));
-                    }
-                    _ => return Err(FollowEnd::Stopped(state)),
+                // Its supervisor is gone, so everything is written: read to the end (across a
+                // last rotation too), then end.
+                let mut rest = Vec::new();
+                while let Ok(Step::Records(r)) = self.reader.step(u64::MAX) {
+                    rest.extend(r);
                 }
+                if rest.is_empty() {
+                    return Err(FollowEnd::Stopped(state));
+                }
+                self.ended = Some(state);
+                return Ok(lines(&rest));
             }
             tokio::time::sleep(FOLLOW_POLL).await;
         }
