@@ -275,8 +275,8 @@ mod tests {
         assert_eq!(got[0], (false, b"one".to_vec()));
         assert_eq!(got[1], (false, b"two".to_vec()));
         assert_eq!(got[2], (false, b"thr".to_vec()));
-        assert_eq!(got[3].0, true);
-        assert_eq!(got[4].0, true);
+        assert!(got[3].0);
+        assert!(got[4].0);
         assert_eq!(got[5], (false, b"xxxxx".to_vec()));
         assert_eq!(got.len(), 6);
     }
