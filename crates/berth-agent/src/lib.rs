@@ -29,7 +29,9 @@ use berth_store::{Store, StoreOptions};
 use berth_types::{MachineId, MachineRecord, OpKind, Source};
 use tokio::sync::mpsc;
 
-pub use command::{CommandConfig, LogFollower, MachinePage};
+pub use command::{
+    CommandConfig, FollowEnd, LogFollower, LogSelect, LogText, MachinePage, Stopping,
+};
 pub use effects::{ExitNotice, HostEffects, UnknownMachine};
 pub use error::{CommandError, CommandResult, ErrorKind};
 pub use maintenance::{AutoCompaction, MaintenanceConfig};
@@ -157,6 +159,7 @@ pub struct Agent {
     cordon: Arc<command::Cordon>,
     commands: Arc<CommandConfig>,
     images: Arc<images::Images>,
+    stopping: command::Stopping,
 }
 
 impl Agent {
@@ -189,6 +192,7 @@ impl Agent {
             data_dir: cfg.data_dir.clone(),
             commands: Arc::default(),
             images: images.clone(),
+            stopping: Default::default(),
         };
         images.record_usage();
         images.spawn_collector(store.clone());

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 mod db;
 mod host;
 mod image;
+mod logs;
 mod query;
 
 pub use berth_types::{MachineRecord as Machine, State};
@@ -27,6 +28,7 @@ pub use host::{
     HostInfo, Planned, ReconcileReport, SupervisionStatus, UnknownMachine,
 };
 pub use image::{Image, PullImage, PullReport};
+pub use logs::{LogFormat, LogLine, LogStream};
 pub use query::{
     DestroyQuery, EventsQuery, LogsQuery, MachineListQuery, ReconcileQuery, WaitQuery,
 };

@@ -12,6 +12,7 @@
 mod error;
 mod extract;
 mod images;
+mod logs;
 mod machines;
 pub mod serve;
 mod server;

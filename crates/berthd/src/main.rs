@@ -201,6 +201,8 @@ async fn run(cfg: config::Config) -> Result<(), Fatal> {
     }
     systemd::notify("STOPPING=1");
     let _ = stop_tx.send(true);
+    // Log follows and event long polls end now instead of holding the drain.
+    shared.agent().begin_shutdown();
     drain(servers).await;
     let _ = std::fs::remove_file(&cfg.socket);
     tracing::info!("berthd stopped; workloads keep running under their supervisors");
