@@ -888,3 +888,66 @@ fn export_lagging_runbook() {
         }
     }
 }
+
+#[path = "common/oci.rs"]
+mod oci;
+#[path = "../crates/berth-image/tests/support/registry.rs"]
+#[allow(dead_code)]
+mod registry;
+
+#[test]
+fn image_store_full_runbook() {
+    let expected = [
+        "df -h ${BERTH_DATA_DIR:-/var/lib/berth}",
+        "du -sh ${BERTH_DATA_DIR:-/var/lib/berth}/images",
+        "berth image ls",
+        "berth image rm \"$DIGEST\"",
+        "grep -A3 '^\\[images\\]' ${BERTH_CONFIG:-/etc/berth/berth.toml}",
+        "berth image ls",
+        "df -h ${BERTH_DATA_DIR:-/var/lib/berth}",
+    ];
+    let cmds = commands("image-store-full.md");
+    assert_eq!(
+        cmds, expected,
+        "the runbook's commands changed: update this test with them"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path().join("oncall");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let reg = registry::Registry::start(&tmp.path().join("registry"), None);
+    let (layout, digest) = oci::image(&tmp.path().join("img"), 2 << 20);
+    reg.push(&layout, "v1", "app:v1");
+    let mut agent = Agent::start(&tmp.path().join("data"), &oci::insecure(&reg.host(), ""));
+    let reference = format!("{}/app:v1", reg.host());
+    let out = agent.cli(&["image", "pull", &reference]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = agent.config.display().to_string();
+    let env = [
+        ("BERTH_CONFIG", config.as_str()),
+        ("DIGEST", digest.as_str()),
+    ];
+    for (i, cmd) in cmds.iter().enumerate() {
+        let s = step(&mut agent, cmd, &cwd, &env);
+        let what = format!("step {} `{cmd}`:\n{}{}", i + 1, s.stdout, s.stderr);
+        assert_eq!(s.code, Some(0), "{what}");
+        match i + 1 {
+            1 | 7 => assert!(s.stdout.contains("Use%"), "{what}"),
+            2 => assert!(
+                s.stdout.contains("M\t") && s.stdout.contains("images"),
+                "{what}"
+            ),
+            3 => assert!(
+                s.stdout.contains(&digest[..19]) && s.stdout.contains(&reference),
+                "{what}"
+            ),
+            4 => assert!(s.stdout.contains(&format!("removed {digest}")), "{what}"),
+            5 => assert!(s.stdout.contains("insecure_registries"), "{what}"),
+            6 => assert!(!s.stdout.contains(&digest[..19]), "{what}"),
+            _ => {}
+        }
+    }
+}

@@ -205,11 +205,13 @@ pub async fn event_log(c: &berth_client::Client) -> Vec<Event> {
 
 /// The export part of `GET /v1/host`.
 pub async fn export_status(c: &berth_client::Client) -> serde_json::Value {
-    c.host()
+    let status = c
+        .host()
         .await
         .unwrap()
         .export
-        .expect("export is configured")
+        .expect("export is configured");
+    serde_json::to_value(status).unwrap()
 }
 
 /// Waits until the host's export has acknowledged everything it committed.

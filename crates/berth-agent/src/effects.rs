@@ -43,6 +43,32 @@ pub struct HostEffects {
     unknown: Mutex<BTreeMap<String, UnknownMachine>>,
     /// The host's image store; without one, image machines are refused.
     images: Option<Arc<berth_image::ImageStore>>,
+    /// Imports and pulls into that store, and the images creates are about to record.
+    pulls: Option<Arc<crate::images::Images>>,
+}
+
+/// An image store's error as the machine layer classifies it: the image or the request at fault
+/// (400), the registry (502), or the host's own store (500).
+fn image_error(e: &berth_image::ImageError) -> ImageError {
+    if e.is_bad_input() {
+        ImageError::Invalid(format!("image: {e}"))
+    } else if e.is_registry() {
+        ImageError::Registry(format!("image: {e}"))
+    } else {
+        ImageError::Host(format!("image: {e}"))
+    }
+}
+
+/// Checks the user and the program against the image before anything is recorded; the digest the
+/// machine will run.
+fn checked_run(
+    config: &berth_types::MachineConfig,
+    resolved: berth_image::Resolved,
+) -> Result<Option<String>, ImageError> {
+    let run = crate::image_run::image_run(config, &resolved)
+        .map_err(|e| ImageError::Invalid(format!("user: {e}")))?;
+    crate::image_run::check_args(&run).map_err(ImageError::Invalid)?;
+    Ok(Some(resolved.digest))
 }
 
 fn effect_err(e: DriverError) -> EffectError {
@@ -58,12 +84,21 @@ impl HostEffects {
             watched: Mutex::new(HashSet::new()),
             unknown: Mutex::new(BTreeMap::new()),
             images: None,
+            pulls: None,
         }
     }
 
     /// These effects with an image store, which image machines' images are imported into.
     pub fn with_images(mut self, images: Arc<berth_image::ImageStore>) -> Self {
         self.images = Some(images);
+        self
+    }
+
+    /// These effects pulling registry images (and importing layouts) through `pulls`, whose
+    /// store becomes the image store.
+    pub fn with_pulls(mut self, pulls: Arc<crate::images::Images>) -> Self {
+        self.images = Some(pulls.store().clone());
+        self.pulls = Some(pulls);
         self
     }
 
@@ -216,6 +251,12 @@ impl Effects for HostEffects {
         let Some(reference) = config.image.clone() else {
             return Ok(None);
         };
+        if let Some(pulls) = self.pulls.clone() {
+            return match pulls.ready(&reference, true).await {
+                Ok(resolved) => checked_run(config, resolved),
+                Err(e) => Err(image_error(&e)),
+            };
+        }
         let Some(images) = self.images.clone() else {
             return Err(ImageError::Invalid(
                 "image: this host has no image store".into(),
@@ -225,18 +266,8 @@ impl Effects for HostEffects {
         let imported = tokio::task::spawn_blocking(move || images.import(&reference))
             .await
             .map_err(|e| ImageError::Host(format!("image: the import task failed: {e}")))?;
-        match imported {
-            Ok(resolved) => {
-                // The user and the program are checked against the image before anything is
-                // recorded.
-                let run = crate::image_run::image_run(config, &resolved)
-                    .map_err(|e| ImageError::Invalid(format!("user: {e}")))?;
-                crate::image_run::check_args(&run).map_err(ImageError::Invalid)?;
-                Ok(Some(resolved.digest))
-            }
-            Err(e) if e.is_bad_input() => Err(ImageError::Invalid(format!("image: {e}"))),
-            Err(e) => Err(ImageError::Host(format!("image: {e}"))),
-        }
+        let resolved = imported.map_err(|e| image_error(&e))?;
+        checked_run(config, resolved)
     }
 
     fn check_config(&self, config: &berth_types::MachineConfig) -> Result<(), String> {

@@ -34,6 +34,8 @@ pub enum ErrorKind {
     Unavailable,
     /// A wait ran out of time.
     Timeout,
+    /// An upstream the request needs (an image registry) failed: nothing was recorded.
+    BadGateway,
     /// Anything else.
     Internal,
 }
@@ -95,9 +97,11 @@ impl From<&StoreError> for CommandError {
             | StoreError::VersionMismatch { .. }
             | StoreError::Busy { .. } => ErrorKind::Conflict,
             StoreError::Overloaded { .. } => ErrorKind::Overloaded,
-            StoreError::Closed | StoreError::Poisoned(_) | StoreError::CommitFailed(_) => {
-                ErrorKind::Unavailable
-            }
+            StoreError::Closed
+            | StoreError::Poisoned(_)
+            | StoreError::CommitFailed(_)
+            | StoreError::Verifying
+            | StoreError::HistoryDamaged { .. } => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         };
         Self::new(kind, e.to_string())
@@ -111,6 +115,7 @@ impl From<OpError> for CommandError {
             OpError::Store(s) => return s.into(),
             OpError::Invalid(_) => ErrorKind::Invalid,
             OpError::TooLarge(_) => ErrorKind::TooLarge,
+            OpError::Registry(_) => ErrorKind::BadGateway,
             OpError::Admission(AdmissionError::IdempotencyMismatch { .. }) => {
                 ErrorKind::IdempotencyMismatch
             }

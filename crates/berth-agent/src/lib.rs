@@ -10,6 +10,7 @@ pub mod command;
 mod effects;
 mod error;
 mod image_run;
+pub mod images;
 mod maintenance;
 mod random;
 mod slow_ops;
@@ -29,7 +30,9 @@ use berth_store::{Store, StoreOptions};
 use berth_types::{MachineId, MachineRecord, OpKind, Source};
 use tokio::sync::mpsc;
 
-pub use command::{CommandConfig, LogFollower, MachinePage};
+pub use command::{
+    CommandConfig, FollowEnd, LogFollower, LogSelect, LogText, MachinePage, Stopping,
+};
 pub use effects::{ExitNotice, HostEffects, UnknownMachine};
 pub use error::{CommandError, CommandResult, ErrorKind};
 pub use maintenance::{AutoCompaction, MaintenanceConfig};
@@ -78,6 +81,8 @@ pub struct AgentConfig {
     pub maintenance: Option<MaintenanceConfig>,
     /// Metrics sampling.
     pub telemetry: TelemetryConfig,
+    /// Registries, pull timeout and image collection.
+    pub images: images::ImagesConfig,
 }
 
 impl AgentConfig {
@@ -91,6 +96,7 @@ impl AgentConfig {
             reconcile_interval: Duration::from_secs(10),
             maintenance: Some(MaintenanceConfig::default()),
             telemetry: TelemetryConfig::default(),
+            images: images::ImagesConfig::default(),
         }
     }
 }
@@ -153,6 +159,8 @@ pub struct Agent {
     data_dir: PathBuf,
     cordon: Arc<command::Cordon>,
     commands: Arc<CommandConfig>,
+    images: Arc<images::Images>,
+    stopping: command::Stopping,
 }
 
 impl Agent {
@@ -167,8 +175,12 @@ impl Agent {
         let store = Store::open(cfg.data_dir.join("berth.redb"), cfg.store.clone())?;
         let driver = Arc::new(Driver::new(cfg.driver.clone())?);
         let (tx, rx) = mpsc::unbounded_channel();
-        let images = Arc::new(berth_image::ImageStore::open(cfg.data_dir.join("images"))?);
-        let effects = Arc::new(HostEffects::new(driver.clone(), tx).with_images(images));
+        let store_dir = cfg.data_dir.join("images");
+        let images = images::Images::new(
+            Arc::new(berth_image::ImageStore::open(store_dir)?),
+            cfg.images.clone(),
+        );
+        let effects = Arc::new(HostEffects::new(driver.clone(), tx).with_pulls(images.clone()));
         let guard = Arc::new(Guard::new(cfg.reconcile.guard_config()));
         let machines = Machines::with_guard(store.clone(), effects.clone(), guard);
         let agent = Agent {
@@ -180,7 +192,11 @@ impl Agent {
             cordon: Arc::new(command::Cordon::open(&cfg.data_dir)),
             data_dir: cfg.data_dir.clone(),
             commands: Arc::default(),
+            images: images.clone(),
+            stopping: Default::default(),
         };
+        images.record_usage();
+        images.spawn_collector(store.clone());
 
         // Reattach first: every supervisor that runs gets a watcher, nothing is restarted.
         let mut reattached = 0;

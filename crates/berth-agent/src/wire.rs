@@ -423,6 +423,9 @@ mod tests {
             cpu_limit: false,
             pids_limit: true,
             cgroup_unavailable: None,
+            oci_runtime: Some("/usr/sbin/runc".into()),
+            image_memory_limit: true,
+            ..Default::default()
         };
         same(&c, &super::capabilities(&c));
         c.cgroup_root = None;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_types::{MachineId, State, Timestamp};
+use berth_types::{ExportHole, MachineId, State, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// One health check.
@@ -43,9 +43,30 @@ pub struct HostInfo {
     /// What supervision has seen lately (reattached workloads, last reconciliation, orphans).
     pub supervision: SupervisionStatus,
     /// The fleet export (host id, connection, acknowledged seq, lag, holes); absent when off.
-    /// Its shape is `berth_export::ExportStatus`'s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub export: Option<serde_json::Value>,
+    pub export: Option<ExportStatus>,
+}
+
+/// What `berth host status` shows of the export, and what host facts carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportStatus {
+    /// This host's id in the fleet.
+    pub host_id: String,
+    /// Whether the NATS connection is up and the stream is known to exist.
+    pub connected: bool,
+    /// The last seq the stream acknowledged (0: none yet).
+    pub acked_seq: u64,
+    /// The newest committed seq.
+    pub head_seq: u64,
+    /// Events committed and not yet acknowledged.
+    pub lag_events: u64,
+    /// Messages the stream stored since this agent started (duplicates not counted).
+    pub published: u64,
+    /// Events removed by retention before they were exported (oldest first, at most 100).
+    pub holes: Vec<ExportHole>,
+    /// The last failure, if the connection is not up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// What this host can enforce and measure.

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 mod db;
 mod host;
+mod image;
+mod logs;
 mod query;
 
 pub use berth_types::{MachineRecord as Machine, State};
@@ -22,9 +24,11 @@ pub use db::{
     CheckReport, CompactionProgress, CompactionReport, DbCheck, DbStats, PageCheck, SlowOp,
 };
 pub use host::{
-    ApproveReport, Capabilities, Check, GuardAction, GuardStatus, Health, Held, HostInfo, Planned,
-    ReconcileReport, SupervisionStatus, UnknownMachine,
+    ApproveReport, Capabilities, Check, ExportStatus, GuardAction, GuardStatus, Health, Held,
+    HostInfo, Planned, ReconcileReport, SupervisionStatus, UnknownMachine,
 };
+pub use image::{Image, PullImage, PullReport};
+pub use logs::{LogFormat, LogLine, LogStream};
 pub use query::{
     DestroyQuery, EventsQuery, LogsQuery, MachineListQuery, ReconcileQuery, WaitQuery,
 };
@@ -36,7 +40,7 @@ pub struct ErrorBody {
     pub error: String,
     /// A stable code for a program: `invalid`, `not_found`, `conflict`, `lease_required`,
     /// `lease_mismatch`, `overloaded`, `cordoned`, `unavailable`, `unauthorized`, `timeout`,
-    /// `too_large`, `expired`, `internal`.
+    /// `too_large`, `expired`, `bad_gateway` (an image registry failed), `internal`.
     pub code: String,
 }
 

@@ -54,16 +54,29 @@ pub struct WaitQuery {
     pub timeout: Option<HumanDuration>,
 }
 
-/// `GET /v1/machines/{id}/logs?tail=&follow=`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `GET /v1/machines/{id}/logs?tail=&follow=&since=&after=&timestamps=&format=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
-    /// Lines from the end (default 100).
+    /// Lines from the end (default 100; with `since` or `after`, every line after it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tail: Option<usize>,
-    /// Keep the response open and send new output as it is written.
+    /// Keep the response open and send new output as it is written, until the machine stops.
     #[serde(default)]
     pub follow: bool,
+    /// Only lines written at or after this: an RFC 3339 time, or a duration ago (`10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Only lines written strictly after this RFC 3339 time (a [`crate::LogLine`]'s `at`): how
+    /// a follow resumes without repeating a line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<berth_types::Timestamp>,
+    /// Text: put each line's time before it.
+    #[serde(default)]
+    pub timestamps: bool,
+    /// `text` (default) or `ndjson`.
+    #[serde(default)]
+    pub format: crate::LogFormat,
 }
 
 /// `GET /v1/events?after=&limit=&wait=`.

@@ -68,6 +68,7 @@ impl From<CommandError> for ApiError {
             ErrorKind::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ErrorKind::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+            ErrorKind::BadGateway => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         Self::new(status, code, e.message)

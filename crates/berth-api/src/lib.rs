@@ -11,6 +11,8 @@
 
 mod error;
 mod extract;
+mod images;
+mod logs;
 mod machines;
 pub mod serve;
 mod server;
@@ -39,7 +41,7 @@ pub struct ApiConfig {
     /// Renders `/metrics`.
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// The fleet export's state for `GET /v1/host`; `None` when export is off.
-    pub export: Option<Arc<dyn Fn() -> serde_json::Value + Send + Sync>>,
+    pub export: Option<Arc<dyn Fn() -> berth_api_types::ExportStatus + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ApiConfig {

@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_api_types::{
-    CreateMachine, DestroyQuery, IDEMPOTENCY_HEADER, Lease, LeaseRequest, LogsQuery, MAX_LOG_TAIL,
-    MachineListQuery, NEXT_CURSOR_HEADER, SignalRequest, StopRequest, WaitQuery,
+    CreateMachine, DestroyQuery, IDEMPOTENCY_HEADER, Lease, LeaseRequest, MachineListQuery,
+    NEXT_CURSOR_HEADER, SignalRequest, StopRequest, WaitQuery,
 };
 use berth_types::{MachineRecord, OpKind};
 
@@ -24,8 +24,6 @@ use crate::server::Lane;
 /// Default and most time `GET /v1/machines/{id}/wait` waits.
 const WAIT_DEFAULT: Duration = Duration::from_secs(30);
 const WAIT_MAX: Duration = Duration::from_secs(300);
-/// Lines `GET /v1/machines/{id}/logs` returns without `tail`.
-const TAIL_DEFAULT: usize = 100;
 
 pub(crate) async fn create(
     State(lane): State<Lane>,
@@ -190,34 +188,6 @@ pub(crate) async fn events(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Vec<berth_types::Event>>> {
     Ok(Json(lane.agent().machine_events(&parse_id(&id)?)?))
-}
-
-const TEXT: (&str, &str) = ("content-type", "text/plain; charset=utf-8");
-
-pub(crate) async fn logs(
-    State(lane): State<Lane>,
-    Path(id): Path<String>,
-    q: Result<Query<LogsQuery>, QueryRejection>,
-) -> ApiResult<Response> {
-    let id = parse_id(&id)?;
-    let q = query(q)?;
-    let tail = q.tail.unwrap_or(TAIL_DEFAULT);
-    if tail > MAX_LOG_TAIL {
-        return Err(ApiError::invalid(format!(
-            "tail must be a number of lines from 0 to {MAX_LOG_TAIL}, not {tail}"
-        )));
-    }
-    if !q.follow {
-        return Ok(([TEXT], lane.agent().machine_logs(&id, tail)?).into_response());
-    }
-    let (initial, follower) = lane.agent().follow_logs(&id, tail)?;
-    let first = futures_util::stream::once(async move { Ok(Bytes::from(initial)) });
-    let rest = futures_util::stream::unfold(follower, |mut f| async move {
-        let chunk = f.next().await?;
-        Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), f))
-    });
-    use futures_util::StreamExt;
-    Ok(([TEXT], Body::from_stream(first.chain(rest))).into_response())
 }
 
 pub(crate) async fn lease_acquire(

@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{ApiError, ApiResult};
-use crate::{Shared, machines, random_hex, system};
+use crate::{Shared, images, logs, machines, random_hex, system};
 
 /// One listener's view: shared state, its token (TCP) and its own mutation bound.
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ api_routes! {
     post "/v1/machines/{id}/signal" => machines::signal,
     get "/v1/machines/{id}/wait" => machines::wait,
     get "/v1/machines/{id}/events" => machines::events,
-    get "/v1/machines/{id}/logs" => machines::logs,
+    get "/v1/machines/{id}/logs" => logs::logs,
     post "/v1/machines/{id}/lease" => machines::lease_acquire,
     get "/v1/machines/{id}/lease" => machines::lease_get,
     delete "/v1/machines/{id}/lease" => machines::lease_release,
@@ -86,6 +86,9 @@ api_routes! {
     get "/v1/db/slow-ops" => system::slow_ops,
     get "/v1/db/backup" => system::db_backup,
     get "/v1/db/check" => system::db_check,
+    get "/v1/images" => images::list,
+    post "/v1/images/pull" => images::pull,
+    delete "/v1/images/{digest}" => images::remove,
 }
 
 /// All routes of the public interface, for one lane.

@@ -8,6 +8,7 @@ mod api;
 mod compaction;
 mod driver;
 mod fleet;
+mod images;
 mod metrics;
 mod restart;
 mod store;
@@ -45,8 +46,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "aging" => aging::run(&out, &rest),
         "restart" => restart::run(&out, &rest),
         "fleet" => fleet::run(&out, &rest),
+        "images" => images::run(&out),
         _ => Err(format!(
-            "unknown suite {suite:?}; available: store, driver, api, compaction, metrics, aging, restart, fleet"
+            "unknown suite {suite:?}; available: store, driver, api, compaction, metrics, aging, restart, fleet, images"
         )
         .into()),
     }

@@ -3,6 +3,8 @@
 //! Architecture invariant: no retries, no caching — each call is one request on a fresh
 //! connection, and every failure says whether the agent was unreachable or answered with an error.
 
+mod images;
+
 use std::path::PathBuf;
 
 use berth_api_types::{

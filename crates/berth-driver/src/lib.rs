@@ -11,6 +11,8 @@ pub mod cgroup;
 mod driver;
 pub mod files;
 pub mod limits;
+pub mod logfmt;
+pub mod logread;
 pub mod logs;
 pub mod oci;
 pub mod proc;

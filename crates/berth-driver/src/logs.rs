@@ -8,6 +8,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use berth_types::Timestamp;
+
+use crate::logfmt::{self, Framer, Stream};
+
 /// The current log file of a machine's log directory.
 pub fn current(dir: &Path) -> PathBuf {
     dir.join("output.log")
@@ -75,6 +79,120 @@ impl RotatingLog {
     }
 }
 
+/// The shim's side of the log: the workload's stdout and stderr framed into timestamped
+/// records (see [`crate::logfmt`]), each written whole so a rotation never splits one, with
+/// timestamps strictly increasing across runs (the first continues after the log's last).
+#[derive(Debug)]
+pub struct RecordLog {
+    log: RotatingLog,
+    last: Timestamp,
+    out: Framer,
+    err: Framer,
+    buf: Vec<u8>,
+}
+
+impl RecordLog {
+    /// Opens the log in `dir` (see [`RotatingLog::open`]).
+    pub fn open(dir: &Path, max_bytes: u64, keep: u32) -> std::io::Result<Self> {
+        let last = last_timestamp(&current(dir))
+            .or_else(|| last_timestamp(&rotated(dir, 1)))
+            .unwrap_or(Timestamp::from_nanos(0));
+        Ok(Self {
+            log: RotatingLog::open(dir, max_bytes, keep)?,
+            last,
+            out: Framer::new(Stream::Stdout),
+            err: Framer::new(Stream::Stderr),
+            buf: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Output read from the workload's stdout (`Stdout`) or stderr (`Stderr`).
+    pub fn push(&mut self, stream: Stream, bytes: &[u8]) -> std::io::Result<()> {
+        let Self {
+            last,
+            out,
+            err,
+            buf,
+            ..
+        } = self;
+        let framer = if stream == Stream::Stderr { err } else { out };
+        framer.push(bytes, &mut |s, partial, text| {
+            *last = next_ts(*last);
+            logfmt::encode(*last, s, partial, text, buf);
+        });
+        self.write_buf()
+    }
+
+    /// A mark of the shim's (a run started or ended).
+    pub fn mark(&mut self, text: &str) -> std::io::Result<()> {
+        self.last = next_ts(self.last);
+        logfmt::encode(
+            self.last,
+            Stream::Run,
+            false,
+            text.as_bytes(),
+            &mut self.buf,
+        );
+        self.write_buf()
+    }
+
+    /// Whether a stream holds an unfinished line.
+    pub fn has_pending(&self) -> bool {
+        self.out.has_pending() || self.err.has_pending()
+    }
+
+    /// Writes out unfinished lines: as pieces that continue (`partial`) or, when the streams
+    /// ended, as whole lines.
+    pub fn flush(&mut self, partial: bool) -> std::io::Result<()> {
+        let Self {
+            last,
+            out,
+            err,
+            buf,
+            ..
+        } = self;
+        for framer in [out, err] {
+            framer.flush(partial, &mut |s, p, text| {
+                *last = next_ts(*last);
+                logfmt::encode(*last, s, p, text, buf);
+            });
+        }
+        self.write_buf()
+    }
+
+    fn write_buf(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let r = self.log.write(&self.buf);
+        self.buf.clear();
+        r
+    }
+}
+
+/// Now, or just after `last` if the clock has not moved past it (or went back).
+fn next_ts(last: Timestamp) -> Timestamp {
+    let now = Timestamp::now();
+    if now > last {
+        now
+    } else {
+        Timestamp::from_nanos(last.as_nanos() + 1)
+    }
+}
+
+/// The timestamp of the last record of the log file at `path`, if it has one.
+fn last_timestamp(path: &Path) -> Option<Timestamp> {
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))
+        .ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    buf.split(|&b| b == b'\n')
+        .rev()
+        .find_map(|line| logfmt::parse(line).at)
+}
+
 /// Opens `name` in the log directory `dir` for reading, following no symbolic link: neither
 /// `dir` itself (its last component) nor `name`. `Ok(None)` if either does not exist.
 pub fn open_log(dir: &Path, name: &str) -> std::io::Result<Option<File>> {
@@ -128,41 +246,19 @@ pub fn open_log(dir: &Path, name: &str) -> std::io::Result<Option<File>> {
     Ok(Some(file))
 }
 
-/// Reads the current log from byte `pos` (at most `max` bytes), following no link: the file's
-/// length and the bytes read, or `Ok(None)` when there is no log (the machine was destroyed).
-pub fn read_from(dir: &Path, pos: u64, max: u64) -> std::io::Result<Option<(u64, Vec<u8>)>> {
-    let Some(mut f) = open_log(dir, "output.log")? else {
-        return Ok(None);
-    };
-    let len = f.metadata()?.len();
-    let mut buf = Vec::new();
-    if len > pos {
-        f.seek(SeekFrom::Start(pos))?;
-        f.take(max).read_to_end(&mut buf)?;
-    }
-    Ok(Some((len, buf)))
-}
-
-/// The last `lines` lines of the log (across the current file and the newest rotated one).
-/// Follows no link (see [`open_log`]).
+/// The last `lines` lines of the log as plain text (see [`crate::logread`]), across the
+/// rotated files. Follows no link (see [`open_log`]); empty when there is no log.
 pub fn tail(dir: &Path, lines: usize) -> std::io::Result<String> {
-    let mut text = String::new();
-    for name in ["output.log.1", "output.log"] {
-        match open_log(dir, name) {
-            Ok(Some(mut f)) => {
-                // Read at most the last 1 MiB of each file: enough for any sane tail.
-                let len = f.metadata()?.len();
-                f.seek(SeekFrom::Start(len.saturating_sub(1 << 20)))?;
-                let mut buf = Vec::new();
-                f.read_to_end(&mut buf)?;
-                text.push_str(&String::from_utf8_lossy(&buf));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let all: Vec<&str> = text.split_inclusive('\n').collect();
-    Ok(all[all.len().saturating_sub(lines)..].concat())
+    let select = crate::logread::Select {
+        after: None,
+        tail: Some(lines),
+    };
+    let Some((recs, _)) = crate::logread::open(dir, select)? else {
+        return Ok(String::new());
+    };
+    let mut out = Vec::new();
+    logfmt::TextRenderer::new(false).render(&recs, &mut out);
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]
@@ -199,7 +295,7 @@ mod tests {
         std::os::unix::fs::symlink(&secret, current(&logs)).unwrap();
         let e = tail(&logs, 10).unwrap_err();
         assert!(e.to_string().contains("symbolic link"), "{e}");
-        assert!(read_from(&logs, 0, 1 << 20).is_err());
+        assert!(crate::logread::open(&logs, Default::default()).is_err());
         // A linked directory is not followed either.
         let linked = dir.path().join("linked");
         std::os::unix::fs::symlink(&logs, &linked).unwrap();
@@ -214,6 +310,10 @@ mod tests {
         std::fs::remove_file(current(&logs)).unwrap();
         nix::unistd::mkfifo(&current(&logs), nix::sys::stat::Mode::S_IRWXU).unwrap();
         assert!(tail(&logs, 10).is_err());
-        assert_eq!(read_from(&dir.path().join("none"), 0, 10).unwrap(), None);
+        assert!(
+            crate::logread::open(&dir.path().join("none"), Default::default())
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -6,7 +6,8 @@
 //! The second (the *shim*) starts its own session, detaches from the agent's stdio, forks the
 //! workload into a session and process group of its own (and its cgroup), and then:
 //!
-//! - copies the workload's stdout and stderr into the rotating log;
+//! - copies the workload's stdout and stderr (two pipes) into the rotating log as timestamped
+//!   records (see `logfmt`), with a mark where each run starts and ends;
 //! - reaps it, kills whatever it left in its process group and cgroup;
 //! - writes `exit.json` (code or signal, OOM, time) atomically and durably, and exits.
 //!
@@ -29,7 +30,8 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
 use crate::files::{self, ExitRecord, ShimState, Spec};
-use crate::logs::RotatingLog;
+use crate::logfmt::Stream;
+use crate::logs::RecordLog;
 use crate::proc::{self, ProcessId};
 
 /// What the launcher prints for the agent.
@@ -245,10 +247,12 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
         ),
         None => None,
     };
-    let mut log = RotatingLog::open(&dir.join(files::LOGS), spec.log_max_bytes, spec.log_keep)
+    let mut log = RecordLog::open(&dir.join(files::LOGS), spec.log_max_bytes, spec.log_keep)
         .map_err(|e| format!("open log: {e}"))?;
     let devnull = std::fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (stderr_r, stderr_w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let boot_id = match proc::try_boot_id() {
         Ok(b) => b,
@@ -269,6 +273,7 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
                 cgroup_procs: cgroup_procs.as_ref(),
                 devnull: &devnull,
                 out: &out_w,
+                err_out: &stderr_w,
                 nofile: spec.nofile,
                 oom_score_adj: oom_score_adj.as_deref(),
                 keep: err_w.as_raw_fd(),
@@ -280,6 +285,7 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
         Ok(ForkResult::Parent { child }) => child,
     };
     drop(out_w);
+    drop(stderr_w);
     drop(err_w);
     drop(cgroup_procs);
 
@@ -316,18 +322,29 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
         },
     );
 
-    let status = pump_until_exit(child, &out_r, &mut log)?;
+    let _ = log.mark(&format!(
+        "started instance={} pid={}",
+        spec.instance,
+        child.as_raw()
+    ));
+    let outputs = [(&out_r, Stream::Stdout), (&stderr_r, Stream::Stderr)];
+    let status = pump_until_exit(child, &outputs, &mut log)?;
     // Whatever the workload left behind in its group goes with it.
     let _ = nix::sys::signal::killpg(child, Signal::SIGKILL);
     if let Some(cg) = &spec.cgroup {
         let _ = crate::cgroup::kill_dir(cg, cg.join("cgroup.kill").exists());
     }
-    drain(&out_r, &mut log);
+    drain(&outputs, &mut log);
     let (code, signal) = match status {
         WaitStatus::Exited(_, code) => (Some(code), None),
         WaitStatus::Signaled(_, sig, _) => (None, Some(sig.as_str().to_owned())),
         other => (None, Some(format!("{other:?}"))),
     };
+    let _ = log.mark(&match (&code, &signal) {
+        (Some(c), _) => format!("exited code={c}"),
+        (None, Some(s)) => format!("exited signal={s}"),
+        (None, None) => "exited".to_owned(),
+    });
     let record = ExitRecord {
         instance: spec.instance.clone(),
         code,
@@ -354,6 +371,8 @@ struct ChildSetup<'a> {
     cgroup_procs: Option<&'a std::fs::File>,
     devnull: &'a std::fs::File,
     out: &'a OwnedFd,
+    /// The workload's stderr.
+    err_out: &'a OwnedFd,
     nofile: Option<(u64, u64)>,
     /// The decimal text to write to `/proc/self/oom_score_adj`.
     oom_score_adj: Option<&'a [u8]>,
@@ -371,6 +390,7 @@ fn exec_child(c: &ChildSetup<'_>) -> nix::errno::Errno {
         cgroup_procs,
         devnull,
         out,
+        err_out,
         nofile,
         oom_score_adj,
         keep,
@@ -412,7 +432,7 @@ fn exec_child(c: &ChildSetup<'_>) -> nix::errno::Errno {
     }
     if let Err(e) = nix::unistd::dup2_stdin(devnull.as_fd())
         .and_then(|()| nix::unistd::dup2_stdout(out.as_fd()))
-        .and_then(|()| nix::unistd::dup2_stderr(out.as_fd()))
+        .and_then(|()| nix::unistd::dup2_stderr(err_out.as_fd()))
     {
         return e;
     }
@@ -425,36 +445,54 @@ fn exec_child(c: &ChildSetup<'_>) -> nix::errno::Errno {
     }
 }
 
+/// How long an unfinished line waits for its end before it is written as a piece.
+const PARTIAL_AFTER_MS: u16 = 200;
+
 /// Copies output to the log until the workload exits; returns its wait status.
 pub(crate) fn pump_until_exit(
     child: Pid,
-    out: &OwnedFd,
-    log: &mut RotatingLog,
+    outputs: &[(&OwnedFd, Stream); 2],
+    log: &mut RecordLog,
 ) -> Result<WaitStatus, String> {
     let pidfd = proc::pidfd_open(child.as_raw()).map_err(|e| format!("pidfd_open: {e}"))?;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut out_open = true;
+    let mut open = [true, true];
     loop {
         let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-        if out_open {
-            fds.push(PollFd::new(out.as_fd(), PollFlags::POLLIN));
+        let polled: Vec<usize> = (0..2).filter(|&i| open[i]).collect();
+        for &i in &polled {
+            fds.push(PollFd::new(outputs[i].0.as_fd(), PollFlags::POLLIN));
         }
-        match poll(&mut fds, PollTimeout::NONE) {
+        let timeout = if log.has_pending() {
+            PollTimeout::from(PARTIAL_AFTER_MS)
+        } else {
+            PollTimeout::NONE
+        };
+        let ready = match poll(&mut fds, timeout) {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(format!("poll: {e}")),
-            Ok(_) => {}
-        }
+            Ok(n) => n,
+        };
         let exited = fds[0].any().unwrap_or(false);
-        let readable = out_open && fds[1].any().unwrap_or(false);
+        let readable: Vec<usize> = polled
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| fds[k + 1].any().unwrap_or(false))
+            .map(|(_, &i)| i)
+            .collect();
         drop(fds);
-        if readable {
-            match nix::unistd::read(out, &mut buf) {
-                Ok(0) => out_open = false,
+        if ready == 0 {
+            let _ = log.flush(true);
+        }
+        for i in readable {
+            let (fd, stream) = outputs[i];
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => open[i] = false,
                 Ok(n) => {
-                    let _ = log.write(&buf[..n]);
+                    let _ = log.push(stream, &buf[..n]);
                 }
                 Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
-                Err(_) => out_open = false,
+                Err(_) => open[i] = false,
             }
         }
         if exited {
@@ -463,14 +501,18 @@ pub(crate) fn pump_until_exit(
     }
 }
 
-/// Reads whatever output is left without waiting (a surviving grandchild may hold the pipe).
-pub(crate) fn drain(out: &OwnedFd, log: &mut RotatingLog) {
-    let _ = nix::fcntl::fcntl(out, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+/// Reads whatever output is left without waiting (a surviving grandchild may hold a pipe),
+/// and writes out unfinished lines whole.
+pub(crate) fn drain(outputs: &[(&OwnedFd, Stream); 2], log: &mut RecordLog) {
     let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(n) = nix::unistd::read(out, &mut buf) {
-        if n == 0 {
-            break;
+    for &(fd, stream) in outputs {
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+        while let Ok(n) = nix::unistd::read(fd, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let _ = log.push(stream, &buf[..n]);
         }
-        let _ = log.write(&buf[..n]);
     }
+    let _ = log.flush(false);
 }

@@ -5,30 +5,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use berth_api_types::ExportStatus;
 use berth_store::{ExportCursor, ExportHole, Store};
-use serde::Serialize;
-
-/// What `berth host status` shows of the export, and what host facts carry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ExportStatus {
-    /// This host's id in the fleet.
-    pub host_id: String,
-    /// Whether the NATS connection is up and the stream is known to exist.
-    pub connected: bool,
-    /// The last seq the stream acknowledged (0: none yet).
-    pub acked_seq: u64,
-    /// The newest committed seq.
-    pub head_seq: u64,
-    /// Events committed and not yet acknowledged.
-    pub lag_events: u64,
-    /// Messages the stream stored since this agent started (duplicates not counted).
-    pub published: u64,
-    /// Events removed by retention before they were exported (oldest first, at most 100).
-    pub holes: Vec<ExportHole>,
-    /// The last failure, if the connection is not up.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-}
 
 #[derive(Debug)]
 pub(crate) struct Shared {

@@ -13,9 +13,11 @@
 //! - [`ImageError`]: every failure, in words that name the path, tag or digest.
 
 mod blob;
+mod disk;
 mod error;
 mod gc;
 mod layout;
+mod names;
 mod pull;
 mod reference;
 mod registry;
@@ -23,6 +25,7 @@ mod store;
 mod unpack;
 mod user;
 
+pub use disk::{DISK_AVAILABLE_BYTES, DISK_SIZE_BYTES};
 pub use error::ImageError;
 pub use gc::{Collected, IMAGE_BYTES, IMAGES};
 pub use layout::host_platform;

@@ -86,6 +86,10 @@ pub enum ImageError {
     /// The host's image store failed (its disk, its directory).
     #[error("{0}")]
     Host(String),
+    /// The registry could not be reached or failed to serve the image (down, 5xx, cut off,
+    /// timed out): nothing was recorded, and the same request may succeed later.
+    #[error("{0}")]
+    Registry(String),
 }
 
 /// Why an operation did not complete.
@@ -121,6 +125,10 @@ pub enum OpError {
     /// recorded.
     #[error("{0}")]
     Host(String),
+    /// The registry the image is pulled from failed ([`ImageError::Registry`]): nothing was
+    /// recorded.
+    #[error("{0}")]
+    Registry(String),
     /// The stored operation names a step this build does not know (written by another version).
     #[error("operation {op} has step {step:?}, which is not in its plan")]
     UnknownPlan {
@@ -250,6 +258,7 @@ impl<E: Effects> Machines<E> {
             .map_err(|e| match e {
                 ImageError::Invalid(m) => OpError::Invalid(m),
                 ImageError::Host(m) => OpError::Host(m),
+                ImageError::Registry(m) => OpError::Registry(m),
             })?;
         self.effects
             .check_config(&config)

@@ -99,6 +99,22 @@ pub enum StoreError {
         /// What was found.
         reason: String,
     },
+    /// The history's verification after open has not finished yet (compaction waits for it).
+    #[error("the database's history is still being verified after open; try again in a minute")]
+    Verifying,
+    /// The verification of the history after open found a record or page that cannot be read
+    /// back as written: every write is refused from then on (reads still work).
+    #[error(
+        "{path} is damaged ({reason}), found by the verification of its history after open; \
+         writes are refused and the file is kept as it is — restore it from a backup (see \
+         runbooks/db-compaction.md, \"Restore from the backup\")"
+    )]
+    HistoryDamaged {
+        /// The database file.
+        path: PathBuf,
+        /// What was found, naming table and key.
+        reason: String,
+    },
     /// The file was not closed cleanly and reading it needs redb's repair, which writes to it; an
     /// offline command refuses that unless asked.
     #[error(

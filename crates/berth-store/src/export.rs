@@ -9,8 +9,8 @@
 //!   hold, see [`crate::RetentionPolicy::export_hold`]) before they could be exported. They are
 //!   recorded, never hidden: a consumer resyncs from the host's API.
 
-use berth_types::Timestamp;
-use serde::{Deserialize, Serialize};
+use berth_types::ExportHole;
+use serde::Serialize;
 
 use crate::Store;
 use crate::error::{Result, StoreError};
@@ -20,29 +20,6 @@ use crate::writer::WriteCtx;
 pub(crate) const KEY_HOST_ID: &str = "host_id";
 pub(crate) const KEY_EXPORT_SEQ: &str = "export_seq";
 pub(crate) const KEY_EXPORT_HOLES: &str = "export_holes";
-
-/// Events that never reached the export target: retention removed them first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportHole {
-    /// First missing seq.
-    pub from: u64,
-    /// Last missing seq (inclusive).
-    pub to: u64,
-    /// When the hole was recorded.
-    pub at: Timestamp,
-}
-
-impl ExportHole {
-    /// How many events are missing.
-    pub fn len(&self) -> u64 {
-        self.to.saturating_sub(self.from) + 1
-    }
-
-    /// Never true: a hole holds at least one seq.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-}
 
 /// The durable export position.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

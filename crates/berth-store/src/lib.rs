@@ -22,6 +22,7 @@ pub mod schema;
 mod stats;
 mod tables;
 mod timing;
+mod verify;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -32,10 +33,11 @@ use std::time::Duration;
 use redb::Database;
 use tokio::sync::{mpsc, oneshot};
 
+pub use berth_types::ExportHole;
 pub use check::CheckReport;
 pub use compact::{CompactionProgress, CompactionReport};
 pub use error::{Result, StoreError};
-pub use export::{ExportCursor, ExportHole};
+pub use export::ExportCursor;
 pub use offline::{OfflineDb, PageCheck};
 pub use retention::{RetentionPolicy, RetentionReport};
 pub use schema::{IntegrityReport, OpenKind, SCHEMA_VERSION, check_file_integrity};
@@ -43,6 +45,7 @@ pub use stats::StoreStats;
 pub use timing::{
     DURATION_BUCKETS, OP_DURATION, OPS, OpDurations, SLOW_OPS, SlowOp, SlowOpHook, TimingProbe,
 };
+pub use verify::Verification;
 pub use writer::{TransitionSpec, WriteCtx};
 
 use timing::Timings;
@@ -77,6 +80,12 @@ pub struct StoreOptions {
 /// See [`StoreOptions::compaction_hook`].
 pub type CompactionHook = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// redb's page cache by default (`StoreOptions::cache_size`, berthd's `db.cache_size`): 32 MiB.
+/// Every cached page is resident memory, and a walk of every page (`Table::stats`, the
+/// verification after open) fills the cache to this bound; the hot records of a host fit well
+/// within it, and the rest comes from the kernel's page cache.
+pub const DEFAULT_CACHE_SIZE: usize = 32 << 20;
+
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
@@ -86,7 +95,7 @@ impl Default for StoreOptions {
             slow_op_hook: None,
             commit_delay: Duration::ZERO,
             timing: true,
-            cache_size: 256 << 20,
+            cache_size: DEFAULT_CACHE_SIZE,
             compaction_reserve: 64 << 20,
             compaction_hook: None,
         }
@@ -128,6 +137,9 @@ struct Inner {
     cache_size: usize,
     compaction_reserve: u64,
     compaction_hook: Option<CompactionHook>,
+    /// The background verification of the history (see `verify.rs`).
+    verification: Arc<verify::VerifyState>,
+    verifier: Option<std::thread::JoinHandle<()>>,
 }
 
 /// What the writer has done since the store was opened.
@@ -143,6 +155,13 @@ pub struct WriterStats {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // The verifier holds the database open: stop it first.
+        self.verification.stop();
+        if let Some(h) = self.verifier.take()
+            && h.join().is_err()
+        {
+            tracing::error!("the history verification thread panicked");
+        }
         // Closing the queue lets the writer commit what is queued and exit; joining it means the
         // file is closed (and its lock released) when the last handle is gone.
         self.tx = None;
@@ -239,6 +258,15 @@ impl Store {
             .name("berth-store-writer".into())
             .spawn(move || writer.run())
             .map_err(StoreError::io("spawn the store writer thread"))?;
+        // Started last: nothing after it can fail, so no error path leaves it holding the file.
+        let (verification, verifier) = match open_kind {
+            OpenKind::Created => (verify::VerifyState::passed(), None),
+            _ => {
+                let (state, handle) = verify::start(slot_get(&db), path.clone())
+                    .map_err(StoreError::io("spawn the history verification thread"))?;
+                (state, Some(handle))
+            }
+        };
         Ok(Store {
             inner: Arc::new(Inner {
                 path,
@@ -255,8 +283,20 @@ impl Store {
                 cache_size: options.cache_size,
                 compaction_reserve: options.compaction_reserve,
                 compaction_hook: options.compaction_hook.clone(),
+                verification,
+                verifier,
             }),
         })
+    }
+
+    /// Where the background verification of the history stands (see `verify.rs`).
+    pub fn verification(&self) -> Verification {
+        self.inner.verification.get()
+    }
+
+    /// Waits (at most `timeout`) until the history's verification is no longer running.
+    pub fn wait_verified(&self, timeout: Duration) -> Verification {
+        self.inner.verification.wait(timeout)
     }
 
     /// The database file.
@@ -300,6 +340,12 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut WriteCtx<'_, '_>) -> Result<T> + Send + 'static,
     {
+        if let Some(reason) = self.inner.verification.damage() {
+            return Err(StoreError::HistoryDamaged {
+                path: self.inner.path.clone(),
+                reason,
+            });
+        }
         let (reply, rx) = oneshot::channel();
         let job: BoxedJob = Box::new(TypedJob {
             f: Some(f),

@@ -151,62 +151,105 @@ impl Store {
     /// agent serves: every batch is a small ordinary write.
     pub async fn retain(&self, policy: &RetentionPolicy) -> Result<RetentionReport> {
         let mut report = RetentionReport::default();
-        let limit = policy.batch_rows.max(1);
         let now = Timestamp::now();
         let keep = policy.max_events_per_machine.max(1);
-
         for rec in self.machines()? {
             let expired = rec.state == State::Destroyed
                 && now.saturating_since(rec.updated_at) >= policy.destroyed_machine_ttl;
             if expired {
-                loop {
-                    let id = rec.id.clone();
-                    let (rows, removed) = self
-                        .write(move |w| {
-                            let Some(cur) = w.machine(&id)? else {
-                                return Ok((0, false));
-                            };
-                            if cur.state != State::Destroyed {
-                                return Ok((0, false));
-                            }
-                            let rows = trim_history(w, &id, u64::MAX, limit)?;
-                            if rows == 0 && !has_pending_events(w, &id)? {
-                                w.remove(Removal::Machine(id));
-                                return Ok((0, true));
-                            }
-                            Ok((rows, false))
-                        })
-                        .await?;
-                    report.batches += 1;
-                    report.history_rows_removed += rows;
-                    if removed {
-                        report.machines_removed += 1;
-                    }
-                    if rows == 0 {
-                        break;
-                    }
-                    tokio::time::sleep(policy.pause).await;
-                }
+                self.remove_destroyed(&rec.id, policy, &mut report).await?;
             } else if rec.version > keep {
                 let below = rec.version - keep + 1;
-                loop {
-                    let id = rec.id.clone();
-                    let rows = self
-                        .write(move |w| trim_history(w, &id, below, limit))
-                        .await?;
-                    report.batches += 1;
-                    report.history_rows_removed += rows;
-                    if rows < limit as u64 {
-                        break;
-                    }
-                    tokio::time::sleep(policy.pause).await;
-                }
+                self.trim_machine(&rec.id, below, policy, &mut report)
+                    .await?;
             }
         }
+        self.trim_events(policy, &mut report).await?;
+        if !report.is_empty() {
+            tracing::info!(
+                machines = report.machines_removed,
+                history_rows = report.history_rows_removed,
+                events = report.events_removed,
+                batches = report.batches,
+                "retention removed old history"
+            );
+        }
+        Ok(report)
+    }
 
+    /// Removes a destroyed machine's history in batches, then its record (once no event of it
+    /// is still waiting to be indexed).
+    async fn remove_destroyed(
+        &self,
+        id: &MachineId,
+        policy: &RetentionPolicy,
+        report: &mut RetentionReport,
+    ) -> Result<()> {
+        let limit = policy.batch_rows.max(1);
         loop {
-            let max_events = policy.max_events.max(1);
-            let export_hold = policy.export_hold;
+            let id = id.clone();
+            let (rows, removed) = self
+                .write(move |w| {
+                    let Some(cur) = w.machine(&id)? else {
+                        return Ok((0, false));
+                    };
+                    if cur.state != State::Destroyed {
+                        return Ok((0, false));
+                    }
+                    let rows = trim_history(w, &id, u64::MAX, limit)?;
+                    if rows == 0 && !has_pending_events(w, &id)? {
+                        w.remove(Removal::Machine(id));
+                        return Ok((0, true));
+                    }
+                    Ok((rows, false))
+                })
+                .await?;
+            report.batches += 1;
+            report.history_rows_removed += rows;
+            if removed {
+                report.machines_removed += 1;
+            }
+            if rows == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(policy.pause).await;
+        }
+    }
+
+    /// Trims a live machine's history rows below version `below`, in batches.
+    async fn trim_machine(
+        &self,
+        id: &MachineId,
+        below: u64,
+        policy: &RetentionPolicy,
+        report: &mut RetentionReport,
+    ) -> Result<()> {
+        let limit = policy.batch_rows.max(1);
+        loop {
+            let id = id.clone();
+            let rows = self
+                .write(move |w| trim_history(w, &id, below, limit))
+                .await?;
+            report.batches += 1;
+            report.history_rows_removed += rows;
+            if rows < limit as u64 {
+                return Ok(());
+            }
+            tokio::time::sleep(policy.pause).await;
+        }
+    }
+
+    /// Removes the host-wide events past `max_events`, in batches, never past the indexing
+    /// watermark nor (with export on) past the export hold.
+    async fn trim_events(
+        &self,
+        policy: &RetentionPolicy,
+        report: &mut RetentionReport,
+    ) -> Result<()> {
+        let limit = policy.batch_rows.max(1);
+        let max_events = policy.max_events.max(1);
+        let export_hold = policy.export_hold;
+        loop {
             let removed = self
                 .write(move |w| {
                     let mark = watermark(w)?;
@@ -223,44 +266,39 @@ impl Store {
                     if let Some(hold) = export_hold {
                         cutoff = export_floor(w, cutoff, hold)?;
                     }
-                    let mut victims = Vec::new();
-                    for entry in w
-                        .tables
-                        .events
-                        .range(..=cutoff)
-                        .map_err(StoreError::db("retention"))?
-                    {
-                        if victims.len() >= limit {
-                            break;
-                        }
-                        let (k, _) = entry.map_err(StoreError::db("retention"))?;
-                        victims.push(k.value());
-                    }
-                    let n = victims.len() as u64;
-                    for seq in victims {
-                        w.remove(Removal::Event(seq));
-                    }
-                    Ok(n)
+                    remove_events_through(w, cutoff, limit)
                 })
                 .await?;
             report.batches += 1;
             report.events_removed += removed;
             if removed < limit as u64 {
-                break;
+                return Ok(());
             }
             tokio::time::sleep(policy.pause).await;
         }
-        if !report.is_empty() {
-            tracing::info!(
-                machines = report.machines_removed,
-                history_rows = report.history_rows_removed,
-                events = report.events_removed,
-                batches = report.batches,
-                "retention removed old history"
-            );
-        }
-        Ok(report)
     }
+}
+
+/// Removes up to `limit` of the oldest events with a seq at most `cutoff`.
+fn remove_events_through(w: &mut WriteCtx<'_, '_>, cutoff: u64, limit: usize) -> Result<u64> {
+    let mut victims = Vec::new();
+    for entry in w
+        .tables
+        .events
+        .range(..=cutoff)
+        .map_err(StoreError::db("retention"))?
+    {
+        if victims.len() >= limit {
+            break;
+        }
+        let (k, _) = entry.map_err(StoreError::db("retention"))?;
+        victims.push(k.value());
+    }
+    let n = victims.len() as u64;
+    for seq in victims {
+        w.remove(Removal::Event(seq));
+    }
+    Ok(n)
 }
 
 /// The highest seq retention may remove with export on: nothing above the saved export position,

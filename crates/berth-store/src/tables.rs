@@ -8,6 +8,8 @@ use redb::{
     TableError, TableHandle, WriteTransaction,
 };
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::codec;
 use crate::error::{Result, StoreError};
 
@@ -22,9 +24,18 @@ pub(crate) trait AnyTable: Sync {
     /// Its rows and the bytes redb reports for it (stored + metadata + fragmentation).
     fn rows_and_live_bytes(&self, txn: &ReadTransaction) -> Result<(u64, u64)>;
 
+    /// Whether it is history (append-only, most of the file): verified in the background after
+    /// open rather than before it (see `verify.rs`).
+    fn is_history(&self) -> bool;
+
     /// Decodes every value that is a codec record (meta's raw integers are not), checking its
-    /// CRC; a table the file lacks passes.
-    fn verify_records(&self, txn: &ReadTransaction) -> std::result::Result<(), String>;
+    /// CRC; a table the file lacks passes. Returns the records checked, or `None` if `stop` was
+    /// set before the walk finished.
+    fn verify_records(
+        &self,
+        txn: &ReadTransaction,
+        stop: &AtomicBool,
+    ) -> std::result::Result<Option<u64>, String>;
 
     /// Writes every row of `src` into `dst`'s table, in `dst`'s transaction.
     fn copy_into(
@@ -52,12 +63,27 @@ pub(crate) struct Table<K: Key + 'static> {
     def: TableDefinition<'static, K, &'static [u8]>,
     /// Whether its values are codec records.
     records: bool,
+    /// Whether it is history.
+    history: bool,
 }
 
 impl<K: Key + 'static> Table<K> {
     /// A table of codec records.
     pub(crate) const fn records(def: TableDefinition<'static, K, &'static [u8]>) -> Self {
-        Self { def, records: true }
+        Self {
+            def,
+            records: true,
+            history: false,
+        }
+    }
+
+    /// A table of codec records that is history.
+    pub(crate) const fn history(def: TableDefinition<'static, K, &'static [u8]>) -> Self {
+        Self {
+            def,
+            records: true,
+            history: true,
+        }
     }
 
     /// A table of raw values (meta).
@@ -65,6 +91,7 @@ impl<K: Key + 'static> Table<K> {
         Self {
             def,
             records: false,
+            history: false,
         }
     }
 }
@@ -89,23 +116,36 @@ impl<K: Key + Sync + 'static> AnyTable for Table<K> {
         ))
     }
 
-    fn verify_records(&self, txn: &ReadTransaction) -> std::result::Result<(), String> {
+    fn is_history(&self) -> bool {
+        self.history
+    }
+
+    fn verify_records(
+        &self,
+        txn: &ReadTransaction,
+        stop: &AtomicBool,
+    ) -> std::result::Result<Option<u64>, String> {
         if !self.records {
-            return Ok(());
+            return Ok(Some(0));
         }
         let name = self.name();
         let table = match txn.open_table(self.def) {
             Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Some(0)),
             Err(e) => return Err(format!("table {name}: {e}")),
         };
+        let mut n = 0;
         for entry in table.iter().map_err(|e| format!("table {name}: {e}"))? {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
             let (k, v) = entry.map_err(|e| format!("table {name}: {e}"))?;
             codec::decode::<serde::de::IgnoredAny>(v.value()).map_err(|r| {
                 format!("corrupt record in table {name} at key {:?}: {r}", k.value())
             })?;
+            n += 1;
         }
-        Ok(())
+        Ok(Some(n))
     }
 
     fn copy_into(

@@ -8,7 +8,7 @@ use std::path::Path;
 use berth_store::schema::{META, Migration, migrate};
 use berth_store::{SCHEMA_VERSION, Store, StoreError, StoreOptions};
 use common::*;
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 fn populated(dir: &tempfile::TempDir) -> std::path::PathBuf {
     let path = dir.path().join("berth.redb");
@@ -269,4 +269,73 @@ fn a_corrupt_record_is_named_by_table_and_key() {
     );
     assert!(msg.contains("checksum mismatch"), "{msg}");
     assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+/// Flips a byte of the payload of event `seq`, keeping redb's pages valid.
+fn corrupt_event(path: &Path, seq: u64) {
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(berth_store::schema::EVENTS).unwrap();
+        let mut bytes = t.get(seq).unwrap().unwrap().value().to_vec();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x01;
+        t.insert(seq, bytes.as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn a_damaged_history_found_after_open_stops_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = populated(&dir);
+    corrupt_event(&path, 123);
+    // The history is verified in the background: the open itself succeeds and reads work.
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    assert_eq!(store.machines().unwrap().len(), 200);
+    let outcome = store.wait_verified(std::time::Duration::from_secs(60));
+    let berth_store::Verification::Failed { reason } = outcome else {
+        panic!("the damaged event was not found: {outcome:?}");
+    };
+    assert!(
+        reason.contains("table events") && reason.contains("123"),
+        "{reason}"
+    );
+    assert!(reason.contains("checksum mismatch"), "{reason}");
+    // From then on nothing writes to the file: not a transition, not a compaction.
+    let err = transition(&store, "m3", berth_types::State::Started).unwrap_err();
+    assert!(matches!(err, StoreError::HistoryDamaged { .. }), "{err}");
+    assert!(
+        err.to_string().contains("restore it from a backup"),
+        "{err}"
+    );
+    let err = store.compact().unwrap_err();
+    assert!(matches!(err, StoreError::HistoryDamaged { .. }), "{err}");
+    let (machines, last_seq) = (store.machines().unwrap(), store.last_seq().unwrap());
+    drop(store);
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let events = txn.open_table(berth_store::schema::EVENTS).unwrap();
+    assert_eq!(events.len().unwrap(), 400, "an event was written");
+    assert_eq!(events.last().unwrap().unwrap().0.value(), last_seq);
+    let m3 = machines.iter().find(|m| m.id.as_str() == "m3").unwrap();
+    assert_eq!(m3.state, berth_types::State::Starting);
+}
+
+#[test]
+fn a_sound_history_passes_its_verification_after_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = populated(&dir);
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let outcome = store.wait_verified(std::time::Duration::from_secs(60));
+    // 200 machines × (created, starting): each an event and a history row.
+    assert!(
+        matches!(
+            outcome,
+            berth_store::Verification::Passed { records: 800, .. }
+        ),
+        "{outcome:?}"
+    );
+    transition(&store, "m3", berth_types::State::Started).unwrap();
+    store.compact().unwrap();
 }

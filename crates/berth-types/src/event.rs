@@ -85,3 +85,26 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitInfo>,
 }
+
+/// Events that never reached the export target: retention removed them first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportHole {
+    /// First missing seq.
+    pub from: u64,
+    /// Last missing seq (inclusive).
+    pub to: u64,
+    /// When the hole was recorded.
+    pub at: Timestamp,
+}
+
+impl ExportHole {
+    /// How many events are missing.
+    pub fn len(&self) -> u64 {
+        self.to.saturating_sub(self.from) + 1
+    }
+
+    /// Never true: a hole holds at least one seq.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}

@@ -15,7 +15,7 @@ pub mod time;
 pub mod workload;
 
 pub use config::{MachineConfig, ResourceLimits, RestartConfig, RestartPolicy, StopConfig};
-pub use event::{Event, EventKind, ExitInfo, Source};
+pub use event::{Event, EventKind, ExitInfo, ExportHole, Source};
 pub use id::{IdError, MachineId};
 pub use machine::MachineRecord;
 pub use operation::{OpKind, OpParams, OperationRecord, StepRecord};

@@ -44,14 +44,21 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// A machine's output.
+    /// A machine's output: its stdout on stdout, its stderr on stderr, and where each run
+    /// started and ended on stderr.
     Logs {
-        /// Machine id.
+        /// Machine id, name or unique id prefix.
         id: String,
-        /// Lines from the end.
-        #[arg(long, short = 'n', default_value_t = 100)]
-        tail: usize,
-        /// Keep following.
+        /// Lines from the end (default 100; with --since, every line since).
+        #[arg(long, short = 'n')]
+        tail: Option<usize>,
+        /// Only lines written since this: a duration ago (10m, 2h) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Put the time each line was written before it.
+        #[arg(long, short)]
+        timestamps: bool,
+        /// Keep following until the machine stops (across berthd restarts).
         #[arg(long, short)]
         follow: bool,
     },
@@ -61,6 +68,9 @@ pub(crate) enum Command {
     /// The database: stats, compact, check, slow-ops, backup.
     #[command(subcommand)]
     Db(DbCmd),
+    /// The host's image store: ls, pull, rm.
+    #[command(subcommand, alias = "images")]
+    Image(ImageCmd),
     /// Compare the database with the live processes.
     Doctor {
         /// Machine-readable output.
@@ -99,7 +109,7 @@ pub(crate) enum MachineCmd {
     },
     /// A machine's details and event log.
     Status {
-        /// Machine id.
+        /// Machine id, name or unique id prefix.
         id: String,
         #[command(flatten)]
         out: Out,
@@ -116,7 +126,7 @@ pub(crate) enum MachineCmd {
     Destroy(LifecycleArgs),
     /// Wait for a machine to reach a state.
     Wait {
-        /// Machine id.
+        /// Machine id, name or unique id prefix.
         id: String,
         /// The state to wait for.
         #[arg(long, default_value = "started")]
@@ -127,7 +137,7 @@ pub(crate) enum MachineCmd {
     },
     /// A machine's event log.
     Events {
-        /// Machine id.
+        /// Machine id, name or unique id prefix.
         id: String,
         #[command(flatten)]
         out: Out,
@@ -143,7 +153,7 @@ pub(crate) struct Out {
 
 #[derive(Debug, Args)]
 pub(crate) struct IdArgs {
-    /// Machine id.
+    /// Machine id, name or unique id prefix.
     pub(crate) id: String,
     #[command(flatten)]
     pub(crate) out: Out,
@@ -151,7 +161,7 @@ pub(crate) struct IdArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct LifecycleArgs {
-    /// Machine id.
+    /// Machine id, name or unique id prefix.
     pub(crate) id: String,
     /// Signal to send first.
     #[arg(long)]
@@ -215,6 +225,27 @@ pub(crate) enum HostCmd {
     Approve {
         #[command(flatten)]
         out: Out,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImageCmd {
+    /// Every image: digest, size, last use, the machines using it, its references.
+    Ls {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Pull REGISTRY/REPO[:TAG|@sha256:DIGEST] (or import oci:/path[:tag]); waits until done.
+    Pull {
+        /// The image reference.
+        reference: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Remove an image no machine uses (refused while one does).
+    Rm {
+        /// The manifest digest, sha256:...
+        digest: String,
     },
 }
 

@@ -1,12 +1,11 @@
 //! `berth machine ...`: list, status, create, start, stop, restart, destroy, wait, events.
 
 use berth_api_types::{CreateMachine, StopRequest};
-use berth_client::Client;
 use berth_types::time::HumanDuration;
-use berth_types::{MachineConfig, MachineRecord, RestartConfig, RestartPolicy};
+use berth_types::{MachineConfig, MachineRecord, RestartConfig, RestartPolicy, State};
 
 use crate::cli::{Cli, CreateArgs, Fail, LifecycleArgs, MachineCmd, kv, print_json};
-use crate::render;
+use crate::{outcome, render, resolve};
 
 fn show(m: &MachineRecord, json: bool) {
     if json {
@@ -37,6 +36,7 @@ pub(crate) async fn run(cli: &Cli, cmd: &MachineCmd) -> Result<(), Fail> {
             }
         }
         MachineCmd::Status { id, out } => {
+            let id = &resolve::machine_id(&c, id).await?;
             let m = c.get(id).await?;
             let events = c.machine_events(id).await?;
             if out.json {
@@ -45,16 +45,44 @@ pub(crate) async fn run(cli: &Cli, cmd: &MachineCmd) -> Result<(), Fail> {
                 println!("{}", render::status(&m, &events));
             }
         }
-        MachineCmd::Create(a) => show(&c.create(&create_request(a)?, None).await?, a.out.json),
-        MachineCmd::Start(a) => show(&c.action(&a.id, "start").await?, a.out.json),
-        MachineCmd::Restart(a) => show(&c.action(&a.id, "restart").await?, a.out.json),
-        MachineCmd::Stop(a) => show(&stop(&c, a).await?, a.out.json),
-        MachineCmd::Destroy(a) => show(&c.destroy(&a.id, a.force).await?, a.out.json),
+        MachineCmd::Create(a) => {
+            let m = c.create(&create_request(a)?, None).await?;
+            show(&outcome::started(&c, m).await?, a.out.json)
+        }
+        MachineCmd::Start(a) => {
+            let id = resolve::machine_id(&c, &a.id).await?;
+            let m = c.action(&id, "start").await?;
+            show(&outcome::started(&c, m).await?, a.out.json)
+        }
+        MachineCmd::Restart(a) => {
+            let id = resolve::machine_id(&c, &a.id).await?;
+            show(&c.action(&id, "restart").await?, a.out.json)
+        }
+        MachineCmd::Stop(a) => {
+            let id = resolve::machine_id(&c, &a.id).await?;
+            let r = c.stop(&id, &stop_request(a)?).await;
+            let quiet = [State::Stopped, State::Failed, State::Created];
+            show(
+                &outcome::idempotent(&c, &id, "stop", &quiet, r).await?,
+                a.out.json,
+            )
+        }
+        MachineCmd::Destroy(a) => {
+            let id = resolve::machine_id(&c, &a.id).await?;
+            let r = c.destroy(&id, a.force).await;
+            let done = [State::Destroyed];
+            show(
+                &outcome::idempotent(&c, &id, "destroy", &done, r).await?,
+                a.out.json,
+            )
+        }
         MachineCmd::Wait { id, state, timeout } => {
+            let id = &resolve::machine_id(&c, id).await?;
             let m = c.wait(id, state, timeout).await?;
             println!("{}", render::machine_line(&m));
         }
         MachineCmd::Events { id, out } => {
+            let id = &resolve::machine_id(&c, id).await?;
             let events = c.machine_events(id).await?;
             if out.json {
                 print_json(&events)
@@ -94,14 +122,13 @@ fn create_request(a: &CreateArgs) -> Result<CreateMachine, Fail> {
     })
 }
 
-async fn stop(c: &Client, a: &LifecycleArgs) -> Result<MachineRecord, Fail> {
+fn stop_request(a: &LifecycleArgs) -> Result<StopRequest, Fail> {
     let timeout = match &a.timeout {
         Some(t) => Some(HumanDuration::parse(t).map_err(|e| Fail(2, format!("--timeout: {e}")))?),
         None => None,
     };
-    let req = StopRequest {
+    Ok(StopRequest {
         signal: a.signal.clone(),
         timeout,
-    };
-    Ok(c.stop(&a.id, &req).await?)
+    })
 }

@@ -5,15 +5,19 @@
 //! Exit codes: 0 ok; 1 the operation failed; 2 usage error; 3 agent unreachable; 4 not found.
 //!
 //! `cli.rs` holds clap's types; each command group has its own module (`machine`, `host`, `db`,
-//! `stream` for events and logs, `offline` for `--offline`); `render.rs` draws tables and lines for people.
+//! `stream` for events, `logs` for logs, `offline` for `--offline`); `render.rs` draws tables and lines for people.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod cli;
 mod db;
 mod host;
+mod image;
+mod logs;
 mod machine;
 mod offline;
+mod outcome;
 mod render;
+mod resolve;
 mod stream;
 
 use std::process::ExitCode;
@@ -36,14 +40,50 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             follow,
             json,
         } => stream::events(&cli, *after, *follow, *json).await,
-        Command::Logs { id, tail, follow } => stream::logs(&cli, id, *tail, *follow).await,
+        Command::Logs {
+            id,
+            tail,
+            since,
+            timestamps,
+            follow,
+        } => {
+            let args = logs::LogsArgs {
+                id: id.clone(),
+                tail: *tail,
+                since: since.clone(),
+                timestamps: *timestamps,
+                follow: *follow,
+            };
+            logs::run(&cli, &args).await
+        }
         Command::Host(cmd) => host::run(&cli, cmd).await,
         Command::Db(cmd) => db::run(&cli, cmd).await,
+        Command::Image(cmd) => image::run(&cli, cmd).await,
         Command::Doctor { json } => host::doctor(&cli, *json).await,
     }
 }
 
+/// A reader that went away (`berth events | head -1`) is not an error of berth's: the print
+/// macros panic on EPIPE, so such a panic ends the process quietly, as SIGPIPE would
+/// (exit 141, 128 + SIGPIPE); any other panic is reported as before.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -213,29 +213,28 @@ pub fn host(h: &HostInfo, health: &Health) -> String {
 }
 
 /// The fleet export's row of `berth host status`.
-fn export(e: Option<&serde_json::Value>) -> String {
+fn export(e: Option<&berth_api_types::ExportStatus>) -> String {
     let Some(e) = e else {
         return "off".into();
     };
-    let n = |k: &str| e[k].as_u64().unwrap_or(0);
     let mut s = format!(
         "{} as {}: acked seq {}, lag {} event(s)",
-        if e["connected"].as_bool() == Some(true) {
+        if e.connected {
             "connected"
         } else {
             "NOT CONNECTED"
         },
-        e["host_id"].as_str().unwrap_or("?"),
-        n("acked_seq"),
-        n("lag_events"),
+        e.host_id,
+        e.acked_seq,
+        e.lag_events,
     );
-    let holes = e["holes"].as_array().map_or(0, Vec::len);
+    let holes = e.holes.len();
     if holes > 0 {
         s.push_str(&format!(
             "; {holes} HOLE(S) in the stream (runbooks/export-lagging.md)"
         ));
     }
-    if let Some(err) = e["last_error"].as_str() {
+    if let Some(err) = &e.last_error {
         s.push_str(&format!("; last error: {err}"));
     }
     s

@@ -1,4 +1,4 @@
-//! `berth events` (the host-wide event stream, followed with long polls) and `berth logs`.
+//! `berth events` (the host-wide event stream, followed with long polls).
 
 use crate::cli::{Cli, Fail};
 use crate::render;
@@ -39,18 +39,4 @@ pub(crate) async fn events(
             return Ok(());
         }
     }
-}
-
-/// Copies a machine's output to stdout as it arrives.
-pub(crate) async fn logs(cli: &Cli, id: &str, tail: usize, follow: bool) -> Result<(), Fail> {
-    let c = cli.client()?;
-    let path = format!("/v1/machines/{id}/logs?tail={tail}&follow={follow}");
-    c.stream(&path, |b| {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(b);
-        let _ = out.flush();
-    })
-    .await?;
-    Ok(())
 }

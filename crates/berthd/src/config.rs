@@ -92,6 +92,7 @@ pub struct DbSection {
     pub slow_op_threshold: Option<HumanDuration>,
     pub slow_op_window: Option<HumanDuration>,
     pub write_queue: Option<usize>,
+    pub cache_size: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,6 +181,7 @@ pub struct Config {
     pub slow_op_threshold: Duration,
     pub slow_op_window: Duration,
     pub write_queue: usize,
+    pub db_cache_size: usize,
     pub db_delay: Duration,
     pub max_machines: usize,
     pub reconcile_interval: Duration,
@@ -202,11 +204,8 @@ pub struct Config {
     pub compaction_garbage_ratio: f64,
     pub config_file: Option<PathBuf>,
     pub metrics_sample_interval: Duration,
-    #[allow(dead_code, reason = "read once the agent pulls images (issue 17)")]
     pub images_gc_unused_after: Duration,
-    #[allow(dead_code, reason = "read once the agent pulls images (issue 17)")]
     pub insecure_registries: Vec<String>,
-    #[allow(dead_code, reason = "read once the agent pulls images (issue 17)")]
     pub registry_credentials_file: Option<PathBuf>,
     /// `export.nats_url`; `None` when empty (no export).
     pub export_nats_url: Option<String>,
@@ -259,6 +258,20 @@ fn positive_duration(
 }
 
 /// A size key: its value in bytes, or the default.
+/// `db.cache_size`: redb's page cache. Small by default: a host's hot records (its machines, the
+/// recent events) fit in a few MiB, and every page the cache holds is resident memory (a full
+/// walk such as `Table::stats` fills it).
+fn cache_size(v: Option<ByteSize>) -> Result<usize, ConfigError> {
+    let bytes = size(v, berth_store::DEFAULT_CACHE_SIZE as u64);
+    if bytes < 1 << 20 {
+        return Err(ConfigError(format!(
+            "db.cache_size: {} is below the minimum of 1 MiB",
+            ByteSize(bytes)
+        )));
+    }
+    usize::try_from(bytes).map_err(|_| ConfigError(format!("db.cache_size: {bytes} is too large")))
+}
+
 fn size(v: Option<ByteSize>, default: u64) -> u64 {
     v.map_or(default, |b| b.as_u64())
 }
@@ -372,6 +385,7 @@ impl Config {
             slow_op_threshold: store.slow_op_threshold,
             slow_op_window: store.slow_op_window,
             write_queue: store.write_queue,
+            db_cache_size: store.cache_size,
             db_delay: duration(file.fault.db_delay, Duration::ZERO),
             max_machines: positive("limits.max_machines", file.limits.max_machines, 1000)?,
             reconcile_interval: reconcile.interval,
@@ -508,6 +522,7 @@ struct StoreKeys {
     slow_op_threshold: Duration,
     slow_op_window: Duration,
     write_queue: usize,
+    cache_size: usize,
     destroyed_machine_ttl: Duration,
     max_events_per_machine: u64,
     max_events: u64,
@@ -530,6 +545,7 @@ impl StoreKeys {
             slow_op_threshold: duration(f.db.slow_op_threshold, Duration::from_millis(100)),
             slow_op_window: duration(f.db.slow_op_window, Duration::from_secs(300)),
             write_queue: positive("db.write_queue", f.db.write_queue, 4096)?,
+            cache_size: cache_size(f.db.cache_size)?,
             destroyed_machine_ttl: duration(
                 r.destroyed_machine_ttl,
                 Duration::from_secs(24 * 3600),

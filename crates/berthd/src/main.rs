@@ -174,8 +174,8 @@ async fn run(cfg: config::Config) -> Result<(), Fatal> {
             slow_window: cfg.slow_op_window,
             metrics: Some(render),
             export: exporter.map(|e| {
-                Arc::new(move || serde_json::to_value(e.status()).unwrap_or_default())
-                    as Arc<dyn Fn() -> serde_json::Value + Send + Sync>
+                Arc::new(move || e.status())
+                    as Arc<dyn Fn() -> berth_export::ExportStatus + Send + Sync>
             }),
         },
         slow,
@@ -201,6 +201,8 @@ async fn run(cfg: config::Config) -> Result<(), Fatal> {
     }
     systemd::notify("STOPPING=1");
     let _ = stop_tx.send(true);
+    // Log follows and event long polls end now instead of holding the drain.
+    shared.agent().begin_shutdown();
     drain(servers).await;
     let _ = std::fs::remove_file(&cfg.socket);
     tracing::info!("berthd stopped; workloads keep running under their supervisors");
@@ -253,6 +255,7 @@ fn agent_config(cfg: &config::Config, slow: &Arc<SlowOps>) -> Result<AgentConfig
     agent_cfg.store.slow_op_threshold = cfg.slow_op_threshold;
     agent_cfg.store.commit_delay = cfg.db_delay;
     agent_cfg.store.queue_capacity = cfg.write_queue;
+    agent_cfg.store.cache_size = cfg.db_cache_size;
     agent_cfg.store.slow_op_hook = Some(Arc::new(move |s: &berth_store::SlowOp| hook_ring.push(s)));
     if cfg.cgroup_off {
         agent_cfg.driver.cgroup = berth_driver::CgroupMode::Off;
@@ -270,6 +273,11 @@ fn agent_config(cfg: &config::Config, slow: &Arc<SlowOps>) -> Result<AgentConfig
     agent_cfg.reconcile.guard_min = cfg.guard_min_machines;
     agent_cfg.reconcile.guard_fraction = cfg.guard_fraction;
     agent_cfg.reconcile_interval = cfg.reconcile_interval;
+    agent_cfg.images.gc_unused_after = cfg.images_gc_unused_after;
+    agent_cfg.images.registry = berth_agent::images::RegistryConfig {
+        insecure_registries: cfg.insecure_registries.clone(),
+        credentials_file: cfg.registry_credentials_file.clone(),
+    };
     agent_cfg.telemetry.sample_interval = cfg.metrics_sample_interval;
     agent_cfg.maintenance = Some(berth_agent::MaintenanceConfig {
         retention: berth_store::RetentionPolicy {

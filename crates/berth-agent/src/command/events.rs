@@ -46,10 +46,13 @@ impl Agent {
                 let last_seq = events.last().map_or(after, |e| e.seq);
                 return Ok(EventsPage { events, last_seq });
             }
-            if tokio::time::timeout_at(deadline, seq.changed())
-                .await
-                .is_err()
-            {
+            let stopping = self.stopping();
+            let woke = tokio::select! {
+                // berthd is stopping: answer now (the client resumes from its cursor).
+                () = stopping.wait() => false,
+                r = tokio::time::timeout_at(deadline, seq.changed()) => r.is_ok(),
+            };
+            if !woke {
                 return Ok(EventsPage {
                     events: Vec::new(),
                     last_seq: after,

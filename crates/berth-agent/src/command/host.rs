@@ -48,6 +48,7 @@ impl Agent {
             ("db_slow_ops", self.slow_ops_check()),
             ("reconcile", reconcile_check(&status)),
             ("guard", guard_check(&status)),
+            ("db_verification", self.verification_check()),
             ("supervision_evidence", evidence_check(&status)),
         ]
         .into_iter()
@@ -73,6 +74,31 @@ impl Agent {
         Check {
             ok: true,
             detail: format!("{} commits, {} writes queued", w.commits, w.queued),
+        }
+    }
+
+    /// The background verification of the database's history after open (berth-store's
+    /// `verify.rs`): running or passed is healthy; damage found is not.
+    fn verification_check(&self) -> Check {
+        match self.store().verification() {
+            berth_store::Verification::Running => Check {
+                ok: true,
+                detail: "verifying the history's records after open".into(),
+            },
+            berth_store::Verification::Passed { records, took_ms } => Check {
+                ok: true,
+                detail: format!("{records} history record(s) verified after open in {took_ms} ms"),
+            },
+            berth_store::Verification::Stopped => Check {
+                ok: true,
+                detail: "the verification was stopped (the store is closing)".into(),
+            },
+            berth_store::Verification::Failed { reason } => Check {
+                ok: false,
+                detail: format!(
+                    "the database is damaged ({reason}); writes are refused — restore it from a backup (runbooks/db-compaction.md, \"Restore from the backup\")"
+                ),
+            },
         }
     }
 

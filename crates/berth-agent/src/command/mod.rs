@@ -10,9 +10,11 @@ mod cordon;
 mod db;
 mod events;
 mod host;
+mod images;
 mod leases;
 mod logs;
 mod machines;
+mod shutdown;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +22,9 @@ use std::time::Duration;
 use berth_types::{MachineId, MachineRecord};
 
 pub(crate) use cordon::Cordon;
-pub use logs::LogFollower;
+pub use logs::{FollowEnd, LogFollower, LogSelect, LogText};
 pub use machines::MachinePage;
+pub use shutdown::Stopping;
 
 use crate::error::{CommandError, CommandResult};
 use crate::{Agent, SlowOps};

@@ -18,7 +18,8 @@ use nix::unistd::Pid;
 use super::OciLaunch;
 use super::bundle::BundleDirs;
 use crate::files::{self, ExitRecord, ShimState, Spec};
-use crate::logs::RotatingLog;
+use crate::logfmt::Stream;
+use crate::logs::RecordLog;
 use crate::proc::{self, ProcessId};
 use crate::shim::{LaunchResult, drain, pump_until_exit, report};
 
@@ -79,7 +80,7 @@ fn runtime_cmd(oci: &OciLaunch, verb: &str) -> Command {
 }
 
 /// `create`, with `out` as the container's stdout and stderr; returns the init's pid.
-fn create(oci: &OciLaunch, out: &OwnedFd) -> Result<i32, String> {
+fn create(oci: &OciLaunch, out: &OwnedFd, err: &OwnedFd) -> Result<i32, String> {
     let pid_file = oci.bundle.join("init.pid");
     let _ = std::fs::remove_file(&pid_file);
     let dup = |fd: &OwnedFd| {
@@ -95,7 +96,7 @@ fn create(oci: &OciLaunch, out: &OwnedFd) -> Result<i32, String> {
         .arg(&oci.container_id)
         .stdin(Stdio::null())
         .stdout(dup(out)?)
-        .stderr(dup(out)?)
+        .stderr(dup(err)?)
         .status()
         .map_err(|e| format!("run {} create: {e}", oci.runtime.display()))?;
     if !status.success() {
@@ -204,11 +205,11 @@ fn fail(
 }
 
 /// Creates and starts the container; its init's identity once it runs.
-fn launch(oci: &OciLaunch, out: &OwnedFd) -> Result<ProcessId, String> {
+fn launch(oci: &OciLaunch, out: &OwnedFd, err: &OwnedFd) -> Result<ProcessId, String> {
     set_subreaper()?;
     mount_root(oci)?;
     delete(&oci.runtime, &oci.container_id);
-    let pid = create(oci, out)?;
+    let pid = create(oci, out, err)?;
     reap_others(Pid::from_raw(pid));
     let init = ProcessId::of(pid).ok_or("the container's init vanished before it started")?;
     start(oci)?;
@@ -217,21 +218,22 @@ fn launch(oci: &OciLaunch, out: &OwnedFd) -> Result<ProcessId, String> {
 
 /// The shim's supervision of an image machine (see the module's header).
 pub fn run(dir: &Path, spec: &Spec, oci: &OciLaunch, ready: OwnedFd) -> Result<i32, String> {
-    let mut log = match RotatingLog::open(&dir.join(files::LOGS), spec.log_max_bytes, spec.log_keep)
-    {
+    let mut log = match RecordLog::open(&dir.join(files::LOGS), spec.log_max_bytes, spec.log_keep) {
         Ok(l) => l,
         Err(e) => return fail(dir, spec, oci, ready, format!("open log: {e}")),
     };
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let boot_id = match proc::try_boot_id() {
         Ok(b) => b,
         Err(e) => return fail(dir, spec, oci, ready, format!("reading the boot id: {e}")),
     };
-    let workload = match launch(oci, &out_w) {
+    let workload = match launch(oci, &out_w, &err_w) {
         Ok(w) => w,
         Err(e) => return fail(dir, spec, oci, ready, e),
     };
     drop(out_w);
+    drop(err_w);
     let shim =
         ProcessId::of(std::process::id() as i32).ok_or("cannot read the shim's own identity")?;
     let child = Pid::from_raw(workload.pid);
@@ -252,8 +254,14 @@ pub fn run(dir: &Path, spec: &Spec, oci: &OciLaunch, ready: OwnedFd) -> Result<i
         },
     );
 
-    let status = pump_until_exit(child, &out_r, &mut log)?;
-    drain(&out_r, &mut log);
+    let _ = log.mark(&format!(
+        "started instance={} pid={}",
+        spec.instance,
+        child.as_raw()
+    ));
+    let outputs = [(&out_r, Stream::Stdout), (&err_r, Stream::Stderr)];
+    let status = pump_until_exit(child, &outputs, &mut log)?;
+    drain(&outputs, &mut log);
     let oom = oom_killed(oci.memory_cgroup.as_deref());
     delete(&oci.runtime, &oci.container_id);
     unmount_root(&oci.bundle);
@@ -263,6 +271,11 @@ pub fn run(dir: &Path, spec: &Spec, oci: &OciLaunch, ready: OwnedFd) -> Result<i
         WaitStatus::Signaled(_, sig, _) => (None, Some(sig.as_str().to_owned())),
         other => (None, Some(format!("{other:?}"))),
     };
+    let _ = log.mark(&match (&code, &signal) {
+        (Some(c), _) => format!("exited code={c}"),
+        (None, Some(s)) => format!("exited signal={s}"),
+        (None, None) => "exited".to_owned(),
+    });
     let record = ExitRecord {
         instance: spec.instance.clone(),
         code,

@@ -36,6 +36,13 @@ use crate::schema::{EVENTS, HISTORY, MACHINES, OPERATIONS, TABLES};
 use crate::writer::{Dirty, Writer};
 use crate::{Store, slot_get};
 
+mod copy;
+mod files;
+
+use copy::{apply_dirty, copy_all, swap};
+use files::{available_bytes, flush, hold_open, release_old_file, sync_dir};
+pub(crate) use files::{file_sizes, remove_leftover, space_needed, tmp_path};
+
 /// The meta key holding the last [`CompactionReport`] (JSON).
 pub(crate) const KEY_LAST_COMPACTION: &str = "last_compaction";
 
@@ -97,127 +104,29 @@ pub struct CompactionProgress {
     pub catch_up_rounds: u32,
 }
 
-/// Where the compacted copy is built.
-pub(crate) fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".compact");
-    path.with_file_name(name)
-}
-
-/// At open: a `.compact` file is the unfinished copy of a compaction that crashed before its
-/// swap. The live file is complete without it.
-pub(crate) fn remove_leftover(path: &Path) -> Result<()> {
-    let tmp = tmp_path(path);
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {
-            tracing::warn!(file = %tmp.display(), "removed the copy left by a compaction that did not finish");
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::io(format!("remove {}", tmp.display()))(e)),
-    }
-}
-
-/// Bytes available to an unprivileged writer in the file system holding `dir`.
-fn available_bytes(dir: &Path) -> Result<u64> {
-    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| {
-        StoreError::io(format!("statvfs {}", dir.display()))(std::io::Error::from(e))
-    })?;
-    #[allow(clippy::useless_conversion)] // the field types differ between targets
-    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
-}
-
-/// Whether `available` bytes leave room for a copy of `live` bytes plus the margin and reserve.
-pub(crate) fn space_needed(live: u64, reserve: u64) -> u64 {
-    (live as f64 * (1.0 + SPACE_MARGIN)) as u64 + reserve
-}
-
-fn copy_all(src: &ReadTransaction, dst: &Database, mut progress: impl FnMut(u64)) -> Result<u64> {
-    let mut rows = 0u64;
-    for table in TABLES {
-        table.copy(src, dst, COPY_CHUNK_ROWS, "compact: copy", &mut |n| {
-            rows += n;
-            progress(rows);
-        })?;
-    }
-    Ok(rows)
-}
-
-/// Flushes the copy's written pages to disk outside the pause: the swap's durable commit then
-/// only has the last few keys to sync, not the whole file.
-fn flush(tmp: &Path) -> Result<()> {
-    std::fs::File::open(tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(StoreError::io(format!("fsync {}", tmp.display())))
-}
-
-/// Copies the keys in `dirty` from `src` (or removes them where `src` has none), and the whole
-/// `meta` table, in one transaction of the given durability.
-fn apply_dirty(
-    src: &ReadTransaction,
-    dst: &Database,
-    dirty: &Dirty,
-    durability: redb::Durability,
-) -> Result<()> {
-    let mut txn = dst
-        .begin_write()
-        .map_err(StoreError::db("compact: catch up"))?;
-    txn.set_durability(durability)
-        .map_err(StoreError::db("compact: catch up"))?;
-    let e = StoreError::db("compact: catch up");
-    {
-        macro_rules! sync_keys {
-            ($def:expr, $keys:expr, |$k:ident| $key:expr) => {{
-                let from = src
-                    .open_table($def)
-                    .map_err(StoreError::db("compact: read"))?;
-                let mut to = txn
-                    .open_table($def)
-                    .map_err(StoreError::db("compact: catch up"))?;
-                for $k in $keys {
-                    let key = $key;
-                    match from.get(key).map_err(StoreError::db("compact: read"))? {
-                        Some(v) => {
-                            to.insert(key, v.value())
-                                .map_err(StoreError::db("compact: catch up"))?;
-                        }
-                        None => {
-                            to.remove(key)
-                                .map_err(StoreError::db("compact: catch up"))?;
-                        }
-                    }
-                }
-            }};
-        }
-        sync_keys!(MACHINES, &dirty.machines, |k| k.as_str());
-        sync_keys!(OPERATIONS, &dirty.operations, |k| *k);
-        sync_keys!(EVENTS, &dirty.events, |k| *k);
-        sync_keys!(HISTORY, &dirty.history, |k| (k.0.as_str(), k.1));
-        for table in TABLES
-            .iter()
-            .filter(|t| Dirty::COPIED_WHOLE.contains(&t.name()))
-        {
-            table.copy_into(src, &txn, "compact: catch up")?;
-        }
-    }
-    txn.commit().map_err(e)
-}
-
-fn sync_dir(path: &Path) -> std::io::Result<()> {
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
-}
+/// How long a compaction waits for the history's verification after open.
+const VERIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Store {
     /// Compacts the database online (see the module docs); blocks the calling thread until the
     /// swap is done. Fails with [`StoreError::CompactionRunning`] while another one runs and with
     /// [`StoreError::NoSpace`] when the copy would not fit; either way nothing changes.
     pub fn compact(&self) -> Result<CompactionReport> {
+        // A copy of a file whose history is not yet verified could carry damage over and replace
+        // the evidence: wait for the verification after open (seconds on a big file).
+        match self.wait_verified(VERIFY_WAIT) {
+            crate::Verification::Passed { .. } => {}
+            crate::Verification::Failed { reason } => {
+                return Err(StoreError::HistoryDamaged {
+                    path: self.inner.path.clone(),
+                    reason,
+                });
+            }
+            crate::Verification::Running => {
+                return Err(StoreError::Verifying);
+            }
+            crate::Verification::Stopped => return Err(StoreError::Closed),
+        }
         let started_at = Timestamp::now();
         {
             let mut slot = self
@@ -486,120 +395,6 @@ impl Store {
             Ok(())
         })
     }
-}
-
-/// Our own handle on the old file, so that closing its database does not free its blocks all at
-/// once (see [`release_old_file`]). Without it (it should not fail: the store has the file open
-/// itself) the old file's space is freed at its last close, as redb would; not a reason to give up.
-fn hold_open(path: &Path) -> Option<std::fs::File> {
-    match std::fs::OpenOptions::new().write(true).open(path) {
-        Ok(f) => Some(f),
-        Err(e) => {
-            tracing::warn!(file = %path.display(), error = %e, "cannot hold the old database file open; its space is freed at once when it closes");
-            None
-        }
-    }
-}
-
-/// The swap, on the writer thread between commits. Returns how long writers were paused, how
-/// many keys it copied, and the old database (to be closed outside the pause).
-fn swap(
-    w: &mut Writer,
-    new: Database,
-    tmp: &Path,
-    path: &Path,
-    hook: Option<&(dyn Fn(&str) + Send + Sync)>,
-) -> Result<(Duration, u64, Arc<Database>)> {
-    let t0 = Instant::now();
-    let dirty = w.dirty.take();
-    w.dirty = Dirty::default();
-    let snapshot =
-        w.db.begin_read()
-            .map_err(StoreError::db("compact: snapshot"))?;
-    apply_dirty(&snapshot, &new, &dirty, redb::Durability::Immediate)?;
-    drop(snapshot);
-    if let Some(hook) = hook {
-        hook("new-file-durable");
-    }
-    std::fs::rename(tmp, path).map_err(StoreError::io(format!(
-        "rename {} over {}",
-        tmp.display(),
-        path.display()
-    )))?;
-    // From here on the path names the new file: the swap must complete.
-    if let Some(hook) = hook {
-        hook("renamed");
-    }
-    if let Err(e) = sync_dir(path) {
-        tracing::error!(error = %e, "could not fsync the data directory after the compaction's rename; the new file is complete, but a power cut now could bring back the old name");
-    }
-    let new = Arc::new(new);
-    *w.slot.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
-    let old = std::mem::replace(&mut w.db, new);
-    debug_assert!(Arc::ptr_eq(&w.db, &slot_get(&w.slot)));
-    // Closing the old database (redb flushes and frees its cache) happens after the pause, on
-    // the compacting thread; readers still in it keep it open until they finish.
-    Ok((t0.elapsed(), dirty.len() as u64, old))
-}
-
-/// Gives the old file's blocks back a slice at a time. It is already unlinked (renamed over) and
-/// closed by redb; freeing a gigabyte of extents in one go (the last close) is one large
-/// filesystem journal transaction, and every live commit's fsync would wait behind it.
-fn release_old_file(file: &std::fs::File) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = file.metadata() else {
-        return;
-    };
-    // Truncating acts on the inode: if the old file still has a name (a hard link someone made,
-    // say for a backup), it is somebody's data, not ours to shrink.
-    if meta.nlink() != 0 {
-        return;
-    }
-    let mut len = meta.len();
-    while len > RELEASE_SLICE_BYTES {
-        len -= RELEASE_SLICE_BYTES;
-        if file.set_len(len).is_err() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// A file's length and how many of its bytes hold data rather than holes: its disk usage,
-/// counted from its extents (`SEEK_DATA`/`SEEK_HOLE`), so that a compressing filesystem (whose
-/// `st_blocks` is the compressed size) measures the same as any other. A filesystem without hole
-/// support reports the whole length as data.
-pub(crate) fn file_sizes(path: &Path) -> Result<(u64, u64)> {
-    let file =
-        std::fs::File::open(path).map_err(StoreError::io(format!("open {}", path.display())))?;
-    let len = file
-        .metadata()
-        .map_err(StoreError::io(format!("stat {}", path.display())))?
-        .len();
-    Ok((len, data_bytes(&file, len)))
-}
-
-fn data_bytes(file: &std::fs::File, len: u64) -> u64 {
-    use nix::unistd::{Whence, lseek};
-    let mut data = 0u64;
-    let mut pos: i64 = 0;
-    let end = i64::try_from(len).unwrap_or(i64::MAX);
-    while pos < end {
-        let start = match lseek(file, pos, Whence::SeekData) {
-            Ok(s) => s,
-            // ENXIO: no data past `pos`.
-            Err(nix::errno::Errno::ENXIO) => break,
-            // No SEEK_DATA here: count everything.
-            Err(_) => return len,
-        };
-        let stop = match lseek(file, start, Whence::SeekHole) {
-            Ok(s) => s.min(end),
-            Err(_) => return len,
-        };
-        data += u64::try_from(stop - start).unwrap_or(0);
-        pos = stop;
-    }
-    data
 }
 
 #[cfg(test)]

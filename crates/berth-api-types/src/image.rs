@@ -1,0 +1,42 @@
+//! `GET /v1/images`, `POST /v1/images/pull` and `DELETE /v1/images/{digest}`: the host's image
+//! store.
+
+use berth_types::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// One image in the host's store (an element of `GET /v1/images`, the answer of a pull).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// The manifest digest, `sha256:…`: the image's identity (what machines record as
+    /// `image_digest`).
+    pub digest: String,
+    /// The references it was pulled or imported by (`REGISTRY/REPO:TAG`, `oci:/path:tag`).
+    pub references: Vec<String>,
+    /// Disk space its unpacked root occupies, in bytes.
+    pub size_bytes: u64,
+    /// When it was unpacked on this host, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Timestamp>,
+    /// When it was last pulled, imported or used by a create, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Timestamp>,
+    /// The machines (not destroyed) that use it: while any does, it cannot be removed.
+    pub in_use_by: Vec<String>,
+}
+
+/// `POST /v1/images/pull`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullImage {
+    /// `REGISTRY/REPO[:TAG|@sha256:DIGEST]` (or `oci:/path[:tag]`, imported).
+    pub image: String,
+}
+
+/// The answer of `POST /v1/images/pull`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullReport {
+    /// The image, as `GET /v1/images` shows it.
+    pub image: Image,
+    /// How long the pull took, in milliseconds.
+    pub elapsed_ms: u64,
+}

@@ -1,0 +1,232 @@
+//! `bench images`: pull and unpack of a ~100 MiB image from a real local registry (Debian's
+//! `docker-registry` on loopback, the image built with umoci and pushed with skopeo), beside
+//! `skopeo copy` of the same image to a directory in the same run; the second pull of an image
+//! (what a second machine of it costs); and 20 concurrent pulls of one new image, which must
+//! download it once.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_image::{ImageStore, Puller, RegistryConfig};
+use serde::Serialize;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Serialize)]
+struct Report {
+    image_bytes: u64,
+    skopeo_copy_ms: f64,
+    pull_unpack_ms: f64,
+    ratio_to_skopeo: f64,
+    target_ratio: f64,
+    second_pull_ms: f64,
+    second_pull_downloaded_bytes: u64,
+    concurrent_pulls: usize,
+    concurrent_image_bytes: u64,
+    concurrent_downloaded_bytes: u64,
+    concurrent_unpacks: usize,
+    concurrent_wall_ms: f64,
+}
+
+/// The registry, killed by pid when dropped.
+struct Registry {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_registry(dir: &Path) -> Res<Registry> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = format!(
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        dir.join("storage").display()
+    );
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("config.yml"), config)?;
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let reg = Registry { child, port };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("the registry did not listen".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(reg)
+}
+
+/// `n` bytes no compressor shrinks (xorshift).
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+fn run_ok(cmd: &mut Command) -> Res<()> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}
+
+/// An image of `files` files of `each` random bytes (one layer each), pushed as `repo:v1`.
+fn push_image(dir: &Path, reg: &Registry, repo: &str, files: usize, each: usize) -> Res<()> {
+    let layout = dir.join(repo);
+    let l = layout.display().to_string();
+    run_ok(Command::new("umoci").args(["init", "--layout", &l]))?;
+    run_ok(Command::new("umoci").args(["new", "--image", &format!("{l}:v1")]))?;
+    for i in 0..files {
+        let content = dir.join(format!("{repo}-content-{i}"));
+        std::fs::create_dir_all(&content)?;
+        std::fs::write(content.join(format!("data{i}")), noise(each, i as u64))?;
+        let c = content.display().to_string();
+        run_ok(Command::new("umoci").args(["insert", "--image", &format!("{l}:v1"), &c, "/"]))?;
+    }
+    run_ok(Command::new("skopeo").args([
+        "--insecure-policy",
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{l}:v1"),
+        &format!("docker://127.0.0.1:{}/{repo}:v1", reg.port),
+    ]))
+}
+
+fn puller(dir: &Path, reg: &Registry) -> Res<Puller> {
+    let store = Arc::new(ImageStore::open(dir)?);
+    let cfg = RegistryConfig {
+        insecure_registries: vec![format!("127.0.0.1:{}", reg.port)],
+        credentials_file: None,
+    };
+    Ok(Puller::new(store, cfg))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn run(out: &Path) -> Res<()> {
+    let tmp = std::env::temp_dir().join(format!("berth-bench-images-{}", std::process::id()));
+    let result = bench(&tmp, out);
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+fn bench(tmp: &Path, out: &Path) -> Res<()> {
+    let reg = start_registry(&tmp.join("registry"))?;
+    push_image(tmp, &reg, "big", 4, 25 << 20)?;
+    push_image(tmp, &reg, "shared", 2, 10 << 20)?;
+    let big = format!("127.0.0.1:{}/big:v1", reg.port);
+    let started = Instant::now();
+    run_ok(Command::new("skopeo").args([
+        "--insecure-policy",
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{big}"),
+        &format!("dir:{}", tmp.join("skopeo-dir").display()),
+    ]))?;
+    let skopeo = started.elapsed();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let p = puller(&tmp.join("store"), &reg)?;
+    let first = rt.block_on(p.pull(&big))?;
+    let second = rt.block_on(p.pull(&big))?;
+    let (wall, results) = concurrent(&rt, &puller(&tmp.join("store2"), &reg)?, &reg, 20)?;
+    let report = Report {
+        image_bytes: first.downloaded_bytes,
+        skopeo_copy_ms: ms(skopeo),
+        pull_unpack_ms: ms(first.elapsed),
+        ratio_to_skopeo: first.elapsed.as_secs_f64() / skopeo.as_secs_f64(),
+        target_ratio: 1.2,
+        second_pull_ms: ms(second.elapsed),
+        second_pull_downloaded_bytes: second.downloaded_bytes,
+        concurrent_pulls: results.len(),
+        concurrent_image_bytes: results.iter().map(|r| r.0).max().unwrap_or(0),
+        concurrent_downloaded_bytes: results.iter().map(|r| r.0).sum(),
+        concurrent_unpacks: results.iter().filter(|r| r.1).count(),
+        concurrent_wall_ms: ms(wall),
+    };
+    print(&report);
+    std::fs::write(out.join("images.json"), serde_json::to_vec_pretty(&report)?)?;
+    Ok(())
+}
+
+/// `n` pulls of one image not yet in the store, all at once: (downloaded bytes, unpacked) each.
+fn concurrent(
+    rt: &tokio::runtime::Runtime,
+    p: &Puller,
+    reg: &Registry,
+    n: usize,
+) -> Res<(Duration, Vec<(u64, bool)>)> {
+    let reference = format!("127.0.0.1:{}/shared:v1", reg.port);
+    let started = Instant::now();
+    let results = rt.block_on(async {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let (p, r) = (p.clone(), reference.clone());
+                tokio::spawn(async move { p.pull(&r).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await);
+        }
+        out
+    });
+    let wall = started.elapsed();
+    let mut out = Vec::new();
+    for r in results {
+        let pull = r??;
+        out.push((pull.downloaded_bytes, pull.unpacked));
+    }
+    Ok((wall, out))
+}
+
+fn print(r: &Report) {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "image of {:.1} MiB (4 layers of random bytes) from docker-registry on loopback:",
+        mib(r.image_bytes)
+    );
+    println!(
+        "  skopeo copy to a directory   {:>8.0} ms\n  berth pull + unpack          {:>8.0} ms  ({:.2}x skopeo; target <= {:.1}x)",
+        r.skopeo_copy_ms, r.pull_unpack_ms, r.ratio_to_skopeo, r.target_ratio
+    );
+    println!(
+        "  second pull (a second machine of the image): {:.1} ms, {} bytes downloaded",
+        r.second_pull_ms, r.second_pull_downloaded_bytes
+    );
+    println!(
+        "{} concurrent pulls of one new {:.1} MiB image: {:.1} MiB downloaded in all, {} unpack(s), {:.0} ms",
+        r.concurrent_pulls,
+        mib(r.concurrent_image_bytes),
+        mib(r.concurrent_downloaded_bytes),
+        r.concurrent_unpacks,
+        r.concurrent_wall_ms
+    );
+}

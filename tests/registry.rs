@@ -1,0 +1,314 @@
+//! Machines from registry images, through a real berthd and a real registry (Debian's
+//! `docker-registry`) on loopback, images built with GNU tar and pushed with skopeo: a create
+//! pulls what the host lacks (by tag, by digest) before anything is recorded; a credentials file
+//! others can read and a registry that dies mid-pull leave no machine and no image; a berthd
+//! SIGKILLed mid-pull pulls cleanly once restarted; `DELETE /v1/images/{digest}` is refused
+//! while a machine uses the image; unused images are collected after `images.gc_unused_after`.
+//!
+//! Image machines do not run on this agent yet (`check_config` refuses them after the image is
+//! made ready): a create answers 400 "not supported" once the pull is done, or 201 once they
+//! run; either way the image is pulled and nothing half-made is recorded.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_client::{Client, Method};
+use berth_store::{Store, StoreOptions};
+use berth_types::{MachineConfig, MachineId, MachineRecord, Source, Timestamp};
+use serde_json::{Value, json};
+
+mod common;
+use common::*;
+
+#[path = "../crates/berth-image/tests/support/registry.rs"]
+#[allow(dead_code)]
+mod registry;
+use registry::{Registry, SlowProxy};
+#[path = "common/oci.rs"]
+mod oci;
+use oci::{image, insecure};
+
+async fn create(c: &Client, image: &str) -> (u16, Value) {
+    let body =
+        json!({"config": {"image": image, "cmd": ["/bin/busybox", "true"]}, "skip_start": true});
+    let r = c
+        .raw(
+            Method::POST,
+            "/v1/machines",
+            Some(serde_json::to_vec(&body).unwrap()),
+            &[],
+        )
+        .await
+        .unwrap();
+    (
+        r.status.as_u16(),
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+async fn images(c: &Client) -> Vec<Value> {
+    let r = c.raw(Method::GET, "/v1/images", None, &[]).await.unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+async fn machines(c: &Client) -> Value {
+    let r = c.raw(Method::GET, "/v1/machines", None, &[]).await.unwrap();
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+/// A create whose image had to be pulled: 201 with the digest, or (until image machines run
+/// here) 400 "not supported" with nothing recorded.
+async fn assert_pulled_create(c: &Client, reference: &str, digest: &str) {
+    let (status, body) = create(c, reference).await;
+    match status {
+        201 => assert_eq!(body["image_digest"], digest, "{body}"),
+        400 => {
+            let msg = body["error"].as_str().unwrap();
+            assert!(msg.contains("not supported"), "{reference}: {body}");
+            assert_eq!(machines(c).await, json!([]), "nothing recorded");
+        }
+        s => panic!("{reference}: {s} {body}"),
+    }
+    let list = images(c).await;
+    let img = list
+        .iter()
+        .find(|i| i["digest"] == digest)
+        .unwrap_or_else(|| panic!("{list:?}"));
+    assert!(img["size_bytes"].as_u64().unwrap() > 100_000, "{img}");
+    assert!(
+        img["references"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == reference),
+        "{img}"
+    );
+}
+
+#[test]
+fn a_create_pulls_by_tag_and_by_digest_what_the_host_lacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&tmp.path().join("registry"), None);
+    let (layout, digest) = image(&tmp.path().join("img"), 0);
+    reg.push(&layout, "v1", "app:v1");
+    let agent = Agent::start(&tmp.path().join("agent"), &insecure(&reg.host(), ""));
+    let c = agent.socket();
+    rt().block_on(async {
+        assert!(images(&c).await.is_empty());
+        let by_tag = format!("{}/app:v1", reg.host());
+        assert_pulled_create(&c, &by_tag, &digest).await;
+        let by_digest = format!("{}/app@{digest}", reg.host());
+        assert_pulled_create(&c, &by_digest, &digest).await;
+        assert_eq!(images(&c).await.len(), 1, "one image, pulled once");
+        // An unknown tag is the registry's answer in words, and nothing is recorded.
+        let (status, body) = create(&c, &format!("{}/app:nope", reg.host())).await;
+        assert!(status == 400 || status == 502, "{status} {body}");
+        assert!(body["error"].as_str().unwrap().contains("nope"), "{body}");
+        assert_eq!(machines(&c).await, json!([]));
+    });
+    let out = agent.cli(&["image", "ls"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&digest[..19]),
+        "{text}"
+    );
+}
+
+/// A credentials file others can read is refused (it holds registry passwords), before any
+/// request to the registry, and nothing is recorded.
+#[test]
+fn a_credentials_file_others_can_read_is_refused_and_nothing_is_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&tmp.path().join("registry"), None);
+    let (layout, _digest) = image(&tmp.path().join("img"), 0);
+    reg.push(&layout, "v1", "app:v1");
+    let creds = tmp.path().join("creds.json");
+    let auths = json!({"auths": {reg.host(): {"username": "alice", "password": "s3cret"}}});
+    std::fs::write(&creds, auths.to_string()).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let extra = format!("credentials_file = \"{}\"\n", creds.display());
+    let agent = Agent::start(&tmp.path().join("agent"), &insecure(&reg.host(), &extra));
+    let c = agent.socket();
+    rt().block_on(async {
+        let (status, body) = create(&c, &format!("{}/app:v1", reg.host())).await;
+        assert!(status >= 400, "{status} {body}");
+        let msg = body["error"].as_str().unwrap();
+        assert!(
+            msg.contains("creds.json") && msg.contains("chmod 600"),
+            "{msg}"
+        );
+        assert_eq!(machines(&c).await, json!([]));
+        assert!(images(&c).await.is_empty());
+    });
+}
+
+#[test]
+fn a_registry_dying_mid_pull_leaves_nothing_and_a_sigkilled_agent_pulls_cleanly_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut reg = Registry::start(&tmp.path().join("registry"), None);
+    let (layout, digest) = image(&tmp.path().join("img"), 48 << 20);
+    reg.push(&layout, "v1", "big:v1");
+    let proxy = SlowProxy::start(reg.port);
+    let reference = format!("{}/big:v1", proxy.host());
+    let mut agent = Agent::start(&tmp.path().join("agent"), &insecure(&proxy.host(), ""));
+    let partial = agent.dir.join("images/cache/partial");
+    let c = agent.socket();
+    let r = rt();
+    // The registry dies mid-pull: a 502 in words, no machine, no image.
+    r.block_on(async {
+        let pull = tokio::spawn({
+            let (c, reference) = (agent.socket(), reference.clone());
+            async move { create(&c, &reference).await }
+        });
+        wait_bytes(&partial, 1 << 20);
+        reg.kill();
+        let (status, body) = pull.await.unwrap();
+        assert_eq!(status, 502, "{body}");
+        assert_eq!(body["code"], "bad_gateway", "{body}");
+        assert_eq!(machines(&c).await, json!([]));
+        assert!(images(&c).await.is_empty());
+    });
+    // berthd SIGKILLed mid-pull: after a restart the same create pulls the image whole.
+    reg.restart();
+    proxy.set_upstream(reg.port);
+    let pull = std::thread::spawn({
+        let (sock, reference) = (agent.socket(), reference.clone());
+        move || rt().block_on(async move { create(&sock, &reference).await })
+    });
+    wait_bytes(&partial, 4 << 20);
+    let mut child = agent.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = pull.join();
+    agent.spawn();
+    r.block_on(async {
+        assert_eq!(
+            machines(&c).await,
+            json!([]),
+            "the cut-off create recorded nothing"
+        );
+        assert!(images(&c).await.is_empty(), "no half image");
+        assert_pulled_create(&c, &reference, &digest).await;
+    });
+}
+
+/// Waits until the partial downloads under `dir` hold at least `n` bytes.
+fn wait_bytes(dir: &Path, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let have: u64 = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if have >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the pull never got {n} bytes in");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Records a machine that uses `reference` (digest `digest`) straight into the agent's store
+/// before berthd starts: image machines cannot be created on this agent yet.
+fn plant_machine(data_dir: &Path, reference: &str, digest: &str) -> String {
+    std::fs::create_dir_all(data_dir).unwrap();
+    let store = Store::open(data_dir.join("berth.redb"), StoreOptions::default()).unwrap();
+    let config: MachineConfig =
+        serde_json::from_value(json!({"image": reference, "cmd": ["/bin/busybox", "true"]}))
+            .unwrap();
+    let id = MachineId::generate();
+    let mut rec = MachineRecord::new(
+        id.clone(),
+        None,
+        config,
+        Default::default(),
+        Timestamp::now(),
+    );
+    rec.image_digest = Some(digest.to_owned());
+    rt().block_on(store.write(move |w| w.create_machine(rec, Source::User, "test").map(|_| ())))
+        .unwrap();
+    drop(store);
+    id.to_string()
+}
+
+#[test]
+fn removal_is_refused_while_in_use_and_unused_images_are_collected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&tmp.path().join("registry"), None);
+    let (a_layout, a) = image(&tmp.path().join("a"), 0);
+    let (b_layout, b) = image(&tmp.path().join("b"), 1 << 20);
+    reg.push(&a_layout, "v1", "a:v1");
+    reg.push(&b_layout, "v1", "b:v1");
+    let data = tmp.path().join("agent");
+    let used_by = plant_machine(&data, &format!("{}/a:v1", reg.host()), &a);
+    let agent = Agent::start(&data, &insecure(&reg.host(), "gc_unused_after = \"2s\"\n"));
+    let c = agent.socket();
+    rt().block_on(async {
+        for r in ["a:v1", "b:v1"] {
+            let body = json!({"image": format!("{}/{r}", reg.host())}).to_string();
+            let resp = c
+                .raw(
+                    Method::POST,
+                    "/v1/images/pull",
+                    Some(body.into_bytes()),
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                resp.status.as_u16(),
+                200,
+                "{}",
+                String::from_utf8_lossy(&resp.body)
+            );
+        }
+        let list = images(&c).await;
+        let img_a = list.iter().find(|i| i["digest"] == a).unwrap();
+        assert_eq!(img_a["in_use_by"], json!([used_by]));
+        let del = |d: String| {
+            let c = c.clone();
+            async move {
+                c.raw(Method::DELETE, &format!("/v1/images/{d}"), None, &[])
+                    .await
+                    .unwrap()
+            }
+        };
+        let r = del(a.clone()).await;
+        assert_eq!(
+            r.status.as_u16(),
+            409,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(String::from_utf8_lossy(&r.body).contains(&used_by));
+        let r = del(format!("sha256:{}", "0".repeat(64))).await;
+        assert_eq!(r.status.as_u16(), 404);
+        // The collector takes b (unused for 2s) and leaves a (its machine is not destroyed).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while images(&c).await.iter().any(|i| i["digest"] == b) {
+            assert!(Instant::now() < deadline, "b was never collected");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            images(&c).await.iter().any(|i| i["digest"] == a),
+            "a is in use"
+        );
+        // Once its machine is destroyed, a can be removed.
+        c.destroy(&used_by, true).await.unwrap();
+        let r = del(a.clone()).await;
+        assert_eq!(
+            r.status.as_u16(),
+            204,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(images(&c).await.is_empty());
+    });
+}
