@@ -114,7 +114,13 @@ fn an_image_machine_sees_only_itself() {
         let log = logs_until(&c, &id, "done").await;
         assert!(log.contains("uid=1000 gid=1000 groups=1000 2000"), "user and groups: {log}");
         assert!(log.contains("pid=1\n"), "pid 1 is the workload: {log}");
-        assert!(log.contains("procs=1\n") || log.contains("procs=2\n") || log.contains("procs=3\n"), "no host processes: {log}");
+        // The shell, the subshell of `$(...)`, ls and grep: a handful, where the host has hundreds.
+        let procs: u32 = log
+            .lines()
+            .find_map(|l| l.strip_prefix("procs="))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(u32::MAX);
+        assert!(procs <= 6, "no host processes: {log}");
         for claim in ["no-token", "no-socket", "no-data", "bin-readonly", "conf=hello mode=600", "env=1"] {
             assert!(log.contains(claim), "{claim}: {log}");
         }

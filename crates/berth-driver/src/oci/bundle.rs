@@ -76,12 +76,16 @@ impl BundleDirs {
         }
     }
 
-    /// Creates the directories (idempotent).
+    /// Creates the directories (idempotent). The overlay's root directory takes its attributes
+    /// from `upper/`, so `upper/` gets the image root's mode (0755): made under berthd's private
+    /// umask it would be 0700, and an image user other than root could not reach `/bin/sh`.
     pub fn create(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         for d in [&self.upper, &self.work, &self.rootfs] {
             std::fs::create_dir_all(d)?;
         }
-        Ok(())
+        std::fs::set_permissions(&self.upper, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(&self.rootfs, std::fs::Permissions::from_mode(0o755))
     }
 }
 
