@@ -12,19 +12,7 @@ mod common;
 use common::*;
 
 async fn create(c: &Client, body: Value) -> (u16, Value) {
-    let r = c
-        .raw(
-            Method::POST,
-            "/v1/machines",
-            Some(serde_json::to_vec(&body).unwrap()),
-            &[],
-        )
-        .await
-        .unwrap();
-    (
-        r.status.as_u16(),
-        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-    )
+    post_machine(c, &body).await
 }
 
 /// An empty image tagged `v1`, written by Debian's umoci (a real OCI image layout).

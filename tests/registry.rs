@@ -32,19 +32,7 @@ use oci::{image, insecure};
 async fn create(c: &Client, image: &str) -> (u16, Value) {
     let body =
         json!({"config": {"image": image, "cmd": ["/bin/busybox", "true"]}, "skip_start": true});
-    let r = c
-        .raw(
-            Method::POST,
-            "/v1/machines",
-            Some(serde_json::to_vec(&body).unwrap()),
-            &[],
-        )
-        .await
-        .unwrap();
-    (
-        r.status.as_u16(),
-        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-    )
+    post_machine(c, &body).await
 }
 
 async fn images(c: &Client) -> Vec<Value> {

@@ -210,3 +210,20 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// `POST /v1/machines` with `body` as it is: the status and the JSON answer (`null` if none).
+pub async fn post_machine(c: &Client, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let r = c
+        .raw(
+            berth_client::Method::POST,
+            "/v1/machines",
+            Some(serde_json::to_vec(body).unwrap()),
+            &[],
+        )
+        .await
+        .unwrap();
+    (
+        r.status.as_u16(),
+        serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null),
+    )
+}
