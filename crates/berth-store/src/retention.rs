@@ -153,16 +153,24 @@ impl Store {
         let mut report = RetentionReport::default();
         let now = Timestamp::now();
         let keep = policy.max_events_per_machine.max(1);
-        for rec in self.machines()? {
-            let expired = rec.state == State::Destroyed
-                && now.saturating_since(rec.updated_at) >= policy.destroyed_machine_ttl;
-            if expired {
-                self.remove_destroyed(&rec.id, policy, &mut report).await?;
+        // What to do, decided over one snapshot holding one record at a time; done afterwards.
+        let mut expired = Vec::new();
+        let mut trim = Vec::new();
+        self.each_machine(|rec| {
+            if rec.state == State::Destroyed
+                && now.saturating_since(rec.updated_at) >= policy.destroyed_machine_ttl
+            {
+                expired.push(rec.id);
             } else if rec.version > keep {
-                let below = rec.version - keep + 1;
-                self.trim_machine(&rec.id, below, policy, &mut report)
-                    .await?;
+                trim.push((rec.id, rec.version - keep + 1));
             }
+            true
+        })?;
+        for id in &expired {
+            self.remove_destroyed(id, policy, &mut report).await?;
+        }
+        for (id, below) in &trim {
+            self.trim_machine(id, *below, policy, &mut report).await?;
         }
         self.trim_events(policy, &mut report).await?;
         if !report.is_empty() {

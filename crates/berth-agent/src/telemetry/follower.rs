@@ -80,11 +80,11 @@ impl Telemetry {
         // The seq first: the records read next are at least that new, and the events after it
         // are applied again on top (observing a record is idempotent).
         let last_seq = self.store.last_seq()?;
-        let records = self.store.machines()?;
         f.series.clear();
-        for rec in &records {
-            f.series.observe(rec);
-        }
+        self.store.each_machine(|rec| {
+            f.series.observe(&rec);
+            true
+        })?;
         f.last_seq = last_seq;
         Ok(())
     }
