@@ -2,13 +2,13 @@
 //! never wait for the writer; they see the last committed batch. (The consistency check is in
 //! `check.rs`, sizes in `stats.rs`, backups in `backup.rs`.)
 
-use berth_types::{Event, MachineId, MachineRecord, OperationRecord};
+use berth_types::{ConfigVersion, Event, MachineId, MachineRecord, OperationRecord};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::Store;
 use crate::codec::decode_at;
 use crate::error::{Result, StoreError};
-use crate::schema::{EVENTS, HISTORY, MACHINES, META, OPERATIONS};
+use crate::schema::{CONFIG_VERSIONS, EVENTS, HISTORY, MACHINES, META, OPERATIONS};
 
 /// A read transaction together with the database it reads. Holding the `Arc` is what tells a
 /// compaction that replaced this database when its last reader is gone, and only then does it
@@ -150,6 +150,44 @@ impl Store {
         Ok(out)
     }
 
+    /// A machine's config versions, newest first (the record's current one, then the older
+    /// ones kept), from one snapshot; `None` for an unknown machine.
+    fn config_versions_unguarded(&self, id: &MachineId) -> Result<Option<Vec<ConfigVersion>>> {
+        let start = self.inner.timings.start();
+        let txn = self.read_txn("config_versions")?;
+        let machines = open_ro(&txn, MACHINES, "config_versions")?;
+        let Some(v) = machines
+            .get(id.as_str())
+            .map_err(StoreError::db("config_versions"))?
+        else {
+            return Ok(None);
+        };
+        let rec: MachineRecord = decode_at("machines", id, v.value())?;
+        let mut out = vec![rec.current_config()];
+        let table = open_ro(&txn, CONFIG_VERSIONS, "config_versions")?;
+        let range = (id.as_str(), 0u64)..=(id.as_str(), u64::MAX);
+        for entry in table
+            .range(range)
+            .map_err(StoreError::db("config_versions"))?
+            .rev()
+        {
+            let (k, v) = entry.map_err(StoreError::db("config_versions"))?;
+            let (m, ver) = k.value();
+            out.push(decode_at(
+                "config_versions",
+                format!("({m}, {ver})"),
+                v.value(),
+            )?);
+        }
+        let n = out.len();
+        self.inner
+            .timings
+            .finish("config_versions", start, n, 0, || {
+                format!("config versions of {id}: {n}")
+            });
+        Ok(Some(out))
+    }
+
     /// Up to `limit` host-wide events with `seq > after`, oldest first.
     fn events_after_unguarded(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
         let start = self.inner.timings.start();
@@ -272,6 +310,16 @@ impl Store {
         self.guard_read(
             || format!("tables history and events for machine {id}"),
             || self.history_unguarded(id),
+        )
+    }
+
+    /// A machine's config versions, newest first: the current one (the record's), then the
+    /// older ones kept (at most [`crate::MAX_CONFIG_VERSIONS`] in all); `None` for an unknown
+    /// machine.
+    pub fn config_versions(&self, id: &MachineId) -> Result<Option<Vec<ConfigVersion>>> {
+        self.guard_read(
+            || format!("tables machines and config_versions for machine {id}"),
+            || self.config_versions_unguarded(id),
         )
     }
 

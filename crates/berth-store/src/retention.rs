@@ -4,8 +4,8 @@
 //! most [`RetentionPolicy::batch_rows`] rows — with a pause between batches, so a normal write never
 //! waits behind retention for more than one small commit:
 //!
-//! - a destroyed machine's history, then its record, is deleted once it has been destroyed for
-//!   longer than `destroyed_machine_ttl`;
+//! - a destroyed machine's history, then its record and its older config versions, is deleted
+//!   once it has been destroyed for longer than `destroyed_machine_ttl`;
 //! - a machine's history is capped at `max_events_per_machine` rows, oldest first (the record stays
 //!   the truth; `check` knows a trimmed history is a suffix);
 //! - the host-wide event log keeps its newest `max_events` events; a consumer asking for older ones
@@ -206,6 +206,8 @@ impl Store {
                     }
                     let rows = trim_history(w, &id, u64::MAX, limit)?;
                     if rows == 0 && !has_pending_events(w, &id)? {
+                        // At most MAX_CONFIG_VERSIONS - 1 rows: with the record, in one batch.
+                        w.remove_config_versions(&id)?;
                         w.remove(Removal::Machine(id));
                         return Ok((0, true));
                     }

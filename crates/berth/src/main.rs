@@ -19,6 +19,7 @@ mod outcome;
 mod render;
 mod resolve;
 mod stream;
+mod update;
 
 use std::process::ExitCode;
 

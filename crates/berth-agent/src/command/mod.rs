@@ -15,6 +15,7 @@ mod leases;
 mod logs;
 mod machines;
 mod shutdown;
+mod update;
 
 use std::sync::Arc;
 use std::time::Duration;

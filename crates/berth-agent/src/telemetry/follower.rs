@@ -101,8 +101,11 @@ impl Telemetry {
                     let Some(last) = events.last() else { break };
                     f.last_seq = last.seq;
                     for ev in &events {
-                        metrics::counter!("berth_machine_transitions_total", "to" => ev.to.as_str())
-                            .increment(1);
+                        // A config change recorded in the state it happened in is no transition.
+                        if ev.from != Some(ev.to) {
+                            metrics::counter!("berth_machine_transitions_total", "to" => ev.to.as_str())
+                                .increment(1);
+                        }
                         touched.insert(ev.machine_id.clone());
                     }
                     if events.len() < CATCH_UP_PAGE {
