@@ -103,93 +103,132 @@ pub async fn serve<L: Listener>(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     register_metrics(cfg.lane);
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_timeout)
-        .keep_alive(true)
-        .max_header_size(MAX_HEAD_BYTES)
-        .max_buf_size(MAX_HEAD_BYTES);
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    let open = Arc::new(AtomicUsize::new(0));
-    let mut backoff = Duration::ZERO;
-    let mut last_limit = cfg.max_connections;
-    let lane = cfg.lane;
+    let mut lane = Lane::new(cfg, router);
     tokio::pin!(shutdown);
+    let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
             biased;
             () = &mut shutdown => break,
             r = std::future::poll_fn(|cx| listener.poll_accept(cx)) => r,
         };
-        let io = match accepted {
+        match accepted {
             Ok(io) => {
                 backoff = Duration::ZERO;
-                io
+                lane.admit(io);
             }
             Err(e) if is_resource_error(&e) => {
                 // Out of descriptors (or memory): accepting again at once would spin. Back off,
                 // doubling to 1 s; the connections wait in the listen backlog meanwhile.
                 backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
                 if backoff == Duration::from_millis(10) || backoff == Duration::from_secs(1) {
-                    tracing::warn!(lane, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed for want of resources; backing off");
+                    tracing::warn!(lane = lane.cfg.lane, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed for want of resources; backing off");
                 }
                 tokio::select! {
                     biased;
                     () = &mut shutdown => break,
                     () = tokio::time::sleep(backoff) => {}
                 }
-                continue;
             }
             Err(e) => {
                 // A connection reset before it was accepted, and the like: that one only.
-                tracing::debug!(lane, error = %e, "accept failed");
-                continue;
+                tracing::debug!(lane = lane.cfg.lane, error = %e, "accept failed");
             }
-        };
+        }
+    }
+    drop(listener);
+    lane.graceful.shutdown().await;
+}
+
+/// One lane's connections: how they are served, how many are open, the limit last applied.
+struct Lane {
+    cfg: ServeConfig,
+    router: Router,
+    builder: Arc<hyper::server::conn::http1::Builder>,
+    graceful: GracefulShutdown,
+    open: Arc<AtomicUsize>,
+    last_limit: usize,
+}
+
+impl Lane {
+    fn new(cfg: ServeConfig, router: Router) -> Self {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_timeout)
+            .keep_alive(true)
+            .max_header_size(MAX_HEAD_BYTES)
+            .max_buf_size(MAX_HEAD_BYTES);
+        Lane {
+            last_limit: cfg.max_connections,
+            cfg,
+            router,
+            builder: Arc::new(builder),
+            graceful: GracefulShutdown::new(),
+            open: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The connection limit now: `max_connections`, clamped to what the open-files limit leaves
+    /// when the lane has a budget (logged when it changes).
+    fn limit(&mut self) -> usize {
+        let cfg = &self.cfg;
         let limit = match (cfg.fd_budget, berth_agent::open_files_limit()) {
             (Some(b), Ok((soft, _))) => b.clamp(cfg.max_connections, soft),
             _ => cfg.max_connections,
         };
-        if limit != last_limit {
+        if limit != self.last_limit {
             if limit < cfg.max_connections {
                 tracing::warn!(
-                    lane,
+                    lane = cfg.lane,
                     limit,
                     configured = cfg.max_connections,
                     "the open-files limit leaves room for fewer connections than api.max_connections: clamped (raise LimitNOFILE)"
                 );
             } else {
-                tracing::info!(lane, limit, "connection limit back to api.max_connections");
+                tracing::info!(
+                    lane = cfg.lane,
+                    limit,
+                    "connection limit back to api.max_connections"
+                );
             }
-            last_limit = limit;
+            self.last_limit = limit;
         }
-        if open.load(Ordering::Acquire) >= limit {
-            // Refused at accept: closed at once, before anything is read.
+        limit
+    }
+
+    /// Serves an accepted connection on its own task, or, at the limit, closes it at once,
+    /// before anything is read.
+    fn admit<I>(&mut self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let lane = self.cfg.lane;
+        let limit = self.limit();
+        if self.open.load(Ordering::Acquire) >= limit {
             drop(io);
             metrics::counter!("berth_api_connections_refused_total", "lane" => lane).increment(1);
             note_refusal(lane, limit);
-            continue;
+            return;
         }
-        let n = open.fetch_add(1, Ordering::AcqRel) + 1;
+        let n = self.open.fetch_add(1, Ordering::AcqRel) + 1;
         metrics::gauge!("berth_api_connections", "lane" => lane).set(n as f64);
         let guard = OpenGuard {
-            open: open.clone(),
+            open: self.open.clone(),
             lane,
         };
         let (io, catcher) = Catching::new(io);
-        let conn =
-            builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(router.clone()));
-        let conn = graceful.watch(conn);
+        let conn = self.builder.serve_connection(
+            TokioIo::new(io),
+            TowerToHyperService::new(self.router.clone()),
+        );
+        let conn = self.graceful.watch(conn);
         tokio::spawn(async move {
             let result = conn.await;
             catcher.finish(lane, result.as_ref().err()).await;
             drop(guard);
         });
     }
-    drop(listener);
-    graceful.shutdown().await;
 }
 
 /// Logs refusals at most once a second per lane.
