@@ -48,10 +48,35 @@ async fn machines(c: &Client) -> Value {
 
 /// A create whose image had to be pulled: 201 with the digest, or (until image machines run
 /// here) 400 "not supported" with nothing recorded.
-async fn assert_pulled_create(c: &Client, reference: &str, digest: &str) {
+/// `first`: the first pull of this image, which downloads it; later ones find it on the host.
+async fn assert_pulled_create(c: &Client, reference: &str, digest: &str, first: bool) {
     let (status, body) = create(c, reference).await;
     match status {
-        201 => assert_eq!(body["image_digest"], digest, "{body}"),
+        201 => {
+            assert_eq!(body["image_digest"], digest, "{body}");
+            // The pull is its own step in the machine's events, right after the create,
+            // recorded in the state it happened in.
+            let id = body["id"].as_str().unwrap();
+            let r = c
+                .raw(Method::GET, &format!("/v1/machines/{id}/events"), None, &[])
+                .await
+                .unwrap();
+            let events: Vec<Value> = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(events[0]["type"], "create", "{events:?}");
+            let pull = &events[1];
+            assert_eq!(pull["type"], "pull", "{events:?}");
+            assert_eq!(
+                (&pull["from"], &pull["to"]),
+                (&json!("created"), &json!("created"))
+            );
+            let reason = pull["reason"].as_str().unwrap();
+            assert!(
+                reason.contains(reference) && reason.contains(digest),
+                "{reason}"
+            );
+            let downloaded = reason.contains("MiB downloaded");
+            assert_eq!(downloaded, first, "{reason}");
+        }
         400 => {
             let msg = body["error"].as_str().unwrap();
             assert!(msg.contains("not supported"), "{reference}: {body}");
@@ -86,9 +111,9 @@ fn a_create_pulls_by_tag_and_by_digest_what_the_host_lacks() {
     rt().block_on(async {
         assert!(images(&c).await.is_empty());
         let by_tag = format!("{}/app:v1", reg.host());
-        assert_pulled_create(&c, &by_tag, &digest).await;
+        assert_pulled_create(&c, &by_tag, &digest, true).await;
         let by_digest = format!("{}/app@{digest}", reg.host());
-        assert_pulled_create(&c, &by_digest, &digest).await;
+        assert_pulled_create(&c, &by_digest, &digest, false).await;
         assert_eq!(images(&c).await.len(), 1, "one image, pulled once");
         // An unknown tag is the registry's answer in words, and nothing is recorded.
         let (status, body) = create(&c, &format!("{}/app:nope", reg.host())).await;
@@ -179,7 +204,7 @@ fn a_registry_dying_mid_pull_leaves_nothing_and_a_sigkilled_agent_pulls_cleanly_
             "the cut-off create recorded nothing"
         );
         assert!(images(&c).await.is_empty(), "no half image");
-        assert_pulled_create(&c, &reference, &digest).await;
+        assert_pulled_create(&c, &reference, &digest, true).await;
     });
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use berth_driver::files::{self, ShimState};
 use berth_driver::{Driver, DriverError, Probe, exit_info};
-use berth_machine::{EffectError, Effects, ImageError, Observed};
+use berth_machine::{EffectError, Effects, ImageError, Observed, ReadyImage};
 use berth_types::{ExitInfo, MachineRecord};
 use tokio::sync::mpsc;
 
@@ -209,13 +209,16 @@ impl Effects for HostEffects {
     async fn resolve_image(
         &self,
         config: &berth_types::MachineConfig,
-    ) -> Result<Option<String>, ImageError> {
+    ) -> Result<Option<ReadyImage>, ImageError> {
         let Some(reference) = config.image.clone() else {
             return Ok(None);
         };
         if let Some(pulls) = self.pulls.clone() {
             return match pulls.ready(&reference, true).await {
-                Ok(resolved) => Ok(Some(resolved.digest)),
+                Ok(ready) => Ok(Some(ReadyImage {
+                    digest: ready.resolved.digest,
+                    pulled: ready.pulled,
+                })),
                 Err(e) => Err(image_error(&e)),
             };
         }
@@ -229,7 +232,12 @@ impl Effects for HostEffects {
             .await
             .map_err(|e| ImageError::Host(format!("image: the import task failed: {e}")))?;
         imported
-            .map(|resolved| Some(resolved.digest))
+            .map(|resolved| {
+                Some(ReadyImage {
+                    digest: resolved.digest,
+                    pulled: None,
+                })
+            })
             .map_err(|e| image_error(&e))
     }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use berth_image::RegistryConfig;
-use berth_image::{ImageError, ImageStore, Puller, Resolved};
+use berth_image::{ImageError, ImageStore, Pull, Puller, Resolved};
 use berth_store::Store;
 use berth_types::State;
 
@@ -36,6 +36,37 @@ impl Default for ImagesConfig {
             pull_timeout: Duration::from_secs(600),
         }
     }
+}
+
+/// An image made ready ([`Images::ready`]).
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The image.
+    pub resolved: Resolved,
+    /// For a registry reference, what the pull did, in words (a create records it as the
+    /// machine's `pull` event); `None` for an imported `oci:` layout.
+    pub pulled: Option<String>,
+}
+
+/// What a pull did, for the machine's `pull` event: the reference, the digest, what was
+/// downloaded and unpacked, how long it took.
+pub fn pull_note(reference: &str, p: &Pull) -> String {
+    let what = if p.downloaded_bytes > 0 {
+        format!(
+            "{:.1} MiB downloaded{}",
+            p.downloaded_bytes as f64 / (1u64 << 20) as f64,
+            if p.unpacked { " and unpacked" } else { "" }
+        )
+    } else if p.unpacked {
+        "unpacked from blobs already on the host".to_owned()
+    } else {
+        "already on the host, nothing downloaded".to_owned()
+    };
+    format!(
+        "pulled {reference}: {} ({what}, {:.1} s)",
+        p.resolved.digest,
+        p.elapsed.as_secs_f64()
+    )
 }
 
 /// How long an image made ready for a create counts as in use before the create records it.
@@ -81,14 +112,17 @@ impl Images {
     /// Makes `reference` ready: imports an `oci:` layout, pulls anything else (at most
     /// `pull_timeout`); records the reference beside the image and, for a create (`for_create`),
     /// holds it as pending until the create has had time to record its machine.
-    pub async fn ready(&self, reference: &str, for_create: bool) -> Result<Resolved, ImageError> {
-        let resolved = if reference.starts_with("oci:") {
+    pub async fn ready(&self, reference: &str, for_create: bool) -> Result<Ready, ImageError> {
+        let (resolved, pulled) = if reference.starts_with("oci:") {
             let (store, r) = (self.store.clone(), reference.to_owned());
-            tokio::task::spawn_blocking(move || store.import(&r))
+            let resolved = tokio::task::spawn_blocking(move || store.import(&r))
                 .await
-                .map_err(|e| task_failed("import", &e))??
+                .map_err(|e| task_failed("import", &e))??;
+            (resolved, None)
         } else {
-            self.pull(reference).await?
+            let p = self.pull(reference).await?;
+            let note = pull_note(reference, &p);
+            (p.resolved, Some(note))
         };
         if for_create {
             self.hold(&resolved.digest);
@@ -101,11 +135,11 @@ impl Images {
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.add_reference(&d, &r)).await {
             tracing::warn!(image = reference, error = %e, "recording the image's reference");
         }
-        Ok(resolved)
+        Ok(Ready { resolved, pulled })
     }
 
     /// Pulls a registry reference, bounded by `pull_timeout`.
-    async fn pull(&self, reference: &str) -> Result<Resolved, ImageError> {
+    async fn pull(&self, reference: &str) -> Result<Pull, ImageError> {
         let timeout = self.cfg.pull_timeout;
         tracing::info!(image = reference, "pulling image");
         match tokio::time::timeout(timeout, self.puller.pull(reference)).await {
@@ -114,7 +148,7 @@ impl Images {
                     image = reference, digest = %p.resolved.digest, bytes = p.downloaded_bytes,
                     unpacked = p.unpacked, elapsed_ms = p.elapsed.as_millis() as u64, "pulled image"
                 );
-                Ok(p.resolved)
+                Ok(p)
             }
             Ok(Err(e)) => Err(e),
             Err(_) => {
@@ -149,20 +183,18 @@ impl Images {
     /// The machines (not destroyed) using each image, by manifest digest, read from `store`;
     /// `None` when the store cannot be read (then nothing may be removed).
     pub fn users(store: &Store) -> Option<HashMap<String, Vec<String>>> {
-        let machines = match store.machines() {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading machines to see which images are in use");
-                return None;
-            }
-        };
         let mut users: HashMap<String, Vec<String>> = HashMap::new();
-        for m in machines {
+        let visited = store.each_machine(|m| {
             if m.state != State::Destroyed
-                && let Some(d) = m.image_digest
+                && let Some(d) = &m.image_digest
             {
-                users.entry(d).or_default().push(m.id.to_string());
+                users.entry(d.clone()).or_default().push(m.id.to_string());
             }
+            true
+        });
+        if let Err(e) = visited {
+            tracing::warn!(error = %e, "reading machines to see which images are in use");
+            return None;
         }
         Some(users)
     }

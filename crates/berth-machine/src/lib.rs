@@ -22,7 +22,9 @@ pub use admission::{Admission, AdmissionError, Admitted, Created};
 pub use guard::{Guard, GuardAction, GuardConfig, GuardStatus, Held, Verdict};
 pub use leases::{DEFAULT_LEASE_TTL, LeaseError, LeaseRecord, MAX_LEASE_TTL};
 pub use plan::{Effect, PlanStep, plan};
-pub use runner::{CreateRequest, EffectError, Effects, ImageError, Machines, OpError, OpOutcome};
+pub use runner::{
+    CreateRequest, EffectError, Effects, ImageError, Machines, OpError, OpOutcome, ReadyImage,
+};
 pub use supervise::{
     AfterExit, DEFAULT_MAX_RETRIES, ExitOutcome, Observed, Planned, ReconcileConfig,
     ReconcileReport, after_exit, backoff, describe_exit,

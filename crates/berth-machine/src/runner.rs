@@ -43,13 +43,14 @@ pub trait Effects: Send + Sync + 'static {
     /// message naming the field. Called before anything is recorded.
     fn check_config(&self, config: &MachineConfig) -> Result<(), String>;
     /// Makes the config's image ready on the host (imported into the image store if it is not
-    /// there yet) and returns its manifest digest; `None` for a host-process machine. Called
-    /// before anything is recorded: [`ImageError::Invalid`] for an image that cannot be used
-    /// (message naming the field), [`ImageError::Host`] when the host's image store fails.
+    /// there yet) and returns its manifest digest and what making it ready took; `None` for a
+    /// host-process machine. Called before anything is recorded: [`ImageError::Invalid`] for an
+    /// image that cannot be used (message naming the field), [`ImageError::Host`] when the
+    /// host's image store fails.
     fn resolve_image(
         &self,
         config: &MachineConfig,
-    ) -> impl Future<Output = Result<Option<String>, ImageError>> + Send {
+    ) -> impl Future<Output = Result<Option<ReadyImage>, ImageError>> + Send {
         let refused = config.image.is_some();
         async move {
             if refused {
@@ -75,6 +76,17 @@ pub trait Effects: Send + Sync + 'static {
         let _ = m;
         async { Err(EffectError("no unsupervised workloads on this host".into())) }
     }
+}
+
+/// A machine's image, ready on the host ([`Effects::resolve_image`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyImage {
+    /// Its manifest digest, what the machine records as `image_digest`.
+    pub digest: String,
+    /// What making it ready took, in words, when it was not on the host yet (pulled: the
+    /// reference, the bytes downloaded, the time): recorded as the machine's `pull` event in
+    /// the write that records the machine or its new config.
+    pub pulled: Option<String>,
 }
 
 /// Why a machine's image cannot be made ready ([`Effects::resolve_image`]).
@@ -243,7 +255,8 @@ impl<E: Effects> Machines<E> {
     ) -> Result<Admitted, OpError> {
         let key = admission.idempotency_key;
         crate::admission::check_request(&req, key.as_deref())?;
-        let (config, image_digest) = self.checked_config(req.config).await?;
+        let (config, image) = self.checked_config(req.config).await?;
+        let (image_digest, pulled) = image.map_or((None, None), |i| (Some(i.digest), i.pulled));
         let req = CreateRequest { config, ..req };
         let digest = crate::admission::digest(&req);
         let id = req.id.clone().unwrap_or_else(MachineId::generate);
@@ -289,6 +302,9 @@ impl<E: Effects> Machines<E> {
                     return Ok(Err(AdmissionError::LimitReached { max }));
                 }
                 w.create_machine(rec, source, "create requested")?;
+                if let Some(pulled) = &pulled {
+                    w.note(&id, EventKind::Pull, source, pulled)?;
+                }
                 let op = w.begin_operation(&id, OpKind::Create, source, params, &steps)?;
                 let operation = first_step_inline(w, op, start)?;
                 let machine = w
@@ -307,7 +323,7 @@ impl<E: Effects> Machines<E> {
     pub(crate) async fn checked_config(
         &self,
         mut config: MachineConfig,
-    ) -> Result<(MachineConfig, Option<String>), OpError> {
+    ) -> Result<(MachineConfig, Option<ReadyImage>), OpError> {
         config.validate().map_err(|e| {
             if e.too_large {
                 OpError::TooLarge(e.to_string())
@@ -315,7 +331,7 @@ impl<E: Effects> Machines<E> {
                 OpError::Invalid(e.to_string())
             }
         })?;
-        let image_digest = self
+        let image = self
             .effects
             .resolve_image(&config)
             .await
@@ -327,7 +343,7 @@ impl<E: Effects> Machines<E> {
         self.effects
             .check_config(&config)
             .map_err(OpError::Invalid)?;
-        Ok((config, image_digest))
+        Ok((config, image))
     }
 
     /// A replayed create's machine once the first create's operation has finished (or after

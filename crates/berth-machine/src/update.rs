@@ -5,11 +5,11 @@
 
 use berth_store::{ConfigChange, StoreError};
 use berth_types::{
-    MachineConfig, MachineId, MachineRecord, OpKind, OperationRecord, Source, State,
+    EventKind, MachineConfig, MachineId, MachineRecord, OpKind, OperationRecord, Source, State,
 };
 
 use crate::plan::plan;
-use crate::runner::{Effects, Machines, OpError, first_step_inline};
+use crate::runner::{Effects, Machines, OpError, ReadyImage, first_step_inline};
 
 /// A request to update a machine's config.
 #[derive(Debug, Clone)]
@@ -60,11 +60,11 @@ impl<E: Effects> Machines<E> {
     /// (→ restarting). A machine that is not started keeps its state: the new config is what its
     /// next start runs.
     pub async fn update(&self, id: &MachineId, req: UpdateRequest) -> Result<Updated, OpError> {
-        let (config, image_digest) = self.checked_config(req.config).await?;
+        let (config, image) = self.checked_config(req.config).await?;
         self.record_update(
             id,
             config,
-            image_digest,
+            image,
             req.current_version,
             req.skip_start,
             req.source,
@@ -106,18 +106,10 @@ impl<E: Effects> Machines<E> {
             }
             .into());
         };
-        let (config, image_digest) = self.checked_config(old.config.clone()).await?;
+        let (config, image) = self.checked_config(old.config.clone()).await?;
         let what = format!("rollback to config version {target}");
-        self.record_update(
-            id,
-            config,
-            image_digest,
-            Some(current),
-            false,
-            source,
-            &what,
-        )
-        .await
+        self.record_update(id, config, image, Some(current), false, source, &what)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)] // one write's inputs, checked by the two callers above
@@ -125,7 +117,7 @@ impl<E: Effects> Machines<E> {
         &self,
         id: &MachineId,
         config: MachineConfig,
-        image_digest: Option<String>,
+        image: Option<ReadyImage>,
         current_version: Option<u64>,
         skip_start: bool,
         source: Source,
@@ -134,6 +126,7 @@ impl<E: Effects> Machines<E> {
         let names: Vec<&'static str> = plan(OpKind::Update, true).iter().map(|s| s.name).collect();
         let id = id.clone();
         let what = what.to_owned();
+        let (image_digest, pulled) = image.map_or((None, None), |i| (Some(i.digest), i.pulled));
         let updated = self
             .store()
             .write(move |w| {
@@ -169,6 +162,9 @@ impl<E: Effects> Machines<E> {
                         reason,
                     },
                 )?;
+                if let Some(pulled) = &pulled {
+                    w.note(&id, EventKind::Pull, source, pulled)?;
+                }
                 let operation = if apply {
                     let params = berth_types::OpParams {
                         signal: Some(old_stop.signal),

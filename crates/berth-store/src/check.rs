@@ -316,10 +316,14 @@ fn check_history(rec: &MachineRecord, history: &[Event], p: &mut Vec<String>) {
         }
     }
     for ev in history {
-        // A config change (`update`) is recorded in the state it happened in.
-        let config_change = ev.kind == berth_types::EventKind::Update && ev.from == Some(ev.to);
+        // A config change (`update`) or an image pull (`pull`) is recorded in the state it
+        // happened in.
+        let in_place = matches!(
+            ev.kind,
+            berth_types::EventKind::Update | berth_types::EventKind::Pull
+        ) && ev.in_place();
         if let Some(from) = ev.from
-            && !config_change
+            && !in_place
             && !from.can_transition_to(ev.to)
         {
             p.push(format!(

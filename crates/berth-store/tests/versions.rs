@@ -219,3 +219,35 @@ fn a_first_schema_file_is_migrated_to_have_the_versions_table() {
             .contains_key("config_versions")
     );
 }
+
+/// A pull noted for a machine is an event in the state it is in: the history the check folds
+/// accepts it, and the record keeps its state; a destroyed machine takes no note.
+#[test]
+fn a_pull_is_noted_in_place_and_the_check_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    create(&store, "m1");
+    let id = MachineId::parse("m1").unwrap();
+    let ev = {
+        let id = id.clone();
+        store
+            .write_blocking(move |w| {
+                w.note(
+                    &id,
+                    EventKind::Pull,
+                    Source::User,
+                    "pulled r/app:v1: sha256:ab",
+                )
+            })
+            .unwrap()
+    };
+    assert_eq!(
+        (ev.kind, ev.from, ev.to),
+        (EventKind::Pull, Some(State::Created), State::Created)
+    );
+    assert!(ev.in_place());
+    let rec = store.machine(&id).unwrap().unwrap();
+    assert_eq!((rec.state, rec.version), (State::Created, ev.version));
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}

@@ -37,6 +37,10 @@ pub enum EventKind {
     /// A new config version was recorded (an update or a rollback; `from` and `to` are the
     /// state it was recorded in), or an update operation began applying it.
     Update,
+    /// The machine's image was pulled from its registry (or imported) for its create or its
+    /// update, before the machine or its new config was recorded: what was pulled, how much and
+    /// how long, in `reason`. Recorded in the state the machine was in (`from` = `to`).
+    Pull,
 }
 
 /// How a workload exited.
@@ -56,6 +60,14 @@ pub struct ExitInfo {
     pub requested_stop: bool,
     /// When the exit was observed.
     pub at: Timestamp,
+}
+
+impl Event {
+    /// Whether the event notes something that happened in a state rather than a change of
+    /// state (`from` = `to`: a config version recorded, an image pulled): not a transition.
+    pub fn in_place(&self) -> bool {
+        self.from == Some(self.to)
+    }
 }
 
 /// One recorded transition. The same value is stored in the machine's history (keyed by machine

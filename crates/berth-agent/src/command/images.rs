@@ -35,7 +35,8 @@ impl Agent {
                 .images
                 .ready(&reference, false)
                 .await
-                .map_err(|e| image_error(&e))?;
+                .map_err(|e| image_error(&e))?
+                .resolved;
             let elapsed_ms = started.elapsed().as_millis() as u64;
             let image = me
                 .images()

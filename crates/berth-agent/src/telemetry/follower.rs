@@ -101,8 +101,9 @@ impl Telemetry {
                     let Some(last) = events.last() else { break };
                     f.last_seq = last.seq;
                     for ev in &events {
-                        // A config change recorded in the state it happened in is no transition.
-                        if ev.from != Some(ev.to) {
+                        // A config change or a pull recorded in the state it happened in is no
+                        // transition.
+                        if !ev.in_place() {
                             metrics::counter!("berth_machine_transitions_total", "to" => ev.to.as_str())
                                 .increment(1);
                         }

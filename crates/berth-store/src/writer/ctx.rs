@@ -462,6 +462,27 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
         Ok(ev)
     }
 
+    /// Records an event that notes something that happened to the machine in its current state
+    /// (`from` = `to`; [`Event::in_place`]): an image pulled for it. Refused for an unknown or
+    /// destroyed machine.
+    pub fn note(
+        &mut self,
+        id: &MachineId,
+        kind: EventKind,
+        source: Source,
+        reason: &str,
+    ) -> Result<Event> {
+        let mut rec = self.machine_required(id)?;
+        if rec.state == State::Destroyed {
+            return Err(StoreError::NotFound(id.clone()));
+        }
+        let (state, pid) = (rec.state, rec.pid);
+        let spec = TransitionSpec::new(state, kind, source, reason).with_pid(pid);
+        let ev = self.push_event(&mut rec, Some(state), spec);
+        self.staged.machines.insert(id.clone(), rec);
+        Ok(ev)
+    }
+
     /// Records a transition, refusing an illegal one or a version mismatch.
     pub fn transition(&mut self, id: &MachineId, spec: TransitionSpec) -> Result<Event> {
         let mut rec = self.machine_required(id)?;
