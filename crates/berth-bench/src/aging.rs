@@ -1,4 +1,4 @@
-//! `bench aging [--transitions N] [--preload-mib M] [--maintenance-interval S]`: does the store
+//! `bench aging [--transitions N] [--preload-mib M] [--maintenance-interval S] [--cache-mib C]`: does the store
 //! decay as its file ages?
 //!
 //! flyd's BoltDB commits a transition 20× slower on a file holding 1 GiB of history of which 80%
@@ -57,6 +57,8 @@ struct Args {
     transitions: usize,
     preload_mib: u64,
     interval: Duration,
+    /// redb's page cache, bytes (berthd's `db.cache_size`).
+    cache: usize,
 }
 
 fn parse(args: &[String]) -> Result<Args, Box<dyn std::error::Error>> {
@@ -64,6 +66,7 @@ fn parse(args: &[String]) -> Result<Args, Box<dyn std::error::Error>> {
         transitions: 200_000,
         preload_mib: 1024,
         interval: MaintenanceConfig::default().interval,
+        cache: berth_store::DEFAULT_CACHE_SIZE,
     };
     let mut it = args.iter();
     while let Some(k) = it.next() {
@@ -72,6 +75,7 @@ fn parse(args: &[String]) -> Result<Args, Box<dyn std::error::Error>> {
             "--transitions" => a.transitions = v()?.parse()?,
             "--preload-mib" => a.preload_mib = v()?.parse()?,
             "--maintenance-interval" => a.interval = Duration::from_secs_f64(v()?.parse()?),
+            "--cache-mib" => a.cache = v()?.parse::<usize>()? << 20,
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
@@ -197,8 +201,9 @@ fn spec(to: State) -> TransitionSpec {
 /// The agent core on `dir` as berthd runs it, except that this suite calls the maintenance
 /// pass itself (to time it) and reconciliation never runs during the churn (the churned
 /// machines have no workloads).
-async fn agent(dir: &Path) -> Result<Agent, Box<dyn std::error::Error>> {
+async fn agent(dir: &Path, cache: usize) -> Result<Agent, Box<dyn std::error::Error>> {
     let mut cfg = AgentConfig::new(dir.to_owned());
+    cfg.store.cache_size = cache;
     cfg.maintenance = None;
     cfg.reconcile_interval = Duration::from_secs(86_400);
     Ok(Agent::start(cfg).await?)
@@ -470,14 +475,14 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
     println!("fresh: {} writes by {WRITERS} writers...", a.transitions);
     // One runtime per run: dropping it ends the agent's tasks and closes its store.
     let (fresh, event_bytes) = runtime()?.block_on(async {
-        let agent = agent(&fresh_dir).await?;
+        let agent = agent(&fresh_dir, a.cache).await?;
         let run = churn(&agent, a.transitions, a.interval).await?;
         Ok::<_, Box<dyn std::error::Error>>((run, event_bytes(agent.store())))
     })?;
     print_run("fresh", &fresh);
     println!("aged: preloading {} MiB of history...", a.preload_mib);
     let (preload, aged) = runtime()?.block_on(async {
-        let agent = agent(&aged_dir).await?;
+        let agent = agent(&aged_dir, a.cache).await?;
         let preload = preload(agent.store(), a.preload_mib).await?;
         println!(
             "  {} transitions in {:.0} s; on disk {:.0} MiB, live {:.0} MiB after retention",
