@@ -223,25 +223,11 @@ pub fn dist(args: &[String]) -> Result<(), String> {
             _ => return Err(USAGE.into()),
         }
     }
-    let root = workspace();
     let version = env!("CARGO_PKG_VERSION");
     let arch = output(Command::new("dpkg").arg("--print-architecture"))?
         .trim()
         .to_owned();
-
-    // The same package selection as the end-to-end tests' build, so that with `--profile dev`
-    // under `cargo xtask test` this is a no-op.
-    let mut build = cargo();
-    build.args(["build", "--profile", &profile]);
-    for (bin, package) in BINARIES {
-        build.args(["-p", package, "--bin", bin]);
-    }
-    run(&mut build)?;
-    let built = target_dir().join(match profile.as_str() {
-        "dev" | "test" => "debug",
-        "bench" => "release",
-        other => other,
-    });
+    let built = build(&profile)?;
 
     let name = format!("berth_{version}_{arch}");
     let stage = out.join(&name);
@@ -252,7 +238,41 @@ pub fn dist(args: &[String]) -> Result<(), String> {
         _ => {}
     }
     mkdir(&stage)?;
+    let shipped = stage_files(&stage, &built)?;
+    stage_generated(&stage, &out.join(format!("{name}.man")))?;
+    stage_control(&stage, version, &arch, &shipped)?;
 
+    let deb = out.join(format!("{name}.deb"));
+    // Its chatter goes to stderr: stdout is for the package's path alone.
+    run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&stage)
+        .arg(&deb)
+        .stdout(std::io::stderr()))?;
+    println!("{}", deb.display());
+    Ok(())
+}
+
+/// Builds the shipped binaries in `profile`; the directory they are in.
+fn build(profile: &str) -> Result<PathBuf, String> {
+    // The same package selection as the end-to-end tests' build, so that with `--profile dev`
+    // under `cargo xtask test` this is a no-op.
+    let mut build = cargo();
+    build.args(["build", "--profile", profile]);
+    for (bin, package) in BINARIES {
+        build.args(["-p", package, "--bin", bin]);
+    }
+    run(&mut build)?;
+    Ok(target_dir().join(match profile {
+        "dev" | "test" => "debug",
+        "bench" => "release",
+        other => other,
+    }))
+}
+
+/// The binaries (stripped) and the files taken from the tree as they are; the binaries' paths.
+fn stage_files(stage: &Path, built: &Path) -> Result<Vec<PathBuf>, String> {
+    let root = workspace();
     // Binaries, without their debug info (the unstripped ones stay in the target directory).
     let mut shipped = Vec::new();
     for (bin, _) in BINARIES {
@@ -269,20 +289,20 @@ pub fn dist(args: &[String]) -> Result<(), String> {
 
     // The unit, the config, the documentation, the dashboards.
     copy(
-        &stage,
+        stage,
         "lib/systemd/system/berthd.service",
         &root.join("packaging/systemd/berthd.service"),
         0o644,
     )?;
-    copy(&stage, CONFFILE, &root.join("packaging/berth.toml"), 0o644)?;
+    copy(stage, CONFFILE, &root.join("packaging/berth.toml"), 0o644)?;
     copy(
-        &stage,
+        stage,
         "usr/share/doc/berth/README.md",
         &root.join("README.md"),
         0o644,
     )?;
     put(
-        &stage,
+        stage,
         "usr/share/doc/berth/copyright",
         copyright().as_bytes(),
         0o644,
@@ -303,24 +323,28 @@ pub fn dist(args: &[String]) -> Result<(), String> {
         for file in files_in(&root.join(dir), exts)? {
             let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
             let rel = format!("{dest}/{}", name.unwrap_or_default());
-            copy(&stage, &rel, &file, 0o644)?;
+            copy(stage, &rel, &file, 0o644)?;
         }
     }
 
-    // Generated from the shipped binaries themselves.
+    Ok(shipped)
+}
+
+/// What the shipped `berth` and `berthd` generate: shell completions and man pages (made in
+/// `pages`, then compressed into the stage).
+fn stage_generated(stage: &Path, pages: &Path) -> Result<(), String> {
     let berth = stage.join("usr/bin/berth");
     for (shell, rel) in COMPLETIONS {
         let script = output(Command::new(&berth).args(["completions", shell]))?;
-        put(&stage, rel, script.as_bytes(), 0o644)?;
+        put(stage, rel, script.as_bytes(), 0o644)?;
     }
-    let pages = out.join(format!("{name}.man"));
-    let _ = std::fs::remove_dir_all(&pages);
-    mkdir(&pages)?;
-    run(Command::new(&berth).arg("man").arg(&pages))?;
+    let _ = std::fs::remove_dir_all(pages);
+    mkdir(pages)?;
+    run(Command::new(&berth).arg("man").arg(pages))?;
     run(Command::new(stage.join("usr/bin/berthd"))
         .arg("man")
-        .arg(&pages))?;
-    for page in files_in(&pages, &[".1"])? {
+        .arg(pages))?;
+    for page in files_in(pages, &[".1"])? {
         let name = page.file_name().map(|n| n.to_string_lossy().into_owned());
         let rel = format!("usr/share/man/man1/{}.gz", name.unwrap_or_default());
         let gz = Command::new("gzip")
@@ -331,13 +355,25 @@ pub fn dist(args: &[String]) -> Result<(), String> {
         if !gz.status.success() {
             return Err(format!("gzip {} failed: {}", page.display(), gz.status));
         }
-        put(&stage, &rel, &gz.stdout, 0o644)?;
+        put(stage, &rel, &gz.stdout, 0o644)?;
     }
-    std::fs::remove_dir_all(&pages).map_err(io("removing", &pages))?;
+    std::fs::remove_dir_all(pages).map_err(io("removing", pages))?;
 
+    Ok(())
+}
+
+/// `DEBIAN/`: control (with the installed size and the binaries' dependencies), conffiles,
+/// md5sums and the maintainer scripts; every directory 0755.
+fn stage_control(
+    stage: &Path,
+    version: &str,
+    arch: &str,
+    shipped: &[PathBuf],
+) -> Result<(), String> {
+    let root = workspace();
     // Directories 0755 whatever the umask; sizes and checksums of what will be installed.
     let mut tree = Vec::new();
-    walk(&stage, Path::new(""), &mut tree)?;
+    walk(stage, Path::new(""), &mut tree)?;
     let mut kib = 0u64;
     let mut sums = Vec::new();
     for (rel, is_dir) in &tree {
@@ -360,7 +396,7 @@ pub fn dist(args: &[String]) -> Result<(), String> {
         Command::new("md5sum")
             .arg("--")
             .args(&sums)
-            .current_dir(&stage),
+            .current_dir(stage),
     )?;
 
     let template = std::fs::read_to_string(root.join("packaging/debian/control"))
@@ -370,23 +406,23 @@ pub fn dist(args: &[String]) -> Result<(), String> {
         .filter(|l| !l.starts_with('#'))
         .map(|l| {
             l.replace("@VERSION@", version)
-                .replace("@ARCH@", &arch)
+                .replace("@ARCH@", arch)
                 .replace("@INSTALLED_SIZE@", &kib.to_string())
                 + "\n"
         })
         .collect::<String>()
-        .replace("@DEPENDS@", &depends(&shipped)?);
-    put(&stage, "DEBIAN/control", control.as_bytes(), 0o644)?;
+        .replace("@DEPENDS@", &depends(shipped)?);
+    put(stage, "DEBIAN/control", control.as_bytes(), 0o644)?;
     put(
-        &stage,
+        stage,
         "DEBIAN/conffiles",
         format!("/{CONFFILE}\n").as_bytes(),
         0o644,
     )?;
-    put(&stage, "DEBIAN/md5sums", md5sums.as_bytes(), 0o644)?;
+    put(stage, "DEBIAN/md5sums", md5sums.as_bytes(), 0o644)?;
     for script in ["postinst", "prerm", "postrm"] {
         copy(
-            &stage,
+            stage,
             &format!("DEBIAN/{script}"),
             &root.join("packaging/debian").join(script),
             0o755,
@@ -394,14 +430,6 @@ pub fn dist(args: &[String]) -> Result<(), String> {
     }
     set_mode(&stage.join("DEBIAN"), 0o755)?;
 
-    let deb = out.join(format!("{name}.deb"));
-    // Its chatter goes to stderr: stdout is for the package's path alone.
-    run(Command::new("dpkg-deb")
-        .args(["--root-owner-group", "--build"])
-        .arg(&stage)
-        .arg(&deb)
-        .stdout(std::io::stderr()))?;
-    println!("{}", deb.display());
     Ok(())
 }
 
