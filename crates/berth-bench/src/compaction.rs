@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use berth_store::{RetentionPolicy, Store, StoreOptions, TransitionSpec};
+use berth_store::{RetentionPolicy, Store, StoreOptions, StoreStats, TransitionSpec};
 use berth_types::{EventKind, MachineConfig, MachineId, MachineRecord, Source, State, Timestamp};
 use serde::Serialize;
 
@@ -184,124 +184,145 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("berth.redb");
-    let report = rt.block_on(async {
-        let epoch = Instant::now();
-        let phases = Arc::new(std::sync::Mutex::new(Vec::<(f64, String)>::new()));
-        let hook_phases = phases.clone();
-        let store = Store::open(
-            &path,
-            StoreOptions {
-                compaction_hook: Some(Arc::new(move |phase: &str| {
-                    if let Ok(mut p) = hook_phases.lock() {
-                        p.push((epoch.elapsed().as_secs_f64() * 1000.0, phase.to_owned()));
-                    }
-                })),
-                ..StoreOptions::default()
-            },
-        )?;
-        let t = Instant::now();
-        println!("writing about {size_mib} MiB of history...");
-        let per_machine = bloat(&store, size_mib << 20).await?;
-        println!("retention: keeping the newest events only...");
-        // Retention only trims rows the history index has materialized: let it catch up.
-        for _ in 0..1000 {
-            let st = store.stats()?;
-            if st.history_seq + 1 >= st.next_seq {
-                break;
-            }
-            store.write(|_| Ok(())).await?;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        store
-            .retain(&RetentionPolicy {
-                // Keep a fifth: at least 70% of the file becomes garbage.
-                max_events_per_machine: per_machine / 5,
-                max_events: per_machine * 64 / 5,
-                batch_rows: 2048,
-                pause: Duration::ZERO,
-                ..RetentionPolicy::default()
-            })
-            .await?;
-        let setup_seconds = t.elapsed().as_secs_f64();
-        let before = store.stats()?;
-        println!(
-            "database: {:.0} MiB, live {:.0} MiB, garbage {:.0}% (setup {setup_seconds:.0} s)",
-            before.file_size_bytes as f64 / 1048576.0,
-            before.live_bytes as f64 / 1048576.0,
-            before.garbage_ratio() * 100.0
-        );
-
-        let stop = Arc::new(AtomicBool::new(false));
-        let w = writer(
-            store.clone(),
-            stop.clone(),
-            MachineId::parse("baseline")?,
-            epoch,
-        );
-        tokio::time::sleep(BASELINE).await;
-        stop.store(true, Ordering::Relaxed);
-        let baseline = w.await?;
-
-        let stop = Arc::new(AtomicBool::new(false));
-        let w = writer(
-            store.clone(),
-            stop.clone(),
-            MachineId::parse("during")?,
-            epoch,
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let t = Instant::now();
-        let s = store.clone();
-        let compaction = tokio::task::spawn_blocking(move || s.compact()).await??;
-        let compaction_seconds = t.elapsed().as_secs_f64();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        stop.store(true, Ordering::Relaxed);
-        let during = w.await?;
-        let after = store.stats()?;
-        // Which phase the longest stall started in.
-        let phases = phases.lock().map(|p| p.clone()).unwrap_or_default();
-        let worst = during
-            .iter()
-            .copied()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .unwrap_or_default();
-        let stall_phase = phases
-            .iter()
-            .rev()
-            .find(|(at, _)| *at <= worst.0)
-            .map(|(_, p)| p.clone())
-            .unwrap_or_else(|| "before".into());
-        let phase_ms = phases
-            .windows(2)
-            .map(|w| (w[0].1.clone(), w[1].0 - w[0].0))
-            .collect::<Vec<_>>();
-        let during = latencies(during.into_iter().map(|(_, l)| l).collect());
-        Ok::<Report, Box<dyn std::error::Error>>(Report {
-            target_size_mib: size_mib,
-            setup_seconds,
-            size_before_bytes: before.file_size_bytes,
-            live_bytes_before: before.live_bytes,
-            garbage_ratio_before: before.garbage_ratio(),
-            size_after_bytes: after.file_size_bytes,
-            on_disk_before_bytes: before.used_bytes(),
-            on_disk_after_bytes: after.used_bytes(),
-            on_disk_after_over_live: after.used_bytes() as f64 / after.live_bytes.max(1) as f64,
-            live_bytes_after: after.live_bytes,
-            size_after_over_live: after.file_size_bytes as f64 / after.live_bytes.max(1) as f64,
-            size_after_over_live_before: after.file_size_bytes as f64
-                / before.live_bytes.max(1) as f64,
-            compaction_seconds,
-            store_max_pause_ms: compaction.max_pause_ms,
-            longest_write_stall_ms: during.max_ms,
-            longest_stall_phase: stall_phase,
-            phase_ms,
-            without_compaction: latencies(baseline.into_iter().map(|(_, l)| l).collect()),
-            during_compaction: during,
-            catch_up_rounds: compaction.catch_up_rounds,
-            keys_caught_up: compaction.keys_caught_up,
-        })
-    })?;
+    let report = rt.block_on(measure(&path, size_mib))?;
     let _ = std::fs::remove_dir_all(&dir);
+    print(&report);
+    std::fs::write(
+        out.join("compaction.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    Ok(())
+}
+
+/// A file of about `size_mib` of history, most of it then removed by retention: its stats
+/// and how long making it took.
+async fn aged_file(
+    store: &Store,
+    size_mib: u64,
+) -> Result<(StoreStats, f64), Box<dyn std::error::Error>> {
+    let t = Instant::now();
+    println!("writing about {size_mib} MiB of history...");
+    let per_machine = bloat(store, size_mib << 20).await?;
+    println!("retention: keeping the newest events only...");
+    // Retention only trims rows the history index has materialized: let it catch up.
+    for _ in 0..1000 {
+        let st = store.stats()?;
+        if st.history_seq + 1 >= st.next_seq {
+            break;
+        }
+        store.write(|_| Ok(())).await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    store
+        .retain(&RetentionPolicy {
+            // Keep a fifth: at least 70% of the file becomes garbage.
+            max_events_per_machine: per_machine / 5,
+            max_events: per_machine * 64 / 5,
+            batch_rows: 2048,
+            pause: Duration::ZERO,
+            ..RetentionPolicy::default()
+        })
+        .await?;
+    let setup_seconds = t.elapsed().as_secs_f64();
+    let before = store.stats()?;
+    println!(
+        "database: {:.0} MiB, live {:.0} MiB, garbage {:.0}% (setup {setup_seconds:.0} s)",
+        before.file_size_bytes as f64 / 1048576.0,
+        before.live_bytes as f64 / 1048576.0,
+        before.garbage_ratio() * 100.0
+    );
+    Ok((before, setup_seconds))
+}
+
+/// Ages a file at `path`, then writes without and during a compaction of it.
+async fn measure(path: &Path, size_mib: u64) -> Result<Report, Box<dyn std::error::Error>> {
+    let epoch = Instant::now();
+    let phases = Arc::new(std::sync::Mutex::new(Vec::<(f64, String)>::new()));
+    let hook_phases = phases.clone();
+    let store = Store::open(
+        path,
+        StoreOptions {
+            compaction_hook: Some(Arc::new(move |phase: &str| {
+                if let Ok(mut p) = hook_phases.lock() {
+                    p.push((epoch.elapsed().as_secs_f64() * 1000.0, phase.to_owned()));
+                }
+            })),
+            ..StoreOptions::default()
+        },
+    )?;
+    let (before, setup_seconds) = aged_file(&store, size_mib).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(
+        store.clone(),
+        stop.clone(),
+        MachineId::parse("baseline")?,
+        epoch,
+    );
+    tokio::time::sleep(BASELINE).await;
+    stop.store(true, Ordering::Relaxed);
+    let baseline = w.await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(
+        store.clone(),
+        stop.clone(),
+        MachineId::parse("during")?,
+        epoch,
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let s = store.clone();
+    let compaction = tokio::task::spawn_blocking(move || s.compact()).await??;
+    let compaction_seconds = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let during = w.await?;
+    let after = store.stats()?;
+    // Which phase the longest stall started in.
+    let phases = phases.lock().map(|p| p.clone()).unwrap_or_default();
+    let worst = during
+        .iter()
+        .copied()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or_default();
+    let stall_phase = phases
+        .iter()
+        .rev()
+        .find(|(at, _)| *at <= worst.0)
+        .map(|(_, p)| p.clone())
+        .unwrap_or_else(|| "before".into());
+    let phase_ms = phases
+        .windows(2)
+        .map(|w| (w[0].1.clone(), w[1].0 - w[0].0))
+        .collect::<Vec<_>>();
+    let during = latencies(during.into_iter().map(|(_, l)| l).collect());
+    Ok(Report {
+        target_size_mib: size_mib,
+        setup_seconds,
+        size_before_bytes: before.file_size_bytes,
+        live_bytes_before: before.live_bytes,
+        garbage_ratio_before: before.garbage_ratio(),
+        size_after_bytes: after.file_size_bytes,
+        on_disk_before_bytes: before.used_bytes(),
+        on_disk_after_bytes: after.used_bytes(),
+        on_disk_after_over_live: after.used_bytes() as f64 / after.live_bytes.max(1) as f64,
+        live_bytes_after: after.live_bytes,
+        size_after_over_live: after.file_size_bytes as f64 / after.live_bytes.max(1) as f64,
+        size_after_over_live_before: after.file_size_bytes as f64 / before.live_bytes.max(1) as f64,
+        compaction_seconds,
+        store_max_pause_ms: compaction.max_pause_ms,
+        longest_write_stall_ms: during.max_ms,
+        longest_stall_phase: stall_phase,
+        phase_ms,
+        without_compaction: latencies(baseline.into_iter().map(|(_, l)| l).collect()),
+        during_compaction: during,
+        catch_up_rounds: compaction.catch_up_rounds,
+        keys_caught_up: compaction.keys_caught_up,
+    })
+}
+
+fn print(report: &Report) {
     let mib = |b: u64| b as f64 / 1048576.0;
     println!(
         "file before {:.0} MiB on disk, {:.0} MiB long (live {:.0} MiB, garbage {:.0}%)",
@@ -345,9 +366,4 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
             l.writes, l.p50_ms, l.p99_ms, l.max_ms
         );
     }
-    std::fs::write(
-        out.join("compaction.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    Ok(())
 }
