@@ -119,44 +119,8 @@ async fn create_phase(
 }
 
 pub fn run(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let exe_dir = std::env::current_exe()?
-        .parent()
-        .ok_or("no exe dir")?
-        .to_owned();
-    let berthd = exe_dir.join("berthd");
     let dir = out.join("api-data");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let config = dir.join("berth.toml");
-    std::fs::write(
-        &config,
-        "[api]\nmax_inflight_mutations = 64\n[limits]\nmax_machines = 10000\n",
-    )?;
-    let mut child = Command::new(&berthd)
-        .args([
-            "--data-dir",
-            dir.to_str().ok_or("path")?,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--config",
-            config.to_str().ok_or("path")?,
-        ])
-        .env("BERTH_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("run {}: {e}", berthd.display()))?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !dir.join("token").exists()
-    {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return Err("berthd did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut child, port) = start_berthd(&dir)?;
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = rss_mib(child.id());
     let token = std::fs::read_to_string(dir.join("token"))?
@@ -179,47 +143,7 @@ pub fn run(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
         ids.extend(paced_ids);
 
         // GETs over keep-alive connections.
-        let end = Instant::now() + Duration::from_secs(GET_SECONDS);
-        let mut tasks = Vec::new();
-        for w in 0..CLIENTS {
-            let path = format!("/v1/machines/{}", ids[w % ids.len()]);
-            let token = token.clone();
-            tasks.push(tokio::spawn(async move {
-                let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                tokio::spawn(conn);
-                let mut lat = Vec::new();
-                while Instant::now() < end {
-                    let req = hyper::Request::get(&path)
-                        .header("host", "berthd")
-                        .header("authorization", format!("Bearer {token}"))
-                        .body(Full::new(Bytes::new()))
-                        .map_err(|e| e.to_string())?;
-                    let t = Instant::now();
-                    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-                    let ok = resp.status().is_success();
-                    resp.into_body()
-                        .collect()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if !ok {
-                        return Err("GET failed".to_owned());
-                    }
-                    lat.push(t.elapsed().as_secs_f64() * 1e3);
-                }
-                Ok::<_, String>(lat)
-            }));
-        }
-        let mut get_lat = Vec::new();
-        for t in tasks {
-            get_lat.extend(t.await.map_err(|e| e.to_string())??);
-        }
-        get_lat.sort_by(|a, b| a.total_cmp(b));
+        let get_lat = get_phase(port, &token, &ids).await?;
         let rss_with = rss_mib(child.id());
         for id in &ids {
             let _ = client.destroy(id, true).await;
@@ -251,6 +175,101 @@ pub fn run(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;
+    print(&report);
+    let json = out.join("api.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+    println!("\nwrote {}", json.display());
+    Ok(())
+}
+
+/// A release berthd on a fresh `dir`, listening on a free loopback port, once it answers.
+fn start_berthd(dir: &Path) -> Result<(std::process::Child, u16), Box<dyn std::error::Error>> {
+    let exe_dir = std::env::current_exe()?
+        .parent()
+        .ok_or("no exe dir")?
+        .to_owned();
+    let berthd = exe_dir.join("berthd");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = dir.join("berth.toml");
+    std::fs::write(
+        &config,
+        "[api]\nmax_inflight_mutations = 64\n[limits]\nmax_machines = 10000\n",
+    )?;
+    let mut child = Command::new(&berthd)
+        .args([
+            "--data-dir",
+            dir.to_str().ok_or("path")?,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--config",
+            config.to_str().ok_or("path")?,
+        ])
+        .env("BERTH_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("run {}: {e}", berthd.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !dir.join("token").exists()
+    {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err("berthd did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((child, port))
+}
+
+/// GETs of machines over keep-alive connections for `GET_SECONDS`: every latency, sorted.
+async fn get_phase(port: u16, token: &str, ids: &[String]) -> Result<Vec<f64>, String> {
+    let end = Instant::now() + Duration::from_secs(GET_SECONDS);
+    let mut tasks = Vec::new();
+    for w in 0..CLIENTS {
+        let path = format!("/v1/machines/{}", ids[w % ids.len()]);
+        let token = token.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let mut lat = Vec::new();
+            while Instant::now() < end {
+                let req = hyper::Request::get(&path)
+                    .header("host", "berthd")
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Full::new(Bytes::new()))
+                    .map_err(|e| e.to_string())?;
+                let t = Instant::now();
+                let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+                let ok = resp.status().is_success();
+                resp.into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !ok {
+                    return Err("GET failed".to_owned());
+                }
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok::<_, String>(lat)
+        }));
+    }
+    let mut get_lat = Vec::new();
+    for t in tasks {
+        get_lat.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    get_lat.sort_by(|a, b| a.total_cmp(b));
+    Ok(get_lat)
+}
+
+fn print(report: &Report) {
     println!("berthd (release) on loopback TCP with a bearer token:");
     println!(
         "  saturated: create+start of {} /bin/sleep machines, {} clients back to back: {:.0} machines/s; create→started p50 {:.1} ms, p99 {:.1} ms",
@@ -278,8 +297,4 @@ pub fn run(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
         "  berthd RSS: idle {:.1} MiB; with {} machines {:.1} MiB",
         report.idle_rss_mib, report.machines_running, report.rss_with_machines_mib
     );
-    let json = out.join("api.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
-    println!("\nwrote {}", json.display());
-    Ok(())
 }
