@@ -40,7 +40,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             after,
             follow,
             json,
-        } => stream::events(&cli, *after, *follow, *json).await,
+            machine,
+        } => stream::events(&cli, *after, *follow, *json, machine.as_deref()).await,
         Command::Logs {
             id,
             tail,

@@ -97,12 +97,39 @@ pub fn versions(vs: &[berth_api_types::ConfigVersion]) -> String {
     t.to_string()
 }
 
-pub fn event_line(e: &Event) -> String {
+/// One line of `berth events`: seq, time, machine (with its name when it has one), transition,
+/// who caused it and why.
+pub fn event_line(e: &Event, name: Option<&str>) -> String {
     let from = e.from.map_or_else(|| "-".into(), |s| s.to_string());
+    let machine = match name {
+        Some(n) => format!("{} ({})", e.machine_id, clean(n)),
+        None => e.machine_id.to_string(),
+    };
     format!(
-        "{:>8} {} {} {from} → {} ({:?}) {}",
-        e.seq, e.at, e.machine_id, e.to, e.source, e.reason
+        "{:>8} {} {machine} {from} → {} ({}) {}",
+        e.seq,
+        e.at,
+        e.to,
+        format!("{:?}", e.source).to_lowercase(),
+        clean(&e.reason)
     )
+}
+
+/// `s` with control characters (newlines, escapes, ...) shown escaped, so a name or a command
+/// cannot split a row or drive the terminal.
+pub fn clean(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 pub fn status(m: &MachineRecord, evs: &[Event]) -> String {
