@@ -285,3 +285,54 @@ fn events_follow_filters_by_machine_shows_names_and_resumes_across_a_restart() {
         .unwrap();
     assert!(err.contains("reconnecting"), "{err}");
 }
+
+#[test]
+fn tables_fit_the_terminal_unless_wide_and_escape_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("data"), "");
+    let long = format!(
+        "echo one\necho two\u{1b}[31m; sleep 1000 # {}",
+        "x".repeat(200)
+    );
+    let id = create(&agent, &["--name", "web", "--", "sh", "-c", &long]);
+    // A real pseudo-terminal 70 columns wide (util-linux `script`).
+    let berth = built("berth", "berth");
+    let on_tty = |extra: &str| {
+        let o = Command::new("script")
+            .args(["-qec"])
+            .arg(format!(
+                "stty cols 70; {} --data-dir {} machine ls {extra}",
+                berth.display(),
+                agent.dir.display()
+            ))
+            .arg("/dev/null")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).replace('\r', "")
+    };
+    let fitted = on_tty("");
+    let rows: Vec<&str> = fitted.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(rows.len(), 2, "a header and one row:\n{fitted}");
+    for r in &rows {
+        assert!(r.chars().count() <= 70, "wider than the terminal: {r:?}");
+    }
+    assert!(rows[1].contains(&id) && rows[1].contains('…'), "{fitted}");
+    let wide = on_tty("--wide");
+    let rows: Vec<&str> = wide.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(rows.len(), 2, "{wide}");
+    assert!(
+        rows[1].contains(&"x".repeat(200)),
+        "--wide shows it whole: {wide}"
+    );
+    // Piped: whole, one line per machine, the newline and the escape shown escaped.
+    let o = agent.cli(&["machine", "ls"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        out.lines().filter(|l| !l.trim().is_empty()).count(),
+        2,
+        "{out}"
+    );
+    assert!(!out.contains('\u{1b}'), "a raw escape: {out:?}");
+    assert!(out.contains("echo one\\necho two"), "{out}");
+}

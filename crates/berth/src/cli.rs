@@ -23,6 +23,9 @@ pub(crate) struct Cli {
     /// The agent's data directory (default /var/lib/berth as root, else $XDG_STATE_HOME/berth).
     #[arg(long, global = true, env = "BERTH_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Print tables whole instead of fitting them to the terminal's width.
+    #[arg(long, global = true)]
+    pub(crate) wide: bool,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

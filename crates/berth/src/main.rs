@@ -87,6 +87,7 @@ fn quiet_on_broken_pipe() {
 fn main() -> ExitCode {
     quiet_on_broken_pipe();
     let cli = Cli::parse();
+    render::set_wide(cli.wide);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
