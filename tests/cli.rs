@@ -98,3 +98,241 @@ fn a_failed_create_exits_1_with_the_reason_and_a_closed_pipe_is_quiet() {
     assert!(!err.contains("panicked"), "{err}");
     assert_ne!(o.status.code(), Some(101), "{err}");
 }
+
+fn poll<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
+fn state_of(agent: &Agent, id: &str) -> String {
+    let o = agent.cli(&["machine", "status", "--json", id]);
+    assert!(o.status.success(), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["machine"]["state"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn usage_errors_dead_end_waits_cli_words_several_ids_and_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("data"), "");
+    // A bogus state is a usage error.
+    for args in [
+        &["machine", "ls", "--state", "bogus"][..],
+        &["machine", "wait", "x", "--state", "bogus"][..],
+    ] {
+        let o = agent.cli(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("bogus"),
+            "{o:?}"
+        );
+    }
+    // A failed machine will not become started: wait says so at once.
+    let o = agent.cli(&[
+        "machine",
+        "create",
+        "--name",
+        "bad",
+        "--",
+        "/no/such/program",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let t = std::time::Instant::now();
+    let o = agent.cli(&[
+        "machine",
+        "wait",
+        "bad",
+        "--state",
+        "started",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "wait took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("failed"),
+        "{o:?}"
+    );
+    // --api without a token file names the file it looked for.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = Command::new(built("berth", "berth"))
+        .arg("--data-dir")
+        .arg(&empty)
+        .args(["--api", &format!("http://127.0.0.1:{}", agent.port)])
+        .args(["machine", "ls"])
+        .env_remove("BERTH_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&*empty.join("token").to_string_lossy()),
+        "{err}"
+    );
+    // Errors speak CLI: the flag, not the query string.
+    let a = create(&agent, &["--name", "a", "--", "sleep", "1000"]);
+    let b = create(&agent, &["--name", "b", "--", "sleep", "1000"]);
+    let o = agent.cli(&["machine", "destroy", "a"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--force") && !err.contains("?force"), "{err}");
+    // Several ids in one command.
+    let o = agent.cli(&["machine", "stop", "a", &b]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(state_of(&agent, &a), "stopped");
+    assert_eq!(state_of(&agent, &b), "stopped");
+    // One bad id among good ones: the others are still handled, the exit code says not all were.
+    let o = agent.cli(&["machine", "start", "a", "no-such-machine", "b"]);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    assert_eq!(state_of(&agent, &a), "started");
+    assert_eq!(state_of(&agent, &b), "started");
+    // A signal reaches the workload.
+    create(
+        &agent,
+        &[
+            "--name",
+            "trap",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-hup; exit 3' HUP; echo ready; while :; do sleep 0.1; done",
+        ],
+    );
+    poll(20, "the trap to be set", || {
+        let o = agent.cli(&["logs", "trap"]);
+        String::from_utf8_lossy(&o.stdout)
+            .contains("ready")
+            .then_some(())
+    });
+    let o = agent.cli(&["machine", "signal", "trap", "--signal", "HUP"]);
+    assert!(o.status.success(), "{o:?}");
+    poll(20, "the workload to answer the signal", || {
+        let o = agent.cli(&["logs", "trap"]);
+        String::from_utf8_lossy(&o.stdout)
+            .contains("got-hup")
+            .then_some(())
+    });
+}
+
+#[test]
+fn events_follow_filters_by_machine_shows_names_and_resumes_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(&dir.path().join("data"), "");
+    let web = create(&agent, &["--name", "web", "--", "sleep", "1000"]);
+    let other = create(&agent, &["--name", "other", "--", "sleep", "1000"]);
+    let out = dir.path().join("events.txt");
+    let mut follow = Command::new(built("berth", "berth"))
+        .arg("--data-dir")
+        .arg(&agent.dir)
+        .args(["events", "--follow", "--machine", "web"])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&out).unwrap_or_default();
+    poll(20, "web's first events", || {
+        read().contains("started").then_some(())
+    });
+    // berthd dies hard mid-follow and comes back.
+    let mut child = agent.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    agent.spawn();
+    assert!(
+        agent
+            .cli(&["machine", "stop", "web", "other"])
+            .status
+            .success()
+    );
+    poll(30, "web's stop after the restart", || {
+        read().contains("→ stopped").then_some(())
+    });
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let text = read();
+    let mut last = 0u64;
+    for line in text.lines() {
+        assert!(line.contains(&web) && line.contains("(web)"), "{text}");
+        assert!(!line.contains(&other), "{text}");
+        let seq: u64 = line.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(
+            seq > last,
+            "seq {seq} after {last}: repeated or out of order\n{text}"
+        );
+        last = seq;
+    }
+    let mut err = String::new();
+    use std::io::Read;
+    follow
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("reconnecting"), "{err}");
+}
+
+#[test]
+fn tables_fit_the_terminal_unless_wide_and_escape_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("data"), "");
+    let long = format!(
+        "echo one\necho two\u{1b}[31m; sleep 1000 # {}",
+        "x".repeat(200)
+    );
+    let id = create(&agent, &["--name", "web", "--", "sh", "-c", &long]);
+    // A real pseudo-terminal 70 columns wide (util-linux `script`).
+    let berth = built("berth", "berth");
+    let on_tty = |extra: &str| {
+        let o = Command::new("script")
+            .args(["-qec"])
+            .arg(format!(
+                "stty cols 70; {} --data-dir {} machine ls {extra}",
+                berth.display(),
+                agent.dir.display()
+            ))
+            .arg("/dev/null")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).replace('\r', "")
+    };
+    let fitted = on_tty("");
+    let rows: Vec<&str> = fitted.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(rows.len(), 2, "a header and one row:\n{fitted}");
+    for r in &rows {
+        assert!(r.chars().count() <= 70, "wider than the terminal: {r:?}");
+    }
+    assert!(rows[1].contains(&id) && rows[1].contains('…'), "{fitted}");
+    let wide = on_tty("--wide");
+    let rows: Vec<&str> = wide.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(rows.len(), 2, "{wide}");
+    assert!(
+        rows[1].contains(&"x".repeat(200)),
+        "--wide shows it whole: {wide}"
+    );
+    // Piped: whole, one line per machine, the newline and the escape shown escaped.
+    let o = agent.cli(&["machine", "ls"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        out.lines().filter(|l| !l.trim().is_empty()).count(),
+        2,
+        "{out}"
+    );
+    assert!(!out.contains('\u{1b}'), "a raw escape: {out:?}");
+    assert!(out.contains("echo one\\necho two"), "{out}");
+}

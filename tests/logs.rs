@@ -51,14 +51,14 @@ fn berth_cmd(agent: &Agent) -> Command {
 }
 
 #[test]
-fn a_follow_at_4mb_per_second_across_rotations_and_an_agent_restart_gets_every_line_once() {
+fn a_follow_at_4mb_per_second_across_rotations_and_agent_restarts_gets_every_line_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut agent = Agent::start(
         &dir.path().join("data"),
         "[driver]\nlog_max_size = \"1MiB\"\nlog_keep = 64\n",
     );
     let rt = rt();
-    const N: usize = 170_000; // 16 MB: 16 rotations of 1 MiB at 4 MB/s, about 4 s
+    const N: usize = 340_000; // 32 MB: 30 rotations of 1 MiB at 4 MB/s, about 8 s
     const RATE: usize = 4_000_000;
     let m = rt
         .block_on(agent.socket().create(
@@ -88,6 +88,21 @@ fn a_follow_at_4mb_per_second_across_rotations_and_an_agent_restart_gets_every_l
     let t = Instant::now();
     assert!(agent.stop().success());
     let stop_took = t.elapsed();
+    agent.spawn();
+    // And a hard death (SIGKILL) a few rotations later, while the follow is still reading.
+    poll(30, "more rotations", || {
+        dir.path()
+            .join(format!("data/machines/{id}/logs/output.log.9"))
+            .exists()
+            .then_some(())
+    });
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "the follow ended before the second restart"
+    );
+    let mut child = agent.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
     agent.spawn();
     let status = poll(60, "the follow to end with the machine", || {
         follow.try_wait().unwrap()
@@ -131,7 +146,7 @@ fn a_follow_at_4mb_per_second_across_rotations_and_an_agent_restart_gets_every_l
         "a follow held berthd's shutdown for {stop_took:?}"
     );
     eprintln!(
-        "follow: {N} lines, {} bytes, {rotations} rotations, one agent restart (stop took {stop_took:?}); \
+        "follow: {N} lines, {} bytes, {rotations} rotations, a SIGTERM and a SIGKILL restart (stop took {stop_took:?}); \
          {:.1} MB/s over {elapsed:?} from the start of the follow to its end",
         text.len(),
         text.len() as f64 / elapsed.as_secs_f64() / 1e6

@@ -23,6 +23,9 @@ pub(crate) struct Cli {
     /// The agent's data directory (default /var/lib/berth as root, else $XDG_STATE_HOME/berth).
     #[arg(long, global = true, env = "BERTH_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Print tables whole instead of fitting them to the terminal's width.
+    #[arg(long, global = true)]
+    pub(crate) wide: bool,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -43,6 +46,9 @@ pub(crate) enum Command {
         /// One JSON event per line.
         #[arg(long)]
         json: bool,
+        /// Only this machine's events (id, name or unique id prefix).
+        #[arg(long, value_name = "ID")]
+        machine: Option<String>,
     },
     /// A machine's output: its stdout on stdout, its stderr on stderr, and where each run
     /// started and ended on stderr.
@@ -96,7 +102,7 @@ pub(crate) enum MachineCmd {
     #[command(alias = "ls")]
     List {
         /// Only machines in this state.
-        #[arg(long)]
+        #[arg(long, value_parser = state_name)]
         state: Option<String>,
         /// Only print ids.
         #[arg(short, long)]
@@ -124,12 +130,24 @@ pub(crate) enum MachineCmd {
     Restart(IdArgs),
     /// Destroy a machine.
     Destroy(LifecycleArgs),
+    /// Send a signal to a machine's workload (it keeps its state; the restart policy decides
+    /// what happens if the workload exits).
+    Signal {
+        /// Machine id, name or unique id prefix.
+        id: String,
+        /// The signal: TERM, SIGHUP, 9, ...
+        #[arg(long, short)]
+        signal: String,
+        #[command(flatten)]
+        out: Out,
+    },
     /// Wait for a machine to reach a state.
     Wait {
         /// Machine id, name or unique id prefix.
         id: String,
-        /// The state to wait for.
-        #[arg(long, default_value = "started")]
+        /// The state to wait for (it returns at once, exit 1, when the machine is failed or
+        /// destroyed and so will not get there on its own).
+        #[arg(long, default_value = "started", value_parser = state_name)]
         state: String,
         /// How long to wait.
         #[arg(long, default_value = "30s")]
@@ -202,6 +220,8 @@ pub(crate) struct Out {
 pub(crate) struct IdArgs {
     /// Machine id, name or unique id prefix.
     pub(crate) id: String,
+    /// More machines, each handled in turn (the exit code is the worst).
+    pub(crate) more: Vec<String>,
     #[command(flatten)]
     pub(crate) out: Out,
 }
@@ -210,6 +230,8 @@ pub(crate) struct IdArgs {
 pub(crate) struct LifecycleArgs {
     /// Machine id, name or unique id prefix.
     pub(crate) id: String,
+    /// More machines, each handled in turn (the exit code is the worst).
+    pub(crate) more: Vec<String>,
     /// Signal to send first.
     #[arg(long)]
     pub(crate) signal: Option<String>,
@@ -358,8 +380,22 @@ impl From<ClientError> for Fail {
             ClientError::Api { status: 404, .. } => 4,
             _ => 1,
         };
-        Fail(code, e.to_string())
+        Fail(code, cli_words(&e.to_string()))
     }
+}
+
+/// The agent's words for the API (`?force=true`) as the flags that do the same here.
+fn cli_words(msg: &str) -> String {
+    msg.replace("pass ?force=true", "use --force").replace(
+        "(POST /v1/host/reconcile?approve=true)",
+        "(berth host approve)",
+    )
+}
+
+/// A `--state` value: one of the states (a usage error, exit 2, otherwise).
+fn state_name(s: &str) -> Result<String, String> {
+    s.parse::<berth_types::State>()
+        .map(|st| st.as_str().to_owned())
 }
 
 fn default_data_dir() -> PathBuf {
@@ -397,11 +433,26 @@ impl Cli {
                         .into(),
                 ));
             }
-            let token = self.token.clone().or_else(|| {
-                std::fs::read_to_string(self.data_dir().join("token"))
-                    .ok()
-                    .map(|t| t.trim().to_owned())
-            });
+            let token = match &self.token {
+                Some(t) => t.clone(),
+                None => {
+                    let file = self.data_dir().join("token");
+                    match std::fs::read_to_string(&file) {
+                        Ok(t) => t.trim().to_owned(),
+                        Err(e) => {
+                            return Err(Fail(
+                                2,
+                                format!(
+                                    "--api needs a token: reading {}: {e} (pass --token or \
+                                     BERTH_TOKEN, or --data-dir for the agent's directory)",
+                                    file.display()
+                                ),
+                            ));
+                        }
+                    }
+                }
+            };
+            let token = Some(token);
             return Ok(Client::new(Endpoint::Tcp { addr, token }));
         }
         Ok(Client::new(Endpoint::Unix(

@@ -51,31 +51,70 @@ pub(crate) async fn run(cli: &Cli, cmd: &MachineCmd) -> Result<(), Fail> {
             show(&outcome::started(&c, m).await?, a.out.json)
         }
         MachineCmd::Start(a) => {
-            let id = resolve::machine_id(&c, &a.id).await?;
-            let m = c.action(&id, "start").await?;
-            show(&outcome::started(&c, m).await?, a.out.json)
+            let mut each = Each::default();
+            for id in std::iter::once(&a.id).chain(&a.more) {
+                each.record(
+                    async {
+                        let id = resolve::machine_id(&c, id).await?;
+                        let m = c.action(&id, "start").await?;
+                        outcome::started(&c, m).await
+                    }
+                    .await,
+                    a.out.json,
+                );
+            }
+            each.result()?
         }
         MachineCmd::Restart(a) => {
-            let id = resolve::machine_id(&c, &a.id).await?;
-            show(&c.action(&id, "restart").await?, a.out.json)
+            let mut each = Each::default();
+            for id in std::iter::once(&a.id).chain(&a.more) {
+                each.record(
+                    async {
+                        let id = resolve::machine_id(&c, id).await?;
+                        Ok(c.action(&id, "restart").await?)
+                    }
+                    .await,
+                    a.out.json,
+                );
+            }
+            each.result()?
         }
         MachineCmd::Stop(a) => {
-            let id = resolve::machine_id(&c, &a.id).await?;
-            let r = c.stop(&id, &stop_request(a)?).await;
-            let quiet = [State::Stopped, State::Failed, State::Created];
-            show(
-                &outcome::idempotent(&c, &id, "stop", &quiet, r).await?,
-                a.out.json,
-            )
+            let req = stop_request(a)?;
+            let mut each = Each::default();
+            for id in std::iter::once(&a.id).chain(&a.more) {
+                each.record(
+                    async {
+                        let id = resolve::machine_id(&c, id).await?;
+                        let r = c.stop(&id, &req).await;
+                        let quiet = [State::Stopped, State::Failed, State::Created];
+                        outcome::idempotent(&c, &id, "stop", &quiet, r).await
+                    }
+                    .await,
+                    a.out.json,
+                );
+            }
+            each.result()?
         }
         MachineCmd::Destroy(a) => {
-            let id = resolve::machine_id(&c, &a.id).await?;
-            let r = c.destroy(&id, a.force).await;
-            let done = [State::Destroyed];
-            show(
-                &outcome::idempotent(&c, &id, "destroy", &done, r).await?,
-                a.out.json,
-            )
+            let mut each = Each::default();
+            for id in std::iter::once(&a.id).chain(&a.more) {
+                each.record(
+                    async {
+                        let id = resolve::machine_id(&c, id).await?;
+                        let r = c.destroy(&id, a.force).await;
+                        let done = [State::Destroyed];
+                        outcome::idempotent(&c, &id, "destroy", &done, r).await
+                    }
+                    .await,
+                    a.out.json,
+                );
+            }
+            each.result()?
+        }
+        MachineCmd::Signal { id, signal, out } => {
+            let id = resolve::machine_id(&c, id).await?;
+            show(&c.signal(&id, signal).await?, out.json)
         }
         MachineCmd::Wait { id, state, timeout } => {
             let id = &resolve::machine_id(&c, id).await?;
@@ -148,4 +187,34 @@ fn stop_request(a: &LifecycleArgs) -> Result<StopRequest, Fail> {
         signal: a.signal.clone(),
         timeout,
     })
+}
+
+/// A lifecycle command given several machines: each is handled in turn, its result shown (or its
+/// error printed), and the command fails with the worst exit code seen.
+#[derive(Default)]
+struct Each {
+    worst: Option<Fail>,
+}
+
+impl Each {
+    fn record(&mut self, r: Result<MachineRecord, Fail>, json: bool) {
+        match r {
+            Ok(m) => show(&m, json),
+            Err(f) => {
+                if let Some(prev) = self.worst.take() {
+                    eprintln!("berth: {}", prev.1);
+                    self.worst = Some(if prev.0 >= f.0 { Fail(prev.0, f.1) } else { f });
+                } else {
+                    self.worst = Some(f);
+                }
+            }
+        }
+    }
+
+    fn result(self) -> Result<(), Fail> {
+        match self.worst {
+            None => Ok(()),
+            Some(f) => Err(f),
+        }
+    }
 }

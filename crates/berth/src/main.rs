@@ -40,7 +40,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             after,
             follow,
             json,
-        } => stream::events(&cli, *after, *follow, *json).await,
+            machine,
+        } => stream::events(&cli, *after, *follow, *json, machine.as_deref()).await,
         Command::Logs {
             id,
             tail,
@@ -86,6 +87,7 @@ fn quiet_on_broken_pipe() {
 fn main() -> ExitCode {
     quiet_on_broken_pipe();
     let cli = Cli::parse();
+    render::set_wide(cli.wide);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

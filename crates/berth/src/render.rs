@@ -6,7 +6,17 @@ use berth_api_types::{
 };
 use berth_types::{Event, MachineRecord, Timestamp};
 use comfy_table::presets::NOTHING;
-use comfy_table::{ContentArrangement, Table};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use comfy_table::{ColumnConstraint, ContentArrangement, Row, Table};
+
+/// `--wide`: tables print every cell whole instead of fitting the terminal.
+static WIDE: AtomicBool = AtomicBool::new(false);
+
+/// Sets `--wide` for every table this process prints.
+pub fn set_wide(wide: bool) {
+    WIDE.store(wide, Ordering::Relaxed);
+}
 
 /// "3s ago", "5m ago", "2h ago", "4d ago".
 pub fn ago(t: Timestamp) -> String {
@@ -19,12 +29,38 @@ pub fn ago(t: Timestamp) -> String {
     }
 }
 
+/// A table for people: on a terminal it fits the width (long cells cut with `…`, one line per
+/// row) unless `--wide`; piped, cells are whole. The first column (an id or a key) is never cut.
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
+    let arrangement = if WIDE.load(Ordering::Relaxed) {
+        ContentArrangement::Disabled
+    } else {
+        ContentArrangement::Dynamic
+    };
     t.load_preset(NOTHING)
-        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_content_arrangement(arrangement)
+        .set_truncation_indicator("…")
         .set_header(header.to_vec());
+    keep_whole(&mut t, &[0]);
     t
+}
+
+/// Columns that are never cut to fit the terminal (ids, states, times).
+fn keep_whole(t: &mut Table, columns: &[usize]) {
+    for &i in columns {
+        if let Some(c) = t.column_mut(i) {
+            c.set_constraint(ColumnConstraint::ContentWidth);
+        }
+    }
+}
+
+/// Adds a row of one line: control characters in cells (a newline in a command, an escape in a
+/// name) are shown escaped.
+fn add(t: &mut Table, cells: Vec<String>) {
+    let mut row = Row::from(cells.iter().map(|c| clean(c)));
+    row.max_height(1);
+    t.add_row(row);
 }
 
 fn exit_text(m: &MachineRecord) -> String {
@@ -41,16 +77,20 @@ pub fn machines(ms: &[MachineRecord]) -> String {
     let mut t = table(&[
         "ID", "NAME", "STATE", "PID", "COMMAND", "UPDATED", "CREATED",
     ]);
+    keep_whole(&mut t, &[0, 2, 3, 5, 6]);
     for m in ms {
-        t.add_row(vec![
-            m.id.to_string(),
-            m.name.clone(),
-            m.state.to_string(),
-            m.pid.map_or_else(|| "-".into(), |p| p.to_string()),
-            m.config.cmd.join(" "),
-            ago(m.updated_at),
-            ago(m.created_at),
-        ]);
+        add(
+            &mut t,
+            vec![
+                m.id.to_string(),
+                m.name.clone(),
+                m.state.to_string(),
+                m.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+                m.config.cmd.join(" "),
+                ago(m.updated_at),
+                ago(m.created_at),
+            ],
+        );
     }
     t.to_string()
 }
@@ -63,15 +103,18 @@ pub fn machine_line(m: &MachineRecord) -> String {
 pub fn events(evs: &[Event]) -> String {
     let mut t = table(&["SEQ", "TYPE", "FROM", "TO", "SOURCE", "WHEN", "REASON"]);
     for e in evs {
-        t.add_row(vec![
-            e.seq.to_string(),
-            format!("{:?}", e.kind).to_lowercase(),
-            e.from.map_or_else(|| "-".into(), |s| s.to_string()),
-            e.to.to_string(),
-            format!("{:?}", e.source).to_lowercase(),
-            ago(e.at),
-            e.reason.clone(),
-        ]);
+        add(
+            &mut t,
+            vec![
+                e.seq.to_string(),
+                format!("{:?}", e.kind).to_lowercase(),
+                e.from.map_or_else(|| "-".into(), |s| s.to_string()),
+                e.to.to_string(),
+                format!("{:?}", e.source).to_lowercase(),
+                ago(e.at),
+                e.reason.clone(),
+            ],
+        );
     }
     t.to_string()
 }
@@ -80,29 +123,59 @@ pub fn events(evs: &[Event]) -> String {
 pub fn versions(vs: &[berth_api_types::ConfigVersion]) -> String {
     let mut t = table(&["VERSION", "CREATED", "COMMAND", "IMAGE", "ENV", "RESTART"]);
     for v in vs {
-        t.add_row(vec![
-            v.version.to_string(),
-            ago(v.created_at),
-            v.config.cmd.join(" "),
-            v.config.image.clone().unwrap_or_else(|| "-".into()),
-            v.config
-                .env
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-            format!("{:?}", v.config.restart.policy).to_lowercase(),
-        ]);
+        add(
+            &mut t,
+            vec![
+                v.version.to_string(),
+                ago(v.created_at),
+                v.config.cmd.join(" "),
+                v.config.image.clone().unwrap_or_else(|| "-".into()),
+                v.config
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                format!("{:?}", v.config.restart.policy).to_lowercase(),
+            ],
+        );
     }
     t.to_string()
 }
 
-pub fn event_line(e: &Event) -> String {
+/// One line of `berth events`: seq, time, machine (with its name when it has one), transition,
+/// who caused it and why.
+pub fn event_line(e: &Event, name: Option<&str>) -> String {
     let from = e.from.map_or_else(|| "-".into(), |s| s.to_string());
+    let machine = match name {
+        Some(n) => format!("{} ({})", e.machine_id, clean(n)),
+        None => e.machine_id.to_string(),
+    };
     format!(
-        "{:>8} {} {} {from} → {} ({:?}) {}",
-        e.seq, e.at, e.machine_id, e.to, e.source, e.reason
+        "{:>8} {} {machine} {from} → {} ({}) {}",
+        e.seq,
+        e.at,
+        e.to,
+        format!("{:?}", e.source).to_lowercase(),
+        clean(&e.reason)
     )
+}
+
+/// `s` with control characters (newlines, escapes, ...) shown escaped, so a name or a command
+/// cannot split a row or drive the terminal.
+pub fn clean(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 pub fn status(m: &MachineRecord, evs: &[Event]) -> String {
@@ -130,7 +203,7 @@ pub fn status(m: &MachineRecord, evs: &[Event]) -> String {
         ),
     ];
     for (k, v) in rows {
-        t.add_row(vec![k.to_owned(), v]);
+        add(&mut t, vec![k.to_owned(), v]);
     }
     format!("{t}\n\nEvent log\n{}", events(evs))
 }
@@ -154,11 +227,14 @@ pub fn health(h: &Health) -> String {
     };
     let mut t = table(&["CHECK", "OK", "DETAIL"]);
     for (name, c) in &h.checks {
-        t.add_row(vec![
-            name.clone(),
-            if c.ok { "yes" } else { "NO" }.to_owned(),
-            c.detail.clone(),
-        ]);
+        add(
+            &mut t,
+            vec![
+                name.clone(),
+                if c.ok { "yes" } else { "NO" }.to_owned(),
+                c.detail.clone(),
+            ],
+        );
     }
     out.push_str(&t.to_string());
     out
@@ -166,71 +242,89 @@ pub fn health(h: &Health) -> String {
 
 pub fn host(h: &HostInfo, health: &Health) -> String {
     let mut t = table(&["", ""]);
-    t.add_row(vec!["Hostname".to_owned(), h.hostname.clone()]);
-    t.add_row(vec![
-        "Health".to_owned(),
-        if health.status == "ok" {
-            "ok".to_owned()
-        } else {
-            format!("{} (failing: {})", health.status, failing(health))
-        },
-    ]);
-    t.add_row(vec!["Version".to_owned(), h.version.clone()]);
-    t.add_row(vec!["Data dir".to_owned(), h.data_dir.clone()]);
-    t.add_row(vec!["Cordoned".to_owned(), h.cordoned.to_string()]);
+    add(&mut t, vec!["Hostname".to_owned(), h.hostname.clone()]);
+    add(
+        &mut t,
+        vec![
+            "Health".to_owned(),
+            if health.status == "ok" {
+                "ok".to_owned()
+            } else {
+                format!("{} (failing: {})", health.status, failing(health))
+            },
+        ],
+    );
+    add(&mut t, vec!["Version".to_owned(), h.version.clone()]);
+    add(&mut t, vec!["Data dir".to_owned(), h.data_dir.clone()]);
+    add(&mut t, vec!["Cordoned".to_owned(), h.cordoned.to_string()]);
     let counts: Vec<String> = h.machines.iter().map(|(s, n)| format!("{s}={n}")).collect();
-    t.add_row(vec![
-        "Machines".to_owned(),
-        if counts.is_empty() {
-            "none".into()
-        } else {
-            counts.join(" ")
-        },
-    ]);
+    add(
+        &mut t,
+        vec![
+            "Machines".to_owned(),
+            if counts.is_empty() {
+                "none".into()
+            } else {
+                counts.join(" ")
+            },
+        ],
+    );
     let caps = &h.capabilities;
     let yes = |b: bool| if b { "yes" } else { "no" };
-    t.add_row(vec![
-        "cgroup".to_owned(),
-        format!("{} (kill: {})", yes(caps.cgroup), yes(caps.cgroup_kill)),
-    ]);
-    t.add_row(vec![
-        "Limits".to_owned(),
-        format!(
-            "memory: {}, cpu: {}, pids: {}",
-            yes(caps.memory_limit),
-            yes(caps.cpu_limit),
-            yes(caps.pids_limit)
-        ),
-    ]);
+    add(
+        &mut t,
+        vec![
+            "cgroup".to_owned(),
+            format!("{} (kill: {})", yes(caps.cgroup), yes(caps.cgroup_kill)),
+        ],
+    );
+    add(
+        &mut t,
+        vec![
+            "Limits".to_owned(),
+            format!(
+                "memory: {}, cpu: {}, pids: {}",
+                yes(caps.memory_limit),
+                yes(caps.cpu_limit),
+                yes(caps.pids_limit)
+            ),
+        ],
+    );
     let blocked = h
         .supervision
         .last_reconcile
         .as_ref()
         .is_some_and(|r| r.blocked);
-    t.add_row(vec![
-        "Reconcile".to_owned(),
-        if blocked {
-            "BLOCKED by the blast-radius guard".into()
-        } else {
-            "ok".into()
-        },
-    ]);
+    add(
+        &mut t,
+        vec![
+            "Reconcile".to_owned(),
+            if blocked {
+                "BLOCKED by the blast-radius guard".into()
+            } else {
+                "ok".into()
+            },
+        ],
+    );
     let guard = &h.supervision.guard;
-    t.add_row(vec![
-        "Guard".to_owned(),
-        if guard.tripped {
-            format!(
-                "HOLDING {} decision(s): {} (berth host approve)",
-                guard.held.len(),
-                guard.tripped_because.as_deref().unwrap_or("tripped")
-            )
-        } else if !guard.enabled {
-            "off".into()
-        } else {
-            "armed".into()
-        },
-    ]);
-    t.add_row(vec!["Export".to_owned(), export(h.export.as_ref())]);
+    add(
+        &mut t,
+        vec![
+            "Guard".to_owned(),
+            if guard.tripped {
+                format!(
+                    "HOLDING {} decision(s): {} (berth host approve)",
+                    guard.held.len(),
+                    guard.tripped_because.as_deref().unwrap_or("tripped")
+                )
+            } else if !guard.enabled {
+                "off".into()
+            } else {
+                "armed".into()
+            },
+        ],
+    );
+    add(&mut t, vec!["Export".to_owned(), export(h.export.as_ref())]);
     t.to_string()
 }
 
@@ -290,45 +384,66 @@ fn mib(bytes: u64) -> f64 {
 
 pub fn db_stats(v: &DbStats) -> String {
     let mut t = table(&["", ""]);
-    t.add_row(vec![
-        "File size".to_owned(),
-        format!("{:.1} MiB", mib(v.file_size_bytes)),
-    ]);
-    t.add_row(vec![
-        "On disk".to_owned(),
-        format!("{:.1} MiB", mib(v.file_allocated_bytes)),
-    ]);
-    t.add_row(vec![
-        "Live bytes".to_owned(),
-        format!("{:.1} MiB", mib(v.live_bytes)),
-    ]);
-    t.add_row(vec![
-        "Garbage ratio".to_owned(),
-        format!("{:.2}", v.garbage_ratio),
-    ]);
+    add(
+        &mut t,
+        vec![
+            "File size".to_owned(),
+            format!("{:.1} MiB", mib(v.file_size_bytes)),
+        ],
+    );
+    add(
+        &mut t,
+        vec![
+            "On disk".to_owned(),
+            format!("{:.1} MiB", mib(v.file_allocated_bytes)),
+        ],
+    );
+    add(
+        &mut t,
+        vec![
+            "Live bytes".to_owned(),
+            format!("{:.1} MiB", mib(v.live_bytes)),
+        ],
+    );
+    add(
+        &mut t,
+        vec![
+            "Garbage ratio".to_owned(),
+            format!("{:.2}", v.garbage_ratio),
+        ],
+    );
     for (k, n) in &v.tables {
-        t.add_row(vec![format!("rows in {k}"), n.to_string()]);
+        add(&mut t, vec![format!("rows in {k}"), n.to_string()]);
     }
     if let Some(first) = v.first_seq {
-        t.add_row(vec![
-            "Event seqs kept".to_owned(),
-            format!("{first} .. {}", v.next_seq.saturating_sub(1)),
-        ]);
+        add(
+            &mut t,
+            vec![
+                "Event seqs kept".to_owned(),
+                format!("{first} .. {}", v.next_seq.saturating_sub(1)),
+            ],
+        );
     }
-    t.add_row(vec![
-        "Last compaction".to_owned(),
-        v.last_compaction
-            .as_ref()
-            .map_or_else(|| "never".into(), compaction),
-    ]);
+    add(
+        &mut t,
+        vec![
+            "Last compaction".to_owned(),
+            v.last_compaction
+                .as_ref()
+                .map_or_else(|| "never".into(), compaction),
+        ],
+    );
     if let Some(c) = &v.compaction {
-        t.add_row(vec![
-            "Compaction running".to_owned(),
-            format!(
-                "phase {}, {} rows copied, {} catch-up rounds",
-                c.phase, c.rows_copied, c.catch_up_rounds
-            ),
-        ]);
+        add(
+            &mut t,
+            vec![
+                "Compaction running".to_owned(),
+                format!(
+                    "phase {}, {} rows copied, {} catch-up rounds",
+                    c.phase, c.rows_copied, c.catch_up_rounds
+                ),
+            ],
+        );
     }
     t.to_string()
 }
@@ -396,14 +511,17 @@ pub fn slow_ops(ops: &[SlowOp]) -> String {
     }
     let mut t = table(&["WHEN", "OP", "MS", "BATCH", "BYTES", "DETAIL"]);
     for o in ops {
-        t.add_row(vec![
-            ago(o.at),
-            o.op.clone(),
-            format!("{:.1}", o.duration_ms),
-            o.batch_size.to_string(),
-            o.bytes.to_string(),
-            o.detail.clone(),
-        ]);
+        add(
+            &mut t,
+            vec![
+                ago(o.at),
+                o.op.clone(),
+                format!("{:.1}", o.duration_ms),
+                o.batch_size.to_string(),
+                o.bytes.to_string(),
+                o.detail.clone(),
+            ],
+        );
     }
     t.to_string()
 }

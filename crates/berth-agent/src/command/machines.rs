@@ -192,6 +192,18 @@ impl Agent {
             if m.state == want {
                 return Ok(m);
             }
+            // Failed (no restart left), destroying and destroyed lead nowhere else without an
+            // operator: waiting out the timeout would only delay the answer.
+            let dead_end = matches!(
+                m.state,
+                State::Failed | State::Destroying | State::Destroyed
+            ) && !(m.state == State::Destroying && want == State::Destroyed);
+            if dead_end {
+                return Err(CommandError::conflict(format!(
+                    "machine {id} is {} and will not reach {want} on its own",
+                    m.state
+                )));
+            }
             if tokio::time::timeout_at(deadline, seq.changed())
                 .await
                 .is_err()
