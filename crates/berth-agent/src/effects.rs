@@ -59,6 +59,18 @@ fn image_error(e: &berth_image::ImageError) -> ImageError {
     }
 }
 
+/// Checks the user and the program against the image before anything is recorded; the digest the
+/// machine will run.
+fn checked_run(
+    config: &berth_types::MachineConfig,
+    resolved: berth_image::Resolved,
+) -> Result<Option<String>, ImageError> {
+    let run = crate::image_run::image_run(config, &resolved)
+        .map_err(|e| ImageError::Invalid(format!("user: {e}")))?;
+    crate::image_run::check_args(&run).map_err(ImageError::Invalid)?;
+    Ok(Some(resolved.digest))
+}
+
 fn effect_err(e: DriverError) -> EffectError {
     EffectError(e.to_string())
 }
@@ -166,6 +178,31 @@ impl HostEffects {
     }
 }
 
+impl HostEffects {
+    /// An image machine's run, from its recorded image digest; `None` for a process machine.
+    fn image_run_of(
+        &self,
+        m: &MachineRecord,
+    ) -> Result<Option<berth_driver::oci::ImageRun>, EffectError> {
+        if m.config.image.is_none() {
+            return Ok(None);
+        }
+        let (Some(images), Some(digest)) = (&self.images, &m.image_digest) else {
+            return Err(EffectError(
+                "image: the machine has no recorded image digest, or this host no image store"
+                    .into(),
+            ));
+        };
+        let resolved = images
+            .get(digest)
+            .map_err(|e| EffectError(format!("image {digest}: {e}")))?
+            .ok_or_else(|| EffectError(format!("image {digest} is not in the image store")))?;
+        crate::image_run::image_run(&m.config, &resolved)
+            .map(Some)
+            .map_err(|e| EffectError(format!("user: {e}")))
+    }
+}
+
 impl Effects for HostEffects {
     async fn prepare(&self, m: &MachineRecord) -> Result<(), EffectError> {
         self.driver.prepare(m.id.as_str()).map_err(effect_err)
@@ -176,9 +213,10 @@ impl Effects for HostEffects {
         let instance = m
             .active_op
             .map_or_else(|| "adhoc".to_owned(), |op| format!("op-{op}"));
+        let run = self.image_run_of(m)?;
         let pid = self
             .driver
-            .spawn(m.id.as_str(), &m.config, &instance)
+            .spawn_with(m.id.as_str(), &m.config, &instance, run.as_ref())
             .await
             .map_err(effect_err)?;
         self.set_unknown(m.id.as_str(), None);
@@ -215,7 +253,7 @@ impl Effects for HostEffects {
         };
         if let Some(pulls) = self.pulls.clone() {
             return match pulls.ready(&reference, true).await {
-                Ok(resolved) => Ok(Some(resolved.digest)),
+                Ok(resolved) => checked_run(config, resolved),
                 Err(e) => Err(image_error(&e)),
             };
         }
@@ -228,15 +266,20 @@ impl Effects for HostEffects {
         let imported = tokio::task::spawn_blocking(move || images.import(&reference))
             .await
             .map_err(|e| ImageError::Host(format!("image: the import task failed: {e}")))?;
-        imported
-            .map(|resolved| Some(resolved.digest))
-            .map_err(|e| image_error(&e))
+        let resolved = imported.map_err(|e| image_error(&e))?;
+        checked_run(config, resolved)
     }
 
     fn check_config(&self, config: &berth_types::MachineConfig) -> Result<(), String> {
         if config.image.is_some() {
-            // Until the OCI runtime runs image machines, one must not run as a host process.
-            return Err("image: machines from images are not supported by this agent yet".into());
+            return self.driver.capabilities().check_image(&config.resources);
+        }
+        if config.user.is_some() {
+            // Never silently run a process machine as root when it asked for another user.
+            return Err(
+                "user: process machines cannot run as another user on this agent yet (image machines can)"
+                    .into(),
+            );
         }
         self.driver.capabilities().check(&config.resources)
     }

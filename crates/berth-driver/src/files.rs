@@ -43,6 +43,9 @@ pub struct Spec {
     /// The workload's `oom_score_adj`; inherited from the shim when absent.
     #[serde(default)]
     pub oom_score_adj: Option<i32>,
+    /// Set for an image machine: run it under this OCI runtime from this bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<crate::oci::OciLaunch>,
 }
 
 /// A running instance, as recorded by its shim.

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod logfmt;
 pub mod logread;
 pub mod logs;
+pub mod oci;
 pub mod proc;
 pub mod shim;
 pub mod usage;

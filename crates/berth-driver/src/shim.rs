@@ -132,7 +132,7 @@ fn launcher_fail(msg: &str) -> i32 {
     1
 }
 
-fn report(ready: OwnedFd, result: &LaunchResult) {
+pub(crate) fn report(ready: OwnedFd, result: &LaunchResult) {
     let line = serde_json::to_string(result).unwrap_or_default();
     let _ = nix::unistd::write(&ready, line.as_bytes());
 }
@@ -213,6 +213,9 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
         );
         Ok(1)
     };
+    if let Some(oci) = &spec.oci {
+        return crate::oci::container::run(dir, spec, oci, ready);
+    }
     let Some(program) = spec.cmd.first() else {
         return fail(ready, "empty cmd".into());
     };
@@ -446,7 +449,7 @@ fn exec_child(c: &ChildSetup<'_>) -> nix::errno::Errno {
 const PARTIAL_AFTER_MS: u16 = 200;
 
 /// Copies output to the log until the workload exits; returns its wait status.
-fn pump_until_exit(
+pub(crate) fn pump_until_exit(
     child: Pid,
     outputs: &[(&OwnedFd, Stream); 2],
     log: &mut RecordLog,
@@ -500,7 +503,7 @@ fn pump_until_exit(
 
 /// Reads whatever output is left without waiting (a surviving grandchild may hold a pipe),
 /// and writes out unfinished lines whole.
-fn drain(outputs: &[(&OwnedFd, Stream); 2], log: &mut RecordLog) {
+pub(crate) fn drain(outputs: &[(&OwnedFd, Stream); 2], log: &mut RecordLog) {
     let mut buf = vec![0u8; 64 * 1024];
     for &(fd, stream) in outputs {
         let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
