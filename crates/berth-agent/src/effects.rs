@@ -274,12 +274,9 @@ impl Effects for HostEffects {
         if config.image.is_some() {
             return self.driver.capabilities().check_image(&config.resources);
         }
-        if config.user.is_some() {
-            // Never silently run a process machine as root when it asked for another user.
-            return Err(
-                "user: process machines cannot run as another user on this agent yet (image machines can)"
-                    .into(),
-            );
+        if let Some(user) = &config.user {
+            // Refused before anything is recorded: a user the host does not know.
+            berth_driver::user::resolve(user).map_err(|e| format!("user: {e}"))?;
         }
         self.driver.capabilities().check(&config.resources)
     }

@@ -17,6 +17,7 @@ mod machines;
 pub mod serve;
 mod server;
 mod system;
+mod volumes;
 
 use std::path::PathBuf;
 use std::sync::Arc;

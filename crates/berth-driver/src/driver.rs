@@ -239,16 +239,12 @@ impl Driver {
         self.dir(id).join(files::LOGS)
     }
 
-    /// The workload's default working directory (its own, apart from the supervisor's files).
-    pub fn work_dir(&self, id: &str) -> PathBuf {
-        self.dir(id).join(files::WORK)
-    }
-
-    /// Creates the machine's directories (idempotent).
+    /// Creates the machine's directories (idempotent). The workload gets none of them: its
+    /// default working directory is its user's home or `/` (see [`crate::user`]), never the
+    /// directory holding its supervisor's state.
     pub fn prepare(&self, id: &str) -> Result<(), DriverError> {
-        for d in [self.logs_dir(id), self.work_dir(id)] {
-            std::fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
-        }
+        let d = self.logs_dir(id);
+        std::fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
         Ok(())
     }
 
@@ -412,15 +408,37 @@ impl Driver {
             ),
             None => None,
         };
-        let workdir = config
-            .workdir
-            .as_ref()
-            .map_or_else(|| self.work_dir(id), PathBuf::from);
+        // A process machine's user, resolved now (the host's user database may have changed
+        // since the create checked it); an image machine's is the bundle's.
+        let user = match (&config.user, &oci) {
+            (Some(u), None) => Some(
+                crate::user::resolve(u).map_err(|e| DriverError::Launch(format!("user: {e}")))?,
+            ),
+            _ => None,
+        };
+        let workdir = match (&config.workdir, &user) {
+            (Some(w), _) => PathBuf::from(w),
+            (None, Some(u)) => u.default_workdir(),
+            (None, None) => PathBuf::from("/"),
+        };
+        let mut env = config.env.clone();
+        if let Some(u) = &user {
+            if let Some(home) = &u.home {
+                env.entry("HOME".to_owned())
+                    .or_insert_with(|| home.to_string_lossy().into_owned());
+            }
+            if let Some(name) = &u.name {
+                env.entry("USER".to_owned()).or_insert_with(|| name.clone());
+                env.entry("LOGNAME".to_owned())
+                    .or_insert_with(|| name.clone());
+            }
+        }
         let spec = Spec {
             instance: instance.to_owned(),
             cmd: config.cmd.clone(),
-            env: config.env.clone(),
+            env,
             workdir,
+            user,
             cgroup,
             log_max_bytes: self.cfg.log_max_bytes,
             log_keep: self.cfg.log_keep,
@@ -634,6 +652,15 @@ impl Driver {
             lower: run.rootfs.clone(),
             memory_cgroup: self.oci_limits.memory_root.as_ref().map(|r| r.join(id)),
         })
+    }
+
+    /// Runs a command inside the machine's running workload (see [`crate::exec`]).
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec: &crate::exec::ExecSpec,
+    ) -> Result<crate::exec::ExecOutcome, DriverError> {
+        crate::exec::run(&self.dir(id), id, self.probe(id), exec).await
     }
 
     /// The OCI runtime image machines run under, if one works here.

@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 mod driver;
+pub mod exec;
 pub mod files;
 pub mod limits;
 pub mod logfmt;
@@ -18,6 +19,8 @@ pub mod oci;
 pub mod proc;
 pub mod shim;
 pub mod usage;
+pub mod user;
+pub mod volumes;
 
 pub use cgroup::Capabilities;
 pub use driver::{

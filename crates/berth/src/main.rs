@@ -19,6 +19,7 @@ mod outcome;
 mod render;
 mod resolve;
 mod stream;
+mod volume;
 
 use std::process::ExitCode;
 
@@ -59,6 +60,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Command::Host(cmd) => host::run(&cli, cmd).await,
         Command::Db(cmd) => db::run(&cli, cmd).await,
         Command::Image(cmd) => image::run(&cli, cmd).await,
+        Command::Volume(cmd) => volume::run(&cli, cmd).await,
         Command::Doctor { json } => host::doctor(&cli, *json).await,
     }
 }
@@ -98,7 +100,10 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(code, msg)) => {
-            eprintln!("berth: {msg}");
+            // An empty message is a code passed on (`machine exec` exits with its command's).
+            if !msg.is_empty() {
+                eprintln!("berth: {msg}");
+            }
             ExitCode::from(code)
         }
     }

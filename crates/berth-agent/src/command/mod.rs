@@ -9,12 +9,14 @@
 mod cordon;
 mod db;
 mod events;
+mod exec;
 mod host;
 mod images;
 mod leases;
 mod logs;
 mod machines;
 mod shutdown;
+mod volumes;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -341,21 +341,11 @@ pub fn prepare(
     crate::files::write_json_fast(&dirs.bundle.join("config.json"), &spec)
         .map_err(|e| format!("write config.json: {e}"))?;
     write_files(config, &dirs.upper, run.uid, run.gid)?;
-    for m in &config.mounts {
-        let dir = ctx.volumes_dir.join(&m.volume);
-        if !dir.exists() {
-            create_volume(&dir, run.uid, run.gid)?;
-        }
+    let volumes = crate::volumes::Volumes::new(ctx.volumes_dir.to_owned());
+    for (i, m) in config.mounts.iter().enumerate() {
+        volumes
+            .prepare_for(&m.volume, run.uid, run.gid, !m.read_only)
+            .map_err(|e| format!("mounts[{i}]: {e}"))?;
     }
     Ok(())
-}
-
-/// Creates a volume's directory, private (0700) and owned by `uid:gid`.
-pub fn create_volume(dir: &Path, uid: u32, gid: u32) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::create_dir_all(dir).map_err(|e| format!("create volume {}: {e}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("chmod volume {}: {e}", dir.display()))?;
-    nix::unistd::chown(dir, Some(uid.into()), Some(gid.into()))
-        .map_err(|e| format!("chown volume {}: {e}", dir.display()))
 }
