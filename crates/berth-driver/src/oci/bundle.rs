@@ -256,24 +256,51 @@ pub fn build_spec(
 /// Opens (creating as needed) each directory of `rel` below `root`, never following a symlink:
 /// the writable layer is the workload's to shape, so a link it planted cannot send a write
 /// outside the machine.
-fn open_parent(root: &Path, rel: &[&str]) -> Result<OwnedFd, String> {
+///
+/// A directory made here shadows the image's directory of the same path in the overlay, whose
+/// mode and owner the merged directory then takes from this one: it gets the image's (so a
+/// file written into `/etc` does not make `/etc` root-only under berthd's umask 077), or
+/// 0755 root when the image has none.
+fn open_parent(root: &Path, lower: &Path, rel: &[&str]) -> Result<OwnedFd, String> {
+    use std::os::unix::fs::MetadataExt as _;
     let dir_flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
     let mut fd = nix::fcntl::open(root, dir_flags, Mode::empty())
         .map_err(|e| format!("open {}: {e}", root.display()))?;
+    let mut image_dir = lower.to_owned();
     for comp in rel {
-        match nix::sys::stat::mkdirat(fd.as_fd(), *comp, Mode::from_bits_truncate(0o755)) {
-            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        image_dir.push(comp);
+        let made = match nix::sys::stat::mkdirat(fd.as_fd(), *comp, Mode::from_bits_truncate(0o755))
+        {
+            Ok(()) => true,
+            Err(nix::errno::Errno::EEXIST) => false,
             Err(e) => return Err(format!("mkdir {comp}: {e}")),
-        }
+        };
         fd = nix::fcntl::openat(fd.as_fd(), *comp, dir_flags, Mode::empty())
             .map_err(|e| format!("open {comp} (not a directory, or a symlink): {e}"))?;
+        if made {
+            // The image's own directory, never through a link it holds.
+            let (mode, uid, gid) = match std::fs::symlink_metadata(&image_dir) {
+                Ok(m) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid()),
+                _ => (0o755, 0, 0),
+            };
+            nix::unistd::fchown(fd.as_fd(), Some(uid.into()), Some(gid.into()))
+                .map_err(|e| format!("chown {comp}: {e}"))?;
+            nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(mode as libc::mode_t))
+                .map_err(|e| format!("chmod {comp}: {e}"))?;
+        }
     }
     Ok(fd)
 }
 
 /// Writes `config.files` into the writable layer `upper` (the overlay not mounted), each with
 /// its mode and owned by the workload's user.
-pub fn write_files(config: &MachineConfig, upper: &Path, uid: u32, gid: u32) -> Result<(), String> {
+pub fn write_files(
+    config: &MachineConfig,
+    upper: &Path,
+    lower: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<(), String> {
     for (i, f) in config.files.iter().enumerate() {
         let bytes = f.bytes().map_err(|e| format!("files[{i}]: {e}"))?;
         let comps: Vec<&str> = f
@@ -285,7 +312,7 @@ pub fn write_files(config: &MachineConfig, upper: &Path, uid: u32, gid: u32) -> 
             return Err(format!("files[{i}].path: names no file"));
         };
         let parent =
-            open_parent(upper, dirs).map_err(|e| format!("files[{i}] ({}): {e}", f.path))?;
+            open_parent(upper, lower, dirs).map_err(|e| format!("files[{i}] ({}): {e}", f.path))?;
         let flags = OFlag::O_WRONLY
             | OFlag::O_CREAT
             | OFlag::O_TRUNC
@@ -340,7 +367,7 @@ pub fn prepare(
     let spec = build_spec(config, run, ctx)?;
     crate::files::write_json_fast(&dirs.bundle.join("config.json"), &spec)
         .map_err(|e| format!("write config.json: {e}"))?;
-    write_files(config, &dirs.upper, run.uid, run.gid)?;
+    write_files(config, &dirs.upper, &run.rootfs, run.uid, run.gid)?;
     let volumes = crate::volumes::Volumes::new(ctx.volumes_dir.to_owned());
     for (i, m) in config.mounts.iter().enumerate() {
         volumes
