@@ -233,13 +233,22 @@ pub async fn run(
             // On timeout, everything it started; after an exit, what it left in its group.
             if let Some(g) = group {
                 let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+                if timed_out {
+                    // Not a group leader after all: the process itself.
+                    let _ = nix::sys::signal::kill(Pid::from_raw(g), Signal::SIGKILL);
+                }
             }
         }
         let status = match status {
             Ok(s) => s.ok(),
             Err(_) => {
-                let _ = child.start_kill();
-                child.wait().await.ok();
+                // The runtime's exec reaps the process it was killed and exits on its own: kill
+                // it only if it does not, since a process it leaves unreaped becomes a zombie
+                // of the container's init.
+                if tokio::time::timeout(DRAIN_GRACE, child.wait()).await.is_err() {
+                    let _ = child.start_kill();
+                    child.wait().await.ok();
+                }
                 None
             }
         };

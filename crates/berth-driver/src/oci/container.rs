@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 
 use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
@@ -209,7 +210,13 @@ fn launch(oci: &OciLaunch, out: &OwnedFd, err: &OwnedFd) -> Result<ProcessId, St
     set_subreaper()?;
     mount_root(oci)?;
     delete(&oci.runtime, &oci.container_id);
-    let pid = create(oci, out, err)?;
+    // The runtime makes missing mount points (`/mnt/in` for a volume at that path) under its
+    // umask: berthd's 077 would leave `/mnt` root-only and the volume out of an image user's
+    // reach. The usual 022, for the create only (the shim's own files stay private).
+    let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+    let pid = create(oci, out, err);
+    nix::sys::stat::umask(old);
+    let pid = pid?;
     reap_others(Pid::from_raw(pid));
     let init = ProcessId::of(pid).ok_or("the container's init vanished before it started")?;
     start(oci)?;
