@@ -18,6 +18,8 @@ pub enum ErrorKind {
     LeaseRequired,
     /// The request carried another lease's nonce.
     LeaseMismatch,
+    /// An update named a config version that is no longer current.
+    VersionMismatch,
     /// An Idempotency-Key was reused for a different request.
     IdempotencyMismatch,
     /// The host is cordoned: it accepts no new machines.
@@ -91,7 +93,10 @@ impl From<&StoreError> for CommandError {
             StoreError::Expired { .. } => ErrorKind::Expired,
             StoreError::CompactionRunning { .. } => ErrorKind::Conflict,
             StoreError::NoSpace { .. } => ErrorKind::InsufficientStorage,
-            StoreError::NotFound(_) | StoreError::OperationNotFound(_) => ErrorKind::NotFound,
+            StoreError::NotFound(_)
+            | StoreError::OperationNotFound(_)
+            | StoreError::NoConfigVersion { .. } => ErrorKind::NotFound,
+            StoreError::ConfigVersionMismatch { .. } => ErrorKind::VersionMismatch,
             StoreError::AlreadyExists(_)
             | StoreError::IllegalTransition { .. }
             | StoreError::VersionMismatch { .. }

@@ -200,11 +200,16 @@ impl Agent {
 
         // Reattach first: every supervisor that runs gets a watcher, nothing is restarted.
         let mut reattached = 0;
-        for m in store.machines()? {
-            if let Probe::Running(s) = driver.probe(m.id.as_str()) {
-                effects.watch(m.id.as_str(), s.workload.pid);
+        let mut known = Vec::new();
+        store.each_machine(|m| {
+            known.push((m.id, m.state));
+            true
+        })?;
+        for (id, state) in known {
+            if let Probe::Running(s) = driver.probe(id.as_str()) {
+                effects.watch(id.as_str(), s.workload.pid);
                 reattached += 1;
-                tracing::info!(machine = %m.id, pid = s.workload.pid, state = %m.state, "reattached to running workload");
+                tracing::info!(machine = %id, pid = s.workload.pid, %state, "reattached to running workload");
             }
         }
         let resumed = store.operations()?.len();

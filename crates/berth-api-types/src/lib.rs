@@ -20,7 +20,7 @@ mod logs;
 mod query;
 mod volume;
 
-pub use berth_types::{MachineRecord as Machine, State};
+pub use berth_types::{ConfigVersion, MachineRecord as Machine, State};
 pub use db::{
     CheckReport, CompactionProgress, CompactionReport, DbCheck, DbStats, PageCheck, SlowOp,
 };
@@ -42,7 +42,8 @@ pub struct ErrorBody {
     pub error: String,
     /// A stable code for a program: `invalid`, `not_found`, `conflict`, `lease_required`,
     /// `lease_mismatch`, `overloaded`, `cordoned`, `unavailable`, `unauthorized`, `timeout`,
-    /// `too_large`, `expired`, `bad_gateway` (an image registry failed), `internal`.
+    /// `too_large`, `expired`, `bad_gateway` (an image registry failed), `version_mismatch` (an
+    /// update's `current_version` is stale), `internal`.
     pub code: String,
 }
 
@@ -61,6 +62,29 @@ pub struct CreateMachine {
     /// Record it without starting it.
     #[serde(default)]
     pub skip_start: bool,
+}
+
+/// `POST /v1/machines/{id}`: update a machine's config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMachine {
+    /// The whole new config.
+    pub config: MachineConfig,
+    /// Refuse (409 `version_mismatch`) unless this is the machine's current `config_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
+    /// Record the new version without restarting a started machine.
+    #[serde(default)]
+    pub skip_start: bool,
+}
+
+/// `POST /v1/machines/{id}/rollback` (body optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The config version to restore (default: the one before the current).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
 }
 
 /// `POST /v1/machines/{id}/stop` (body optional).

@@ -54,6 +54,7 @@ impl From<CommandError> for ApiError {
             ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
             ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+            ErrorKind::VersionMismatch => (StatusCode::CONFLICT, "version_mismatch"),
             ErrorKind::LeaseRequired => (StatusCode::CONFLICT, "lease_required"),
             ErrorKind::LeaseMismatch => (StatusCode::CONFLICT, "lease_mismatch"),
             ErrorKind::Cordoned => (StatusCode::CONFLICT, "cordoned"),

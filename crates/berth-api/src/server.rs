@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{ApiError, ApiResult};
-use crate::{Shared, images, logs, machines, random_hex, system, volumes};
+use crate::{Shared, images, logs, machines, random_hex, system, update, volumes};
 
 /// One listener's view: shared state, its token (TCP) and its own mutation bound.
 #[derive(Debug, Clone)]
@@ -70,6 +70,9 @@ api_routes! {
     get "/v1/machines" => machines::list,
     get "/v1/machines/{id}" => machines::get,
     delete "/v1/machines/{id}" => machines::destroy,
+    post "/v1/machines/{id}" => update::update,
+    get "/v1/machines/{id}/versions" => update::versions,
+    post "/v1/machines/{id}/rollback" => update::rollback,
     post "/v1/machines/{id}/start" => machines::start,
     post "/v1/machines/{id}/stop" => machines::stop,
     post "/v1/machines/{id}/restart" => machines::restart,

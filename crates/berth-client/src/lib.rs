@@ -9,8 +9,9 @@ mod volumes;
 use std::path::PathBuf;
 
 use berth_api_types::{
-    ApproveReport, CompactionReport, CreateMachine, DbCheck, DbStats, ErrorBody, EventsPage,
-    Health, HostInfo, ReconcileReport, SlowOp, StopRequest,
+    ApproveReport, CompactionReport, ConfigVersion, CreateMachine, DbCheck, DbStats, ErrorBody,
+    EventsPage, Health, HostInfo, ReconcileReport, RollbackRequest, SlowOp, StopRequest,
+    UpdateMachine,
 };
 use berth_types::{Event, MachineRecord};
 use http_body_util::{BodyExt, Full};
@@ -295,6 +296,49 @@ impl Client {
     pub async fn get(&self, id: &str) -> Result<MachineRecord, ClientError> {
         self.call(Method::GET, &format!("/v1/machines/{}", enc(id)), None, &[])
             .await
+    }
+
+    /// `POST /v1/machines/{id}`: update its config.
+    pub async fn update(
+        &self,
+        id: &str,
+        req: &UpdateMachine,
+    ) -> Result<MachineRecord, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.call(
+            Method::POST,
+            &format!("/v1/machines/{}", enc(id)),
+            Some(body),
+            &[],
+        )
+        .await
+    }
+
+    /// `GET /v1/machines/{id}/versions`: its config versions, newest first.
+    pub async fn versions(&self, id: &str) -> Result<Vec<ConfigVersion>, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/v1/machines/{}/versions", enc(id)),
+            None,
+            &[],
+        )
+        .await
+    }
+
+    /// `POST /v1/machines/{id}/rollback`.
+    pub async fn rollback(
+        &self,
+        id: &str,
+        req: &RollbackRequest,
+    ) -> Result<MachineRecord, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.call(
+            Method::POST,
+            &format!("/v1/machines/{}/rollback", enc(id)),
+            Some(body),
+            &[],
+        )
+        .await
     }
 
     /// `POST /v1/machines/{id}/start|restart`.

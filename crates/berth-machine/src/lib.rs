@@ -1,4 +1,4 @@
-//! Durable machine operations: what create, start, stop, restart and destroy do, step by step,
+//! Durable machine operations: what create, start, stop, restart, destroy and update do, step by step,
 //! how an operation interrupted by a crash is resumed, and supervision (exits, restart policy,
 //! reconciliation with its blast-radius guard).
 //!
@@ -10,11 +10,13 @@
 //! processes directly.
 
 mod admission;
+mod fault;
 mod guard;
 mod leases;
 mod plan;
 mod runner;
 mod supervise;
+mod update;
 
 pub use admission::{Admission, AdmissionError, Admitted, Created};
 pub use guard::{Guard, GuardAction, GuardConfig, GuardStatus, Held, Verdict};
@@ -25,3 +27,4 @@ pub use supervise::{
     AfterExit, DEFAULT_MAX_RETRIES, ExitOutcome, Observed, Planned, ReconcileConfig,
     ReconcileReport, after_exit, backoff, describe_exit,
 };
+pub use update::{UpdateRequest, Updated, changed_fields};

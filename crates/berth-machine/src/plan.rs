@@ -64,6 +64,11 @@ const MARK_DESTROYING: PlanStep = step(
     Effect::None,
     Some((State::Destroying, EventKind::Destroy)),
 );
+const MARK_UPDATING: PlanStep = step(
+    "mark_updating",
+    Effect::None,
+    Some((State::Restarting, EventKind::Update)),
+);
 const CLEANUP: PlanStep = step("cleanup", Effect::Cleanup, None);
 const MARK_DESTROYED: PlanStep = step(
     "mark_destroyed",
@@ -81,6 +86,9 @@ pub fn plan(kind: OpKind, start: bool) -> &'static [PlanStep] {
         (OpKind::Stop, _) => &[MARK_STOPPING, STOP_TO_STOPPED],
         (OpKind::Restart, _) => &[MARK_RESTARTING, STOP_WORKLOAD, SPAWN],
         (OpKind::Destroy, _) => &[MARK_DESTROYING, STOP_WORKLOAD, CLEANUP, MARK_DESTROYED],
+        // The record holds the new config from the write that begins it; the stop uses the old
+        // config's stop settings, kept in the operation's params.
+        (OpKind::Update, _) => &[MARK_UPDATING, STOP_WORKLOAD, SPAWN],
     }
 }
 
@@ -103,6 +111,7 @@ mod tests {
             (OpKind::Destroy, true, State::Started),
             (OpKind::Destroy, true, State::Stopped),
             (OpKind::Destroy, true, State::Created),
+            (OpKind::Update, true, State::Started),
         ];
         for (kind, start, mut state) in cases {
             for s in plan(kind, start) {
@@ -126,6 +135,7 @@ mod tests {
             OpKind::Stop,
             OpKind::Restart,
             OpKind::Destroy,
+            OpKind::Update,
         ] {
             let names: Vec<_> = plan(kind, true).iter().map(|s| s.name).collect();
             let mut dedup = names.clone();

@@ -243,26 +243,7 @@ impl<E: Effects> Machines<E> {
     ) -> Result<Admitted, OpError> {
         let key = admission.idempotency_key;
         crate::admission::check_request(&req, key.as_deref())?;
-        let mut config = req.config;
-        config.validate().map_err(|e| {
-            if e.too_large {
-                OpError::TooLarge(e.to_string())
-            } else {
-                OpError::Invalid(e.to_string())
-            }
-        })?;
-        let image_digest = self
-            .effects
-            .resolve_image(&config)
-            .await
-            .map_err(|e| match e {
-                ImageError::Invalid(m) => OpError::Invalid(m),
-                ImageError::Host(m) => OpError::Host(m),
-                ImageError::Registry(m) => OpError::Registry(m),
-            })?;
-        self.effects
-            .check_config(&config)
-            .map_err(OpError::Invalid)?;
+        let (config, image_digest) = self.checked_config(req.config).await?;
         let req = CreateRequest { config, ..req };
         let digest = crate::admission::digest(&req);
         let id = req.id.clone().unwrap_or_else(MachineId::generate);
@@ -317,6 +298,36 @@ impl<E: Effects> Machines<E> {
             })
             .await??;
         Ok(admitted)
+    }
+
+    /// Checks a config as a create does, before anything is recorded: `MachineConfig::validate`
+    /// (which also normalizes it), the image made ready (its digest returned), and
+    /// `Effects::check_config` (limits the host cannot enforce). An update's config goes
+    /// through exactly this.
+    pub(crate) async fn checked_config(
+        &self,
+        mut config: MachineConfig,
+    ) -> Result<(MachineConfig, Option<String>), OpError> {
+        config.validate().map_err(|e| {
+            if e.too_large {
+                OpError::TooLarge(e.to_string())
+            } else {
+                OpError::Invalid(e.to_string())
+            }
+        })?;
+        let image_digest = self
+            .effects
+            .resolve_image(&config)
+            .await
+            .map_err(|e| match e {
+                ImageError::Invalid(m) => OpError::Invalid(m),
+                ImageError::Host(m) => OpError::Host(m),
+                ImageError::Registry(m) => OpError::Registry(m),
+            })?;
+        self.effects
+            .check_config(&config)
+            .map_err(OpError::Invalid)?;
+        Ok((config, image_digest))
     }
 
     /// A replayed create's machine once the first create's operation has finished (or after
@@ -444,6 +455,7 @@ impl<E: Effects> Machines<E> {
                 tracing::info!(machine = %op.machine_id, op = op.id, step = step.name, "operation was superseded; stopping here");
                 return Err(StoreError::OperationNotFound(op.id).into());
             }
+            crate::fault::pause(op.kind, step.name, "before").await;
             let (pid, exit) = match self.run_effect(step, &machine, &op).await {
                 Ok(v) => v,
                 Err(error) => {
@@ -456,6 +468,7 @@ impl<E: Effects> Machines<E> {
                     });
                 }
             };
+            crate::fault::pause(op.kind, step.name, "after").await;
             match self.record_step(&op, step, pid, exit, i + 1 == last).await {
                 Ok((m, o)) => {
                     machine = m;
@@ -667,7 +680,7 @@ impl<E: Effects> Machines<E> {
 /// operation, its step being done and the transition are one write). An operation begun by
 /// supervision (with an exit to record) keeps its first step for the runner, which attaches the
 /// exit and reason to it.
-fn first_step_inline(
+pub(crate) fn first_step_inline(
     w: &mut berth_store::WriteCtx<'_, '_>,
     op: OperationRecord,
     start: bool,
@@ -693,6 +706,7 @@ fn reason(kind: OpKind, step: &str) -> String {
         OpKind::Stop => "stop",
         OpKind::Restart => "restart",
         OpKind::Destroy => "destroy",
+        OpKind::Update => "update",
     };
     format!("{verb}: {step}")
 }

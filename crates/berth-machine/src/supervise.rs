@@ -276,34 +276,34 @@ impl<E: Effects> Machines<E> {
         cfg: &ReconcileConfig,
         approved: bool,
     ) -> Result<ReconcileReport, OpError> {
-        let machines = self.store().machines()?;
-        let mut report = ReconcileReport {
-            examined: machines.len(),
-            ..ReconcileReport::default()
-        };
-        let live = machines
-            .iter()
-            .filter(|m| !matches!(m.state, State::Destroyed))
-            .count();
-        for m in &machines {
-            if m.active_op.is_some() {
-                continue;
+        // One snapshot, one record at a time: only the started machines are kept for a look
+        // at their workloads (a host's machines are mostly not started), and only ids otherwise.
+        let mut report = ReconcileReport::default();
+        let mut live = 0;
+        let mut known: BTreeSet<String> = BTreeSet::new();
+        let mut started = Vec::new();
+        self.store().each_machine(|m| {
+            report.examined += 1;
+            if m.state != State::Destroyed {
+                live += 1;
+                known.insert(m.id.to_string());
             }
-            if m.state.is_transient() {
-                report.stranded.push(m.id.clone());
-                continue;
+            if m.active_op.is_none() {
+                if m.state.is_transient() {
+                    report.stranded.push(m.id.clone());
+                } else if m.state == State::Started {
+                    started.push(m);
+                }
             }
-            if m.state == State::Started
-                && let Some(p) = self.plan_for(m)
-            {
+            true
+        })?;
+        let mut machines = Vec::new();
+        for m in started {
+            if let Some(p) = self.plan_for(&m) {
                 report.planned.push(p);
+                machines.push(m);
             }
         }
-        let known: BTreeSet<String> = machines
-            .iter()
-            .filter(|m| m.state != State::Destroyed)
-            .map(|m| m.id.to_string())
-            .collect();
         report.orphans = self.effects().orphans(&known);
         for o in &report.orphans {
             tracing::warn!(supervisor = %o, "orphan: a supervised workload with no machine record; left running for an operator (berth doctor)");

@@ -38,6 +38,30 @@ pub enum StoreError {
         /// What is stored.
         actual: u64,
     },
+    /// An update named a config version that is no longer the current one (someone else
+    /// updated the machine since the caller read it).
+    #[error(
+        "machine {id}'s config is at version {actual}, not {expected}: it was changed since; read it again and retry"
+    )]
+    ConfigVersionMismatch {
+        /// The machine.
+        id: MachineId,
+        /// The version the caller named as current.
+        expected: u64,
+        /// The current version.
+        actual: u64,
+    },
+    /// The machine keeps no such config version (never recorded, or older than the last
+    /// [`crate::MAX_CONFIG_VERSIONS`]).
+    #[error("machine {id} has no config version {version} (it keeps versions {kept})")]
+    NoConfigVersion {
+        /// The machine.
+        id: MachineId,
+        /// The version asked for.
+        version: u64,
+        /// The versions it keeps, e.g. `3..=7`.
+        kept: String,
+    },
     /// The machine already has an operation in flight.
     #[error("machine {id} is busy with operation {op}")]
     Busy {

@@ -46,9 +46,15 @@ pub use timing::{
     DURATION_BUCKETS, OP_DURATION, OPS, OpDurations, SLOW_OPS, SlowOp, SlowOpHook, TimingProbe,
 };
 pub use verify::Verification;
-pub use writer::{TransitionSpec, WriteCtx};
+pub use writer::{ConfigChange, TransitionSpec, WriteCtx};
 
 use timing::Timings;
+
+/// Most config versions kept per machine, the current one included: an update removes the
+/// version that falls out of this window in the write that records the new one, so a machine
+/// updated in a loop never grows the `config_versions` table past `MAX_CONFIG_VERSIONS - 1`
+/// rows. A rollback can go back this far.
+pub const MAX_CONFIG_VERSIONS: u64 = 16;
 use writer::{BoxedJob, Msg, TypedJob, Writer, WriterCounters};
 
 /// Tunables of a [`Store`].

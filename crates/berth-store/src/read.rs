@@ -2,13 +2,13 @@
 //! never wait for the writer; they see the last committed batch. (The consistency check is in
 //! `check.rs`, sizes in `stats.rs`, backups in `backup.rs`.)
 
-use berth_types::{Event, MachineId, MachineRecord, OperationRecord};
+use berth_types::{ConfigVersion, Event, MachineId, MachineRecord, OperationRecord};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::Store;
 use crate::codec::decode_at;
 use crate::error::{Result, StoreError};
-use crate::schema::{EVENTS, HISTORY, MACHINES, META, OPERATIONS};
+use crate::schema::{CONFIG_VERSIONS, EVENTS, HISTORY, MACHINES, META, OPERATIONS};
 
 /// A read transaction together with the database it reads. Holding the `Arc` is what tells a
 /// compaction that replaced this database when its last reader is gone, and only then does it
@@ -91,6 +91,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Every machine, in id order, decoded one at a time and handed to `f` inside one read
+    /// snapshot: a pass over ten thousand machines holds one record at a time, not all of them.
+    /// `f` returns `false` to stop early.
+    fn each_machine_unguarded(&self, f: &mut dyn FnMut(MachineRecord) -> bool) -> Result<usize> {
+        let start = self.inner.timings.start();
+        let txn = self.read_txn("list_machines")?;
+        let table = open_ro(&txn, MACHINES, "list_machines")?;
+        let mut n = 0;
+        for entry in table.iter().map_err(StoreError::db("list_machines"))? {
+            let (k, v) = entry.map_err(StoreError::db("list_machines"))?;
+            n += 1;
+            if !f(decode_at("machines", k.value(), v.value())?) {
+                break;
+            }
+        }
+        self.inner.timings.finish("list_machines", start, n, 0, || {
+            format!("visit {n} machines")
+        });
+        Ok(n)
+    }
+
     /// A machine's history, oldest first (empty if the machine is unknown).
     ///
     /// The `history` table is an index the writer materializes from the event log in bulk; events
@@ -127,6 +148,44 @@ impl Store {
             format!("history of {id}: {n} rows")
         });
         Ok(out)
+    }
+
+    /// A machine's config versions, newest first (the record's current one, then the older
+    /// ones kept), from one snapshot; `None` for an unknown machine.
+    fn config_versions_unguarded(&self, id: &MachineId) -> Result<Option<Vec<ConfigVersion>>> {
+        let start = self.inner.timings.start();
+        let txn = self.read_txn("config_versions")?;
+        let machines = open_ro(&txn, MACHINES, "config_versions")?;
+        let Some(v) = machines
+            .get(id.as_str())
+            .map_err(StoreError::db("config_versions"))?
+        else {
+            return Ok(None);
+        };
+        let rec: MachineRecord = decode_at("machines", id, v.value())?;
+        let mut out = vec![rec.current_config()];
+        let table = open_ro(&txn, CONFIG_VERSIONS, "config_versions")?;
+        let range = (id.as_str(), 0u64)..=(id.as_str(), u64::MAX);
+        for entry in table
+            .range(range)
+            .map_err(StoreError::db("config_versions"))?
+            .rev()
+        {
+            let (k, v) = entry.map_err(StoreError::db("config_versions"))?;
+            let (m, ver) = k.value();
+            out.push(decode_at(
+                "config_versions",
+                format!("({m}, {ver})"),
+                v.value(),
+            )?);
+        }
+        let n = out.len();
+        self.inner
+            .timings
+            .finish("config_versions", start, n, 0, || {
+                format!("config versions of {id}: {n}")
+            });
+        Ok(Some(out))
     }
 
     /// Up to `limit` host-wide events with `seq > after`, oldest first.
@@ -234,12 +293,33 @@ impl Store {
         self.guard_read(|| "table machines".into(), || self.machines_unguarded())
     }
 
+    /// Every machine, in id order, handed to `f` one at a time in one read snapshot (`f` returns
+    /// `false` to stop); the number visited. What a pass over every machine uses instead of
+    /// [`Store::machines`], whose `Vec` of every record is the largest allocation of a start on a
+    /// host with ten thousand machines.
+    pub fn each_machine(&self, mut f: impl FnMut(MachineRecord) -> bool) -> Result<usize> {
+        self.guard_read(
+            || "table machines".into(),
+            || self.each_machine_unguarded(&mut f),
+        )
+    }
+
     /// A machine's history, oldest first (empty if the machine is unknown). The `history` index
     /// is merged with the event log above its watermark, in the same snapshot.
     pub fn history(&self, id: &MachineId) -> Result<Vec<Event>> {
         self.guard_read(
             || format!("tables history and events for machine {id}"),
             || self.history_unguarded(id),
+        )
+    }
+
+    /// A machine's config versions, newest first: the current one (the record's), then the
+    /// older ones kept (at most [`crate::MAX_CONFIG_VERSIONS`] in all); `None` for an unknown
+    /// machine.
+    pub fn config_versions(&self, id: &MachineId) -> Result<Option<Vec<ConfigVersion>>> {
+        self.guard_read(
+            || format!("tables machines and config_versions for machine {id}"),
+            || self.config_versions_unguarded(id),
         )
     }
 

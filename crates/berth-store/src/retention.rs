@@ -4,8 +4,8 @@
 //! most [`RetentionPolicy::batch_rows`] rows — with a pause between batches, so a normal write never
 //! waits behind retention for more than one small commit:
 //!
-//! - a destroyed machine's history, then its record, is deleted once it has been destroyed for
-//!   longer than `destroyed_machine_ttl`;
+//! - a destroyed machine's history, then its record and its older config versions, is deleted
+//!   once it has been destroyed for longer than `destroyed_machine_ttl`;
 //! - a machine's history is capped at `max_events_per_machine` rows, oldest first (the record stays
 //!   the truth; `check` knows a trimmed history is a suffix);
 //! - the host-wide event log keeps its newest `max_events` events; a consumer asking for older ones
@@ -153,16 +153,24 @@ impl Store {
         let mut report = RetentionReport::default();
         let now = Timestamp::now();
         let keep = policy.max_events_per_machine.max(1);
-        for rec in self.machines()? {
-            let expired = rec.state == State::Destroyed
-                && now.saturating_since(rec.updated_at) >= policy.destroyed_machine_ttl;
-            if expired {
-                self.remove_destroyed(&rec.id, policy, &mut report).await?;
+        // What to do, decided over one snapshot holding one record at a time; done afterwards.
+        let mut expired = Vec::new();
+        let mut trim = Vec::new();
+        self.each_machine(|rec| {
+            if rec.state == State::Destroyed
+                && now.saturating_since(rec.updated_at) >= policy.destroyed_machine_ttl
+            {
+                expired.push(rec.id);
             } else if rec.version > keep {
-                let below = rec.version - keep + 1;
-                self.trim_machine(&rec.id, below, policy, &mut report)
-                    .await?;
+                trim.push((rec.id, rec.version - keep + 1));
             }
+            true
+        })?;
+        for id in &expired {
+            self.remove_destroyed(id, policy, &mut report).await?;
+        }
+        for (id, below) in &trim {
+            self.trim_machine(id, *below, policy, &mut report).await?;
         }
         self.trim_events(policy, &mut report).await?;
         if !report.is_empty() {
@@ -198,6 +206,8 @@ impl Store {
                     }
                     let rows = trim_history(w, &id, u64::MAX, limit)?;
                     if rows == 0 && !has_pending_events(w, &id)? {
+                        // At most MAX_CONFIG_VERSIONS - 1 rows: with the record, in one batch.
+                        w.remove_config_versions(&id)?;
                         w.remove(Removal::Machine(id));
                         return Ok((0, true));
                     }

@@ -9,6 +9,12 @@
 //! | `history`    | (machine id, version)    | [`berth_types::Event`]                  |
 //! | `events`     | seq (`u64`)              | [`berth_types::Event`]                  |
 //! | `operations` | operation id (`u64`)     | [`berth_types::OperationRecord`]        |
+//! | `config_versions` | (machine id, version) | [`berth_types::ConfigVersion`]        |
+//!
+//! `config_versions` holds each machine's *older* configs (the record holds the current one):
+//! an update writes the version it replaces, and removes the one that falls out of the last
+//! [`crate::MAX_CONFIG_VERSIONS`], in the same write; retention removes a destroyed machine's
+//! rows with its record.
 //!
 //! `history` keys sort by machine then version, so one machine's history is one contiguous range.
 //! It is an index over the event log: a transition's event is written in the same transaction as
@@ -40,25 +46,36 @@ pub const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("h
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// Durable operations in flight, keyed by operation id.
 pub const OPERATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("operations");
+/// Each machine's older config versions, keyed (machine id, version).
+pub const CONFIG_VERSIONS: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("config_versions");
 /// Schema version and counters.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Every table of the schema: the one list that creating a file, the checksum walk, stats,
 /// backups and compaction's copy go over (see `tables.rs`). A new table is added here (and to
 /// [`TABLE_NAMES`]; the tests check the two agree with the definitions above).
-pub(crate) const TABLES: [&dyn AnyTable; 5] = [
+pub(crate) const TABLES: [&dyn AnyTable; 6] = [
     &Table::records(MACHINES),
     &Table::history(HISTORY),
     &Table::history(EVENTS),
     &Table::records(OPERATIONS),
+    &Table::records(CONFIG_VERSIONS),
     &Table::raw(META),
 ];
 
 /// Names of every table, for stats and checks, in the order of [`TABLES`].
-pub const TABLE_NAMES: [&str; 5] = ["machines", "history", "events", "operations", "meta"];
+pub const TABLE_NAMES: [&str; 6] = [
+    "machines",
+    "history",
+    "events",
+    "operations",
+    "config_versions",
+    "meta",
+];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub(crate) const KEY_SCHEMA: &str = "schema_version";
 pub(crate) const KEY_NEXT_SEQ: &str = "next_seq";
@@ -76,9 +93,17 @@ pub struct Migration {
     pub apply: fn(&redb::WriteTransaction) -> Result<()>,
 }
 
-/// The migrations this build knows, oldest first. Version 1 is the first schema, so none yet;
-/// a future schema appends its step here and bumps [`SCHEMA_VERSION`].
-pub const MIGRATIONS: &[Migration] = &[];
+/// The migrations this build knows, oldest first; a future schema appends its step here and
+/// bumps [`SCHEMA_VERSION`].
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    from: 1,
+    description: "add the config_versions table (machine config updates keep older versions)",
+    apply: |txn| {
+        txn.open_table(CONFIG_VERSIONS)
+            .map_err(StoreError::db("migrate: create config_versions"))?;
+        Ok(())
+    },
+}];
 
 /// How an existing file was found when it was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

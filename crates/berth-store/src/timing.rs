@@ -31,6 +31,7 @@ pub const OPS: &[&str] = &[
     "stats",
     "check",
     "backup",
+    "config_versions",
 ];
 
 /// Upper bounds (seconds, Prometheus `le`) of the operation-duration buckets: from 0.5 ms (a

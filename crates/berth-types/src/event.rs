@@ -34,6 +34,9 @@ pub enum EventKind {
     Destroy,
     /// State corrected by reconciliation against the live processes.
     Reconcile,
+    /// A new config version was recorded (an update or a rollback; `from` and `to` are the
+    /// state it was recorded in), or an update operation began applying it.
+    Update,
 }
 
 /// How a workload exited.

@@ -17,7 +17,7 @@ pub mod workload;
 pub use config::{MachineConfig, ResourceLimits, RestartConfig, RestartPolicy, StopConfig};
 pub use event::{Event, EventKind, ExitInfo, ExportHole, Source};
 pub use id::{IdError, MachineId};
-pub use machine::MachineRecord;
+pub use machine::{ConfigVersion, MachineRecord};
 pub use operation::{OpKind, OpParams, OperationRecord, StepRecord};
 pub use state::{IllegalTransition, State};
 pub use time::Timestamp;

@@ -43,6 +43,34 @@ pub struct MachineRecord {
     /// was created, so a tag moved later never changes what runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_digest: Option<String>,
+    /// The version of `config`: 1 when created, one more with each update or rollback. Older
+    /// versions are kept apart (the store's `config_versions` table); this record holds the
+    /// current one.
+    #[serde(default = "first_config_version")]
+    pub config_version: u64,
+    /// When `config` became the current version; absent until the first update (the
+    /// creation time, then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_updated_at: Option<Timestamp>,
+}
+
+/// Records written before config versions existed hold version 1.
+const fn first_config_version() -> u64 {
+    1
+}
+
+/// A version of a machine's config, as `GET /v1/machines/{id}/versions` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigVersion {
+    /// Its number: 1 at create, one more with each update or rollback.
+    pub version: u64,
+    /// The config.
+    pub config: MachineConfig,
+    /// When it was recorded.
+    pub created_at: Timestamp,
+    /// Image machines: the manifest digest it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
 }
 
 impl MachineRecord {
@@ -68,6 +96,18 @@ impl MachineRecord {
             restarts: 0,
             active_op: None,
             image_digest: None,
+            config_version: 1,
+            config_updated_at: None,
+        }
+    }
+
+    /// The current config as a [`ConfigVersion`].
+    pub fn current_config(&self) -> ConfigVersion {
+        ConfigVersion {
+            version: self.config_version,
+            config: self.config.clone(),
+            created_at: self.config_updated_at.unwrap_or(self.created_at),
+            image_digest: self.image_digest.clone(),
         }
     }
 

@@ -22,6 +22,9 @@ pub enum OpKind {
     Restart,
     /// Remove a machine.
     Destroy,
+    /// Apply a new config version to a started machine: stop it with the old config's stop
+    /// settings (kept in the params), start it with the new config.
+    Update,
 }
 
 /// One step of an operation.
@@ -80,6 +83,9 @@ pub struct OpParams {
     /// A policy restart: the reason recorded with its first transition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Update: the config version it applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_version: Option<u64>,
 }
 
 impl OpParams {

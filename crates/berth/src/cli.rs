@@ -160,6 +160,53 @@ pub(crate) enum MachineCmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Change a machine's config: only what the flags say, recorded as a new config version;
+    /// a started machine is restarted with it (unless --skip-start). Prints what changed.
+    Update(UpdateArgs),
+    /// A machine's config versions, newest first.
+    Versions {
+        /// Machine id, name or unique id prefix.
+        id: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Restore an older config version (default: the previous one), recorded as a new version
+    /// and applied like an update.
+    Rollback {
+        /// Machine id, name or unique id prefix.
+        id: String,
+        /// The config version to restore.
+        #[arg(long = "to", value_name = "VERSION")]
+        to: Option<u64>,
+        #[command(flatten)]
+        out: Out,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpdateArgs {
+    /// Machine id, name or unique id prefix.
+    pub(crate) id: String,
+    /// Set an environment variable, K=V (repeatable; the others are kept).
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    pub(crate) env: Vec<String>,
+    /// The image to run (oci:/path[:tag] or REGISTRY/REPO[:TAG|@sha256:DIGEST]).
+    #[arg(long, value_name = "REF")]
+    pub(crate) image: Option<String>,
+    /// Restart policy: no, on-failure, always.
+    #[arg(long, value_name = "POLICY")]
+    pub(crate) restart: Option<String>,
+    /// Memory limit in MiB.
+    #[arg(long, value_name = "MB")]
+    pub(crate) memory: Option<u64>,
+    /// Refuse unless the machine's config is at this version (default: the version read).
+    #[arg(long = "if-version", value_name = "N")]
+    pub(crate) if_version: Option<u64>,
+    /// Record the new version without restarting a started machine.
+    #[arg(long)]
+    pub(crate) skip_start: bool,
+    #[command(flatten)]
+    pub(crate) out: Out,
 }
 
 #[derive(Debug, Args)]

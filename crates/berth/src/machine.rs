@@ -1,4 +1,5 @@
-//! `berth machine ...`: list, status, create, start, stop, restart, destroy, wait, events.
+//! `berth machine ...`: list, status, create, start, stop, restart, destroy, wait, events
+//! (update, versions and rollback are in `update.rs`).
 
 use berth_api_types::{CreateMachine, ExecRequest, StopRequest};
 use berth_types::time::HumanDuration;
@@ -7,7 +8,7 @@ use berth_types::{MachineConfig, MachineRecord, RestartConfig, RestartPolicy, St
 use crate::cli::{Cli, CreateArgs, Fail, LifecycleArgs, MachineCmd, kv, print_json};
 use crate::{outcome, render, resolve};
 
-fn show(m: &MachineRecord, json: bool) {
+pub(crate) fn show(m: &MachineRecord, json: bool) {
     if json {
         print_json(m)
     } else {
@@ -81,6 +82,19 @@ pub(crate) async fn run(cli: &Cli, cmd: &MachineCmd) -> Result<(), Fail> {
             let m = c.wait(id, state, timeout).await?;
             println!("{}", render::machine_line(&m));
         }
+        MachineCmd::Update(a) => crate::update::update(&c, a).await?,
+        MachineCmd::Versions { id, out } => {
+            let id = &resolve::machine_id(&c, id).await?;
+            let versions = c.versions(id).await?;
+            if out.json {
+                print_json(&versions)
+            } else {
+                println!("{}", render::versions(&versions))
+            }
+        }
+        MachineCmd::Rollback { id, to, out } => {
+            crate::update::rollback(&c, id, *to, out.json).await?
+        }
         MachineCmd::Events { id, out } => {
             let id = &resolve::machine_id(&c, id).await?;
             let events = c.machine_events(id).await?;
@@ -148,17 +162,7 @@ async fn exec(
 
 /// The create request `berth machine create` sends.
 fn create_request(a: &CreateArgs) -> Result<CreateMachine, Fail> {
-    let policy = match a.restart.as_str() {
-        "no" => RestartPolicy::No,
-        "on-failure" => RestartPolicy::OnFailure,
-        "always" => RestartPolicy::Always,
-        other => {
-            return Err(Fail(
-                2,
-                format!("--restart {other:?}: expected no, on-failure or always"),
-            ));
-        }
-    };
+    let policy = restart_policy(&a.restart)?;
     let mut config = MachineConfig::command(a.cmd.clone());
     config.env = kv(&a.env, "--env")?;
     config.image = a.image.clone();
@@ -203,6 +207,19 @@ fn volume_arg(v: &str) -> Result<berth_types::workload::MountConfig, Fail> {
         path: path.to_owned(),
         read_only,
     })
+}
+
+/// A `--restart` value.
+pub(crate) fn restart_policy(p: &str) -> Result<RestartPolicy, Fail> {
+    match p {
+        "no" => Ok(RestartPolicy::No),
+        "on-failure" => Ok(RestartPolicy::OnFailure),
+        "always" => Ok(RestartPolicy::Always),
+        other => Err(Fail(
+            2,
+            format!("--restart {other:?}: expected no, on-failure or always"),
+        )),
+    }
 }
 
 fn stop_request(a: &LifecycleArgs) -> Result<StopRequest, Fail> {

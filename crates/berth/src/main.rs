@@ -20,6 +20,7 @@ mod render;
 mod resolve;
 mod stream;
 mod volume;
+mod update;
 
 use std::process::ExitCode;
 

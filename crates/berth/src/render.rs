@@ -76,6 +76,27 @@ pub fn events(evs: &[Event]) -> String {
     t.to_string()
 }
 
+/// `berth machine versions`: newest first, with what each version runs.
+pub fn versions(vs: &[berth_api_types::ConfigVersion]) -> String {
+    let mut t = table(&["VERSION", "CREATED", "COMMAND", "IMAGE", "ENV", "RESTART"]);
+    for v in vs {
+        t.add_row(vec![
+            v.version.to_string(),
+            ago(v.created_at),
+            v.config.cmd.join(" "),
+            v.config.image.clone().unwrap_or_else(|| "-".into()),
+            v.config
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            format!("{:?}", v.config.restart.policy).to_lowercase(),
+        ]);
+    }
+    t.to_string()
+}
+
 pub fn event_line(e: &Event) -> String {
     let from = e.from.map_or_else(|| "-".into(), |s| s.to_string());
     format!(
@@ -98,6 +119,7 @@ pub fn status(m: &MachineRecord, evs: &[Event]) -> String {
         ),
         ("Last exit", exit_text(m)),
         ("Version", m.version.to_string()),
+        ("Config version", m.config_version.to_string()),
         (
             "Created",
             format!("{} ({})", m.created_at, ago(m.created_at)),

@@ -22,9 +22,10 @@ impl Agent {
     /// Host facts, capabilities and what supervision has seen.
     pub fn host_info(&self) -> CommandResult<HostInfo> {
         let mut machines = BTreeMap::new();
-        for m in self.store().machines()? {
+        self.store().each_machine(|m| {
             *machines.entry(m.state.to_string()).or_insert(0u64) += 1;
-        }
+            true
+        })?;
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_default();

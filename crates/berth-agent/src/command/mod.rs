@@ -17,6 +17,7 @@ mod logs;
 mod machines;
 mod shutdown;
 mod volumes;
+mod update;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -80,11 +80,11 @@ impl Telemetry {
         // The seq first: the records read next are at least that new, and the events after it
         // are applied again on top (observing a record is idempotent).
         let last_seq = self.store.last_seq()?;
-        let records = self.store.machines()?;
         f.series.clear();
-        for rec in &records {
-            f.series.observe(rec);
-        }
+        self.store.each_machine(|rec| {
+            f.series.observe(&rec);
+            true
+        })?;
         f.last_seq = last_seq;
         Ok(())
     }
@@ -101,8 +101,11 @@ impl Telemetry {
                     let Some(last) = events.last() else { break };
                     f.last_seq = last.seq;
                     for ev in &events {
-                        metrics::counter!("berth_machine_transitions_total", "to" => ev.to.as_str())
-                            .increment(1);
+                        // A config change recorded in the state it happened in is no transition.
+                        if ev.from != Some(ev.to) {
+                            metrics::counter!("berth_machine_transitions_total", "to" => ev.to.as_str())
+                                .increment(1);
+                        }
                         touched.insert(ev.machine_id.clone());
                     }
                     if events.len() < CATCH_UP_PAGE {

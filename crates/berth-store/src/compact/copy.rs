@@ -61,6 +61,10 @@ pub(super) fn apply_dirty(
         sync_keys!(OPERATIONS, &dirty.operations, |k| *k);
         sync_keys!(EVENTS, &dirty.events, |k| *k);
         sync_keys!(HISTORY, &dirty.history, |k| (k.0.as_str(), k.1));
+        sync_keys!(CONFIG_VERSIONS, &dirty.config_versions, |k| (
+            k.0.as_str(),
+            k.1
+        ));
         for table in TABLES
             .iter()
             .filter(|t| Dirty::COPIED_WHOLE.contains(&t.name()))

@@ -32,7 +32,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
-use crate::schema::{EVENTS, HISTORY, MACHINES, OPERATIONS, TABLES};
+use crate::schema::{CONFIG_VERSIONS, EVENTS, HISTORY, MACHINES, OPERATIONS, TABLES};
 use crate::writer::{Dirty, Writer};
 use crate::{Store, slot_get};
 

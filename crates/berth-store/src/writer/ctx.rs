@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use berth_types::{
-    Event, EventKind, ExitInfo, MachineId, MachineRecord, OpKind, OperationRecord, Source, State,
-    StepRecord, Timestamp,
+    ConfigVersion, Event, EventKind, ExitInfo, MachineId, MachineRecord, OpKind, OperationRecord,
+    Source, State, StepRecord, Timestamp,
 };
 use redb::{ReadableTable, Table};
 
@@ -13,7 +13,7 @@ use super::dirty::Dirty;
 use super::history::HistoryRow;
 use crate::codec::{self, decode_at};
 use crate::error::{Result, StoreError};
-use crate::schema::{EVENTS, HISTORY, MACHINES, META, OPERATIONS};
+use crate::schema::{CONFIG_VERSIONS, EVENTS, HISTORY, MACHINES, META, OPERATIONS};
 
 /// The writer's record cache is dropped when it grows past this (a host runs far fewer).
 const MAX_CACHED_RECORDS: usize = 100_000;
@@ -48,6 +48,8 @@ pub(crate) struct Staged {
     machines: BTreeMap<MachineId, MachineRecord>,
     events: Vec<Event>,
     operations: BTreeMap<u64, Option<OperationRecord>>,
+    /// Older config versions written (`Some`) or removed (`None`), keyed (machine, version).
+    config_versions: BTreeMap<(MachineId, u64), Option<ConfigVersion>>,
     meta: Vec<(&'static str, Vec<u8>)>,
     removals: Vec<Removal>,
     next_seq: u64,
@@ -60,6 +62,21 @@ pub(crate) enum Removal {
     Machine(MachineId),
     History(MachineId, u64),
     Event(u64),
+}
+
+/// A new config version to record ([`WriteCtx::record_config`]).
+#[derive(Debug, Clone)]
+pub struct ConfigChange {
+    /// The new config (validated by the caller).
+    pub config: berth_types::MachineConfig,
+    /// Image machines: the digest the new config's image resolved to.
+    pub image_digest: Option<String>,
+    /// Refuse unless the current config version is this one (compare-and-swap).
+    pub expect_config_version: Option<u64>,
+    /// Who asked.
+    pub source: Source,
+    /// The `update` event's reason.
+    pub reason: String,
 }
 
 /// A transition to record.
@@ -209,6 +226,7 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
         self.apply_machines(staged.machines)?;
         self.apply_events(staged.events)?;
         self.apply_operations(&staged.operations)?;
+        self.apply_config_versions(&staged.config_versions)?;
         self.apply_removals(&staged.removals)?;
         self.apply_meta(&staged.meta)?;
         self.committed_seq = staged.next_seq;
@@ -269,6 +287,37 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
                         .operations
                         .remove(*id)
                         .map_err(StoreError::db("remove operation"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_config_versions(
+        &mut self,
+        versions: &BTreeMap<(MachineId, u64), Option<ConfigVersion>>,
+    ) -> Result<()> {
+        if versions.is_empty() {
+            return Ok(());
+        }
+        let mut table = self
+            .txn
+            .open_table(CONFIG_VERSIONS)
+            .map_err(StoreError::db("open config_versions"))?;
+        for ((id, version), row) in versions {
+            self.dirty.config_version(id.as_str(), *version);
+            match row {
+                Some(row) => {
+                    let bytes = codec::encode(row);
+                    self.bytes += bytes.len();
+                    table
+                        .insert((id.as_str(), *version), bytes.as_slice())
+                        .map_err(StoreError::db("write config version"))?;
+                }
+                None => {
+                    table
+                        .remove((id.as_str(), *version))
+                        .map_err(StoreError::db("remove config version"))?;
                 }
             }
         }
@@ -447,6 +496,102 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
         rec.metadata = metadata;
         self.staged.machines.insert(id.clone(), rec.clone());
         Ok(rec)
+    }
+
+    /// Records a new config version of a machine: the config it replaces is kept as an older
+    /// version, the one that falls out of the last [`crate::MAX_CONFIG_VERSIONS`] is removed,
+    /// and one `update` event is appended (from and to the machine's current state: a config
+    /// change is not a transition). Refused while an operation is in flight ([`StoreError::Busy`]),
+    /// for a destroyed machine (the [`StoreError::IllegalTransition`] a start gets), and when
+    /// `expect_config_version` is not the current version
+    /// ([`StoreError::ConfigVersionMismatch`]), all against committed state and every earlier
+    /// write of the batch.
+    pub fn record_config(&mut self, id: &MachineId, change: ConfigChange) -> Result<Event> {
+        let mut rec = self.machine_required(id)?;
+        if let Some(op) = rec.active_op {
+            return Err(StoreError::Busy { id: id.clone(), op });
+        }
+        if rec.state == State::Destroyed {
+            return Err(StoreError::IllegalTransition {
+                id: id.clone(),
+                source: berth_types::IllegalTransition {
+                    from: rec.state,
+                    to: State::Starting,
+                },
+            });
+        }
+        if let Some(expected) = change.expect_config_version
+            && expected != rec.config_version
+        {
+            return Err(StoreError::ConfigVersionMismatch {
+                id: id.clone(),
+                expected,
+                actual: rec.config_version,
+            });
+        }
+        let old = rec.current_config();
+        let new_version = old.version + 1;
+        if let Some(gone) = new_version.checked_sub(crate::MAX_CONFIG_VERSIONS)
+            && gone > 0
+        {
+            self.staged.config_versions.insert((id.clone(), gone), None);
+        }
+        self.staged
+            .config_versions
+            .insert((id.clone(), old.version), Some(old));
+        rec.config = change.config;
+        rec.image_digest = change.image_digest;
+        rec.config_version = new_version;
+        rec.config_updated_at = Some(self.now);
+        let (state, pid) = (rec.state, rec.pid);
+        let spec = TransitionSpec::new(state, EventKind::Update, change.source, change.reason)
+            .with_pid(pid);
+        let ev = self.push_event(&mut rec, Some(state), spec);
+        self.staged.machines.insert(id.clone(), rec);
+        Ok(ev)
+    }
+
+    /// One of a machine's older config versions, as this closure sees it (the current one is
+    /// the record's).
+    pub fn older_config(&self, id: &MachineId, version: u64) -> Result<Option<ConfigVersion>> {
+        if let Some(row) = self.staged.config_versions.get(&(id.clone(), version)) {
+            return Ok(row.clone());
+        }
+        let table = self
+            .txn
+            .open_table(CONFIG_VERSIONS)
+            .map_err(StoreError::db("read config version"))?;
+        let Some(v) = table
+            .get((id.as_str(), version))
+            .map_err(StoreError::db("read config version"))?
+        else {
+            return Ok(None);
+        };
+        decode_at("config_versions", format!("({id}, {version})"), v.value()).map(Some)
+    }
+
+    /// Stages the removal of every older config version of `id` (retention, with its record).
+    pub(crate) fn remove_config_versions(&mut self, id: &MachineId) -> Result<u64> {
+        let versions: Vec<u64> = {
+            let table = self
+                .txn
+                .open_table(CONFIG_VERSIONS)
+                .map_err(StoreError::db("retention"))?;
+            let mut out = Vec::new();
+            for entry in table
+                .range((id.as_str(), 0u64)..=(id.as_str(), u64::MAX))
+                .map_err(StoreError::db("retention"))?
+            {
+                let (k, _) = entry.map_err(StoreError::db("retention"))?;
+                out.push(k.value().1);
+            }
+            out
+        };
+        let n = versions.len() as u64;
+        for v in versions {
+            self.staged.config_versions.insert((id.clone(), v), None);
+        }
+        Ok(n)
     }
 
     /// An operation in flight, as this closure sees it.

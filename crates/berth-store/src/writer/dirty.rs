@@ -13,6 +13,7 @@ pub(crate) struct Dirty {
     pub events: BTreeSet<u64>,
     pub operations: BTreeSet<u64>,
     pub history: BTreeSet<(String, u64)>,
+    pub config_versions: BTreeSet<(String, u64)>,
 }
 
 impl Dirty {
@@ -20,12 +21,22 @@ impl Dirty {
     /// [`crate::schema::TABLES`] must be small enough for compaction to copy whole at each
     /// catch-up, as it does `meta`.
     #[cfg(test)]
-    pub const TRACKED_TABLES: [&'static str; 4] = ["machines", "events", "operations", "history"];
+    pub const TRACKED_TABLES: [&'static str; 5] = [
+        "machines",
+        "events",
+        "operations",
+        "history",
+        "config_versions",
+    ];
     /// The tables compaction copies whole at each catch-up.
     pub const COPIED_WHOLE: [&'static str; 1] = ["meta"];
 
     pub fn len(&self) -> usize {
-        self.machines.len() + self.events.len() + self.operations.len() + self.history.len()
+        self.machines.len()
+            + self.events.len()
+            + self.operations.len()
+            + self.history.len()
+            + self.config_versions.len()
     }
 
     /// Hands over what was recorded; tracking stays as it was.
@@ -54,6 +65,11 @@ impl Dirty {
     pub fn history(&mut self, id: &str, version: u64) {
         if self.enabled {
             self.history.insert((id.to_owned(), version));
+        }
+    }
+    pub fn config_version(&mut self, id: &str, version: u64) {
+        if self.enabled {
+            self.config_versions.insert((id.to_owned(), version));
         }
     }
 }

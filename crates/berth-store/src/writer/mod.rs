@@ -28,7 +28,7 @@ use crate::schema::{self, EVENTS, KEY_NEXT_OP, KEY_NEXT_SEQ, META, OPERATIONS};
 use crate::timing::Timings;
 
 pub(crate) use ctx::{BatchOutcome, Removal, Tables};
-pub use ctx::{TransitionSpec, WriteCtx};
+pub use ctx::{ConfigChange, TransitionSpec, WriteCtx};
 pub(crate) use dirty::Dirty;
 pub(crate) use history::{Indexer, catch_up_history};
 pub(crate) use recovery::{RECOVERY_BACKOFF_MIN, Recovery};
