@@ -375,3 +375,45 @@ fn bad_workload_fields_are_refused_before_anything_is_recorded() {
     );
     assert!(!Path::new(&dir.path().join("volumes/ok")).exists());
 }
+
+/// An update that changes an image machine's `image` and `mounts` re-resolves the image (a new
+/// digest is recorded) and restarts it once under the runtime with the new root and the new
+/// volume mounted; the old container is gone from the runtime.
+#[test]
+fn an_update_of_image_and_mounts_restarts_an_image_machine_under_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "");
+    let one = busybox::image_flavoured(&dir.path().join("one"), Some("one"));
+    let two = busybox::image_flavoured(&dir.path().join("two"), Some("two"));
+    let c = agent.socket();
+    rt().block_on(async {
+        let cmd = json!(["/bin/sh", "-c",
+            "echo flavour=$(cat /etc/flavour) pid=$$; echo in > /data/f 2>/dev/null && echo vol=yes || echo vol=no; exec sleep 1000"]);
+        let id = create_ok(&c, json!({"image": one, "cmd": cmd})).await;
+        logs_until(&c, &id, "flavour=one").await;
+        let before = c.get(&id).await.unwrap();
+        assert!(logs_until(&c, &id, "vol=").await.contains("vol=no"));
+        let old_pid = before.pid.unwrap();
+
+        let mut config = before.config.clone();
+        config.image = Some(two.clone());
+        config.mounts = serde_json::from_value(json!([{"volume": "data", "path": "/data"}])).unwrap();
+        let req = berth_api_types::UpdateMachine { config, current_version: Some(1), skip_start: false };
+        let u = c.update(&id, &req).await.unwrap();
+        assert_eq!((u.state, u.config_version), (berth_types::State::Started, 2), "{u:?}");
+        assert_ne!(u.pid, Some(old_pid), "restarted");
+        assert!(u.image_digest.is_some() && u.image_digest != before.image_digest,
+            "the new image resolved: {:?} → {:?}", before.image_digest, u.image_digest);
+        assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(old_pid as i32), None).is_err(),
+            "the old workload still runs");
+        // `sh -c` is the container's pid 1.
+        logs_until(&c, &id, "flavour=two pid=1").await;
+        let after_log = logs_until(&c, &id, "vol=yes").await;
+        assert_eq!(after_log.matches("flavour=two").count(), 1, "one start: {after_log}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("volumes/data/f")).unwrap(), "in\n");
+        // exec reaches the new container.
+        let ps = exec(&c, &id, json!({"cmd": ["/bin/cat", "/etc/flavour"]})).await;
+        assert_eq!(ps["stdout"].as_str(), Some("two"), "{ps}");
+        c.destroy(&id, true).await.unwrap();
+    });
+}

@@ -62,8 +62,17 @@ fn rootfs(root: &Path) {
 
 /// Writes the busybox image tagged `v1` at `layout`; returns its `oci:` reference.
 pub fn image(layout: &Path) -> String {
+    image_flavoured(layout, None)
+}
+
+/// The busybox image with `/etc/flavour` holding `flavour` (when given): two flavours are two
+/// images with different digests.
+pub fn image_flavoured(layout: &Path, flavour: Option<&str>) -> String {
     let work = layout.with_extension("rootfs");
     rootfs(&work);
+    if let Some(f) = flavour {
+        std::fs::write(work.join("etc/flavour"), f).unwrap();
+    }
     std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
     let tar = layout.join("layer.tar");
     let st = Command::new("tar")

@@ -17,8 +17,8 @@ mod machines;
 pub mod serve;
 mod server;
 mod system;
-mod volumes;
 mod update;
+mod volumes;
 
 use std::path::PathBuf;
 use std::sync::Arc;

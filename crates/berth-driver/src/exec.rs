@@ -245,7 +245,10 @@ pub async fn run(
                 // The runtime's exec reaps the process it was killed and exits on its own: kill
                 // it only if it does not, since a process it leaves unreaped becomes a zombie
                 // of the container's init.
-                if tokio::time::timeout(DRAIN_GRACE, child.wait()).await.is_err() {
+                if tokio::time::timeout(DRAIN_GRACE, child.wait())
+                    .await
+                    .is_err()
+                {
                     let _ = child.start_kill();
                     child.wait().await.ok();
                 }

@@ -19,8 +19,8 @@ mod outcome;
 mod render;
 mod resolve;
 mod stream;
-mod volume;
 mod update;
+mod volume;
 
 use std::process::ExitCode;
 

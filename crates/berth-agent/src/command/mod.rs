@@ -16,8 +16,8 @@ mod leases;
 mod logs;
 mod machines;
 mod shutdown;
-mod volumes;
 mod update;
+mod volumes;
 
 use std::sync::Arc;
 use std::time::Duration;
