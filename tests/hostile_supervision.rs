@@ -248,34 +248,35 @@ fn a_garbled_shim_json_is_unknown_and_visible() {
     assert_eq!(get(&rt, &agent, &id).state.to_string(), "started");
 }
 
-/// A workload's default working directory is its own: what it writes there (`echo hi >
-/// shim.json`) is not its supervisor's state. A supervisor found after an agent restart in a
-/// directory of the previous layout (no `work/`) is still reattached.
+/// A workload's default working directory is `/` (or its user's home), never its machine's
+/// directory: nothing it writes where it starts can touch its supervisor's state. A supervisor
+/// found after an agent restart in a directory of the previous layout (with the `work/` that
+/// earlier releases made the workload's) is still reattached.
 #[test]
-fn the_workloads_default_workdir_is_its_own() {
+fn the_workloads_default_workdir_is_not_its_machine_directory() {
     let dir = tempfile::tempdir().unwrap();
     let mut agent = Agent::start(dir.path(), "");
     let rt = rt();
     let m = rt
         .block_on(agent.socket().create(
-            &body(
-                &["sh", "-c", "echo hi > shim.json; echo hi > exit.json; echo hi > spec.json; pwd; sleep 1000"],
-                RestartPolicy::No,
-            ),
+            &body(&["sh", "-c", "pwd; sleep 1000"], RestartPolicy::No),
             None,
         ))
         .unwrap();
     let id = m.id.to_string();
-    let work = machine_dir(&agent, &id).join("work");
-    poll(10, "the workload's files", || {
-        work.join("spec.json").exists().then_some(())
-    });
     let out = poll(10, "the workload's output", || {
         let o = agent.cli(&["logs", &id]);
         let s = String::from_utf8_lossy(&o.stdout).into_owned();
         (!s.is_empty()).then_some(s)
     });
-    assert_eq!(PathBuf::from(out.trim()), work.canonicalize().unwrap());
+    assert_eq!(out.trim(), "/");
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", m.pid.unwrap())).unwrap();
+    assert_eq!(cwd, PathBuf::from("/"));
+    let mdir = machine_dir(&agent, &id);
+    assert!(
+        !mdir.join("work").exists(),
+        "no working directory is made in the machine's"
+    );
     reconcile_now(&rt, &agent);
     let now = get(&rt, &agent, &id);
     assert_eq!(
@@ -286,13 +287,10 @@ fn the_workloads_default_workdir_is_its_own() {
     let state = shim_state(&agent, &id);
     assert!(alive(&state.workload));
 
-    // An agent restart finds it in a directory without `work/` (as the previous release
-    // left them, with the workload in the machine directory itself) and reattaches.
+    // An agent restart finds it in a directory of the previous layout and reattaches.
     assert!(agent.stop().success());
-    std::fs::remove_file(work.join("shim.json")).unwrap();
-    std::fs::remove_file(work.join("exit.json")).unwrap();
-    std::fs::remove_file(work.join("spec.json")).unwrap();
-    std::fs::remove_dir(&work).unwrap();
+    std::fs::create_dir(mdir.join("work")).unwrap();
+    std::fs::write(mdir.join("work/shim.json"), "hi\n").unwrap();
     agent.spawn();
     let host = rt.block_on(agent.socket().host()).unwrap();
     assert_eq!(host.supervision.reattached, 1, "{:?}", host.supervision);
@@ -301,7 +299,7 @@ fn the_workloads_default_workdir_is_its_own() {
         (now.state.to_string(), now.pid),
         ("started".to_owned(), m.pid)
     );
-    // It is still supervised (a stop is seen through), and starts again in its own directory.
+    // It is still supervised (a stop is seen through), and starts again in `/`.
     let stopped = rt
         .block_on(agent.socket().stop(&id, &Default::default()))
         .unwrap();
@@ -310,7 +308,7 @@ fn the_workloads_default_workdir_is_its_own() {
     let again = rt.block_on(agent.socket().action(&id, "start")).unwrap();
     assert_eq!(again.state.to_string(), "started");
     let cwd = std::fs::read_link(format!("/proc/{}/cwd", again.pid.unwrap())).unwrap();
-    assert_eq!(cwd, work.canonicalize().unwrap());
+    assert_eq!(cwd, PathBuf::from("/"));
 }
 
 /// SIGKILL a machine's berth-shim while its workload runs: the workload is not left running
@@ -436,8 +434,9 @@ fn log_reads_never_follow_a_link() {
         &[
             "sh",
             "-c",
-            // The machine directory, whatever the working directory (it is `work/` now).
-            "d=$PWD; [ -d \"$d/logs\" ] || d=${d%/*}; echo visible; \
+            // The machine directory: the last argument of its shim ($PPID), since a workload
+            // no longer works in it.
+            "d=$(tr '\\0' '\\n' < /proc/$PPID/cmdline | tail -n 1); echo visible; \
              while [ ! -e \"$d/go\" ]; do sleep 0.05; done; \
              rm \"$d/logs/output.log\"; ln -s \"$SECRET\" \"$d/logs/output.log\"; sleep 1000",
         ],

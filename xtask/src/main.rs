@@ -40,6 +40,10 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     // The image store's tests build an OCI image layout from the static busybox
     // (crates/berth-image/tests).
     ("busybox", "busybox-static"),
+    // Image machines run under runc (crates/berth-driver, tests/isolation.rs); crun is not
+    // needed: on hybrid-cgroup hosts Debian's crun refuses to run anything, and `runtime.oci
+    // = "auto"` probes past it.
+    ("runc", "runc"),
     // ... and import one written by umoci, as an operator would write it.
     ("umoci", "umoci"),
     // Registry pulls are tested against a real registry on loopback, the test images pushed

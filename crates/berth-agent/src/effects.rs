@@ -59,6 +59,22 @@ fn image_error(e: &berth_image::ImageError) -> ImageError {
     }
 }
 
+/// Checks the user and the program against the image before anything is recorded; the digest the
+/// machine will run and what the pull did.
+fn checked_run(
+    config: &berth_types::MachineConfig,
+    resolved: berth_image::Resolved,
+    pulled: Option<String>,
+) -> Result<Option<ReadyImage>, ImageError> {
+    let run = crate::image_run::image_run(config, &resolved)
+        .map_err(|e| ImageError::Invalid(format!("user: {e}")))?;
+    crate::image_run::check_args(&run).map_err(ImageError::Invalid)?;
+    Ok(Some(ReadyImage {
+        digest: resolved.digest,
+        pulled,
+    }))
+}
+
 fn effect_err(e: DriverError) -> EffectError {
     EffectError(e.to_string())
 }
@@ -166,6 +182,31 @@ impl HostEffects {
     }
 }
 
+impl HostEffects {
+    /// An image machine's run, from its recorded image digest; `None` for a process machine.
+    fn image_run_of(
+        &self,
+        m: &MachineRecord,
+    ) -> Result<Option<berth_driver::oci::ImageRun>, EffectError> {
+        if m.config.image.is_none() {
+            return Ok(None);
+        }
+        let (Some(images), Some(digest)) = (&self.images, &m.image_digest) else {
+            return Err(EffectError(
+                "image: the machine has no recorded image digest, or this host no image store"
+                    .into(),
+            ));
+        };
+        let resolved = images
+            .get(digest)
+            .map_err(|e| EffectError(format!("image {digest}: {e}")))?
+            .ok_or_else(|| EffectError(format!("image {digest} is not in the image store")))?;
+        crate::image_run::image_run(&m.config, &resolved)
+            .map(Some)
+            .map_err(|e| EffectError(format!("user: {e}")))
+    }
+}
+
 impl Effects for HostEffects {
     async fn prepare(&self, m: &MachineRecord) -> Result<(), EffectError> {
         self.driver.prepare(m.id.as_str()).map_err(effect_err)
@@ -176,9 +217,10 @@ impl Effects for HostEffects {
         let instance = m
             .active_op
             .map_or_else(|| "adhoc".to_owned(), |op| format!("op-{op}"));
+        let run = self.image_run_of(m)?;
         let pid = self
             .driver
-            .spawn(m.id.as_str(), &m.config, &instance)
+            .spawn_with(m.id.as_str(), &m.config, &instance, run.as_ref())
             .await
             .map_err(effect_err)?;
         self.set_unknown(m.id.as_str(), None);
@@ -215,10 +257,7 @@ impl Effects for HostEffects {
         };
         if let Some(pulls) = self.pulls.clone() {
             return match pulls.ready(&reference, true).await {
-                Ok(ready) => Ok(Some(ReadyImage {
-                    digest: ready.resolved.digest,
-                    pulled: ready.pulled,
-                })),
+                Ok(ready) => checked_run(config, ready.resolved, ready.pulled),
                 Err(e) => Err(image_error(&e)),
             };
         }
@@ -231,20 +270,17 @@ impl Effects for HostEffects {
         let imported = tokio::task::spawn_blocking(move || images.import(&reference))
             .await
             .map_err(|e| ImageError::Host(format!("image: the import task failed: {e}")))?;
-        imported
-            .map(|resolved| {
-                Some(ReadyImage {
-                    digest: resolved.digest,
-                    pulled: None,
-                })
-            })
-            .map_err(|e| image_error(&e))
+        let resolved = imported.map_err(|e| image_error(&e))?;
+        checked_run(config, resolved, None)
     }
 
     fn check_config(&self, config: &berth_types::MachineConfig) -> Result<(), String> {
         if config.image.is_some() {
-            // Until the OCI runtime runs image machines, one must not run as a host process.
-            return Err("image: machines from images are not supported by this agent yet".into());
+            return self.driver.capabilities().check_image(&config.resources);
+        }
+        if let Some(user) = &config.user {
+            // Refused before anything is recorded: a user the host does not know.
+            berth_driver::user::resolve(user).map_err(|e| format!("user: {e}"))?;
         }
         self.driver.capabilities().check(&config.resources)
     }

@@ -9,6 +9,7 @@
 pub mod command;
 mod effects;
 mod error;
+mod image_run;
 pub mod images;
 mod maintenance;
 mod random;

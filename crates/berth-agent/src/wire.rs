@@ -133,6 +133,11 @@ pub fn capabilities(c: &berth_driver::Capabilities) -> api::Capabilities {
         cpu_limit,
         pids_limit,
         cgroup_unavailable,
+        oci_runtime,
+        oci_unavailable,
+        image_memory_limit,
+        image_cpu_limit,
+        image_pids_limit,
     } = c.clone();
     api::Capabilities {
         cgroup,
@@ -144,6 +149,11 @@ pub fn capabilities(c: &berth_driver::Capabilities) -> api::Capabilities {
         cpu_limit,
         pids_limit,
         cgroup_unavailable,
+        oci_runtime,
+        oci_unavailable,
+        image_memory_limit,
+        image_cpu_limit,
+        image_pids_limit,
     }
 }
 
@@ -413,6 +423,9 @@ mod tests {
             cpu_limit: false,
             pids_limit: true,
             cgroup_unavailable: None,
+            oci_runtime: Some("/usr/sbin/runc".into()),
+            image_memory_limit: true,
+            ..Default::default()
         };
         same(&c, &super::capabilities(&c));
         c.cgroup_root = None;

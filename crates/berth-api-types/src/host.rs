@@ -92,6 +92,21 @@ pub struct Capabilities {
     /// Why cgroups are not used, when they are not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_unavailable: Option<String>,
+    /// The OCI runtime image machines run under (`runc`, `crun`), when one works here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci_runtime: Option<String>,
+    /// Why image machines cannot run here, when they cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci_unavailable: Option<String>,
+    /// `resources.memory_mb` can be enforced on image machines (by the runtime).
+    #[serde(default)]
+    pub image_memory_limit: bool,
+    /// `resources.cpus` can be enforced on image machines.
+    #[serde(default)]
+    pub image_cpu_limit: bool,
+    /// `resources.pids` can be enforced on image machines.
+    #[serde(default)]
+    pub image_pids_limit: bool,
 }
 
 /// What supervision has seen lately.

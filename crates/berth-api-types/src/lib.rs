@@ -18,6 +18,7 @@ mod host;
 mod image;
 mod logs;
 mod query;
+mod volume;
 
 pub use berth_types::{ConfigVersion, MachineRecord as Machine, State};
 pub use db::{
@@ -32,6 +33,7 @@ pub use logs::{LogFormat, LogLine, LogStream};
 pub use query::{
     DestroyQuery, EventsQuery, LogsQuery, MachineListQuery, ReconcileQuery, WaitQuery,
 };
+pub use volume::{CreateVolume, ExecRequest, ExecResult, Volume};
 
 /// Every non-2xx response body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

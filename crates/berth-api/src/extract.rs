@@ -36,7 +36,24 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid("a JSON body is required"));
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+    from_json(&bytes)
+}
+
+/// Deserializes a JSON body; a value of the wrong type or shape is reported with the field it
+/// was given for (`invalid JSON body: config.network: unknown variant ...`).
+fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path.is_empty() || path == "." {
+            ApiError::invalid(format!("invalid JSON body: {}", e.inner()))
+        } else {
+            ApiError::invalid(format!("invalid JSON body: {path}: {}", e.inner()))
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
+    Ok(value)
 }
 
 /// Parses an optional JSON body (empty means all defaults).
@@ -47,7 +64,7 @@ pub(crate) fn parse_optional<T: DeserializeOwned + Default>(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+    from_json(&bytes)
 }
 
 /// A typed query string. Unlike axum's `Query`, a value that does not parse is reported with the

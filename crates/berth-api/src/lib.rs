@@ -18,6 +18,7 @@ pub mod serve;
 mod server;
 mod system;
 mod update;
+mod volumes;
 
 use std::path::PathBuf;
 use std::sync::Arc;

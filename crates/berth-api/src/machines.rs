@@ -10,8 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_api_types::{
-    CreateMachine, DestroyQuery, IDEMPOTENCY_HEADER, Lease, LeaseRequest, MachineListQuery,
-    NEXT_CURSOR_HEADER, SignalRequest, StopRequest, WaitQuery,
+    CreateMachine, DestroyQuery, ExecRequest, ExecResult, IDEMPOTENCY_HEADER, Lease, LeaseRequest,
+    MachineListQuery, NEXT_CURSOR_HEADER, SignalRequest, StopRequest, WaitQuery,
 };
 use berth_types::{MachineRecord, OpKind};
 
@@ -219,4 +219,19 @@ pub(crate) async fn lease_release(
     let id = parse_id(&id)?;
     lane.agent().release_lease(&id, lease_nonce(&headers))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Answers once the command exited or its timeout killed it.
+pub(crate) async fn exec(
+    State(lane): State<Lane>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<ExecResult>> {
+    let _permit = lane.permit()?;
+    let req: ExecRequest = parse_body(body)?;
+    let id = parse_id(&id)?;
+    Ok(Json(
+        lane.agent().exec(&id, req, lease_nonce(&headers)).await?,
+    ))
 }

@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{ApiError, ApiResult};
-use crate::{Shared, images, logs, machines, random_hex, system, update};
+use crate::{Shared, images, logs, machines, random_hex, system, update, volumes};
 
 /// One listener's view: shared state, its token (TCP) and its own mutation bound.
 #[derive(Debug, Clone)]
@@ -92,6 +92,10 @@ api_routes! {
     get "/v1/images" => images::list,
     post "/v1/images/pull" => images::pull,
     delete "/v1/images/{digest}" => images::remove,
+    get "/v1/volumes" => volumes::list,
+    post "/v1/volumes" => volumes::create,
+    delete "/v1/volumes/{name}" => volumes::remove,
+    post "/v1/machines/{id}/exec" => machines::exec,
 }
 
 /// All routes of the public interface, for one lane.

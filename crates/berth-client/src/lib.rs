@@ -4,6 +4,7 @@
 //! connection, and every failure says whether the agent was unreachable or answered with an error.
 
 mod images;
+mod volumes;
 
 use std::path::PathBuf;
 

@@ -35,6 +35,18 @@ pub struct Capabilities {
     /// Why cgroups are not used, when they are not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_unavailable: Option<String>,
+    /// The OCI runtime image machines run under (`runc`, `crun`), when one works here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oci_runtime: Option<String>,
+    /// Why image machines cannot run here, when they cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oci_unavailable: Option<String>,
+    /// `resources.memory_mb` can be enforced on image machines (by the runtime).
+    pub image_memory_limit: bool,
+    /// `resources.cpus` can be enforced on image machines.
+    pub image_cpu_limit: bool,
+    /// `resources.pids` can be enforced on image machines.
+    pub image_pids_limit: bool,
 }
 
 impl Capabilities {
@@ -62,6 +74,33 @@ impl Capabilities {
                 "config.resources.pids: this host cannot enforce a pids limit ({})",
                 why()
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Capabilities {
+    /// Refuses what an image machine cannot get here: no working runtime, or a limit the
+    /// runtime cannot enforce on this host's cgroups.
+    pub fn check_image(&self, r: &ResourceLimits) -> Result<(), String> {
+        if let Some(why) = &self.oci_unavailable {
+            return Err(format!(
+                "image: this host has no working OCI runtime to run image machines ({why})"
+            ));
+        }
+        let refuse = |field: &str, what: &str| {
+            Err(format!(
+                "config.resources.{field}: this host cannot enforce a {what} limit on image machines (no such cgroup controller for the OCI runtime)"
+            ))
+        };
+        if r.memory_mb.is_some() && !self.image_memory_limit {
+            return refuse("memory_mb", "memory");
+        }
+        if r.cpus.is_some() && !self.image_cpu_limit {
+            return refuse("cpus", "CPU");
+        }
+        if r.pids.is_some() && !self.image_pids_limit {
+            return refuse("pids", "pids");
         }
         Ok(())
     }
@@ -154,6 +193,7 @@ impl Cgroups {
             cpu_limit: has("cpu"),
             pids_limit: has("pids"),
             cgroup_unavailable: None,
+            ..Capabilities::default()
         }
     }
 

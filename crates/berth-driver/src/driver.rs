@@ -53,6 +53,10 @@ pub struct DriverConfig {
     /// `oom_score_adj` for workloads (0 by default: whatever protects or exposes the agent is
     /// not passed on); `None` leaves it inherited.
     pub workload_oom_score_adj: Option<i32>,
+    /// Which OCI runtime runs image machines (`runtime.oci`).
+    pub oci: crate::oci::RuntimeChoice,
+    /// Where named volumes live (`<data_dir>/volumes`).
+    pub volumes_dir: PathBuf,
 }
 
 impl DriverConfig {
@@ -70,7 +74,12 @@ impl DriverConfig {
             (None, _, Some(exe)) => (exe, vec!["shim".to_owned()]),
             (None, _, None) => (PathBuf::from("berth-shim"), Vec::new()),
         };
+        let volumes_dir = machines_dir
+            .parent()
+            .map_or_else(|| machines_dir.join("volumes"), |d| d.join("volumes"));
         Self {
+            volumes_dir,
+            oci: crate::oci::RuntimeChoice::Auto,
             machines_dir,
             shim,
             shim_args,
@@ -159,6 +168,8 @@ pub struct Driver {
     cfg: DriverConfig,
     cgroups: Option<Cgroups>,
     caps: Capabilities,
+    oci: Option<crate::oci::OciRuntime>,
+    oci_limits: crate::oci::runtime::RuntimeLimits,
 }
 
 impl Driver {
@@ -187,8 +198,30 @@ impl Driver {
                 )
             }
         };
+        let mut caps = caps;
+        let oci = match crate::oci::runtime::detect(&cfg.oci, &cfg.machines_dir) {
+            Ok(rt) => {
+                caps.oci_runtime = Some(rt.name.clone());
+                Some(rt)
+            }
+            Err(why) => {
+                tracing::warn!(reason = %why, "no working OCI runtime: image machines are refused");
+                caps.oci_unavailable = Some(why);
+                None
+            }
+        };
+        let oci_limits = crate::oci::runtime::RuntimeLimits::detect();
+        caps.image_memory_limit = oci.is_some() && oci_limits.memory;
+        caps.image_cpu_limit = oci.is_some() && oci_limits.cpu;
+        caps.image_pids_limit = oci.is_some() && oci_limits.pids;
         tracing::info!(?caps, "driver capabilities");
-        Ok(Self { cfg, cgroups, caps })
+        Ok(Self {
+            cfg,
+            cgroups,
+            caps,
+            oci,
+            oci_limits,
+        })
     }
 
     /// What this host can enforce and measure.
@@ -206,16 +239,12 @@ impl Driver {
         self.dir(id).join(files::LOGS)
     }
 
-    /// The workload's default working directory (its own, apart from the supervisor's files).
-    pub fn work_dir(&self, id: &str) -> PathBuf {
-        self.dir(id).join(files::WORK)
-    }
-
-    /// Creates the machine's directories (idempotent).
+    /// Creates the machine's directories (idempotent). The workload gets none of them: its
+    /// default working directory is its user's home or `/` (see [`crate::user`]), never the
+    /// directory holding its supervisor's state.
     pub fn prepare(&self, id: &str) -> Result<(), DriverError> {
-        for d in [self.logs_dir(id), self.work_dir(id)] {
-            std::fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
-        }
+        let d = self.logs_dir(id);
+        std::fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
         Ok(())
     }
 
@@ -324,6 +353,17 @@ impl Driver {
         config: &MachineConfig,
         instance: &str,
     ) -> Result<i32, DriverError> {
+        self.spawn_with(id, config, instance, None).await
+    }
+
+    /// [`Driver::spawn`], of an image machine under the OCI runtime when `image` is given.
+    pub async fn spawn_with(
+        &self,
+        id: &str,
+        config: &MachineConfig,
+        instance: &str,
+        image: Option<&crate::oci::ImageRun>,
+    ) -> Result<i32, DriverError> {
         match self.probe(id) {
             Probe::Running(s) if s.instance == instance => return Ok(s.workload.pid),
             Probe::Exited(r) if r.instance == instance && r.error.is_none() => {
@@ -355,27 +395,56 @@ impl Driver {
                 _ => {}
             }
         }
+        let oci = match image {
+            Some(run) => Some(self.prepare_bundle(id, config, run)?),
+            None => None,
+        };
         let cgroup = match &self.cgroups {
+            // An image machine's cgroups are the runtime's.
+            Some(_) if oci.is_some() => None,
             Some(cg) => Some(
                 cg.create(id, &config.resources)
                     .map_err(io(format!("create cgroup for {id}")))?,
             ),
             None => None,
         };
-        let workdir = config
-            .workdir
-            .as_ref()
-            .map_or_else(|| self.work_dir(id), PathBuf::from);
+        // A process machine's user, resolved now (the host's user database may have changed
+        // since the create checked it); an image machine's is the bundle's.
+        let user = match (&config.user, &oci) {
+            (Some(u), None) => Some(
+                crate::user::resolve(u).map_err(|e| DriverError::Launch(format!("user: {e}")))?,
+            ),
+            _ => None,
+        };
+        let workdir = match (&config.workdir, &user) {
+            (Some(w), _) => PathBuf::from(w),
+            (None, Some(u)) => u.default_workdir(),
+            (None, None) => PathBuf::from("/"),
+        };
+        let mut env = config.env.clone();
+        if let Some(u) = &user {
+            if let Some(home) = &u.home {
+                env.entry("HOME".to_owned())
+                    .or_insert_with(|| home.to_string_lossy().into_owned());
+            }
+            if let Some(name) = &u.name {
+                env.entry("USER".to_owned()).or_insert_with(|| name.clone());
+                env.entry("LOGNAME".to_owned())
+                    .or_insert_with(|| name.clone());
+            }
+        }
         let spec = Spec {
             instance: instance.to_owned(),
             cmd: config.cmd.clone(),
-            env: config.env.clone(),
+            env,
             workdir,
+            user,
             cgroup,
             log_max_bytes: self.cfg.log_max_bytes,
             log_keep: self.cfg.log_keep,
             nofile: self.cfg.workload_nofile,
             oom_score_adj: self.cfg.workload_oom_score_adj,
+            oci,
         };
         // Not fsynced: after a crash the launch is retried and writes it again.
         files::write_json_fast(&dir.join(files::SPEC), &spec).map_err(io("write spec.json"))?;
@@ -551,6 +620,78 @@ impl Driver {
         }
     }
 
+    /// Builds an image machine's bundle: directories, `config.json`, its files in the writable
+    /// layer, its volumes' directories.
+    fn prepare_bundle(
+        &self,
+        id: &str,
+        config: &MachineConfig,
+        run: &crate::oci::ImageRun,
+    ) -> Result<crate::oci::OciLaunch, DriverError> {
+        let Some(rt) = &self.oci else {
+            return Err(DriverError::Launch(
+                "this host has no working OCI runtime for image machines".into(),
+            ));
+        };
+        crate::oci::bundle::prepare(
+            &self.dir(id),
+            config,
+            run,
+            crate::oci::bundle::BundleContext {
+                machine_id: id,
+                volumes_dir: &self.cfg.volumes_dir,
+                nofile: self.cfg.workload_nofile,
+                oom_score_adj: self.cfg.workload_oom_score_adj,
+            },
+        )
+        .map_err(DriverError::Launch)?;
+        Ok(crate::oci::OciLaunch {
+            runtime: rt.path.clone(),
+            container_id: crate::oci::container_id(id),
+            bundle: crate::oci::bundle::BundleDirs::of(&self.dir(id)).bundle,
+            lower: run.rootfs.clone(),
+            memory_cgroup: self.oci_limits.memory_root.as_ref().map(|r| r.join(id)),
+        })
+    }
+
+    /// Runs a command inside the machine's running workload (see [`crate::exec`]).
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec: &crate::exec::ExecSpec,
+    ) -> Result<crate::exec::ExecOutcome, DriverError> {
+        crate::exec::run(&self.dir(id), id, self.probe(id), exec).await
+    }
+
+    /// The OCI runtime image machines run under, if one works here.
+    pub fn oci_runtime(&self) -> Option<&crate::oci::OciRuntime> {
+        self.oci.as_ref()
+    }
+
+    /// The volumes directory.
+    pub fn volumes_dir(&self) -> &Path {
+        &self.cfg.volumes_dir
+    }
+
+    /// Removes what the runtime holds for an image machine: its container and root mount.
+    fn cleanup_container(&self, id: &str) -> Result<(), DriverError> {
+        let dirs = crate::oci::bundle::BundleDirs::of(&self.dir(id));
+        if !dirs.bundle.exists() {
+            return Ok(());
+        }
+        if let Some(rt) = &self.oci {
+            crate::oci::container::delete(&rt.path, &crate::oci::container_id(id));
+        }
+        crate::oci::container::unmount_root(&dirs.bundle);
+        if crate::oci::bundle::is_mounted(&dirs.rootfs) {
+            return Err(DriverError::Launch(format!(
+                "the root of machine {id} is still mounted at {}",
+                dirs.rootfs.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// Removes the machine's cgroup and directory (its workload must be stopped).
     /// Refuses while the machine's state cannot be read: its files are the only record of a
     /// workload that may still run.
@@ -559,6 +700,7 @@ impl Driver {
             return Err(DriverError::Unknown(id.to_owned(), reason));
         }
         self.kill_all(id);
+        self.cleanup_container(id)?;
         if let Some(cg) = &self.cgroups {
             cg.remove(id)
                 .map_err(io(format!("remove cgroup of {id}")))?;

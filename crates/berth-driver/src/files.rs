@@ -5,7 +5,10 @@
 //! - `shim.json` — the running instance: shim and workload identities (written by the shim);
 //! - `exit.json` — how the workload exited (written by the shim, fsynced, before it exits);
 //! - `logs/output.log` (+ `.1`, `.2`, …) — the workload's stdout and stderr;
-//! - `work/` — the workload's default working directory (its own, apart from the files above).
+//! - `bundle/` — an image machine's OCI bundle (see `oci::bundle`).
+//!
+//! No workload works here: a process machine's default working directory is its user's home or
+//! `/` (machines made by an earlier release may still have an empty `work/`).
 //!
 //! Each JSON file is written to a temporary name and renamed into place, so a reader sees the old
 //! file or the new one, never a torn one. `exit.json` is also fsynced (with its directory): it is
@@ -43,6 +46,13 @@ pub struct Spec {
     /// The workload's `oom_score_adj`; inherited from the shim when absent.
     #[serde(default)]
     pub oom_score_adj: Option<i32>,
+    /// Who a process machine's workload runs as (resolved by the agent); the shim's own user
+    /// (root) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<crate::user::HostUser>,
+    /// Set for an image machine: run it under this OCI runtime from this bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<crate::oci::OciLaunch>,
 }
 
 /// A running instance, as recorded by its shim.
@@ -90,8 +100,6 @@ pub const STATE: &str = "shim.json";
 pub const EXIT: &str = "exit.json";
 /// The log directory.
 pub const LOGS: &str = "logs";
-/// The workload's default working directory: its own, apart from the supervisor's files.
-pub const WORK: &str = "work";
 
 /// Writes `bytes` to `path` atomically and durably.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -9,14 +9,18 @@
 
 pub mod cgroup;
 mod driver;
+pub mod exec;
 pub mod files;
 pub mod limits;
 pub mod logfmt;
 pub mod logread;
 pub mod logs;
+pub mod oci;
 pub mod proc;
 pub mod shim;
 pub mod usage;
+pub mod user;
+pub mod volumes;
 
 pub use cgroup::Capabilities;
 pub use driver::{

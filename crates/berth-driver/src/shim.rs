@@ -45,7 +45,8 @@ pub struct LaunchResult {
     pub error: Option<String>,
 }
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Entry point of the `berth-shim` binary. Returns the process exit code.
 pub fn main(args: &[String]) -> i32 {
@@ -132,13 +133,13 @@ fn launcher_fail(msg: &str) -> i32 {
     1
 }
 
-fn report(ready: OwnedFd, result: &LaunchResult) {
+pub(crate) fn report(ready: OwnedFd, result: &LaunchResult) {
     let line = serde_json::to_string(result).unwrap_or_default();
     let _ = nix::unistd::write(&ready, line.as_bytes());
 }
 
 /// Resolves the program like a shell would, with the workload's own PATH.
-fn resolve(program: &str, spec: &Spec) -> Option<PathBuf> {
+pub(crate) fn resolve(program: &str, spec: &Spec) -> Option<PathBuf> {
     if program.contains('/') {
         return Some(PathBuf::from(program));
     }
@@ -213,6 +214,9 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
         );
         Ok(1)
     };
+    if let Some(oci) = &spec.oci {
+        return crate::oci::container::run(dir, spec, oci, ready);
+    }
     let Some(program) = spec.cmd.first() else {
         return fail(ready, "empty cmd".into());
     };
@@ -257,6 +261,14 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
     };
 
     let oom_score_adj = spec.oom_score_adj.map(|v| v.to_string().into_bytes());
+    let user = spec.user.as_ref().map(|u| {
+        let groups: Vec<nix::unistd::Gid> = u
+            .groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        (u.uid, u.gid, groups)
+    });
     // SAFETY: the shim is single-threaded; the child only makes system calls on values prepared
     // above and then execs or _exits.
     let child = match unsafe { nix::unistd::fork() } {
@@ -273,6 +285,7 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
                 err_out: &stderr_w,
                 nofile: spec.nofile,
                 oom_score_adj: oom_score_adj.as_deref(),
+                user: user.as_ref().map(|(u, g, gs)| (*u, *g, gs.as_slice())),
                 keep: err_w.as_raw_fd(),
             });
             let _ = nix::unistd::write(&err_w, &(errno as i32).to_le_bytes());
@@ -373,6 +386,8 @@ struct ChildSetup<'a> {
     nofile: Option<(u64, u64)>,
     /// The decimal text to write to `/proc/self/oom_score_adj`.
     oom_score_adj: Option<&'a [u8]>,
+    /// Who to become (uid, gid, supplementary groups) after joining the cgroup, before exec.
+    user: Option<(u32, u32, &'a [nix::unistd::Gid])>,
     /// The one descriptor above 2 left open until exec (close-on-exec): the exec-error pipe.
     keep: i32,
 }
@@ -390,6 +405,7 @@ fn exec_child(c: &ChildSetup<'_>) -> nix::errno::Errno {
         err_out,
         nofile,
         oom_score_adj,
+        user,
         keep,
     } = *c;
     // The agent's own limits are not the workload's (see `limits`). Best effort: a workload
@@ -421,6 +437,13 @@ fn exec_child(c: &ChildSetup<'_>) -> nix::errno::Errno {
         let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // The user last: joining the cgroup and setting limits needed the shim's privileges. A
+    // failure is the exec's failure: never run as root a workload that asked for another user.
+    if let Some((uid, gid, groups)) = user
+        && let Err(e) = crate::user::HostUser::become_user(uid, gid, groups)
+    {
+        return e;
+    }
     // berthd runs with umask 077 so that its own files are private; a workload gets the usual
     // 022, as under a service manager.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
@@ -446,7 +469,7 @@ fn exec_child(c: &ChildSetup<'_>) -> nix::errno::Errno {
 const PARTIAL_AFTER_MS: u16 = 200;
 
 /// Copies output to the log until the workload exits; returns its wait status.
-fn pump_until_exit(
+pub(crate) fn pump_until_exit(
     child: Pid,
     outputs: &[(&OwnedFd, Stream); 2],
     log: &mut RecordLog,
@@ -500,7 +523,7 @@ fn pump_until_exit(
 
 /// Reads whatever output is left without waiting (a surviving grandchild may hold a pipe),
 /// and writes out unfinished lines whole.
-fn drain(outputs: &[(&OwnedFd, Stream); 2], log: &mut RecordLog) {
+pub(crate) fn drain(outputs: &[(&OwnedFd, Stream); 2], log: &mut RecordLog) {
     let mut buf = vec![0u8; 64 * 1024];
     for &(fd, stream) in outputs {
         let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));

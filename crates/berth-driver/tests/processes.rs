@@ -543,3 +543,78 @@ async fn a_dead_shim_is_settled() {
     assert_ne!(again, pid);
     d.stop(&m, "SIGKILL", Duration::from_secs(5)).await.unwrap();
 }
+
+/// A process machine's `user`: the shim takes the user's supplementary groups, group and uid in
+/// the forked child before exec (here through a spec naming groups no host user needs to have),
+/// and the default working directory is the user's home, or `/`, never the machine's directory.
+#[tokio::test]
+async fn the_user_groups_and_default_workdir_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir, CgroupMode::Off);
+    // Through the driver: a host user by name; nobody's home (/nonexistent) does not exist.
+    let m = id();
+    let mut cfg = sh("echo ids=$(id -u):$(id -g):$(id -G) cwd=$(pwd) home=$HOME user=$USER");
+    cfg.user = Some("nobody".into());
+    d.spawn(&m, &cfg, "1").await.unwrap();
+    d.wait_exit(&m).await.unwrap();
+    let log = berth_driver::logs::tail(&d.logs_dir(&m), 10).unwrap();
+    assert!(
+        log.contains("ids=65534:65534:65534 cwd=/ home=/nonexistent user=nobody"),
+        "{log}"
+    );
+    // Root's home exists: it is the default working directory.
+    let m = id();
+    let mut cfg = sh("echo cwd=$(pwd)");
+    cfg.user = Some("root".into());
+    d.spawn(&m, &cfg, "1").await.unwrap();
+    d.wait_exit(&m).await.unwrap();
+    let log = berth_driver::logs::tail(&d.logs_dir(&m), 10).unwrap();
+    assert!(log.contains("cwd=/root"), "{log}");
+    // No user: `/`.
+    let m = id();
+    d.spawn(&m, &sh("echo cwd=$(pwd)"), "1").await.unwrap();
+    d.wait_exit(&m).await.unwrap();
+    let log = berth_driver::logs::tail(&d.logs_dir(&m), 10).unwrap();
+    assert!(log.contains("cwd=/\n"), "{log}");
+    // An unknown user is a launch error, never a workload run as root.
+    let mut cfg = sh("echo ran");
+    cfg.user = Some("no-such-user-xyz".into());
+    let err = d.spawn(&id(), &cfg, "1").await.unwrap_err();
+    assert!(err.to_string().contains("user: no user"), "{err}");
+
+    // Through the shim itself: supplementary groups as the spec gives them.
+    let mdir = dir.path().join("by-hand");
+    std::fs::create_dir_all(mdir.join("logs")).unwrap();
+    let spec = berth_driver::files::Spec {
+        instance: "1".into(),
+        cmd: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo ids=$(id -u):$(id -g):$(id -G)".into(),
+        ],
+        env: Default::default(),
+        workdir: "/".into(),
+        cgroup: None,
+        log_max_bytes: 1 << 20,
+        log_keep: 1,
+        nofile: None,
+        oom_score_adj: None,
+        user: Some(berth_driver::user::HostUser {
+            uid: 4242,
+            gid: 4343,
+            groups: vec![4343, 4444, 4545],
+            name: None,
+            home: None,
+        }),
+        oci: None,
+    };
+    std::fs::write(mdir.join("spec.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth-shim"))
+        .arg(&mdir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    wait_until("the shim's exit record", || mdir.join("exit.json").exists()).await;
+    let log = berth_driver::logs::tail(&mdir.join("logs"), 10).unwrap();
+    assert!(log.contains("ids=4242:4343:4343 4444 4545"), "{log}");
+}

@@ -101,6 +101,19 @@ pub struct MachineConfig {
     /// a host process when absent. Only its syntax is checked here; berth-image resolves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Who the workload runs as: `NAME` or `UID[:GID]` (for an image machine, looked up in the
+    /// image; for a process machine, on the host). The image's user, or root, when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Named volumes mounted into the machine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<crate::workload::MountConfig>,
+    /// Files written into the machine's root before it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::workload::FileConfig>,
+    /// An image machine's network (`host` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::workload::Network>,
 }
 
 /// When berth restarts a workload that exited on its own.
@@ -315,6 +328,10 @@ impl MachineConfig {
             stop: StopConfig::default(),
             resources: ResourceLimits::default(),
             image: None,
+            user: None,
+            mounts: Vec::new(),
+            files: Vec::new(),
+            network: None,
         }
     }
 
@@ -446,6 +463,25 @@ impl MachineConfig {
                     bad("image", e)
                 }
             })?;
+        }
+        self.validate_workload()
+    }
+
+    fn validate_workload(&self) -> Result<(), ConfigError> {
+        if let Some(u) = &self.user {
+            crate::workload::validate_user(u)?;
+        }
+        crate::workload::validate_mounts(&self.mounts)?;
+        crate::workload::validate_files(&self.files)?;
+        if self.image.is_none() {
+            let only_for_images = [
+                ("mounts", !self.mounts.is_empty()),
+                ("files", !self.files.is_empty()),
+                ("network", self.network.is_some()),
+            ];
+            if let Some((field, _)) = only_for_images.iter().find(|(_, set)| *set) {
+                return Err(bad(field, "only applies to machines with an image"));
+            }
         }
         Ok(())
     }

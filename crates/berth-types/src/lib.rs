@@ -12,6 +12,7 @@ pub mod machine;
 pub mod operation;
 pub mod state;
 pub mod time;
+pub mod workload;
 
 pub use config::{MachineConfig, ResourceLimits, RestartConfig, RestartPolicy, StopConfig};
 pub use event::{Event, EventKind, ExitInfo, ExportHole, Source};

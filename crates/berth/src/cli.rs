@@ -77,6 +77,9 @@ pub(crate) enum Command {
     /// The host's image store: ls, pull, rm.
     #[command(subcommand, alias = "images")]
     Image(ImageCmd),
+    /// Named volumes: ls, create, rm.
+    #[command(subcommand, alias = "volumes")]
+    Volume(VolumeCmd),
     /// Compare the database with the live processes.
     Doctor {
         /// Machine-readable output.
@@ -159,6 +162,21 @@ pub(crate) enum MachineCmd {
         id: String,
         #[command(flatten)]
         out: Out,
+    },
+    /// Run a command inside a started machine; exits with the command's exit code (124 when
+    /// the timeout killed it, 127 when it could not be started).
+    Exec {
+        /// Machine id, name or unique id prefix.
+        id: String,
+        /// Kill the command after this long (default 30s, at most 10m).
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Print the whole answer as JSON instead of the command's output.
+        #[arg(long)]
+        json: bool,
+        /// The command to run.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
     },
     /// Change a machine's config: only what the flags say, recorded as a new config version;
     /// a started machine is restarted with it (unless --skip-start). Prints what changed.
@@ -259,6 +277,16 @@ pub(crate) struct CreateArgs {
     /// Memory limit in MiB.
     #[arg(long)]
     pub(crate) memory: Option<u64>,
+    /// Run it from this image (oci:/path[:tag] or REGISTRY/REPO[:TAG|@sha256:DIGEST]) under
+    /// the OCI runtime; without a command, the image's Entrypoint and Cmd.
+    #[arg(long)]
+    pub(crate) image: Option<String>,
+    /// Who it runs as: NAME or UID[:GID] (a host user, or for an image machine the image's).
+    #[arg(long)]
+    pub(crate) user: Option<String>,
+    /// Mount a named volume, NAME:PATH[:ro] (repeatable; image machines).
+    #[arg(long = "volume", short = 'v', value_name = "NAME:PATH")]
+    pub(crate) volume: Vec<String>,
     /// Record it without starting it.
     #[arg(long)]
     pub(crate) skip_start: bool,
@@ -267,8 +295,8 @@ pub(crate) struct CreateArgs {
     pub(crate) metadata: Vec<String>,
     #[command(flatten)]
     pub(crate) out: Out,
-    /// The command to run.
-    #[arg(last = true, required = true)]
+    /// The command to run (optional with --image).
+    #[arg(last = true, required_unless_present = "image")]
     pub(crate) cmd: Vec<String>,
 }
 
@@ -315,6 +343,27 @@ pub(crate) enum ImageCmd {
     Rm {
         /// The manifest digest, sha256:...
         digest: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum VolumeCmd {
+    /// Every named volume: name, owner, the machines mounting it, its directory.
+    Ls {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Create an empty volume.
+    Create {
+        /// 1 to 63 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit.
+        name: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Remove a volume and its content (refused while a machine mounts it).
+    Rm {
+        /// The volume's name.
+        name: String,
     },
 }
 

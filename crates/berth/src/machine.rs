@@ -1,7 +1,7 @@
 //! `berth machine ...`: list, status, create, start, stop, restart, destroy, wait, events
 //! (update, versions and rollback are in `update.rs`).
 
-use berth_api_types::{CreateMachine, StopRequest};
+use berth_api_types::{CreateMachine, ExecRequest, StopRequest};
 use berth_types::time::HumanDuration;
 use berth_types::{MachineConfig, MachineRecord, RestartConfig, RestartPolicy, State};
 
@@ -143,8 +143,60 @@ pub(crate) async fn run(cli: &Cli, cmd: &MachineCmd) -> Result<(), Fail> {
                 println!("{}", render::events(&events))
             }
         }
+        MachineCmd::Exec {
+            id,
+            timeout,
+            json,
+            cmd,
+        } => return exec(&c, id, timeout.as_deref(), *json, cmd).await,
     }
     Ok(())
+}
+
+/// `berth machine exec`: the command's output on stdout and stderr, a note on stderr when it
+/// was cut or timed out, and its exit code as berth's.
+async fn exec(
+    c: &berth_client::Client,
+    id: &str,
+    timeout: Option<&str>,
+    json: bool,
+    cmd: &[String],
+) -> Result<(), Fail> {
+    use std::io::Write as _;
+    let id = resolve::machine_id(c, id).await?;
+    let timeout = match timeout {
+        Some(t) => Some(HumanDuration::parse(t).map_err(|e| Fail(2, format!("--timeout: {e}")))?),
+        None => None,
+    };
+    let req = ExecRequest {
+        cmd: cmd.to_vec(),
+        timeout,
+        stdin: None,
+    };
+    let r = c.exec(&id, &req).await?;
+    if json {
+        print_json(&r);
+    } else {
+        let _ = std::io::stdout().write_all(r.stdout.as_bytes());
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().write_all(r.stderr.as_bytes());
+        for (cut, what) in [
+            (r.stdout_truncated, "stdout"),
+            (r.stderr_truncated, "stderr"),
+        ] {
+            if cut {
+                eprintln!("berth: {what} truncated at {} bytes", r.output_limit);
+            }
+        }
+        if r.timed_out {
+            eprintln!("berth: the command timed out and was killed");
+        }
+    }
+    match u8::try_from(r.exit_code) {
+        Ok(0) => Ok(()),
+        Ok(code) => Err(Fail(code, String::new())),
+        Err(_) => Err(Fail(1, format!("exit code {}", r.exit_code))),
+    }
 }
 
 /// The create request `berth machine create` sends.
@@ -152,6 +204,13 @@ fn create_request(a: &CreateArgs) -> Result<CreateMachine, Fail> {
     let policy = restart_policy(&a.restart)?;
     let mut config = MachineConfig::command(a.cmd.clone());
     config.env = kv(&a.env, "--env")?;
+    config.image = a.image.clone();
+    config.user = a.user.clone();
+    config.mounts = a
+        .volume
+        .iter()
+        .map(|v| volume_arg(v))
+        .collect::<Result<_, _>>()?;
     config.restart = RestartConfig {
         policy,
         max_retries: None,
@@ -162,6 +221,30 @@ fn create_request(a: &CreateArgs) -> Result<CreateMachine, Fail> {
         config,
         metadata: kv(&a.metadata, "--metadata")?,
         skip_start: a.skip_start,
+    })
+}
+
+/// `--volume NAME:PATH[:ro]`.
+fn volume_arg(v: &str) -> Result<berth_types::workload::MountConfig, Fail> {
+    let bad = || {
+        Fail(
+            2,
+            format!("--volume {v:?}: expected NAME:PATH or NAME:PATH:ro"),
+        )
+    };
+    let (volume, rest) = v.split_once(':').ok_or_else(bad)?;
+    let (path, read_only) = match rest.rsplit_once(':') {
+        Some((p, "ro")) => (p, true),
+        Some((p, "rw")) => (p, false),
+        _ => (rest, false),
+    };
+    if volume.is_empty() || path.is_empty() {
+        return Err(bad());
+    }
+    Ok(berth_types::workload::MountConfig {
+        volume: volume.to_owned(),
+        path: path.to_owned(),
+        read_only,
     })
 }
 

@@ -20,6 +20,7 @@ mod render;
 mod resolve;
 mod stream;
 mod update;
+mod volume;
 
 use std::process::ExitCode;
 
@@ -61,6 +62,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Command::Host(cmd) => host::run(&cli, cmd).await,
         Command::Db(cmd) => db::run(&cli, cmd).await,
         Command::Image(cmd) => image::run(&cli, cmd).await,
+        Command::Volume(cmd) => volume::run(&cli, cmd).await,
         Command::Doctor { json } => host::doctor(&cli, *json).await,
     }
 }
@@ -101,7 +103,10 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(code, msg)) => {
-            eprintln!("berth: {msg}");
+            // An empty message is a code passed on (`machine exec` exits with its command's).
+            if !msg.is_empty() {
+                eprintln!("berth: {msg}");
+            }
             ExitCode::from(code)
         }
     }

@@ -44,6 +44,17 @@ pub struct File {
     pub images: ImagesSection,
     #[serde(default)]
     pub export: ExportSection,
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+}
+
+/// `[runtime]`: what runs image machines.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// `auto` (crun, then runc, on PATH; the first that really runs a container here), a name
+    /// on PATH, or a path.
+    pub oci: Option<String>,
 }
 
 /// `[export]`: fleet export into NATS JetStream.
@@ -180,6 +191,8 @@ pub struct Config {
     pub guard_fraction: f64,
     pub cgroup_off: bool,
     pub shim: Option<PathBuf>,
+    /// `runtime.oci`.
+    pub oci_runtime: String,
     pub log_max_bytes: u64,
     pub log_keep: u32,
     pub destroyed_machine_ttl: Duration,
@@ -382,6 +395,11 @@ impl Config {
             guard_fraction: reconcile.guard_fraction,
             cgroup_off: cgroup_off(file.driver.cgroup.as_deref())?,
             shim: file.driver.shim.clone(),
+            oci_runtime: file
+                .runtime
+                .oci
+                .clone()
+                .unwrap_or_else(|| "auto".to_owned()),
             log_max_bytes: size(file.driver.log_max_size, 10 << 20),
             log_keep: file.driver.log_keep.unwrap_or(2),
             destroyed_machine_ttl: store.destroyed_machine_ttl,

@@ -264,6 +264,7 @@ fn agent_config(cfg: &config::Config, slow: &Arc<SlowOps>) -> Result<AgentConfig
         agent_cfg.driver.shim = shim.clone();
         agent_cfg.driver.shim_args = Vec::new();
     }
+    agent_cfg.driver.oci = berth_driver::oci::RuntimeChoice::parse(&cfg.oci_runtime);
     agent_cfg.driver.workload_nofile = raise_nofile(cfg.max_machines);
     agent_cfg.driver.log_max_bytes = cfg.log_max_bytes;
     agent_cfg.driver.log_keep = cfg.log_keep;

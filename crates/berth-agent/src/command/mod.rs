@@ -9,6 +9,7 @@
 mod cordon;
 mod db;
 mod events;
+mod exec;
 mod host;
 mod images;
 mod leases;
@@ -16,6 +17,7 @@ mod logs;
 mod machines;
 mod shutdown;
 mod update;
+mod volumes;
 
 use std::sync::Arc;
 use std::time::Duration;

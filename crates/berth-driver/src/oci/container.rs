@@ -1,0 +1,298 @@
+//! The shim's side of an image machine: it mounts the machine's root (the image under its
+//! writable layer), becomes a child subreaper, runs `<runtime> create` with the log pipe as the
+//! container's stdout and stderr, so that the container's init, once `create` exits, is the
+//! shim's own child; then `<runtime> start`. From there it supervises the init like any
+//! workload (pidfd, waitpid: the real exit code or signal), reads the OOM count from the
+//! container's memory cgroup, and leaves nothing behind: `<runtime> delete --force`, unmount.
+#![allow(unsafe_code)]
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use nix::fcntl::OFlag;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::OciLaunch;
+use super::bundle::BundleDirs;
+use crate::files::{self, ExitRecord, ShimState, Spec};
+use crate::logfmt::Stream;
+use crate::logs::RecordLog;
+use crate::proc::{self, ProcessId};
+use crate::shim::{LaunchResult, drain, pump_until_exit, report};
+
+/// Mounts the machine's root: the image read-only under the machine's writable layer.
+pub fn mount_root(oci: &OciLaunch) -> Result<(), String> {
+    let dirs = BundleDirs::of_bundle(&oci.bundle);
+    unmount_root(&oci.bundle);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        oci.lower.display(),
+        dirs.upper.display(),
+        dirs.work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &dirs.rootfs,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(|e| format!("mount the machine's root (overlay {opts}): {e}"))
+}
+
+/// Unmounts the machine's root if it is mounted (detached: nothing holds it after the
+/// container is gone). Returns whether something was unmounted.
+pub fn unmount_root(bundle: &Path) -> bool {
+    nix::mount::umount2(&bundle.join("rootfs"), MntFlags::MNT_DETACH).is_ok()
+}
+
+/// Runs `<runtime> delete --force` for the container; quiet when it does not exist.
+pub fn delete(runtime: &Path, container_id: &str) {
+    let _ = Command::new(runtime)
+        .args(["delete", "--force", container_id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The last error the runtime logged (its `--log` file, JSON lines).
+fn runtime_error(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .rev()
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["level"] == "error").then(|| v["msg"].as_str().unwrap_or("").to_owned())
+        })
+        .unwrap_or_else(|| text.lines().last().unwrap_or("no message").to_owned())
+}
+
+fn runtime_cmd(oci: &OciLaunch, verb: &str) -> Command {
+    let mut c = Command::new(&oci.runtime);
+    c.arg("--log")
+        .arg(oci.bundle.join("runtime.log"))
+        .args(["--log-format", "json", verb]);
+    c
+}
+
+/// `create`, with `out` as the container's stdout and stderr; returns the init's pid.
+fn create(oci: &OciLaunch, out: &OwnedFd, err: &OwnedFd) -> Result<i32, String> {
+    let pid_file = oci.bundle.join("init.pid");
+    let _ = std::fs::remove_file(&pid_file);
+    let dup = |fd: &OwnedFd| {
+        fd.try_clone()
+            .map(Stdio::from)
+            .map_err(|e| format!("dup: {e}"))
+    };
+    let status = runtime_cmd(oci, "create")
+        .arg("--bundle")
+        .arg(&oci.bundle)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(&oci.container_id)
+        .stdin(Stdio::null())
+        .stdout(dup(out)?)
+        .stderr(dup(err)?)
+        .status()
+        .map_err(|e| format!("run {} create: {e}", oci.runtime.display()))?;
+    if !status.success() {
+        return Err(format!(
+            "{} create failed: {}",
+            oci.runtime.display(),
+            runtime_error(&oci.bundle.join("runtime.log"))
+        ));
+    }
+    let text = std::fs::read_to_string(&pid_file).map_err(|e| format!("read init.pid: {e}"))?;
+    text.trim()
+        .parse()
+        .map_err(|_| format!("init.pid holds {text:?}, not a pid"))
+}
+
+fn start(oci: &OciLaunch) -> Result<(), String> {
+    let status = runtime_cmd(oci, "start")
+        .arg(&oci.container_id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("run {} start: {e}", oci.runtime.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} start failed: {}",
+            oci.runtime.display(),
+            runtime_error(&oci.bundle.join("runtime.log"))
+        ))
+    }
+}
+
+/// Reaps whatever orphans were reparented to the shim (the runtime's intermediate processes),
+/// never `keep`.
+fn reap_others(keep: Pid) {
+    loop {
+        match waitpid(
+            None::<Pid>,
+            Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+        ) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(s) if s.pid() == Some(keep) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Whether the container's memory cgroup recorded an OOM kill (cgroup v1 `memory.oom_control`,
+/// or v2 `memory.events`).
+fn oom_killed(cg: Option<&Path>) -> bool {
+    let Some(cg) = cg else { return false };
+    let count = |file: &str| {
+        std::fs::read_to_string(cg.join(file)).ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+    };
+    count("memory.oom_control")
+        .or_else(|| count("memory.events"))
+        .is_some_and(|n| n > 0)
+}
+
+fn set_subreaper() -> Result<(), String> {
+    // SAFETY: prctl with integer arguments only changes this process's attributes.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "prctl(PR_SET_CHILD_SUBREAPER): {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+fn fail(
+    dir: &Path,
+    spec: &Spec,
+    oci: &OciLaunch,
+    ready: OwnedFd,
+    msg: String,
+) -> Result<i32, String> {
+    delete(&oci.runtime, &oci.container_id);
+    unmount_root(&oci.bundle);
+    let record = ExitRecord {
+        instance: spec.instance.clone(),
+        code: Some(127),
+        signal: None,
+        oom_killed: false,
+        at_ns: files::now_ns(),
+        error: Some(msg.clone()),
+        note: None,
+    };
+    let _ = files::write_json(&dir.join(files::EXIT), &record);
+    report(
+        ready,
+        &LaunchResult {
+            pid: None,
+            error: Some(msg),
+        },
+    );
+    Ok(1)
+}
+
+/// Creates and starts the container; its init's identity once it runs.
+fn launch(oci: &OciLaunch, out: &OwnedFd, err: &OwnedFd) -> Result<ProcessId, String> {
+    set_subreaper()?;
+    mount_root(oci)?;
+    delete(&oci.runtime, &oci.container_id);
+    // The runtime makes missing mount points (`/mnt/in` for a volume at that path) under its
+    // umask: berthd's 077 would leave `/mnt` root-only and the volume out of an image user's
+    // reach. The usual 022, for the create only (the shim's own files stay private).
+    let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+    let pid = create(oci, out, err);
+    nix::sys::stat::umask(old);
+    let pid = pid?;
+    reap_others(Pid::from_raw(pid));
+    let init = ProcessId::of(pid).ok_or("the container's init vanished before it started")?;
+    start(oci)?;
+    Ok(init)
+}
+
+/// The shim's supervision of an image machine (see the module's header).
+pub fn run(dir: &Path, spec: &Spec, oci: &OciLaunch, ready: OwnedFd) -> Result<i32, String> {
+    let mut log = match RecordLog::open(&dir.join(files::LOGS), spec.log_max_bytes, spec.log_keep) {
+        Ok(l) => l,
+        Err(e) => return fail(dir, spec, oci, ready, format!("open log: {e}")),
+    };
+    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let boot_id = match proc::try_boot_id() {
+        Ok(b) => b,
+        Err(e) => return fail(dir, spec, oci, ready, format!("reading the boot id: {e}")),
+    };
+    let workload = match launch(oci, &out_w, &err_w) {
+        Ok(w) => w,
+        Err(e) => return fail(dir, spec, oci, ready, e),
+    };
+    drop(out_w);
+    drop(err_w);
+    let shim =
+        ProcessId::of(std::process::id() as i32).ok_or("cannot read the shim's own identity")?;
+    let child = Pid::from_raw(workload.pid);
+    let state = ShimState {
+        instance: spec.instance.clone(),
+        shim,
+        workload,
+        boot_id,
+        started_at_ns: files::now_ns(),
+    };
+    files::write_json_fast(&dir.join(files::STATE), &state)
+        .map_err(|e| format!("write shim.json: {e}"))?;
+    report(
+        ready,
+        &LaunchResult {
+            pid: Some(child.as_raw()),
+            error: None,
+        },
+    );
+
+    let _ = log.mark(&format!(
+        "started instance={} pid={}",
+        spec.instance,
+        child.as_raw()
+    ));
+    let outputs = [(&out_r, Stream::Stdout), (&err_r, Stream::Stderr)];
+    let status = pump_until_exit(child, &outputs, &mut log)?;
+    drain(&outputs, &mut log);
+    let oom = oom_killed(oci.memory_cgroup.as_deref());
+    delete(&oci.runtime, &oci.container_id);
+    unmount_root(&oci.bundle);
+    reap_others(child);
+    let (code, signal) = match status {
+        WaitStatus::Exited(_, code) => (Some(code), None),
+        WaitStatus::Signaled(_, sig, _) => (None, Some(sig.as_str().to_owned())),
+        other => (None, Some(format!("{other:?}"))),
+    };
+    let _ = log.mark(&match (&code, &signal) {
+        (Some(c), _) => format!("exited code={c}"),
+        (None, Some(s)) => format!("exited signal={s}"),
+        (None, None) => "exited".to_owned(),
+    });
+    let record = ExitRecord {
+        instance: spec.instance.clone(),
+        code,
+        signal,
+        oom_killed: oom,
+        at_ns: files::now_ns(),
+        error: None,
+        note: None,
+    };
+    files::write_json(&dir.join(files::EXIT), &record)
+        .map_err(|e| format!("write exit.json: {e}"))?;
+    Ok(0)
+}
