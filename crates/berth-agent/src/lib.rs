@@ -6,6 +6,7 @@
 //! never restarts a workload merely because the agent restarted. Every automated action goes
 //! through `berth-machine`, so it is recorded with its reason before it is reported.
 
+pub mod checks;
 pub mod command;
 mod effects;
 mod error;
@@ -160,6 +161,7 @@ pub struct Agent {
     commands: Arc<CommandConfig>,
     images: Arc<images::Images>,
     stopping: command::Stopping,
+    checks: Arc<checks::Checks>,
 }
 
 impl Agent {
@@ -193,7 +195,9 @@ impl Agent {
             commands: Arc::default(),
             images: images.clone(),
             stopping: Default::default(),
+            checks: Arc::default(),
         };
+        agent.telemetry.set_checks(agent.checks.clone());
         images.record_usage();
         images.spawn_collector(store.clone());
 
@@ -240,6 +244,7 @@ impl Agent {
                 tokio::time::sleep(interval).await;
             }
         });
+        tokio::spawn(agent.clone().checks_loop());
         if let Some(m) = cfg.maintenance.clone() {
             agent.spawn_maintenance(m);
         }
@@ -268,6 +273,11 @@ impl Agent {
     /// The metrics the agent keeps (per-machine series, sampled figures).
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.telemetry
+    }
+
+    /// The health checks' state (in memory; a passing result is never written).
+    pub fn checks(&self) -> &Arc<checks::Checks> {
+        &self.checks
     }
 
     /// What supervision has seen lately.
@@ -422,6 +432,7 @@ impl Agent {
     /// After an operation left a machine started: if its workload already exited meanwhile
     /// (the exit was deferred while the operation ran), handle that now.
     fn after_op(&self, m: &MachineRecord) {
+        self.checks.wake();
         if m.state == berth_types::State::Started
             && let Probe::Exited(rec) = self.driver().probe(m.id.as_str())
         {

@@ -317,7 +317,11 @@ fn check_history(rec: &MachineRecord, history: &[Event], p: &mut Vec<String>) {
     }
     for ev in history {
         // A config change (`update`) is recorded in the state it happened in.
-        let config_change = ev.kind == berth_types::EventKind::Update && ev.from == Some(ev.to);
+        // So is a health check's change of status (`check`).
+        let config_change = matches!(
+            ev.kind,
+            berth_types::EventKind::Update | berth_types::EventKind::Check
+        ) && ev.from == Some(ev.to);
         if let Some(from) = ev.from
             && !config_change
             && !from.can_transition_to(ev.to)

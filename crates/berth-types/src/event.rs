@@ -37,6 +37,9 @@ pub enum EventKind {
     /// A new config version was recorded (an update or a rollback; `from` and `to` are the
     /// state it was recorded in), or an update operation began applying it.
     Update,
+    /// A health check's status changed (`from` and `to` are the machine's state: not a
+    /// transition).
+    Check,
 }
 
 /// How a workload exited.
