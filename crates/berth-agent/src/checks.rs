@@ -13,8 +13,8 @@
 //! Status: a pass makes a check passing; `failures` consecutive failures make it critical
 //! (fewer leave its status as it was). With `action: "restart"`, reaching `failures` asks the
 //! blast-radius guard for a restart (action `restart`); a held restart is listed for the
-//! operator, and the check asks again at each further failure, so once an operator approves
-//! (`berth host approve`) the next failure restarts it. A check that passes again stops asking.
+//! operator and runs when an operator approves (`berth host approve`), if the machine is still
+//! as the guard left it. A check that passes again stops asking.
 //!
 //! `http` and `tcp` checks connect to `127.0.0.1:port` in the machine's network namespace: for
 //! a workload in another namespace than berthd's (an image machine), the socket is created by a
@@ -332,7 +332,10 @@ impl crate::Agent {
                     .await;
             }
             if c.action == CheckAction::Restart && failures >= c.failures {
-                if self.check_restart(&id, key, &name, failures, &output).await {
+                if self
+                    .check_restart(&id, key, &name, failures, &output, c.failures)
+                    .await
+                {
                     return;
                 }
             }
@@ -373,6 +376,7 @@ impl crate::Agent {
         name: &str,
         failures: u32,
         output: &str,
+        c_failures: u32,
     ) -> bool {
         use berth_machine::{GuardAction, Held, Verdict};
         let Ok(Some(rec)) = self.store().machine(id) else {
@@ -393,7 +397,7 @@ impl crate::Agent {
             guard.hold(Held {
                 machine_id: id.clone(),
                 action: GuardAction::Restart,
-                observed: format!("check {name} failed"),
+                observed: format!("check {name} failed {} times in a row", c_failures),
                 at: Timestamp::now(),
                 version: rec.version,
             });

@@ -300,6 +300,32 @@ impl Agent {
                 GuardAction::Reconcile => reconcile = true,
                 GuardAction::Restart => {
                     let current = self.store().machine(&h.machine_id).ok().flatten();
+                    // A restart a failing health check asked for: the machine is still
+                    // started, as the guard left it.
+                    let check_held = current.as_ref().is_some_and(|m| {
+                        m.version == h.version
+                            && m.active_op.is_none()
+                            && m.state == berth_types::State::Started
+                    });
+                    if check_held {
+                        let reason = format!("{}; restart approved by an operator", h.observed);
+                        match self.machines.begin_with_reason(&h.machine_id, reason).await {
+                            Ok(op) => {
+                                report.restarted.push(h.machine_id.clone());
+                                let me = self.clone();
+                                tokio::spawn(async move {
+                                    if let Ok(out) = me.machines.run(op).await {
+                                        me.after_op(&out.machine);
+                                    }
+                                });
+                            }
+                            Err(e) => {
+                                tracing::warn!(machine = %h.machine_id, error = %e, "approved check restart could not begin");
+                                report.skipped.push(h.machine_id.clone());
+                            }
+                        }
+                        continue;
+                    }
                     let unchanged = current.as_ref().is_some_and(|m| {
                         m.version == h.version
                             && m.active_op.is_none()
