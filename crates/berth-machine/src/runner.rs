@@ -467,7 +467,17 @@ impl<E: Effects> Machines<E> {
                     }
                 })?;
                 let op = w.begin_operation(&id, OpKind::Restart, Source::Berth, params, &names)?;
-                first_step_inline(w, op, true)
+                // The first step (mark_restarting) is only its transition: recorded here with
+                // the reason, so the restart event says why.
+                let first = names.first().copied().unwrap_or("mark_restarting");
+                let spec = TransitionSpec::new(
+                    State::Restarting,
+                    berth_types::EventKind::Restart,
+                    Source::Berth,
+                    op.params.reason.clone().unwrap_or_default(),
+                );
+                w.transition(&id, spec)?;
+                w.complete_step(op.id, first)
             })
             .await?;
         Ok(op)

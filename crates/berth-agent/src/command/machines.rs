@@ -73,7 +73,10 @@ impl Agent {
         result: Result<MachineRecord, OpError>,
     ) -> CommandResult<MachineRecord> {
         match result {
-            Ok(m) => Ok(m),
+            Ok(mut m) => {
+                self.checks.fill(&mut m);
+                Ok(m)
+            }
             Err(OpError::Effect { .. }) => self.machine(id),
             Err(e) => Err(e.into()),
         }
