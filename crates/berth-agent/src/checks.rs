@@ -331,13 +331,13 @@ impl crate::Agent {
                 self.record_check_change(&id, &name, before, after, &output)
                     .await;
             }
-            if c.action == CheckAction::Restart && failures >= c.failures {
-                if self
+            if c.action == CheckAction::Restart
+                && failures >= c.failures
+                && self
                     .check_restart(&id, key, &name, failures, &output, c.failures)
                     .await
-                {
-                    return;
-                }
+            {
+                return;
             }
         }
     }
