@@ -6,6 +6,7 @@
 //! never restarts a workload merely because the agent restarted. Every automated action goes
 //! through `berth-machine`, so it is recorded with its reason before it is reported.
 
+pub mod checks;
 pub mod command;
 mod effects;
 mod error;
@@ -161,6 +162,7 @@ pub struct Agent {
     commands: Arc<CommandConfig>,
     images: Arc<images::Images>,
     stopping: command::Stopping,
+    checks: Arc<checks::Checks>,
 }
 
 impl Agent {
@@ -194,7 +196,9 @@ impl Agent {
             commands: Arc::default(),
             images: images.clone(),
             stopping: Default::default(),
+            checks: Arc::default(),
         };
+        agent.telemetry.set_checks(agent.checks.clone());
         images.record_usage();
         images.spawn_collector(store.clone());
 
@@ -241,6 +245,7 @@ impl Agent {
                 tokio::time::sleep(interval).await;
             }
         });
+        tokio::spawn(agent.clone().checks_loop());
         if let Some(m) = cfg.maintenance.clone() {
             agent.spawn_maintenance(m);
         }
@@ -271,6 +276,11 @@ impl Agent {
         &self.telemetry
     }
 
+    /// The health checks' state (in memory; a passing result is never written).
+    pub fn checks(&self) -> &Arc<checks::Checks> {
+        &self.checks
+    }
+
     /// What supervision has seen lately.
     pub fn status(&self) -> SupervisionStatus {
         let mut s = self.status.lock().map(|s| s.clone()).unwrap_or_default();
@@ -291,6 +301,32 @@ impl Agent {
                 GuardAction::Reconcile => reconcile = true,
                 GuardAction::Restart => {
                     let current = self.store().machine(&h.machine_id).ok().flatten();
+                    // A restart a failing health check asked for: the machine is still
+                    // started, as the guard left it.
+                    let check_held = current.as_ref().is_some_and(|m| {
+                        m.version == h.version
+                            && m.active_op.is_none()
+                            && m.state == berth_types::State::Started
+                    });
+                    if check_held {
+                        let reason = format!("{}; restart approved by an operator", h.observed);
+                        match self.machines.begin_with_reason(&h.machine_id, reason).await {
+                            Ok(op) => {
+                                report.restarted.push(h.machine_id.clone());
+                                let me = self.clone();
+                                tokio::spawn(async move {
+                                    if let Ok(out) = me.machines.run(op).await {
+                                        me.after_op(&out.machine);
+                                    }
+                                });
+                            }
+                            Err(e) => {
+                                tracing::warn!(machine = %h.machine_id, error = %e, "approved check restart could not begin");
+                                report.skipped.push(h.machine_id.clone());
+                            }
+                        }
+                        continue;
+                    }
                     let unchanged = current.as_ref().is_some_and(|m| {
                         m.version == h.version
                             && m.active_op.is_none()
@@ -423,6 +459,7 @@ impl Agent {
     /// After an operation left a machine started: if its workload already exited meanwhile
     /// (the exit was deferred while the operation ran), handle that now.
     fn after_op(&self, m: &MachineRecord) {
+        self.checks.wake();
         if m.state == berth_types::State::Started
             && let Probe::Exited(rec) = self.driver().probe(m.id.as_str())
         {

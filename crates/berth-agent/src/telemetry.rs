@@ -392,6 +392,16 @@ pub const MACHINE_METRICS: &[Metric] = &[
     ),
 ];
 
+/// `berth_machine_check_up{machine_id,check}`: rendered at scrape time from the checks' state,
+/// for the machines the per-machine series still track (the dead-machine rule).
+pub const CHECK_UP: Metric = m(
+    "berth_machine_check_up",
+    Gauge,
+    None,
+    &["machine_id", "check"],
+    "1 while the machine's health check passes, 0 while it is critical or unknown; gone once the machine is destroyed.",
+);
+
 /// Describes every exported metric to the installed recorder (HELP and unit), and registers the
 /// counters an alert takes an `increase()` of at zero, so that their first increment is seen.
 pub fn describe() {
@@ -434,7 +444,7 @@ pub fn describe() {
 }
 
 /// Writes a family's HELP and TYPE lines.
-fn family(out: &mut String, d: &Metric) {
+pub(crate) fn family(out: &mut String, d: &Metric) {
     let kind = match d.kind {
         Counter => "counter",
         Gauge => "gauge",

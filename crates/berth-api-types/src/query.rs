@@ -42,7 +42,7 @@ pub struct DestroyQuery {
     pub force: bool,
 }
 
-/// `GET /v1/machines/{id}/wait?state=&timeout=`.
+/// `GET /v1/machines/{id}/wait?state=&timeout=&healthy=`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
@@ -52,6 +52,9 @@ pub struct WaitQuery {
     /// How long to wait (default 30s, at most 5m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
+    /// Also wait until every health check passes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub healthy: bool,
 }
 
 /// `GET /v1/machines/{id}/logs?tail=&follow=&since=&after=&timestamps=&format=`.

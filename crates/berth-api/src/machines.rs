@@ -180,7 +180,18 @@ pub(crate) async fn wait(
             humantime::format_duration(WAIT_MAX)
         )));
     }
-    Ok(Json(lane.agent().wait_for(&id, q.state, timeout).await?))
+    let agent = lane.agent();
+    if q.healthy {
+        return Ok(Json(agent.wait_healthy(&id, q.state, timeout).await?));
+    }
+    Ok(Json(agent.wait_for(&id, q.state, timeout).await?))
+}
+
+pub(crate) async fn checks(
+    State(lane): State<Lane>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<std::collections::BTreeMap<String, berth_types::CheckStatus>>> {
+    Ok(Json(lane.agent().machine(&parse_id(&id)?)?.checks))
 }
 
 pub(crate) async fn events(

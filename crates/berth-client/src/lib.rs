@@ -388,6 +388,39 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/machines/{id}/wait?state=started&healthy=true`: started with every check passing.
+    pub async fn wait_healthy(
+        &self,
+        id: &str,
+        timeout: &str,
+    ) -> Result<MachineRecord, ClientError> {
+        self.call(
+            Method::GET,
+            &format!(
+                "/v1/machines/{}/wait?state=started&healthy=true&timeout={}",
+                enc(id),
+                enc(timeout)
+            ),
+            None,
+            &[],
+        )
+        .await
+    }
+
+    /// `GET /v1/machines/{id}/checks`: each health check's status.
+    pub async fn checks(
+        &self,
+        id: &str,
+    ) -> Result<std::collections::BTreeMap<String, berth_types::CheckStatus>, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/v1/machines/{}/checks", enc(id)),
+            None,
+            &[],
+        )
+        .await
+    }
+
     /// `GET /v1/machines/{id}/wait`.
     pub async fn wait(
         &self,

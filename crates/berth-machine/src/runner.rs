@@ -453,6 +453,52 @@ impl<E: Effects> Machines<E> {
         Ok(op)
     }
 
+    /// Records a restart berth decided on its own (a failing health check), with `reason` as
+    /// the restart's reason. Refused like [`Machines::begin`] when the machine is busy or not
+    /// started; the caller asked the blast-radius guard first.
+    pub async fn begin_with_reason(
+        &self,
+        id: &MachineId,
+        reason: String,
+    ) -> Result<OperationRecord, OpError> {
+        let params = berth_types::OpParams {
+            reason: Some(reason),
+            ..Default::default()
+        };
+        let names: Vec<&'static str> = plan(OpKind::Restart, true).iter().map(|s| s.name).collect();
+        let id = id.clone();
+        let op = self
+            .store
+            .write(move |w| {
+                let rec = w
+                    .machine(&id)?
+                    .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+                if let Some(op) = rec.active_op {
+                    return Err(StoreError::Busy { id: id.clone(), op });
+                }
+                rec.state.transition(State::Restarting).map_err(|source| {
+                    StoreError::IllegalTransition {
+                        id: id.clone(),
+                        source,
+                    }
+                })?;
+                let op = w.begin_operation(&id, OpKind::Restart, Source::Berth, params, &names)?;
+                // The first step (mark_restarting) is only its transition: recorded here with
+                // the reason, so the restart event says why.
+                let first = names.first().copied().unwrap_or("mark_restarting");
+                let spec = TransitionSpec::new(
+                    State::Restarting,
+                    berth_types::EventKind::Restart,
+                    Source::Berth,
+                    op.params.reason.clone().unwrap_or_default(),
+                );
+                w.transition(&id, spec)?;
+                w.complete_step(op.id, first)
+            })
+            .await?;
+        Ok(op)
+    }
+
     /// Runs an operation's remaining steps to the end.
     pub async fn run(&self, op: OperationRecord) -> Result<OpOutcome, OpError> {
         let remaining = remaining_steps(&op)?;

@@ -316,11 +316,13 @@ fn check_history(rec: &MachineRecord, history: &[Event], p: &mut Vec<String>) {
         }
     }
     for ev in history {
-        // A config change (`update`) or an image pull (`pull`) is recorded in the state it
-        // happened in.
+        // A config change (`update`), an image pull (`pull`) and a health check's change of
+        // status (`check`) are recorded in the state they happened in.
         let in_place = matches!(
             ev.kind,
-            berth_types::EventKind::Update | berth_types::EventKind::Pull
+            berth_types::EventKind::Update
+                | berth_types::EventKind::Pull
+                | berth_types::EventKind::Check
         ) && ev.in_place();
         if let Some(from) = ev.from
             && !in_place

@@ -44,6 +44,12 @@ pub mod limits {
     pub const LEASE_DESCRIPTION_MAX: usize = 1024;
     /// Longest Idempotency-Key, in bytes.
     pub const IDEMPOTENCY_KEY_MAX: usize = 255;
+    /// Most health checks per machine.
+    pub const CHECKS: usize = 16;
+    /// Longest check name, in bytes.
+    pub const CHECK_NAME_MAX: usize = 63;
+    /// Longest http check path, in bytes.
+    pub const CHECK_PATH_MAX: usize = 1024;
 }
 
 /// Normalizes a signal name (`TERM`, `sigterm`, `SIGTERM` → `SIGTERM`), or says why it is not one.
@@ -114,6 +120,77 @@ pub struct MachineConfig {
     /// An image machine's network (`host` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::workload::Network>,
+    /// Health checks, by name; run by the agent while the machine is started.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<String, CheckConfig>,
+}
+
+/// What a health check probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckType {
+    /// An HTTP GET of `path` on `port`: a 2xx or 3xx answer passes.
+    Http,
+    /// A TCP connect to `port`.
+    Tcp,
+    /// `command` runs to exit status 0.
+    Exec,
+}
+
+/// What a check does after `failures` consecutive failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckAction {
+    /// Only report.
+    #[default]
+    None,
+    /// Restart the machine (through the blast-radius guard).
+    Restart,
+}
+
+/// One health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    /// What it probes.
+    #[serde(rename = "type")]
+    pub kind: CheckType,
+    /// Port (`http`, `tcp`), on the machine's loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// HTTP path (`http`; default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Program and arguments (`exec`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Time between two runs.
+    #[serde(default = "default_check_interval")]
+    pub interval: HumanDuration,
+    /// Longest one run may take; a run past it fails.
+    #[serde(default = "default_check_timeout")]
+    pub timeout: HumanDuration,
+    /// Time after the machine started before the first run.
+    #[serde(default)]
+    pub grace_period: HumanDuration,
+    /// Consecutive failures that make the check act (and, for its status, critical).
+    #[serde(default = "default_check_failures")]
+    pub failures: u32,
+    /// What it does then.
+    #[serde(default)]
+    pub action: CheckAction,
+}
+
+fn default_check_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+fn default_check_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+
+fn default_check_failures() -> u32 {
+    3
 }
 
 /// When berth restarts a workload that exited on its own.
@@ -332,6 +409,7 @@ impl MachineConfig {
             mounts: Vec::new(),
             files: Vec::new(),
             network: None,
+            checks: BTreeMap::new(),
         }
     }
 
@@ -464,7 +542,25 @@ impl MachineConfig {
                 }
             })?;
         }
+        self.validate_checks()?;
         self.validate_workload()
+    }
+
+    fn validate_checks(&self) -> Result<(), ConfigError> {
+        if self.checks.len() > limits::CHECKS {
+            return Err(too_large(
+                "checks",
+                format!(
+                    "{} checks; the limit is {}",
+                    self.checks.len(),
+                    limits::CHECKS
+                ),
+            ));
+        }
+        for (name, c) in &self.checks {
+            validate_check(name, c)?;
+        }
+        Ok(())
     }
 
     fn validate_workload(&self) -> Result<(), ConfigError> {
@@ -485,6 +581,93 @@ impl MachineConfig {
         }
         Ok(())
     }
+}
+
+fn validate_check(name: &str, c: &CheckConfig) -> Result<(), ConfigError> {
+    let ok_name = !name.is_empty()
+        && name.len() <= limits::CHECK_NAME_MAX
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'));
+    if !ok_name {
+        return Err(bad(
+            "checks",
+            format!(
+                "invalid check name {:?}: 1 to {} characters of A-Z a-z 0-9 . _ -",
+                name.chars()
+                    .take(limits::CHECK_NAME_MAX)
+                    .collect::<String>(),
+                limits::CHECK_NAME_MAX
+            ),
+        ));
+    }
+    let field = |f: &str| format!("checks.{name}.{f}");
+    match c.kind {
+        CheckType::Http | CheckType::Tcp => {
+            if c.port.is_none_or(|p| p == 0) {
+                return Err(bad(
+                    &field("port"),
+                    "required for an http or tcp check (1-65535)",
+                ));
+            }
+            if !c.command.is_empty() {
+                return Err(bad(&field("command"), "only an exec check has a command"));
+            }
+        }
+        CheckType::Exec => {
+            if c.command.first().is_none_or(String::is_empty) {
+                return Err(bad(
+                    &field("command"),
+                    "an exec check must name a program (a non-empty array of strings)",
+                ));
+            }
+            if c.command.len() > limits::CMD_ARGS
+                || c.command.iter().map(String::len).sum::<usize>() > limits::CMD_BYTES
+            {
+                return Err(too_large(&field("command"), "over the limits of cmd"));
+            }
+            if c.command.iter().any(|a| a.contains('\0')) {
+                return Err(bad(&field("command"), "an argument contains a NUL byte"));
+            }
+            if c.port.is_some() {
+                return Err(bad(&field("port"), "an exec check has no port"));
+            }
+        }
+    }
+    if let Some(p) = &c.path {
+        if c.kind != CheckType::Http {
+            return Err(bad(&field("path"), "only an http check has a path"));
+        }
+        if p.len() > limits::CHECK_PATH_MAX {
+            return Err(too_large(
+                &field("path"),
+                format!("{} bytes; the limit is {}", p.len(), limits::CHECK_PATH_MAX),
+            ));
+        }
+        if !p.starts_with('/') || p.chars().any(|ch| ch.is_control() || ch == ' ') {
+            return Err(bad(
+                &field("path"),
+                "must start with / and hold no spaces or control characters",
+            ));
+        }
+    }
+    let (interval, timeout) = (c.interval.0, c.timeout.0);
+    if interval < Duration::from_millis(100) || interval > Duration::from_secs(24 * 3600) {
+        return Err(bad(&field("interval"), "must be between 100ms and 24h"));
+    }
+    if timeout < Duration::from_millis(10) || timeout > interval {
+        return Err(bad(
+            &field("timeout"),
+            "must be at least 10ms and at most the interval",
+        ));
+    }
+    if c.grace_period.0 > Duration::from_secs(24 * 3600) {
+        return Err(bad(&field("grace_period"), "must be at most 24h"));
+    }
+    if c.failures == 0 || c.failures > 1000 {
+        return Err(bad(&field("failures"), "must be between 1 and 1000"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -542,6 +725,30 @@ mod tests {
             (r#"{"cmd":["x"],"env":{"A=B":"c"}}"#, "config.env"),
             (r#"{"cmd":["x"],"image":"oci:rel/path"}"#, "config.image"),
             (r#"{"cmd":["x"],"image":"busybox"}"#, "config.image"),
+            (
+                r#"{"cmd":["x"],"checks":{"web":{"type":"http"}}}"#,
+                "config.checks.web.port",
+            ),
+            (
+                r#"{"cmd":["x"],"checks":{"web":{"type":"tcp","port":80,"interval":"1s","timeout":"5s"}}}"#,
+                "config.checks.web.timeout",
+            ),
+            (
+                r#"{"cmd":["x"],"checks":{"run":{"type":"exec","command":[]}}}"#,
+                "config.checks.run.command",
+            ),
+            (
+                r#"{"cmd":["x"],"checks":{"web":{"type":"http","port":80,"failures":0}}}"#,
+                "config.checks.web.failures",
+            ),
+            (
+                r#"{"cmd":["x"],"checks":{"web":{"type":"http","port":80,"path":"x y"}}}"#,
+                "config.checks.web.path",
+            ),
+            (
+                r#"{"cmd":["x"],"checks":{"a b":{"type":"tcp","port":80}}}"#,
+                "config.checks",
+            ),
             (r#"{}"#, "config.cmd"),
             (r#"{"cmd":[""],"image":"oci:/srv/app"}"#, "config.cmd"),
         ];

@@ -41,6 +41,9 @@ pub enum EventKind {
     /// update, before the machine or its new config was recorded: what was pulled, how much and
     /// how long, in `reason`. Recorded in the state the machine was in (`from` = `to`).
     Pull,
+    /// A health check's status changed (`from` and `to` are the machine's state: not a
+    /// transition).
+    Check,
 }
 
 /// How a workload exited.

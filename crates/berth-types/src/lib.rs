@@ -14,10 +14,13 @@ pub mod state;
 pub mod time;
 pub mod workload;
 
-pub use config::{MachineConfig, ResourceLimits, RestartConfig, RestartPolicy, StopConfig};
+pub use config::{
+    CheckAction, CheckConfig, CheckType, MachineConfig, ResourceLimits, RestartConfig,
+    RestartPolicy, StopConfig,
+};
 pub use event::{Event, EventKind, ExitInfo, ExportHole, Source};
 pub use id::{IdError, MachineId};
-pub use machine::{ConfigVersion, MachineRecord};
+pub use machine::{CheckHealth, CheckStatus, ConfigVersion, MachineRecord};
 pub use operation::{OpKind, OpParams, OperationRecord, StepRecord};
 pub use state::{IllegalTransition, State};
 pub use time::Timestamp;

@@ -52,6 +52,46 @@ pub struct MachineRecord {
     /// creation time, then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_updated_at: Option<Timestamp>,
+    /// Each health check's current status. Never stored: checks live in the agent's memory
+    /// (a passing result is not a write), which fills this in where it answers a machine.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<String, CheckStatus>,
+}
+
+/// A health check's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckHealth {
+    /// Its last run passed.
+    Passing,
+    /// It failed `failures` times in a row.
+    Critical,
+    /// Not run yet (the machine is not started, or in its grace period), or failing fewer
+    /// than `failures` times in a row since the last pass.
+    Unknown,
+}
+
+impl CheckHealth {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckHealth::Passing => "passing",
+            CheckHealth::Critical => "critical",
+            CheckHealth::Unknown => "unknown",
+        }
+    }
+}
+
+/// A health check's current status, its last output and since when it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckStatus {
+    /// passing, critical or unknown.
+    pub status: CheckHealth,
+    /// The last run's output (bounded).
+    #[serde(default)]
+    pub output: String,
+    /// When the status last changed.
+    pub since: Timestamp,
 }
 
 /// Records written before config versions existed hold version 1.
@@ -98,6 +138,7 @@ impl MachineRecord {
             image_digest: None,
             config_version: 1,
             config_updated_at: None,
+            checks: BTreeMap::new(),
         }
     }
 

@@ -293,6 +293,13 @@ pub(crate) struct CreateArgs {
     /// Metadata label, K=V (repeatable).
     #[arg(long = "metadata", value_name = "K=V")]
     pub(crate) metadata: Vec<String>,
+    /// A health check, NAME=SPEC (repeatable): `http:PORT[/PATH]`, `tcp:PORT`, or the check's
+    /// JSON (`{"type":"http","port":8080,"interval":"5s","action":"restart"}`).
+    #[arg(long = "check", value_name = "NAME=SPEC")]
+    pub(crate) check: Vec<String>,
+    /// Wait until it is started and every check passes.
+    #[arg(long)]
+    pub(crate) wait_healthy: bool,
     #[command(flatten)]
     pub(crate) out: Out,
     /// The command to run (optional with --image).

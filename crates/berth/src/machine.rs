@@ -48,7 +48,13 @@ pub(crate) async fn run(cli: &Cli, cmd: &MachineCmd) -> Result<(), Fail> {
         }
         MachineCmd::Create(a) => {
             let m = c.create(&create_request(a)?, None).await?;
-            show(&outcome::started(&c, m).await?, a.out.json)
+            let m = outcome::started(&c, m).await?;
+            let m = if a.wait_healthy {
+                c.wait_healthy(m.id.as_str(), "5m").await?
+            } else {
+                m
+            };
+            show(&m, a.out.json)
         }
         MachineCmd::Start(a) => {
             let mut each = Each::default();
@@ -216,6 +222,10 @@ fn create_request(a: &CreateArgs) -> Result<CreateMachine, Fail> {
         max_retries: None,
     };
     config.resources.memory_mb = a.memory;
+    for c in &a.check {
+        let (name, spec) = check_spec(c)?;
+        config.checks.insert(name, spec);
+    }
     Ok(CreateMachine {
         name: a.name.clone(),
         config,
@@ -246,6 +256,36 @@ fn volume_arg(v: &str) -> Result<berth_types::workload::MountConfig, Fail> {
         path: path.to_owned(),
         read_only,
     })
+}
+
+/// A `--check NAME=SPEC` value: `http:PORT[/PATH]`, `tcp:PORT`, or the check's JSON. The
+/// agent validates the rest (400 naming the field).
+fn check_spec(arg: &str) -> Result<(String, berth_types::CheckConfig), Fail> {
+    let bad = |why: String| Fail(2, format!("--check {arg:?}: {why}"));
+    let (name, spec) = arg
+        .split_once('=')
+        .ok_or_else(|| bad("must be NAME=SPEC".into()))?;
+    let json = if spec.trim_start().starts_with('{') {
+        serde_json::from_str(spec).map_err(|e| bad(format!("invalid JSON: {e}")))?
+    } else {
+        let (kind, rest) = spec
+            .split_once(':')
+            .ok_or_else(|| bad("SPEC is http:PORT[/PATH], tcp:PORT or JSON".into()))?;
+        let (port, path) = match rest.split_once('/') {
+            Some((p, path)) => (p, Some(format!("/{path}"))),
+            None => (rest, None),
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad(format!("{port:?} is not a port")))?;
+        let mut v = serde_json::json!({"type": kind, "port": port});
+        if let Some(path) = path {
+            v["path"] = serde_json::Value::String(path);
+        }
+        v
+    };
+    let spec = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
+    Ok((name.to_owned(), spec))
 }
 
 /// A `--restart` value.

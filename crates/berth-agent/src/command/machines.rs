@@ -73,7 +73,10 @@ impl Agent {
         result: Result<MachineRecord, OpError>,
     ) -> CommandResult<MachineRecord> {
         match result {
-            Ok(m) => Ok(m),
+            Ok(mut m) => {
+                self.checks.fill(&mut m);
+                Ok(m)
+            }
             Err(OpError::Effect { .. }) => self.machine(id),
             Err(e) => Err(e.into()),
         }
@@ -107,8 +110,12 @@ impl Agent {
                 && q.state.is_none_or(|s| m.state == s)
                 && q.metadata.iter().all(|(k, v)| m.metadata.get(k) == Some(v))
         })?;
+        let mut machines = page.machines;
+        for m in &mut machines {
+            self.checks.fill(m);
+        }
         Ok(MachinePage {
-            machines: page.machines,
+            machines,
             next: page.next,
         })
     }
@@ -214,6 +221,67 @@ impl Agent {
                         "machine {id} did not reach {want} within {}; it is {}",
                         humantime::format_duration(timeout),
                         m.state
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Waits until the machine is in `want` and every health check passes; answers `conflict`
+    /// at once when it reached a state it cannot get there from (failed, destroyed, or a
+    /// settled state other than `want`), `timeout` when time runs out.
+    pub async fn wait_healthy(
+        &self,
+        id: &MachineId,
+        want: State,
+        timeout: Duration,
+    ) -> CommandResult<MachineRecord> {
+        let mut seq = self.store().subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            seq.borrow_and_update();
+            let m = self.machine(id)?;
+            let healthy = m
+                .checks
+                .values()
+                .all(|c| c.status == berth_types::CheckHealth::Passing);
+            if m.state == want && healthy {
+                return Ok(m);
+            }
+            let dead_end = matches!(m.state, State::Failed | State::Destroyed)
+                || (m.active_op.is_none()
+                    && !m.state.is_transient()
+                    && m.state != want
+                    && want != State::Failed);
+            if dead_end {
+                return Err(CommandError::conflict(format!(
+                    "machine {id} is {} and cannot become {want} and healthy without an operation",
+                    m.state
+                )));
+            }
+            // Check results that change nothing are not events: look again at least every
+            // 250ms besides every committed event.
+            let next = (tokio::time::Instant::now() + Duration::from_millis(250)).min(deadline);
+            let _ = tokio::time::timeout_at(next, seq.changed()).await;
+            if tokio::time::Instant::now() >= deadline {
+                let m = self.machine(id)?;
+                let failing: Vec<String> = m
+                    .checks
+                    .iter()
+                    .filter(|(_, c)| c.status != berth_types::CheckHealth::Passing)
+                    .map(|(n, c)| format!("{n} is {} ({})", c.status.as_str(), c.output))
+                    .collect();
+                return Err(CommandError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "machine {id} did not become {want} and healthy within {}; it is {}{}",
+                        humantime::format_duration(timeout),
+                        m.state,
+                        if failing.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; {}", failing.join(", "))
+                        }
                     ),
                 ));
             }

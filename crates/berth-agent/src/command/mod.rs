@@ -62,9 +62,12 @@ impl Agent {
 
     /// A machine, or `not_found`.
     pub fn machine(&self, id: &MachineId) -> CommandResult<MachineRecord> {
-        self.store()
+        let mut m = self
+            .store()
             .machine(id)?
-            .ok_or_else(|| CommandError::not_found(format!("machine {id} not found")))
+            .ok_or_else(|| CommandError::not_found(format!("machine {id} not found")))?;
+        self.checks.fill(&mut m);
+        Ok(m)
     }
 
     /// Runs `f` in its own task, so the caller's going away cannot cancel it half-way.

@@ -46,6 +46,7 @@ pub struct Telemetry {
     followed: Mutex<Followed>,
     started: Instant,
     started_at: Timestamp,
+    checks: std::sync::OnceLock<Arc<crate::checks::Checks>>,
 }
 
 /// Events read per step of a catch-up.
@@ -63,6 +64,7 @@ impl Telemetry {
             }),
             started: Instant::now(),
             started_at: Timestamp::now(),
+            checks: std::sync::OnceLock::new(),
         };
         {
             let mut f = t.lock();
@@ -191,10 +193,23 @@ impl Telemetry {
         metrics::gauge!("berth_process_uptime_seconds").set(self.started.elapsed().as_secs_f64());
     }
 
+    /// Renders the checks' series with the per-machine ones (the agent sets it once).
+    pub fn set_checks(&self, checks: Arc<crate::checks::Checks>) {
+        let _ = self.checks.set(checks);
+    }
+
+    fn render_series(&self, out: &mut String) {
+        let f = self.lock();
+        f.series.render(Timestamp::now(), out);
+        if let Some(c) = self.checks.get() {
+            c.render(&|id| f.series.contains(id), out);
+        }
+    }
+
     /// Appends the per-machine series, after catching up with every committed event.
     pub fn render_machines(&self, out: &mut String) {
         self.catch_up();
-        self.lock().series.render(Timestamp::now(), out);
+        self.render_series(out);
     }
 
     /// A full scrape: the process gauges refreshed and the event log caught up with, `exporter`
@@ -209,7 +224,7 @@ impl Telemetry {
             family(&mut out, &PROCESS_CPU);
             let _ = writeln!(out, "{} {}", PROCESS_CPU.name, p.cpu_seconds);
         }
-        self.lock().series.render(Timestamp::now(), &mut out);
+        self.render_series(&mut out);
         out
     }
 

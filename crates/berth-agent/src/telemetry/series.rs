@@ -59,6 +59,11 @@ impl MachineSeries {
         t.restarts = rec.restarts;
     }
 
+    /// Whether a machine is tracked (not destroyed).
+    pub fn contains(&self, id: &MachineId) -> bool {
+        self.machines.contains_key(id)
+    }
+
     /// Forgets a machine whose record is gone.
     pub fn forget(&mut self, id: &MachineId) {
         self.machines.remove(id);

@@ -572,6 +572,19 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
         Ok(ev)
     }
 
+    /// Records that one of a machine's health checks changed status: one `check` event from
+    /// and to the machine's current state (not a transition). A passing result that changes
+    /// nothing is never written; only changes come here.
+    pub fn record_check(&mut self, id: &MachineId, reason: String) -> Result<Event> {
+        let mut rec = self.machine_required(id)?;
+        let (state, pid) = (rec.state, rec.pid);
+        let spec =
+            TransitionSpec::new(state, EventKind::Check, Source::Berth, reason).with_pid(pid);
+        let ev = self.push_event(&mut rec, Some(state), spec);
+        self.staged.machines.insert(id.clone(), rec);
+        Ok(ev)
+    }
+
     /// One of a machine's older config versions, as this closure sees it (the current one is
     /// the record's).
     pub fn older_config(&self, id: &MachineId, version: u64) -> Result<Option<ConfigVersion>> {

@@ -1,0 +1,611 @@
+//! Health checks: run by the agent while a machine is started, kept in memory.
+//!
+//! One scheduler walks the machines (every [`SCAN_INTERVAL`], and at once after an operation
+//! left one started) and keeps one tokio task per check of every started machine, keyed by the
+//! machine's pid and config version: a restart or an update replaces the tasks (their counters
+//! start again, after the grace period), leaving `started` ends them. Each task sleeps the grace
+//! period, then runs its probe every `interval`, bounded by `timeout`.
+//!
+//! A result is not a write. The status (passing, critical, unknown), the last output (at most
+//! [`OUTPUT_MAX`] bytes) and since when live in [`Checks`]; only a *change* of status is written,
+//! as one `check` event through the store's writer. Passing checks cost no commit.
+//!
+//! Status: a pass makes a check passing; `failures` consecutive failures make it critical
+//! (fewer leave its status as it was). With `action: "restart"`, reaching `failures` asks the
+//! blast-radius guard for a restart (action `restart`); a held restart is listed for the
+//! operator and runs when an operator approves (`berth host approve`), if the machine is still
+//! as the guard left it. A check that passes again stops asking.
+//!
+//! `http` and `tcp` checks connect to `127.0.0.1:port` in the machine's network namespace: for
+//! a workload in another namespace than berthd's (an image machine), the socket is created by a
+//! short-lived thread that entered `/proc/<pid>/ns/net`, then handed to tokio.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_types::{
+    CheckAction, CheckConfig, CheckHealth, CheckStatus, CheckType, MachineId, MachineRecord,
+    Timestamp,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::AbortHandle;
+
+/// Longest output kept per check, in bytes.
+pub const OUTPUT_MAX: usize = 4096;
+/// How often the scheduler walks the machines (it is also woken after every operation).
+pub const SCAN_INTERVAL: Duration = Duration::from_secs(2);
+/// Latency samples kept for [`Checks::latency_quantile`].
+const LATENCY_SAMPLES: usize = 65536;
+
+/// What the scheduler keeps per checked machine.
+#[derive(Debug)]
+struct Machine {
+    /// The machine's pid and config version the tasks run for.
+    key: (Option<u32>, u64),
+    statuses: BTreeMap<String, CheckStatus>,
+    tasks: Vec<AbortHandle>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    machines: HashMap<MachineId, Machine>,
+    latencies: VecDeque<Duration>,
+    runs: u64,
+}
+
+/// Every machine's check state.
+#[derive(Debug, Default)]
+pub struct Checks {
+    inner: Mutex<Inner>,
+    wake: tokio::sync::Notify,
+}
+
+impl Checks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Plain data: a panic mid-update leaves at worst a stale status.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A machine's checks' statuses (empty when it has none, or they never ran).
+    pub fn statuses(&self, id: &MachineId) -> BTreeMap<String, CheckStatus> {
+        self.lock()
+            .machines
+            .get(id)
+            .map(|m| m.statuses.clone())
+            .unwrap_or_default()
+    }
+
+    /// Fills in `m.checks` from what the checks know: every configured check, `unknown` until
+    /// it ran for the machine's current workload.
+    pub fn fill(&self, m: &mut MachineRecord) {
+        if m.config.checks.is_empty() {
+            return;
+        }
+        let known = self.statuses(&m.id);
+        m.checks = m
+            .config
+            .checks
+            .keys()
+            .map(|name| {
+                let s = known.get(name).cloned().unwrap_or(CheckStatus {
+                    status: CheckHealth::Unknown,
+                    output: String::new(),
+                    since: m.updated_at,
+                });
+                (name.clone(), s)
+            })
+            .collect();
+    }
+
+    /// Wakes the scheduler (after an operation).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Check runs since the agent started.
+    pub fn runs(&self) -> u64 {
+        self.lock().runs
+    }
+
+    /// The `q` quantile (0..=1) of the latest check runs' durations.
+    pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
+        let mut v: Vec<Duration> = self.lock().latencies.iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort();
+        let i = ((v.len() as f64 - 1.0) * q.clamp(0.0, 1.0)).round() as usize;
+        v.get(i).copied()
+    }
+
+    /// Appends `berth_machine_check_up{machine_id,check}` for the machines in `alive` (the
+    /// per-machine series' machines: a destroyed machine's check series goes with its others).
+    pub fn render(&self, alive: &dyn Fn(&MachineId) -> bool, out: &mut String) {
+        use std::fmt::Write as _;
+        let s = self.lock();
+        let mut rows: Vec<(&MachineId, &String, u8)> = s
+            .machines
+            .iter()
+            .filter(|(id, _)| alive(id))
+            .flat_map(|(id, m)| {
+                m.statuses
+                    .iter()
+                    .map(move |(n, st)| (id, n, u8::from(st.status == CheckHealth::Passing)))
+            })
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        rows.sort();
+        crate::telemetry::family(out, &crate::telemetry::CHECK_UP);
+        for (id, name, v) in rows {
+            let _ = writeln!(
+                out,
+                "{}{{machine_id=\"{}\",check=\"{}\"}} {v}",
+                crate::telemetry::CHECK_UP.name,
+                id.as_str(),
+                name
+            );
+        }
+    }
+
+    fn record_latency(&self, d: Duration) {
+        let mut s = self.lock();
+        s.runs += 1;
+        if s.latencies.len() == LATENCY_SAMPLES {
+            s.latencies.pop_front();
+        }
+        s.latencies.push_back(d);
+    }
+
+    /// Sets a check's status; returns the previous one when it changed.
+    fn set(
+        &self,
+        id: &MachineId,
+        key: (Option<u32>, u64),
+        name: &str,
+        status: CheckHealth,
+        output: &str,
+    ) -> Option<CheckHealth> {
+        let mut s = self.lock();
+        let m = s.machines.get_mut(id).filter(|m| m.key == key)?;
+        let now = Timestamp::now();
+        let entry = m.statuses.entry(name.to_owned()).or_insert(CheckStatus {
+            status: CheckHealth::Unknown,
+            output: String::new(),
+            since: now,
+        });
+        entry.output.clear();
+        entry.output.push_str(output);
+        if entry.status == status {
+            return None;
+        }
+        let before = entry.status;
+        entry.status = status;
+        entry.since = now;
+        Some(before)
+    }
+}
+
+impl crate::Agent {
+    /// The scheduler: keeps one task per check of every started machine.
+    pub(crate) async fn checks_loop(self) {
+        loop {
+            self.checks_scan();
+            let _ = tokio::time::timeout(SCAN_INTERVAL, self.checks.wake.notified()).await;
+        }
+    }
+
+    fn checks_scan(&self) {
+        let mut seen: Vec<(MachineRecord, bool)> = Vec::new();
+        let mut present = std::collections::HashSet::new();
+        let walked = self.store().each_machine(|m| {
+            present.insert(m.id.clone());
+            if !m.config.checks.is_empty() || self.checks.lock().machines.contains_key(&m.id) {
+                let run = m.state == berth_types::State::Started && m.active_op.is_none();
+                seen.push((m, run));
+            }
+            true
+        });
+        if let Err(e) = walked {
+            tracing::warn!(error = %e, "checks: could not read the machines; trying again");
+            return;
+        }
+        let mut s = self.checks.lock();
+        s.machines.retain(|id, m| {
+            let keep = present.contains(id);
+            if !keep {
+                m.tasks.iter().for_each(AbortHandle::abort);
+            }
+            keep
+        });
+        for (rec, run) in seen {
+            let key = (rec.pid, rec.config_version);
+            let current = s
+                .machines
+                .get(&rec.id)
+                .map(|m| (m.key, !m.tasks.is_empty()));
+            if current == Some((key, run)) {
+                continue;
+            }
+            if let Some(old) = s.machines.remove(&rec.id) {
+                old.tasks.iter().for_each(AbortHandle::abort);
+            }
+            if rec.state == berth_types::State::Destroyed {
+                continue;
+            }
+            let now = Timestamp::now();
+            let statuses = rec
+                .config
+                .checks
+                .keys()
+                .map(|n| {
+                    let st = CheckStatus {
+                        status: CheckHealth::Unknown,
+                        output: String::new(),
+                        since: now,
+                    };
+                    (n.clone(), st)
+                })
+                .collect();
+            let tasks = if run {
+                let target = Arc::new(Target::of(&rec));
+                rec.config
+                    .checks
+                    .iter()
+                    .map(|(name, c)| {
+                        let me = self.clone();
+                        let (id, name, c, t) =
+                            (rec.id.clone(), name.clone(), c.clone(), target.clone());
+                        tokio::spawn(async move { me.run_check(id, key, name, c, t).await })
+                            .abort_handle()
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            s.machines.insert(
+                rec.id.clone(),
+                Machine {
+                    key,
+                    statuses,
+                    tasks,
+                },
+            );
+        }
+    }
+
+    async fn run_check(
+        self,
+        id: MachineId,
+        key: (Option<u32>, u64),
+        name: String,
+        c: CheckConfig,
+        target: Arc<Target>,
+    ) {
+        tokio::time::sleep(c.grace_period.0).await;
+        let mut ticker = tokio::time::interval(c.interval.0);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures: u32 = 0;
+        loop {
+            ticker.tick().await;
+            let t0 = Instant::now();
+            let result = match tokio::time::timeout(c.timeout.0, probe(&c, &target)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "timed out after {}",
+                    humantime::format_duration(c.timeout.0)
+                )),
+            };
+            self.checks.record_latency(t0.elapsed());
+            let (status, output) = match result {
+                Ok(out) => {
+                    failures = 0;
+                    (Some(CheckHealth::Passing), out)
+                }
+                Err(out) => {
+                    failures = failures.saturating_add(1);
+                    let st = (failures >= c.failures).then_some(CheckHealth::Critical);
+                    (st, out)
+                }
+            };
+            let output = bounded(output);
+            let changed = match status {
+                Some(st) => self
+                    .checks
+                    .set(&id, key, &name, st, &output)
+                    .map(|b| (b, st)),
+                None => {
+                    // Below the threshold: the status stays, the output is the latest.
+                    let cur = self
+                        .checks
+                        .statuses(&id)
+                        .get(&name)
+                        .map_or(CheckHealth::Unknown, |s| s.status);
+                    self.checks.set(&id, key, &name, cur, &output);
+                    None
+                }
+            };
+            if let Some((before, after)) = changed {
+                self.record_check_change(&id, &name, before, after, &output)
+                    .await;
+            }
+            if c.action == CheckAction::Restart
+                && failures >= c.failures
+                && self
+                    .check_restart(&id, key, &name, failures, &output, c.failures)
+                    .await
+            {
+                return;
+            }
+        }
+    }
+
+    async fn record_check_change(
+        &self,
+        id: &MachineId,
+        name: &str,
+        before: CheckHealth,
+        after: CheckHealth,
+        output: &str,
+    ) {
+        let reason = format!(
+            "check {name}: {} → {}: {}",
+            before.as_str(),
+            after.as_str(),
+            first_line(output)
+        );
+        tracing::info!(machine = %id, check = name, from = before.as_str(), to = after.as_str(), output = %first_line(output), "check status changed");
+        let id2 = id.clone();
+        let r = self
+            .store()
+            .write(move |w| w.record_check(&id2, reason))
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(machine = %id, check = name, error = %e, "could not record a check's change of status");
+        }
+    }
+
+    /// Restarts a machine whose check failed `failures` times, through the blast-radius guard.
+    /// Returns whether the restart began (this check's task is then replaced).
+    async fn check_restart(
+        &self,
+        id: &MachineId,
+        key: (Option<u32>, u64),
+        name: &str,
+        failures: u32,
+        output: &str,
+        c_failures: u32,
+    ) -> bool {
+        use berth_machine::{GuardAction, Held, Verdict};
+        let Ok(Some(rec)) = self.store().machine(id) else {
+            return false;
+        };
+        if rec.state != berth_types::State::Started
+            || rec.active_op.is_some()
+            || (rec.pid, rec.config_version) != key
+        {
+            return false;
+        }
+        let observed = format!(
+            "check {name} failed {failures} times in a row: {}",
+            first_line(output)
+        );
+        let guard = self.machines().guard();
+        if guard.check(GuardAction::Restart, std::slice::from_ref(id)) == Verdict::Hold {
+            guard.hold(Held {
+                machine_id: id.clone(),
+                action: GuardAction::Restart,
+                observed: format!("check {name} failed {} times in a row", c_failures),
+                at: Timestamp::now(),
+                version: rec.version,
+            });
+            return false;
+        }
+        let reason = format!("{observed}; restarting (check action restart)");
+        match self.machines().begin_with_reason(id, reason).await {
+            Ok(op) => {
+                tracing::warn!(machine = %id, check = name, "restarting a machine whose check failed: {observed}");
+                let me = self.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    match me.machines().run(op).await {
+                        Ok(out) => me.after_op(&out.machine),
+                        Err(e) => tracing::warn!(machine = %id, error = %e, "check restart failed"),
+                    }
+                });
+                true
+            }
+            Err(e) => {
+                tracing::warn!(machine = %id, check = name, error = %e, "check restart could not begin");
+                false
+            }
+        }
+    }
+}
+
+/// Where a machine's checks reach it.
+#[derive(Debug)]
+struct Target {
+    /// The network namespace to connect from, when it is not berthd's own.
+    netns: Option<std::path::PathBuf>,
+    /// Image machines: exec checks go through the OCI runtime.
+    image: bool,
+    env: BTreeMap<String, String>,
+    workdir: Option<String>,
+}
+
+impl Target {
+    fn of(rec: &MachineRecord) -> Self {
+        let netns = rec.pid.and_then(|pid| {
+            let theirs = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+            let ino = |p: &std::path::Path| {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok()
+            };
+            let mine = ino(std::path::Path::new("/proc/self/ns/net"));
+            match (mine, ino(&theirs)) {
+                (Some(a), Some(b)) if a != b => Some(theirs),
+                _ => None,
+            }
+        });
+        Self {
+            netns,
+            image: rec.config.image.is_some(),
+            env: rec.config.env.clone(),
+            workdir: rec.config.workdir.clone(),
+        }
+    }
+}
+
+/// One run of a check: `Ok(output)` passes, `Err(output)` fails.
+async fn probe(c: &CheckConfig, t: &Target) -> Result<String, String> {
+    match c.kind {
+        CheckType::Tcp => {
+            let port = c.port.unwrap_or_default();
+            connect(t, port).await?;
+            Ok(format!("connected to port {port}"))
+        }
+        CheckType::Http => {
+            let port = c.port.unwrap_or_default();
+            let path = c.path.as_deref().unwrap_or("/");
+            http_get(t, port, path).await
+        }
+        CheckType::Exec => exec(c, t).await,
+    }
+}
+
+async fn connect(t: &Target, port: u16) -> Result<tokio::net::TcpStream, String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Some(ns) = t.netns.clone() else {
+        return tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect to port {port}: {e}"));
+    };
+    // The socket must be created inside the machine's namespace: a thread of its own enters it
+    // (never a pool thread, which would stay there) and connects; the socket keeps its
+    // namespace after the thread ends.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("berth-check-netns".into())
+        .spawn(move || {
+            let r = (|| -> Result<std::net::TcpStream, String> {
+                let f =
+                    std::fs::File::open(&ns).map_err(|e| format!("open {}: {e}", ns.display()))?;
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("enter the machine's network namespace: {e}"))?;
+                let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(30))
+                    .map_err(|e| format!("connect to port {port}: {e}"))?;
+                s.set_nonblocking(true)
+                    .map_err(|e| format!("connect to port {port}: {e}"))?;
+                Ok(s)
+            })();
+            let _ = tx.send(r);
+        })
+        .map_err(|e| format!("spawn a thread to connect: {e}"))?;
+    let s = rx
+        .await
+        .map_err(|_| "the connecting thread ended without an answer".to_owned())??;
+    tokio::net::TcpStream::from_std(s).map_err(|e| format!("connect to port {port}: {e}"))
+}
+
+async fn http_get(t: &Target, port: u16, path: &str) -> Result<String, String> {
+    let mut s = connect(t, port).await?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: berth-check\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("send the request: {e}"))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while buf.len() < OUTPUT_MAX {
+        let n = s
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read the answer: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let status_line = text.lines().next().unwrap_or_default();
+    let code: Option<u16> = status_line
+        .strip_prefix("HTTP/1.")
+        .and_then(|r| r.get(2..5))
+        .and_then(|c| c.parse().ok());
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let out = format!(
+        "HTTP {}: {}",
+        code.map_or("?".to_owned(), |c| c.to_string()),
+        body.trim()
+    );
+    match code {
+        Some(c) if (200..400).contains(&c) => Ok(out),
+        Some(_) => Err(out),
+        None => Err(format!("not an HTTP answer: {:?}", first_line(&text))),
+    }
+}
+
+async fn exec(c: &CheckConfig, t: &Target) -> Result<String, String> {
+    if t.image {
+        // TODO(lead): run the command inside the image machine through the driver's exec
+        // (berth_driver::exec on the image-machines branch), with its env and user.
+        return Err("exec checks in image machines need the driver's exec (not wired yet)".into());
+    }
+    let (prog, args) = c
+        .command
+        .split_first()
+        .ok_or_else(|| "no command".to_owned())?;
+    let mut cmd = tokio::process::Command::new(prog);
+    cmd.args(args)
+        .envs(&t.env)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(w) = &t.workdir {
+        cmd.current_dir(w);
+    }
+    let out = cmd.output().await.map_err(|e| format!("run {prog}: {e}"))?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    let text = text.trim().to_owned();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{}: {text}", out.status))
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    let l = s.lines().next().unwrap_or_default();
+    match l.char_indices().nth(200) {
+        Some((i, _)) => &l[..i],
+        None => l,
+    }
+}
+
+/// At most [`OUTPUT_MAX`] bytes, cut at a character boundary.
+fn bounded(mut s: String) -> String {
+    if s.len() > OUTPUT_MAX {
+        let mut end = OUTPUT_MAX;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_bounded_at_a_char_boundary() {
+        let s = bounded("é".repeat(OUTPUT_MAX));
+        assert!(s.len() <= OUTPUT_MAX);
+        assert!(s.chars().all(|c| c == 'é'));
+    }
+}
