@@ -243,9 +243,11 @@ fn checks_failing_on_most_machines_at_once_are_held_until_an_operator_approves()
         }
         assert!(!held.is_empty(), "the guard held nothing back");
 
-        // The operator approves (and fixes the host): the held restarts run.
-        std::fs::remove_file(&hang).unwrap();
+        // The operator approves, then fixes the host: the held restarts run. (Fixed first, a
+        // held machine whose check passed again before the approval would be skipped as
+        // changed since the decision — rightly, but by a race.)
         let report = c.approve().await.unwrap();
+        std::fs::remove_file(&hang).unwrap();
         for id in &held {
             assert!(
                 report.restarted.iter().any(|r| r.as_str() == id),

@@ -417,3 +417,41 @@ fn an_update_of_image_and_mounts_restarts_an_image_machine_under_the_runtime() {
         c.destroy(&id, true).await.unwrap();
     });
 }
+
+/// An `exec` check of an image machine runs inside its container (its root, its processes):
+/// a file only the container has decides it, critical before and passing after.
+#[test]
+fn an_exec_check_runs_inside_an_image_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "");
+    let image = busybox::image(&dir.path().join("busybox"));
+    let c = agent.socket();
+    rt().block_on(async {
+        let check = json!({"type": "exec", "command": ["/bin/sh", "-c", "cat /tmp/ok && test -f /tmp/ok"],
+                           "interval": "200ms", "timeout": "5s", "failures": 1});
+        let id = create_ok(&c, json!({"image": image, "network": "none", "cmd": ["/bin/sleep", "1000"],
+                                      "checks": {"inside": check}})).await;
+        let status = async |want: &str| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (code, m) = call(&c, Method::GET, &format!("/v1/machines/{id}"), None).await;
+                assert_eq!(code, 200, "{m}");
+                let s = &m["checks"]["inside"];
+                if s["status"] == want {
+                    return s.clone();
+                }
+                assert!(Instant::now() < deadline, "never {want}: {m}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let s = status("critical").await;
+        assert!(s["output"].as_str().unwrap().contains("/tmp/ok"), "{s}");
+        // The host's /tmp is not the container's: a file there changes nothing.
+        let host_file = Path::new("/tmp/ok");
+        assert!(!host_file.exists(), "the test needs the host's /tmp/ok absent");
+        let r = exec(&c, &id, json!({"cmd": ["/bin/sh", "-c", "echo inside > /tmp/ok"]})).await;
+        assert_eq!(r["exit_code"], 0, "{r}");
+        let s = status("passing").await;
+        assert_eq!(s["output"], "inside", "{s}");
+    });
+}

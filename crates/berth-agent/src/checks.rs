@@ -250,7 +250,7 @@ impl crate::Agent {
                 })
                 .collect();
             let tasks = if run {
-                let target = Arc::new(Target::of(&rec));
+                let target = Arc::new(Target::of(&rec, self.driver()));
                 rec.config
                     .checks
                     .iter()
@@ -430,14 +430,15 @@ impl crate::Agent {
 struct Target {
     /// The network namespace to connect from, when it is not berthd's own.
     netns: Option<std::path::PathBuf>,
-    /// Image machines: exec checks go through the OCI runtime.
-    image: bool,
+    /// Image machines: exec checks go through the driver's exec (the OCI runtime's, in the
+    /// container, as its user).
+    image: Option<(Arc<berth_driver::Driver>, String)>,
     env: BTreeMap<String, String>,
     workdir: Option<String>,
 }
 
 impl Target {
-    fn of(rec: &MachineRecord) -> Self {
+    fn of(rec: &MachineRecord, driver: &Arc<berth_driver::Driver>) -> Self {
         let netns = rec.pid.and_then(|pid| {
             let theirs = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
             let ino = |p: &std::path::Path| {
@@ -452,7 +453,11 @@ impl Target {
         });
         Self {
             netns,
-            image: rec.config.image.is_some(),
+            image: rec
+                .config
+                .image
+                .is_some()
+                .then(|| (driver.clone(), rec.id.to_string())),
             env: rec.config.env.clone(),
             workdir: rec.config.workdir.clone(),
         }
@@ -550,10 +555,23 @@ async fn http_get(t: &Target, port: u16, path: &str) -> Result<String, String> {
 }
 
 async fn exec(c: &CheckConfig, t: &Target) -> Result<String, String> {
-    if t.image {
-        // TODO(lead): run the command inside the image machine through the driver's exec
-        // (berth_driver::exec on the image-machines branch), with its env and user.
-        return Err("exec checks in image machines need the driver's exec (not wired yet)".into());
+    if let Some((driver, id)) = &t.image {
+        // Inside the container, as its user, through the runtime (the check's own timeout
+        // bounds it too: the driver kills what it started when its timeout passes).
+        let spec = berth_driver::exec::ExecSpec {
+            cmd: c.command.clone(),
+            timeout: c.timeout.0,
+            stdin: Vec::new(),
+        };
+        let out = driver.exec(id, &spec).await.map_err(|e| e.to_string())?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        let text = text.trim().to_owned();
+        return if out.exit_code == 0 {
+            Ok(text)
+        } else {
+            Err(format!("exit code {}: {text}", out.exit_code))
+        };
     }
     let (prog, args) = c
         .command
