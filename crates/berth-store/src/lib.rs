@@ -86,14 +86,15 @@ pub struct StoreOptions {
 /// See [`StoreOptions::compaction_hook`].
 pub type CompactionHook = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// redb's page cache by default (`StoreOptions::cache_size`, berthd's `db.cache_size`): 8 MiB.
+/// redb's page cache by default (`StoreOptions::cache_size`, berthd's `db.cache_size`): 16 MiB.
 /// Every cached page is resident memory, and a walk of every page (`Table::stats`, the
 /// verification after open) fills the cache to this bound, so it is most of what berthd's RSS
-/// grows by after start: on 10,000 machines and 1,000,000 events (`cargo xtask bench restart`)
-/// RSS after start was 82–92 MiB at 32 MiB, 56–62 at 16 and 45 at 8. A miss costs a `pread`
-/// from the kernel's page cache, not a disk read: the store bench's throughput and latency did not
-/// move measurably between 32 and 8 MiB. Half of it at most buffers a commit's dirty pages.
-pub const DEFAULT_CACHE_SIZE: usize = 8 << 20;
+/// grows by after start; a small cache, on the other hand, is what a freshly compacted file's
+/// writes wait on (its pages are all new to the cache). Measured on an idle 2-core host:
+/// `cargo xtask bench restart` (10,000 machines, 1,000,000 events) RSS after start 82–92 MiB at
+/// 32 MiB, 56–63 at 16, 42–45 at 8; `cargo xtask bench aging` aged p99 / fresh p99 1.19 at 32,
+/// 1.16 at 16, 1.61 at 8 (target ≤ 1.2). Half of it at most buffers a commit's dirty pages.
+pub const DEFAULT_CACHE_SIZE: usize = 16 << 20;
 
 impl Default for StoreOptions {
     fn default() -> Self {
