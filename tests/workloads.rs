@@ -428,7 +428,7 @@ fn an_exec_check_runs_inside_an_image_machine() {
     let c = agent.socket();
     rt().block_on(async {
         let check = json!({"type": "exec", "command": ["/bin/sh", "-c", "cat /tmp/ok && test -f /tmp/ok"],
-                           "interval": "200ms", "timeout": "5s", "failures": 1});
+                           "interval": "2s", "timeout": "2s", "failures": 1});
         let id = create_ok(&c, json!({"image": image, "network": "none", "cmd": ["/bin/sleep", "1000"],
                                       "checks": {"inside": check}})).await;
         let status = async |want: &str| {

@@ -47,13 +47,15 @@ fn host_info() {
         "machines": {"started": 2},
         "capabilities": {"cgroup": true, "cgroup_root": "/sys/fs/cgroup/berth", "cgroup_kill": true,
                          "cpu_accounting": true, "memory_accounting": true, "memory_limit": true,
-                         "cpu_limit": true, "pids_limit": false},
+                         "cpu_limit": true, "pids_limit": false, "image_memory_limit": true,
+                         "image_cpu_limit": true, "image_pids_limit": false},
         "supervision": supervision(),
     }));
     assert_eq!(h.supervision.guard.held[0].action, GuardAction::Restart);
     round_trip::<Capabilities>(json!({
         "cgroup": false, "cgroup_kill": false, "cpu_accounting": false, "memory_accounting": false,
         "memory_limit": false, "cpu_limit": false, "pids_limit": false,
+        "image_memory_limit": false, "image_cpu_limit": false, "image_pids_limit": false,
         "cgroup_unavailable": "no cgroup v2"
     }));
     let empty: SupervisionStatus = round_trip(json!({
