@@ -247,19 +247,31 @@ fn an_image_machine_stops_with_timeout_and_escalation() {
         assert_eq!(exit.signal.as_deref(), Some("SIGKILL"), "escalated: {exit:?}");
         assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(10), "{took:?}");
         // Stopped means gone from the runtime too, and it starts again.
-        assert!(!runc_list().contains(&format!("berth-{stubborn}")), "{}", runc_list());
+        assert_eq!(runc_status(&stubborn), None);
         let again = c.action(&stubborn, "start").await.unwrap();
         assert_eq!(again.state.to_string(), "started");
         logs_until(&c, &stubborn, "ready").await;
     });
 }
 
-fn runc_list() -> String {
+/// The runtime's status of one container (`running`, `stopped`, ...), or `None` when the runtime
+/// says it does not exist. Asks for that container alone: `runc list` walks every container on
+/// the host and skips, without failing, one that another test is creating or deleting meanwhile.
+fn runc_status(id: &str) -> Option<String> {
     let out = std::process::Command::new("runc")
-        .arg("list")
+        .args(["state", &format!("berth-{id}")])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        assert!(
+            stderr.contains("does not exist"),
+            "runc state berth-{id}: {stderr}"
+        );
+        return None;
+    }
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    Some(state["status"].as_str().unwrap().to_owned())
 }
 
 fn mounts() -> String {
@@ -291,12 +303,11 @@ fn layers_are_per_machine_volumes_are_shared_and_destroy_leaves_nothing() {
         assert!(log.contains("vol=hi"), "the volume is shared: {log}");
         assert!(log.contains("layer-own"), "each machine has its own writable layer: {log}");
         let machine_dir = dir.path().join("machines").join(&a);
-        assert!(runc_list().contains(&format!("berth-{a}")), "running under runc: {}", runc_list());
+        assert_eq!(runc_status(&a).as_deref(), Some("running"), "running under runc");
         assert!(mounts().contains(&machine_dir.display().to_string()));
         c.destroy(&a, true).await.unwrap();
         c.destroy(&b, true).await.unwrap();
-        let listed = runc_list();
-        assert!(!listed.contains(&format!("berth-{a}")) && !listed.contains(&format!("berth-{b}")), "{listed}");
+        assert_eq!((runc_status(&a), runc_status(&b)), (None, None), "nothing left in the runtime");
         assert!(!mounts().contains(&machine_dir.display().to_string()), "no mount is left");
         assert!(!machine_dir.exists(), "the bundle is gone");
         let images = std::process::Command::new("find")
@@ -359,11 +370,7 @@ fn an_image_machine_survives_sigkill_of_berthd_and_an_exit_while_down_is_recorde
         );
         let q = c.wait(&quitter, "failed", "20s").await.unwrap();
         assert_eq!(q.exit.as_ref().and_then(|e| e.code), Some(7), "{q:?}");
-        assert!(
-            !runc_list().contains(&format!("berth-{quitter}")),
-            "{}",
-            runc_list()
-        );
+        assert_eq!(runc_status(&quitter), None);
         // Still supervised: a stop is seen through.
         let m = c.stop(&id, &Default::default()).await.unwrap();
         assert_eq!(m.state.to_string(), "stopped");
