@@ -115,7 +115,8 @@ fn lifecycle_through_the_cli() {
     assert!(
         status.contains("stopped")
             && status.contains("Event log")
-            && status.contains("stop_workload"),
+            && status.contains("stop: the workload stopped")
+            && !status.contains("stop_workload"),
         "{status}"
     );
     let wait = agent.cli(&[
@@ -687,6 +688,23 @@ fn the_openapi_document_matches_the_server() {
             .await
             .unwrap();
         let id = m.id.to_string();
+        let r = c
+            .raw(Method::GET, &format!("/v1/machines/{id}/stats"), None, &[])
+            .await
+            .unwrap();
+        check(
+            "stats of a started machine",
+            &r.body,
+            response_schema("/v1/machines/{id}/stats", "get", "200"),
+        );
+        let stats: Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(
+            stats["cpu_seconds"].is_number()
+                && stats["memory_bytes"].as_u64() > Some(0)
+                && stats["started_at"].is_string()
+                && stats["pid"] == serde_json::json!(m.pid),
+            "{stats}"
+        );
         let lease = c
             .raw(Method::POST, &format!("/v1/machines/{id}/lease"), None, &[])
             .await
@@ -755,6 +773,10 @@ fn the_openapi_document_matches_the_server() {
             (
                 format!("/v1/machines/{id}/events"),
                 "/v1/machines/{id}/events",
+            ),
+            (
+                format!("/v1/machines/{id}/stats"),
+                "/v1/machines/{id}/stats",
             ),
             ("/v1/events?after=0".to_owned(), "/v1/events"),
             ("/v1/health".to_owned(), "/v1/health"),

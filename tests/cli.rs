@@ -336,3 +336,114 @@ fn tables_fit_the_terminal_unless_wide_and_escape_control_characters() {
     assert!(!out.contains('\u{1b}'), "a raw escape: {out:?}");
     assert!(out.contains("echo one\\necho two"), "{out}");
 }
+
+/// Whether `text` holds an RFC 3339 time with a fraction of a second (`16:23:56.266578697Z`).
+fn has_fractional_seconds(text: &str) -> bool {
+    text.split(|c: char| c.is_whitespace() || "(),;".contains(c))
+        .any(|w| w.len() > 20 && w.contains('T') && w.ends_with('Z') && w.contains('.'))
+}
+
+#[test]
+fn status_shows_the_whole_config_lease_usage_and_checks_in_words_and_stats_reads_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("data"), "");
+    let id = create(
+        &agent,
+        &[
+            "--name",
+            "full",
+            "--env",
+            "SECRET=hunter2",
+            "--restart",
+            "on-failure",
+            "--check",
+            "port=tcp:1",
+            "--",
+            "sh",
+            "-c",
+            "sleep 1000",
+        ],
+    );
+    let c = agent.socket();
+    let rt = rt();
+    let nonce = rt.block_on(async {
+        let r = c
+            .raw(
+                berth_client::Method::POST,
+                &format!("/v1/machines/{id}/lease"),
+                Some(br#"{"ttl": "1h", "description": "deploy-42"}"#.to_vec()),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status.as_u16(), 201, "{r:?}");
+        let lease: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        lease["nonce"].as_str().unwrap().to_owned()
+    });
+    // The check on a closed port goes critical after its first run.
+    let status = poll(30, "the check to run", || {
+        let o = agent.cli(&["machine", "status", "full"]);
+        assert!(o.status.success(), "{o:?}");
+        let s = String::from_utf8_lossy(&o.stdout).into_owned();
+        s.contains("Check port")
+            .then_some(s)
+            .filter(|s| !s.contains("not run yet"))
+    });
+    for want in [
+        "SECRET",
+        "on-failure, at most 10 times (0 restarts since the last start)",
+        "SIGTERM, then SIGKILL after 10s",
+        "held by deploy-42 until",
+        "tcp :1 every 10s",
+        "root (berth's)",
+        "create: the workload runs",
+        "started since",
+    ] {
+        assert!(status.contains(want), "{want:?} missing:\n{status}");
+    }
+    let usage = status.lines().find(|l| l.contains("Usage")).unwrap();
+    assert!(usage.contains("memory") && usage.contains("up "), "{usage}");
+    for never in ["hunter2", "mark_starting", "OnFailure", "(User)", "Some("] {
+        assert!(!status.contains(never), "{never:?} shown:\n{status}");
+    }
+    assert!(
+        !has_fractional_seconds(&status),
+        "times to the second:\n{status}"
+    );
+
+    // stats: the same machine's usage, as JSON and as a table of every running machine.
+    let o = agent.cli(&["machine", "stats", "full", "--json"]);
+    assert!(o.status.success(), "{o:?}");
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["id"], id.as_str());
+    assert!(
+        s["cpu_seconds"].is_number() && s["memory_bytes"].as_u64() > Some(0),
+        "{s}"
+    );
+    assert!(s["started_at"].is_string() && s["pid"].is_u64(), "{s}");
+    let other = create(&agent, &["--skip-start", "--", "sleep", "1"]);
+    let o = agent.cli(&["machine", "stats"]);
+    assert!(o.status.success(), "{o:?}");
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains(&id) && table.contains("MiB"), "{table}");
+    assert!(!table.contains(&other), "only running machines: {table}");
+
+    // Leased: a stop without the nonce is refused in the CLI's words; with it, allowed.
+    let o = agent.cli(&["machine", "stop", "full"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--lease-nonce") && !err.contains("berth-lease-nonce"),
+        "{err}"
+    );
+    let o = agent.cli(&["--lease-nonce", &nonce, "machine", "stop", "full"]);
+    assert!(o.status.success(), "{o:?}");
+    // Stopped: nothing runs, so no usage is claimed (absent, not zero).
+    let o = agent.cli(&["machine", "stats", "full", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["state"], "stopped", "{s}");
+    assert!(
+        s.get("memory_bytes").is_none() && s.get("pid").is_none() && s.get("started_at").is_none(),
+        "{s}"
+    );
+}

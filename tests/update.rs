@@ -415,7 +415,7 @@ fn the_cli_updates_lists_versions_and_rolls_back() {
     assert!(out.contains("config version 1 → 2"), "{out}");
     assert!(out.contains("env.GREETING: \"one\" → \"two\""), "{out}");
     assert!(out.contains("env.EXTRA: (unset) → \"x\""), "{out}");
-    assert!(out.contains("restart: No → Always"), "{out}");
+    assert!(out.contains("restart: no → always"), "{out}");
     let u = rt.block_on(c.get(&name)).unwrap();
     assert_eq!(
         u.config.cmd, m.config.cmd,

@@ -142,6 +142,37 @@ pub struct Lease {
     pub description: Option<String>,
 }
 
+/// `GET /v1/machines/{id}/stats`: what a machine's workload uses now.
+///
+/// Usage fields are absent when they are not known (the machine runs nothing, or its process or
+/// cgroup could not be read at this instant): unknown is never shown as zero.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineStats {
+    /// The machine.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its state.
+    pub state: State,
+    /// The workload's pid, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// CPU time the workload used in its current run, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
+    /// Memory the workload uses, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// The memory limit from its config, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// Restarts by the restart policy since the last start by a user.
+    pub restarts: u32,
+    /// When its current run began (its last transition to `started`), while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+}
+
 /// The header a lease holder sends with mutations.
 pub const LEASE_HEADER: &str = "berth-lease-nonce";
 /// The header that makes a create idempotent.

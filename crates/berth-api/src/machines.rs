@@ -194,6 +194,13 @@ pub(crate) async fn checks(
     Ok(Json(lane.agent().machine(&parse_id(&id)?)?.checks))
 }
 
+pub(crate) async fn stats(
+    State(lane): State<Lane>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<berth_api_types::MachineStats>> {
+    Ok(Json(lane.agent().machine_stats(&parse_id(&id)?)?))
+}
+
 pub(crate) async fn events(
     State(lane): State<Lane>,
     Path(id): Path<String>,

@@ -80,6 +80,7 @@ api_routes! {
     get "/v1/machines/{id}/wait" => machines::wait,
     get "/v1/machines/{id}/events" => machines::events,
     get "/v1/machines/{id}/checks" => machines::checks,
+    get "/v1/machines/{id}/stats" => machines::stats,
     get "/v1/machines/{id}/logs" => logs::logs,
     post "/v1/machines/{id}/lease" => machines::lease_acquire,
     get "/v1/machines/{id}/lease" => machines::lease_get,

@@ -84,6 +84,7 @@ pub struct Response {
 #[derive(Debug, Clone)]
 pub struct Client {
     endpoint: Endpoint,
+    lease_nonce: Option<String>,
 }
 
 /// Machines per page when [`Client::list`] pages through `GET /v1/machines`.
@@ -103,7 +104,17 @@ fn enc(s: &str) -> String {
 impl Client {
     /// A client for `endpoint`.
     pub fn new(endpoint: Endpoint) -> Self {
-        Self { endpoint }
+        Self {
+            endpoint,
+            lease_nonce: None,
+        }
+    }
+
+    /// Sends `nonce` as `berth-lease-nonce` with every request (the holder of a machine's lease
+    /// mutating it), unless a request names its own.
+    pub fn with_lease_nonce(mut self, nonce: Option<String>) -> Self {
+        self.lease_nonce = nonce;
+        self
     }
 
     fn describe(&self) -> String {
@@ -137,6 +148,13 @@ impl Client {
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
+        }
+        if let Some(n) = &self.lease_nonce
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(berth_api_types::LEASE_HEADER))
+        {
+            req = req.header(berth_api_types::LEASE_HEADER, n.as_str());
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
@@ -440,6 +458,34 @@ impl Client {
             &[],
         )
         .await
+    }
+
+    /// What a machine's workload uses now.
+    pub async fn stats(&self, id: &str) -> Result<berth_api_types::MachineStats, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/v1/machines/{}/stats", enc(id)),
+            None,
+            &[],
+        )
+        .await
+    }
+
+    /// A machine's lease, if one is held (its nonce is never shown).
+    pub async fn lease(&self, id: &str) -> Result<Option<berth_api_types::Lease>, ClientError> {
+        match self
+            .call(
+                Method::GET,
+                &format!("/v1/machines/{}/lease", enc(id)),
+                None,
+                &[],
+            )
+            .await
+        {
+            Ok(l) => Ok(Some(l)),
+            Err(e) if e.code() == Some("not_found") => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// `GET /v1/machines/{id}/events`.

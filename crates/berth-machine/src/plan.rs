@@ -26,10 +26,29 @@ pub struct PlanStep {
     pub effect: Effect,
     /// The transition recorded with the step's completion, if any.
     pub to: Option<(State, EventKind)>,
+    /// What the step did, in words, for the reason of its transition (`create: <says>`).
+    pub says: &'static str,
 }
 
 const fn step(name: &'static str, effect: Effect, to: Option<(State, EventKind)>) -> PlanStep {
-    PlanStep { name, effect, to }
+    let says = match to {
+        None => "",
+        Some((State::Starting, _)) => "starting the workload",
+        Some((State::Started, _)) => "the workload runs",
+        Some((State::Stopping, _)) => "stopping the workload",
+        Some((State::Stopped, _)) => "the workload stopped",
+        Some((State::Restarting, EventKind::Update)) => "stopping to apply the new config",
+        Some((State::Restarting, _)) => "stopping to start again",
+        Some((State::Destroying, _)) => "stopping and removing the machine",
+        Some((State::Destroyed, _)) => "the machine is gone",
+        Some(_) => "",
+    };
+    PlanStep {
+        name,
+        effect,
+        to,
+        says,
+    }
 }
 
 const PREPARE: PlanStep = step("prepare", Effect::Prepare, None);

@@ -568,7 +568,7 @@ impl<E: Effects> Machines<E> {
         self.store
             .write(move |w| {
                 if let Some((to, event_kind)) = to {
-                    let why = step_reason.unwrap_or_else(|| reason(kind, name));
+                    let why = step_reason.unwrap_or_else(|| reason(kind, step));
                     let mut spec = TransitionSpec::new(to, event_kind, source, why)
                         .with_pid(if to == State::Started { pid } else { None });
                     if let Some(exit) = exit {
@@ -756,12 +756,12 @@ pub(crate) fn first_step_inline(
     if op.params.exit.is_some() {
         return Ok(op);
     }
-    let spec = TransitionSpec::new(to, event_kind, op.source, reason(op.kind, step.name));
+    let spec = TransitionSpec::new(to, event_kind, op.source, reason(op.kind, step));
     w.transition(&op.machine_id, spec)?;
     w.complete_step(op.id, step.name)
 }
 
-fn reason(kind: OpKind, step: &str) -> String {
+fn reason(kind: OpKind, step: &PlanStep) -> String {
     let verb = match kind {
         OpKind::Create => "create",
         OpKind::Start => "start",
@@ -770,7 +770,12 @@ fn reason(kind: OpKind, step: &str) -> String {
         OpKind::Destroy => "destroy",
         OpKind::Update => "update",
     };
-    format!("{verb}: {step}")
+    let says = if step.says.is_empty() {
+        step.name
+    } else {
+        step.says
+    };
+    format!("{verb}: {says}")
 }
 
 /// The steps of `op`'s plan not yet done, in order; an operation recorded with a step its plan

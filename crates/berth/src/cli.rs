@@ -26,6 +26,16 @@ pub(crate) struct Cli {
     /// Print tables whole instead of fitting them to the terminal's width.
     #[arg(long, global = true)]
     pub(crate) wide: bool,
+    /// The nonce of a lease you hold on the machine: sent with every request, so that
+    /// mutations of a leased machine are allowed.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_LEASE_NONCE",
+        hide_env_values = true,
+        value_name = "NONCE"
+    )]
+    pub(crate) lease_nonce: Option<String>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -120,6 +130,14 @@ pub(crate) enum MachineCmd {
     Status {
         /// Machine id, name or unique id prefix.
         id: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// What machines use now: CPU time and memory of the current run, restarts, uptime (every
+    /// running machine without ID).
+    Stats {
+        /// Machine id, name or unique id prefix.
+        id: Option<String>,
         #[command(flatten)]
         out: Out,
     },
@@ -442,10 +460,19 @@ impl From<ClientError> for Fail {
 
 /// The agent's words for the API (`?force=true`) as the flags that do the same here.
 fn cli_words(msg: &str) -> String {
-    msg.replace("pass ?force=true", "use --force").replace(
-        "(POST /v1/host/reconcile?approve=true)",
-        "(berth host approve)",
-    )
+    msg.replace("pass ?force=true", "use --force")
+        .replace(
+            "(POST /v1/host/reconcile?approve=true)",
+            "(berth host approve)",
+        )
+        .replace(
+            "send its nonce in berth-lease-nonce",
+            "pass its nonce with --lease-nonce (or BERTH_LEASE_NONCE)",
+        )
+        .replace(
+            "berth-lease-nonce does not match",
+            "--lease-nonce does not match",
+        )
 }
 
 /// A `--state` value: one of the states (a usage error, exit 2, otherwise).
@@ -509,13 +536,15 @@ impl Cli {
                 }
             };
             let token = Some(token);
-            return Ok(Client::new(Endpoint::Tcp { addr, token }));
+            return Ok(Client::new(Endpoint::Tcp { addr, token })
+                .with_lease_nonce(self.lease_nonce.clone()));
         }
         Ok(Client::new(Endpoint::Unix(
             self.socket
                 .clone()
                 .unwrap_or_else(|| self.data_dir().join("berth.sock")),
-        )))
+        ))
+        .with_lease_nonce(self.lease_nonce.clone()))
     }
 }
 

@@ -40,10 +40,47 @@ pub(crate) async fn run(cli: &Cli, cmd: &MachineCmd) -> Result<(), Fail> {
             let id = &resolve::machine_id(&c, id).await?;
             let m = c.get(id).await?;
             let events = c.machine_events(id).await?;
+            // Read beside the machine; each is shown as unknown when it cannot be read, and
+            // does not fail the command: the machine and its log are what was asked for.
+            let extras = render::StatusExtras {
+                stats: c.stats(id).await.ok(),
+                lease: c.lease(id).await.ok(),
+            };
             if out.json {
-                print_json(&serde_json::json!({ "machine": m, "events": events }));
+                print_json(&serde_json::json!({
+                    "machine": m,
+                    "events": events,
+                    "stats": extras.stats,
+                    "lease": extras.lease.clone().flatten(),
+                }));
             } else {
-                println!("{}", render::status(&m, &events));
+                println!("{}", render::status(&m, &events, &extras));
+            }
+        }
+        MachineCmd::Stats { id, out } => {
+            let ids = match id {
+                Some(id) => vec![resolve::machine_id(&c, id).await?],
+                None => c
+                    .list(None, false)
+                    .await?
+                    .into_iter()
+                    .filter(|m| m.state.expects_process())
+                    .map(|m| m.id.to_string())
+                    .collect(),
+            };
+            let mut all = Vec::with_capacity(ids.len());
+            for one in &ids {
+                match c.stats(one).await {
+                    Ok(s) => all.push(s),
+                    // Destroyed between the list and now: no longer a machine to show.
+                    Err(e) if id.is_none() && e.code() == Some("not_found") => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match (out.json, id) {
+                (true, Some(_)) => print_json(&all[0]),
+                (true, None) => print_json(&all),
+                (false, _) => println!("{}", render::stats(&all)),
             }
         }
         MachineCmd::Create(a) => {

@@ -29,9 +29,66 @@ pub fn ago(t: Timestamp) -> String {
     }
 }
 
+/// A time for people: to the second, with how long ago (`2026-12-04T16:23:56Z (3s ago)`).
+pub fn when(t: Timestamp) -> String {
+    format!(
+        "{} ({})",
+        humantime::format_rfc3339_seconds(t.to_system_time()),
+        ago(t)
+    )
+}
+
+/// A value's name as the API spells it (`on-failure`, `user`), not Rust's (`OnFailure`, `User`).
+pub fn spelled<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
+/// `1.5 GiB`, `12.0 MiB`, `512 KiB`, `100 B`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+/// `3d 4h`, `2h 5m`, `4m 10s`, `12s`: a duration to the second, its two largest units.
+pub fn span(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, mins, secs) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (days, hours, mins) {
+        (0, 0, 0) => format!("{secs}s"),
+        (0, 0, _) => format!("{mins}m {secs}s"),
+        (0, _, _) => format!("{hours}h {mins}m"),
+        _ => format!("{days}d {hours}h"),
+    }
+}
+
 /// A table for people: on a terminal it fits the width (long cells cut with `…`, one line per
 /// row) unless `--wide`; piped, cells are whole. The first column (an id or a key) is never cut.
 fn table(header: &[&str]) -> Table {
+    let mut t = pairs();
+    t.set_header(header.to_vec());
+    keep_whole(&mut t, &[0]);
+    t
+}
+
+/// A table of key and value rows, without a header, fitted like [`table`] (call [`keep_whole`]
+/// for the key column once the rows are in: columns exist only then).
+fn pairs() -> Table {
     let mut t = Table::new();
     let arrangement = if WIDE.load(Ordering::Relaxed) {
         ContentArrangement::Disabled
@@ -40,9 +97,7 @@ fn table(header: &[&str]) -> Table {
     };
     t.load_preset(NOTHING)
         .set_content_arrangement(arrangement)
-        .set_truncation_indicator("…")
-        .set_header(header.to_vec());
-    keep_whole(&mut t, &[0]);
+        .set_truncation_indicator("…");
     t
 }
 
@@ -61,16 +116,6 @@ fn add(t: &mut Table, cells: Vec<String>) {
     let mut row = Row::from(cells.iter().map(|c| clean(c)));
     row.max_height(1);
     t.add_row(row);
-}
-
-fn exit_text(m: &MachineRecord) -> String {
-    m.exit
-        .as_ref()
-        .map_or_else(String::new, |e| match (e.code, &e.signal) {
-            (Some(c), _) => format!("code {c}"),
-            (None, Some(s)) => s.clone(),
-            _ => "unknown".into(),
-        })
 }
 
 pub fn machines(ms: &[MachineRecord]) -> String {
@@ -107,10 +152,10 @@ pub fn events(evs: &[Event]) -> String {
             &mut t,
             vec![
                 e.seq.to_string(),
-                format!("{:?}", e.kind).to_lowercase(),
+                spelled(&e.kind),
                 e.from.map_or_else(|| "-".into(), |s| s.to_string()),
                 e.to.to_string(),
-                format!("{:?}", e.source).to_lowercase(),
+                spelled(&e.source),
                 ago(e.at),
                 e.reason.clone(),
             ],
@@ -136,7 +181,7 @@ pub fn versions(vs: &[berth_api_types::ConfigVersion]) -> String {
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
                     .join(" "),
-                format!("{:?}", v.config.restart.policy).to_lowercase(),
+                spelled(&v.config.restart.policy),
             ],
         );
     }
@@ -154,9 +199,9 @@ pub fn event_line(e: &Event, name: Option<&str>) -> String {
     format!(
         "{:>8} {} {machine} {from} → {} ({}) {}",
         e.seq,
-        e.at,
+        humantime::format_rfc3339_seconds(e.at.to_system_time()),
         e.to,
-        format!("{:?}", e.source).to_lowercase(),
+        spelled(&e.source),
         clean(&e.reason)
     )
 }
@@ -178,34 +223,264 @@ pub fn clean(s: &str) -> String {
         .collect()
 }
 
-pub fn status(m: &MachineRecord, evs: &[Event]) -> String {
-    let mut t = table(&["", ""]);
-    let rows: Vec<(&str, String)> = vec![
-        ("ID", m.id.to_string()),
-        ("Name", m.name.clone()),
-        ("State", m.state.to_string()),
-        ("PID", m.pid.map_or_else(|| "-".into(), |p| p.to_string())),
-        ("Command", m.config.cmd.join(" ")),
-        (
-            "Restart",
-            format!("{:?} (restarts: {})", m.config.restart.policy, m.restarts),
-        ),
-        ("Last exit", exit_text(m)),
-        ("Version", m.version.to_string()),
-        ("Config version", m.config_version.to_string()),
-        (
-            "Created",
-            format!("{} ({})", m.created_at, ago(m.created_at)),
-        ),
-        (
-            "Updated",
-            format!("{} ({})", m.updated_at, ago(m.updated_at)),
-        ),
-    ];
-    for (k, v) in rows {
-        add(&mut t, vec![k.to_owned(), v]);
+/// What `berth machine status` shows besides the machine: read at the same time, each absent
+/// when it could not be read.
+#[derive(Default)]
+pub struct StatusExtras {
+    /// Current usage.
+    pub stats: Option<berth_api_types::MachineStats>,
+    /// The lease: `Some(None)` when no lease is held, `None` when it could not be read.
+    pub lease: Option<Option<berth_api_types::Lease>>,
+}
+
+fn exit_words(m: &MachineRecord) -> String {
+    let Some(e) = &m.exit else {
+        return "-".into();
+    };
+    let how = match (e.code, &e.signal) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => format!("killed by {s}"),
+        _ => "ended (how is unknown)".into(),
+    };
+    let mut parts = vec![how];
+    if e.oom_killed {
+        parts.push("out of memory".into());
     }
+    if e.requested_stop {
+        parts.push("stop requested".into());
+    }
+    format!("{}, {}", parts.join(", "), when(e.at))
+}
+
+fn restart_words(m: &MachineRecord) -> String {
+    let r = &m.config.restart;
+    let policy = spelled(&r.policy);
+    let budget = match (r.policy, r.max_retries) {
+        (berth_types::RestartPolicy::OnFailure, n) => {
+            format!(", at most {} times", n.unwrap_or(10))
+        }
+        _ => String::new(),
+    };
+    format!(
+        "{policy}{budget} ({} restarts since the last start)",
+        m.restarts
+    )
+}
+
+fn check_words(c: &berth_types::CheckConfig) -> String {
+    let what = match c.kind {
+        berth_types::CheckType::Http => format!(
+            "http :{}{}",
+            c.port.unwrap_or(0),
+            c.path.as_deref().unwrap_or("/")
+        ),
+        berth_types::CheckType::Tcp => format!("tcp :{}", c.port.unwrap_or(0)),
+        berth_types::CheckType::Exec => format!("exec {}", c.command.join(" ")),
+    };
+    let action = match c.action {
+        berth_types::CheckAction::None => "report".to_owned(),
+        berth_types::CheckAction::Restart => format!("restart after {} failures", c.failures),
+    };
+    format!(
+        "{what} every {} (timeout {}, grace {}), {action}",
+        c.interval, c.timeout, c.grace_period
+    )
+}
+
+fn usage_words(s: &berth_api_types::MachineStats) -> String {
+    let mut parts = Vec::new();
+    match s.cpu_seconds {
+        Some(c) => parts.push(format!("CPU {c:.2}s")),
+        None if s.state.expects_process() => parts.push("CPU unknown".into()),
+        None => {}
+    }
+    match (s.memory_bytes, s.memory_limit_bytes) {
+        (Some(m), Some(l)) => parts.push(format!("memory {} of {}", bytes(m), bytes(l))),
+        (Some(m), None) => parts.push(format!("memory {}", bytes(m))),
+        (None, _) if s.state.expects_process() => parts.push("memory unknown".into()),
+        _ => {}
+    }
+    if let Some(t) = s.started_at {
+        parts.push(format!("up {}", span(Timestamp::now().saturating_since(t))));
+    }
+    if parts.is_empty() {
+        "- (runs nothing)".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// `berth machine status`: the machine's state, its whole config in words (env values are not
+/// shown: they may be secrets; `--json` has them), lease, usage, checks, then its event log.
+pub fn status(m: &MachineRecord, evs: &[Event], extras: &StatusExtras) -> String {
+    let c = &m.config;
+    let none = || "-".to_owned();
+    let mut rows: Vec<(String, String)> = vec![
+        ("ID".into(), m.id.to_string()),
+        ("Name".into(), m.name.clone()),
+        (
+            "State".into(),
+            format!(
+                "{} since {}",
+                m.state,
+                when(
+                    evs.iter()
+                        .rev()
+                        .find(|e| e.to == m.state && e.from != Some(m.state))
+                        .map_or(m.updated_at, |e| e.at)
+                )
+            ),
+        ),
+        ("PID".into(), m.pid.map_or_else(none, |p| p.to_string())),
+    ];
+    if let Some(image) = &c.image {
+        let digest = m
+            .image_digest
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        rows.push(("Image".into(), format!("{image}{digest}")));
+    }
+    let cmd = if c.cmd.is_empty() {
+        "(the image's entrypoint and cmd)".to_owned()
+    } else {
+        c.cmd.join(" ")
+    };
+    rows.push(("Command".into(), cmd));
+    rows.push((
+        "User".into(),
+        c.user.clone().unwrap_or_else(|| match c.image {
+            Some(_) => "(the image's)".into(),
+            None => "root (berth's)".into(),
+        }),
+    ));
+    if let Some(w) = &c.workdir {
+        rows.push(("Workdir".into(), w.clone()));
+    }
+    rows.push((
+        "Env".into(),
+        if c.env.is_empty() {
+            none()
+        } else {
+            c.env.keys().cloned().collect::<Vec<_>>().join(", ")
+        },
+    ));
+    if let Some(n) = &c.network {
+        rows.push(("Network".into(), spelled(n)));
+    }
+    for mount in &c.mounts {
+        let ro = if mount.read_only { " (read-only)" } else { "" };
+        rows.push((
+            "Mount".into(),
+            format!("volume {} at {}{ro}", mount.volume, mount.path),
+        ));
+    }
+    for f in &c.files {
+        rows.push(("File".into(), format!("{} (mode {:o})", f.path, f.mode)));
+    }
+    rows.push(("Restart".into(), restart_words(m)));
+    rows.push((
+        "Stop".into(),
+        format!("{}, then SIGKILL after {}", c.stop.signal, c.stop.timeout),
+    ));
+    let mut limits = Vec::new();
+    if let Some(mb) = c.resources.memory_mb {
+        limits.push(format!("memory {mb} MiB"));
+    }
+    if let Some(cpus) = c.resources.cpus {
+        limits.push(format!("{cpus} CPUs"));
+    }
+    rows.push((
+        "Limits".into(),
+        if limits.is_empty() {
+            "none".into()
+        } else {
+            limits.join(", ")
+        },
+    ));
+    rows.push((
+        "Usage".into(),
+        extras
+            .stats
+            .as_ref()
+            .map_or_else(|| "unknown (could not be read)".into(), usage_words),
+    ));
+    rows.push((
+        "Lease".into(),
+        match &extras.lease {
+            None => "unknown (could not be read)".into(),
+            Some(None) => "none".into(),
+            Some(Some(l)) => format!(
+                "held{} until {}",
+                l.description
+                    .as_deref()
+                    .map(|d| format!(" by {d}"))
+                    .unwrap_or_default(),
+                humantime::format_rfc3339_seconds(l.expires_at.to_system_time())
+            ),
+        },
+    ));
+    for (name, check) in &c.checks {
+        let status = m.checks.get(name).map_or_else(
+            || "not run yet".to_owned(),
+            |s| {
+                let out = if s.output.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", s.output.trim())
+                };
+                format!("{} since {}{out}", spelled(&s.status), when(s.since))
+            },
+        );
+        rows.push((
+            format!("Check {name}"),
+            format!("{status}; {}", check_words(check)),
+        ));
+    }
+    rows.push(("Last exit".into(), exit_words(m)));
+    rows.push((
+        "Version".into(),
+        format!("config {} (record {})", m.config_version, m.version),
+    ));
+    rows.push(("Created".into(), when(m.created_at)));
+    let mut t = pairs();
+    for (k, v) in rows {
+        add(&mut t, vec![k, v]);
+    }
+    keep_whole(&mut t, &[0]);
     format!("{t}\n\nEvent log\n{}", events(evs))
+}
+
+/// `berth machine stats`: one row per machine; `?` where a value could not be read.
+pub fn stats(all: &[berth_api_types::MachineStats]) -> String {
+    let mut t = table(&[
+        "ID", "NAME", "STATE", "PID", "CPU", "MEMORY", "LIMIT", "RESTARTS", "UP",
+    ]);
+    keep_whole(&mut t, &[0, 2, 3, 4, 5, 6, 7, 8]);
+    let unknown = |s: &berth_api_types::MachineStats| {
+        if s.state.expects_process() { "?" } else { "-" }.to_owned()
+    };
+    for s in all {
+        add(
+            &mut t,
+            vec![
+                s.id.clone(),
+                s.name.clone(),
+                s.state.to_string(),
+                s.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+                s.cpu_seconds
+                    .map_or_else(|| unknown(s), |c| format!("{c:.2}s")),
+                s.memory_bytes.map_or_else(|| unknown(s), bytes),
+                s.memory_limit_bytes.map_or_else(|| "-".into(), bytes),
+                s.restarts.to_string(),
+                s.started_at.map_or_else(
+                    || "-".into(),
+                    |t| span(Timestamp::now().saturating_since(t)),
+                ),
+            ],
+        );
+    }
+    t.to_string()
 }
 
 /// The names of the failing checks, comma-separated.

@@ -44,8 +44,9 @@ pub(crate) fn describe_changes(old: &MachineConfig, new: &MachineConfig) -> Vec<
     }
     if old.restart.policy != new.restart.policy {
         out.push(format!(
-            "restart: {:?} → {:?}",
-            old.restart.policy, new.restart.policy
+            "restart: {} → {}",
+            crate::render::spelled(&old.restart.policy),
+            crate::render::spelled(&new.restart.policy)
         ));
     }
     if old.resources.memory_mb != new.resources.memory_mb {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use berth_api_types::{CreateMachine, MAX_PAGE_LIMIT, MachineListQuery};
+use berth_api_types::{CreateMachine, MAX_PAGE_LIMIT, MachineListQuery, MachineStats};
 use berth_machine::{Admission, Admitted, CreateRequest, OpError};
 use berth_types::{Event, MachineId, MachineRecord, OpKind, Source, State};
 
@@ -295,5 +295,42 @@ impl Agent {
             self.machine(id)?;
         }
         Ok(history)
+    }
+
+    /// What a machine's workload uses now, read at this instant (from its cgroup, else its
+    /// process), and when its current run began. A usage that cannot be read is absent.
+    pub fn machine_stats(&self, id: &MachineId) -> CommandResult<MachineStats> {
+        let m = self.machine(id)?;
+        let running = m.state.expects_process();
+        let usage = m
+            .pid
+            .filter(|_| running)
+            .and_then(|pid| i32::try_from(pid).ok())
+            .and_then(|pid| self.driver().workload_usage(id.as_str(), pid));
+        let started_at = if running {
+            self.store()
+                .history(id)?
+                .iter()
+                .rev()
+                .find(|e| e.to == State::Started && e.from != Some(State::Started))
+                .map(|e| e.at)
+        } else {
+            None
+        };
+        Ok(MachineStats {
+            id: m.id.to_string(),
+            name: m.name.clone(),
+            state: m.state,
+            pid: m.pid.filter(|_| running),
+            cpu_seconds: usage.map(|u| u.cpu_seconds),
+            memory_bytes: usage.map(|u| u.memory_bytes),
+            memory_limit_bytes: m
+                .config
+                .resources
+                .memory_mb
+                .map(|mb| mb.saturating_mul(1 << 20)),
+            restarts: m.restarts,
+            started_at,
+        })
     }
 }
