@@ -4,7 +4,7 @@
 //!   Debian, with apt-get) and then runs `cargo test --workspace`. This is the README's test
 //!   command and what `.ci/run` calls.
 //! - `cargo xtask bench <suite>`: a benchmark, built in release mode (`store`, `driver`, `api`,
-//!   `compaction`, `metrics`, `aging`, `restart`, `fleet`, `images`).
+//!   `compaction`, `metrics`, `aging`, `restart`, `fleet`, `images`, `checks`).
 //! - `cargo xtask dist`: release binaries and the Debian package (see `dist.rs`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask test [-- CARGO TEST ARGS] \
-                 | cargo xtask bench <store|driver|api|compaction|metrics|aging|restart|fleet|images> [SUITE ARGS] \
+                 | cargo xtask bench <store|driver|api|compaction|metrics|aging|restart|fleet|images|checks> [SUITE ARGS] \
                  | cargo xtask dist [--profile PROFILE] [--out DIR]"
             );
             return ExitCode::from(2);
@@ -237,7 +237,7 @@ fn run_counted(cmd: &mut Command, totals: &mut Totals) -> Result<(), String> {
 
 fn bench(args: &[String]) -> Result<(), String> {
     args.first().ok_or(
-        "usage: cargo xtask bench <store|driver|api|compaction|metrics|aging|restart|fleet|images> [SUITE ARGS]",
+        "usage: cargo xtask bench <store|driver|api|compaction|metrics|aging|restart|fleet|images|checks> [SUITE ARGS]",
     )?;
     // The driver suite launches the real supervisor, found beside the bench binary.
     run(cargo().args([

@@ -20,7 +20,7 @@
 //! a workload in another namespace than berthd's (an image machine), the socket is created by a
 //! short-lived thread that entered `/proc/<pid>/ns/net`, then handed to tokio.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,8 +35,6 @@ use tokio::task::AbortHandle;
 pub const OUTPUT_MAX: usize = 4096;
 /// How often the scheduler walks the machines (it is also woken after every operation).
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(2);
-/// Latency samples kept for [`Checks::latency_quantile`].
-const LATENCY_SAMPLES: usize = 65536;
 
 /// What the scheduler keeps per checked machine.
 #[derive(Debug)]
@@ -50,8 +48,53 @@ struct Machine {
 #[derive(Debug, Default)]
 struct Inner {
     machines: HashMap<MachineId, Machine>,
-    latencies: VecDeque<Duration>,
-    runs: u64,
+    /// Run durations by check type (http, tcp, exec).
+    durations: [Histogram; 3],
+}
+
+/// `berth_check_duration_seconds{type}`: how long each check run took (probe and timeout
+/// included), rendered at scrape time. Host-wide, one series per check type.
+pub const CHECK_DURATION: crate::telemetry::Metric = crate::telemetry::Metric {
+    name: "berth_check_duration_seconds",
+    kind: crate::telemetry::Kind::Histogram,
+    unit: Some(metrics::Unit::Seconds),
+    labels: &["type"],
+    help: "Duration of health check runs (a probe, bounded by its timeout), by check type.",
+};
+
+/// Upper bounds (seconds) of [`CHECK_DURATION`]'s buckets: finer than the store's below 10 ms,
+/// where a check on loopback lands.
+pub const DURATION_BUCKETS: [f64; 22] = [
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+const TYPES: [CheckType; 3] = [CheckType::Http, CheckType::Tcp, CheckType::Exec];
+
+/// A fixed-bucket histogram (the last count is `+Inf`).
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; DURATION_BUCKETS.len() + 1],
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = DURATION_BUCKETS.partition_point(|b| *b < s);
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+        }
+        self.sum += s;
+    }
+
+    fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+fn type_index(t: CheckType) -> usize {
+    TYPES.iter().position(|x| *x == t).unwrap_or(0)
 }
 
 /// Every machine's check state.
@@ -105,22 +148,12 @@ impl Checks {
 
     /// Check runs since the agent started.
     pub fn runs(&self) -> u64 {
-        self.lock().runs
-    }
-
-    /// The `q` quantile (0..=1) of the latest check runs' durations.
-    pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
-        let mut v: Vec<Duration> = self.lock().latencies.iter().copied().collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort();
-        let i = ((v.len() as f64 - 1.0) * q.clamp(0.0, 1.0)).round() as usize;
-        v.get(i).copied()
+        self.lock().durations.iter().map(Histogram::count).sum()
     }
 
     /// Appends `berth_machine_check_up{machine_id,check}` for the machines in `alive` (the
-    /// per-machine series' machines: a destroyed machine's check series goes with its others).
+    /// per-machine series' machines: a destroyed machine's check series goes with its others),
+    /// then `berth_check_duration_seconds{type}` (always, all buckets at zero before any run).
     pub fn render(&self, alive: &dyn Fn(&MachineId) -> bool, out: &mut String) {
         use std::fmt::Write as _;
         let s = self.lock();
@@ -134,50 +167,68 @@ impl Checks {
                     .map(move |(n, st)| (id, n, u8::from(st.status == CheckHealth::Passing)))
             })
             .collect();
-        if rows.is_empty() {
-            return;
+        if !rows.is_empty() {
+            rows.sort();
+            crate::telemetry::family(out, &crate::telemetry::CHECK_UP);
+            for (id, name, v) in rows {
+                let _ = writeln!(
+                    out,
+                    "{}{{machine_id=\"{}\",check=\"{}\"}} {v}",
+                    crate::telemetry::CHECK_UP.name,
+                    id.as_str(),
+                    name
+                );
+            }
         }
-        rows.sort();
-        crate::telemetry::family(out, &crate::telemetry::CHECK_UP);
-        for (id, name, v) in rows {
-            let _ = writeln!(
-                out,
-                "{}{{machine_id=\"{}\",check=\"{}\"}} {v}",
-                crate::telemetry::CHECK_UP.name,
-                id.as_str(),
-                name
-            );
+        crate::telemetry::family(out, &CHECK_DURATION);
+        let name = CHECK_DURATION.name;
+        for (t, h) in TYPES.iter().zip(&s.durations) {
+            let t = type_name(*t);
+            let mut cum = 0;
+            for (le, c) in DURATION_BUCKETS.iter().zip(&h.counts) {
+                cum += c;
+                let _ = writeln!(out, "{name}_bucket{{type=\"{t}\",le=\"{le}\"}} {cum}");
+            }
+            let n = h.count();
+            let _ = writeln!(out, "{name}_bucket{{type=\"{t}\",le=\"+Inf\"}} {n}");
+            let _ = writeln!(out, "{name}_sum{{type=\"{t}\"}} {}", h.sum);
+            let _ = writeln!(out, "{name}_count{{type=\"{t}\"}} {n}");
         }
     }
 
-    fn record_latency(&self, d: Duration) {
-        let mut s = self.lock();
-        s.runs += 1;
-        if s.latencies.len() == LATENCY_SAMPLES {
-            s.latencies.pop_front();
-        }
-        s.latencies.push_back(d);
-    }
-
-    /// Sets a check's status; returns the previous one when it changed.
-    fn set(
+    /// Records one run: its duration, the output, and the status (`None`: below the failure
+    /// threshold, the status stays). Returns the previous status when it changed. One lock, and
+    /// no allocation once the check's entry exists.
+    fn record(
         &self,
-        id: &MachineId,
-        key: (Option<u32>, u64),
-        name: &str,
-        status: CheckHealth,
+        run: Run<'_>,
+        kind: CheckType,
+        took: Duration,
+        status: Option<CheckHealth>,
         output: &str,
     ) -> Option<CheckHealth> {
         let mut s = self.lock();
-        let m = s.machines.get_mut(id).filter(|m| m.key == key)?;
+        if let Some(h) = s.durations.get_mut(type_index(kind)) {
+            h.observe(took);
+        }
+        let m = s.machines.get_mut(run.id).filter(|m| m.key == run.key)?;
         let now = Timestamp::now();
-        let entry = m.statuses.entry(name.to_owned()).or_insert(CheckStatus {
-            status: CheckHealth::Unknown,
-            output: String::new(),
-            since: now,
-        });
-        entry.output.clear();
-        entry.output.push_str(output);
+        let entry = match m.statuses.get_mut(run.name) {
+            Some(e) => e,
+            None => m
+                .statuses
+                .entry(run.name.to_owned())
+                .or_insert(CheckStatus {
+                    status: CheckHealth::Unknown,
+                    output: String::new(),
+                    since: now,
+                }),
+        };
+        if entry.output != output {
+            entry.output.clear();
+            entry.output.push_str(output);
+        }
+        let status = status?;
         if entry.status == status {
             return None;
         }
@@ -185,6 +236,22 @@ impl Checks {
         entry.status = status;
         entry.since = now;
         Some(before)
+    }
+}
+
+/// Which check of which workload a result is for.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    id: &'a MachineId,
+    key: (Option<u32>, u64),
+    name: &'a str,
+}
+
+fn type_name(t: CheckType) -> &'static str {
+    match t {
+        CheckType::Http => "http",
+        CheckType::Tcp => "tcp",
+        CheckType::Exec => "exec",
     }
 }
 
@@ -298,7 +365,7 @@ impl crate::Agent {
                     humantime::format_duration(c.timeout.0)
                 )),
             };
-            self.checks.record_latency(t0.elapsed());
+            let took = t0.elapsed();
             let (status, output) = match result {
                 Ok(out) => {
                     failures = 0;
@@ -311,22 +378,15 @@ impl crate::Agent {
                 }
             };
             let output = bounded(output);
-            let changed = match status {
-                Some(st) => self
-                    .checks
-                    .set(&id, key, &name, st, &output)
-                    .map(|b| (b, st)),
-                None => {
-                    // Below the threshold: the status stays, the output is the latest.
-                    let cur = self
-                        .checks
-                        .statuses(&id)
-                        .get(&name)
-                        .map_or(CheckHealth::Unknown, |s| s.status);
-                    self.checks.set(&id, key, &name, cur, &output);
-                    None
-                }
+            let run = Run {
+                id: &id,
+                key,
+                name: &name,
             };
+            let changed = self
+                .checks
+                .record(run, c.kind, took, status, &output)
+                .zip(status);
             if let Some((before, after)) = changed {
                 self.record_check_change(&id, &name, before, after, &output)
                     .await;

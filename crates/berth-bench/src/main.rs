@@ -5,6 +5,7 @@
 
 mod aging;
 mod api;
+mod checks;
 mod compaction;
 mod driver;
 mod fleet;
@@ -31,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => rest.push(a),
         }
     }
-    if !["compaction", "aging", "restart", "fleet"].contains(&suite.as_str())
+    if !["compaction", "aging", "restart", "fleet", "checks"].contains(&suite.as_str())
         && let Some(other) = rest.first()
     {
         return Err(format!("unknown argument {other:?}").into());
@@ -47,8 +48,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "restart" => restart::run(&out, &rest),
         "fleet" => fleet::run(&out, &rest),
         "images" => images::run(&out),
+        "checks" => checks::run(&out, &rest),
         _ => Err(format!(
-            "unknown suite {suite:?}; available: store, driver, api, compaction, metrics, aging, restart, fleet, images"
+            "unknown suite {suite:?}; available: store, driver, api, compaction, metrics, aging, restart, fleet, images, checks"
         )
         .into()),
     }
