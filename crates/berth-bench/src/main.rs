@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout)]
 
 mod aging;
+mod busybox;
 mod api;
 mod compaction;
 mod driver;
