@@ -448,8 +448,14 @@ const HOSTILE: &[(&str, &str)] = &[
     // The agent's unix socket: not there, nor through /proc; the API over TCP (the host's
     // network namespace) wants the token.
     ("socket", "test -S $DATA/berth.sock"),
-    ("socket-via-proc", "test -S /proc/$AGENT/root$DATA/berth.sock"),
-    ("api-without-token", "wget -q -O /dev/null http://127.0.0.1:$PORT/v1/machines"),
+    (
+        "socket-via-proc",
+        "test -S /proc/$AGENT/root$DATA/berth.sock",
+    ),
+    (
+        "api-without-token",
+        "wget -q -O /dev/null http://127.0.0.1:$PORT/v1/machines",
+    ),
     // Host processes: neither seen nor signalled, nor entered.
     ("see-agent", "test -e /proc/$AGENT/status"),
     ("kill-agent", "kill -9 $AGENT"),
@@ -471,7 +477,10 @@ const HOSTILE: &[(&str, &str)] = &[
     ("insmod", "insmod /bin/busybox"),
     ("chroot-proc1", "chroot /proc/1/root /bin/true"),
     ("unshare-mount-ns", "unshare -m /bin/true"),
-    ("raise-caps", "setpriv --inh-caps +sys_admin --ambient-caps +sys_admin /bin/true"),
+    (
+        "raise-caps",
+        "setpriv --inh-caps +sys_admin --ambient-caps +sys_admin /bin/true",
+    ),
     ("sethostname", "hostname planted"),
     ("host-net-link", "ip link add planted0 type dummy"),
     ("host-net-addr", "ip addr add 10.254.254.1/32 dev lo"),
@@ -539,7 +548,10 @@ fn a_hostile_image_workload_cannot_reach_berth_or_the_host() {
             assert_eq!(got.len(), HOSTILE.len(), "{user}: every probe ran: {log}");
             for (name, _) in HOSTILE {
                 let r = &got[*name];
-                assert!(r.starts_with("refused"), "{user}: {name} must fail, got {r:?}: {log}");
+                assert!(
+                    r.starts_with("refused"),
+                    "{user}: {name} must fail, got {r:?}: {log}"
+                );
             }
             // The reasons: not there, no such process, no capability, read-only, 401.
             let why = |name: &str, reasons: &[&str]| {
@@ -565,17 +577,38 @@ fn a_hostile_image_workload_cannot_reach_berth_or_the_host() {
             }
         }
         // berthd, the other machine and the host are as they were.
-        assert!(Path::new(&format!("/proc/{agent_pid}")).exists(), "berthd lives");
+        assert!(
+            Path::new(&format!("/proc/{agent_pid}")).exists(),
+            "berthd lives"
+        );
         assert_eq!(c.health().await.unwrap().status, "ok");
         let v = c.get(&victim).await.unwrap();
-        assert_eq!((v.state.to_string(), v.pid), ("started".to_owned(), Some(victim_pid)));
+        assert_eq!(
+            (v.state.to_string(), v.pid),
+            ("started".to_owned(), Some(victim_pid))
+        );
         assert_eq!(agent.token(), token_before);
         let tcp = agent.tcp(Some(token_before.clone()));
-        assert!(!tcp.list(None, false).await.unwrap().is_empty(), "the API answers with the token");
+        assert!(
+            !tcp.list(None, false).await.unwrap().is_empty(),
+            "the API answers with the token"
+        );
         assert!(!dir.path().join("volumes/ro/planted").exists());
-        assert!(dir.path().join("volumes/rw/mine-1000").exists() && dir.path().join("volumes/rw/mine-0").exists());
-        assert!(!Path::new("/sys/class/net/planted0").exists(), "no link added on the host");
-        let lo = std::process::Command::new("ip").args(["addr", "show", "lo"]).output().unwrap();
-        assert!(!String::from_utf8_lossy(&lo.stdout).contains("10.254.254.1"), "lo unchanged");
+        assert!(
+            dir.path().join("volumes/rw/mine-1000").exists()
+                && dir.path().join("volumes/rw/mine-0").exists()
+        );
+        assert!(
+            !Path::new("/sys/class/net/planted0").exists(),
+            "no link added on the host"
+        );
+        let lo = std::process::Command::new("ip")
+            .args(["addr", "show", "lo"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&lo.stdout).contains("10.254.254.1"),
+            "lo unchanged"
+        );
     });
 }

@@ -434,12 +434,18 @@ async fn image_machines(agent: &Agent, layouts: &Path, made: &mut Made) -> Res<I
 /// The disk figure of a realistically sized image whose machines each write `OWN_WRITE` bytes.
 async fn sized_image_disk(agent: &Agent, layouts: &Path, made: &mut Made) -> Res<Disk> {
     let image = busybox::image(&layouts.join("payload"), PAYLOAD)?;
-    let script = format!("head -c {OWN_WRITE} /dev/urandom > /tmp/own && echo written; exec sleep 1000");
+    let script =
+        format!("head -c {OWN_WRITE} /dev/urandom > /tmp/own && echo written; exec sleep 1000");
     let mut ids = Vec::new();
     for i in 0..MACHINES {
         let id = MachineId::parse(&format!("bench-big-{i:04}"))?;
         made.ids.push(id.clone());
-        create_timed(agent, &id, image_config(&image, &["/bin/sh", "-c", &script])).await?;
+        create_timed(
+            agent,
+            &id,
+            image_config(&image, &["/bin/sh", "-c", &script]),
+        )
+        .await?;
         ids.push(id);
     }
     // Each wrote its file once its log says so.

@@ -4,8 +4,8 @@
 #![allow(clippy::print_stdout)]
 
 mod aging;
-mod busybox;
 mod api;
+mod busybox;
 mod compaction;
 mod driver;
 mod fleet;
