@@ -426,3 +426,189 @@ fn a_process_machine_runs_as_its_user() {
         assert_eq!(c.list(None, true).await.unwrap().len(), before, "nothing recorded");
     });
 }
+
+/// Each probe of [`HOSTILE`] as the workload reported it: `name` → `ok`, or `refused: <why>`.
+fn probes(log: &str) -> std::collections::BTreeMap<String, String> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("probe "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// What a hostile workload tries, as `name command...` (run by [`hostile_script`]); every one
+/// must fail. `$DATA`, `$AGENT`, `$VICTIM` and `$PORT` are berth's data dir, berthd's host pid,
+/// a host process machine's pid and berthd's TCP port.
+const HOSTILE: &[(&str, &str)] = &[
+    // berth's token, database and data dir, directly and through the agent's /proc entry.
+    ("read-token", "cat $DATA/token"),
+    ("list-data", "ls $DATA"),
+    ("read-token-via-proc", "cat /proc/$AGENT/root$DATA/token"),
+    ("agent-cwd", "ls /proc/$AGENT/cwd/"),
+    // The agent's unix socket: not there, nor through /proc; the API over TCP (the host's
+    // network namespace) wants the token.
+    ("socket", "test -S $DATA/berth.sock"),
+    (
+        "socket-via-proc",
+        "test -S /proc/$AGENT/root$DATA/berth.sock",
+    ),
+    (
+        "api-without-token",
+        "wget -q -O /dev/null http://127.0.0.1:$PORT/v1/machines",
+    ),
+    // Host processes: neither seen nor signalled, nor entered.
+    ("see-agent", "test -e /proc/$AGENT/status"),
+    ("kill-agent", "kill -9 $AGENT"),
+    ("kill-host-process", "kill -9 $VICTIM"),
+    ("enter-agent", "nsenter -t $AGENT -m -p /bin/true"),
+    // Writes outside its root and its writable volume.
+    ("write-ro-volume", "touch /ro/planted"),
+    ("write-proc-sys", "echo 1 > /proc/sys/vm/drop_caches"),
+    ("write-sysrq", "echo h > /proc/sysrq-trigger"),
+    ("write-sys", "touch /sys/planted"),
+    ("cgroup-escape", "mkdir /sys/fs/cgroup/planted"),
+    // Mounts (a tmpfs: see a_root_image_machine_is_confined_and_limited), devices, modules,
+    // capabilities, the host's network.
+    ("mount-bind", "mount --bind / /tmp"),
+    ("mount-proc", "mount -t proc proc /tmp"),
+    ("remount-sys-rw", "mount -o remount,rw /sys"),
+    ("mknod", "mknod /tmp/disk b 8 0"),
+    ("block-device", "test -n \"$(find /dev -type b)\""),
+    ("insmod", "insmod /bin/busybox"),
+    ("chroot-proc1", "chroot /proc/1/root /bin/true"),
+    ("unshare-mount-ns", "unshare -m /bin/true"),
+    (
+        "raise-caps",
+        "setpriv --inh-caps +sys_admin --ambient-caps +sys_admin /bin/true",
+    ),
+    ("sethostname", "hostname planted"),
+    ("host-net-link", "ip link add planted0 type dummy"),
+    ("host-net-addr", "ip addr add 10.254.254.1/32 dev lo"),
+    ("kernel-log", "dmesg"),
+];
+
+/// The workload's script: each probe of [`HOSTILE`] runs in a subshell and prints
+/// `probe NAME=ok` or `probe NAME=refused: <its first line of stderr>`; then positive controls
+/// (its own root and volume are writable) and `done`.
+fn hostile_script() -> String {
+    let mut s = String::from(
+        "p() { n=$1; shift; if err=$(sh -c \"$*\" 2>&1 >/dev/null); then echo \"probe $n=ok\"; \
+         else echo \"probe $n=refused: $(echo \"$err\" | head -n 1)\"; fi; }\n",
+    );
+    for (name, cmd) in HOSTILE {
+        s.push_str(&format!("p {name} '{}'\n", cmd.replace('\'', "'\\''")));
+    }
+    s.push_str(
+        "touch /tmp/mine && echo own-root-writable; touch /data/mine-$(id -u) && echo volume-writable; \
+         echo done; sleep 1000\n",
+    );
+    s
+}
+
+/// A hostile workload in an image machine, as a non-root image user and as root, tries to reach
+/// berth (token, data dir, socket, API), the host's processes (berthd, another machine),
+/// to write outside its root and volumes, to mount, make devices, load modules, raise
+/// capabilities, change the host's network and read the kernel log: every attempt fails, for
+/// the reason the sandbox gives, and berthd, the other machine and the host are unchanged.
+#[test]
+fn a_hostile_image_workload_cannot_reach_berth_or_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "");
+    let image = busybox(dir.path());
+    let agent_pid = agent.child.as_ref().unwrap().id();
+    let token_before = agent.token();
+    let c = agent.socket();
+    rt().block_on(async {
+        let victim = create_ok(&c, json!({"cmd": ["/bin/sleep", "1000"]})).await;
+        let victim_pid = c.get(&victim).await.unwrap().pid.unwrap();
+        // A read-only volume with something in it, and a writable one.
+        let seed = create_ok(
+            &c,
+            json!({"image": image, "mounts": [{"volume": "ro", "path": "/ro"}],
+                   "cmd": ["/bin/sh", "-c", "echo seed > /ro/seed && echo done"]}),
+        )
+        .await;
+        logs_until(&c, &seed, "done").await;
+        let env = json!({"DATA": dir.path().display().to_string(), "AGENT": agent_pid.to_string(),
+                         "VICTIM": victim_pid.to_string(), "PORT": agent.port.to_string()});
+        let mounts = json!([{"volume": "ro", "path": "/ro", "read_only": true},
+                            {"volume": "rw", "path": "/data"}]);
+        let mut logs = Vec::new();
+        for user in ["app", "root"] {
+            let id = create_ok(
+                &c,
+                json!({"image": image, "user": user, "env": env, "mounts": mounts,
+                       "cmd": ["/bin/sh", "-c", hostile_script()]}),
+            )
+            .await;
+            logs.push((user, logs_until(&c, &id, "\ndone").await));
+        }
+        for (user, log) in &logs {
+            let got = probes(log);
+            assert_eq!(got.len(), HOSTILE.len(), "{user}: every probe ran: {log}");
+            for (name, _) in HOSTILE {
+                let r = &got[*name];
+                assert!(
+                    r.starts_with("refused"),
+                    "{user}: {name} must fail, got {r:?}: {log}"
+                );
+            }
+            // The reasons: not there, no such process, no capability, read-only, 401.
+            let why = |name: &str, reasons: &[&str]| {
+                let r = &got[name];
+                assert!(reasons.iter().any(|w| r.contains(w)), "{user}: {name}: {r}");
+            };
+            why("read-token", &["No such file"]);
+            why("read-token-via-proc", &["No such file"]);
+            why("kill-agent", &["No such process"]);
+            why("kill-host-process", &["No such process"]);
+            why("api-without-token", &["401"]);
+            why("write-ro-volume", &["Read-only file system"]);
+            why("write-sysrq", &["Read-only file system"]);
+            why("write-sys", &["Read-only file system"]);
+            why("mknod", &["not permitted"]);
+            why("insmod", &["not permitted"]);
+            why("chroot-proc1", &["not permitted"]);
+            why("unshare-mount-ns", &["not permitted"]);
+            why("host-net-link", &["not permitted"]);
+            why("host-net-addr", &["not permitted"]);
+            for control in ["own-root-writable", "volume-writable"] {
+                assert!(log.contains(control), "{user}: {control}: {log}");
+            }
+        }
+        // berthd, the other machine and the host are as they were.
+        assert!(
+            Path::new(&format!("/proc/{agent_pid}")).exists(),
+            "berthd lives"
+        );
+        assert_eq!(c.health().await.unwrap().status, "ok");
+        let v = c.get(&victim).await.unwrap();
+        assert_eq!(
+            (v.state.to_string(), v.pid),
+            ("started".to_owned(), Some(victim_pid))
+        );
+        assert_eq!(agent.token(), token_before);
+        let tcp = agent.tcp(Some(token_before.clone()));
+        assert!(
+            !tcp.list(None, false).await.unwrap().is_empty(),
+            "the API answers with the token"
+        );
+        assert!(!dir.path().join("volumes/ro/planted").exists());
+        assert!(
+            dir.path().join("volumes/rw/mine-1000").exists()
+                && dir.path().join("volumes/rw/mine-0").exists()
+        );
+        assert!(
+            !Path::new("/sys/class/net/planted0").exists(),
+            "no link added on the host"
+        );
+        let lo = std::process::Command::new("ip")
+            .args(["addr", "show", "lo"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&lo.stdout).contains("10.254.254.1"),
+            "lo unchanged"
+        );
+    });
+}

@@ -5,6 +5,7 @@
 
 mod aging;
 mod api;
+mod busybox;
 mod checks;
 mod compaction;
 mod driver;
