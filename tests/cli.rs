@@ -436,6 +436,12 @@ fn status_shows_the_whole_config_lease_usage_and_checks_in_words_and_stats_reads
         err.contains("--lease-nonce") && !err.contains("berth-lease-nonce"),
         "{err}"
     );
+    let o = agent.cli(&["--lease-nonce", "bad\nnonce", "machine", "stop", "full"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a nonce that is no header value: {o:?}"
+    );
     let o = agent.cli(&["--lease-nonce", &nonce, "machine", "stop", "full"]);
     assert!(o.status.success(), "{o:?}");
     // Stopped: nothing runs, so no usage is claimed (absent, not zero).

@@ -48,22 +48,6 @@ struct Report {
     machines_running: usize,
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<f64>()
-                    .ok()
-            })
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 /// Creates `total` started `/bin/sleep` machines from [`CLIENTS`] clients: back to back, or with
 /// `rate` creates/s offered on a fixed schedule (client w sends create i, i = w, w + CLIENTS, ...,
 /// at t0 + i / rate). Each latency counts from when its create was due. Returns the sorted
@@ -122,7 +106,7 @@ pub fn run(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let dir = out.join("api-data");
     let (mut child, port) = start_berthd(&dir)?;
     std::thread::sleep(Duration::from_millis(500));
-    let idle_rss = rss_mib(child.id());
+    let idle_rss = crate::rss_mib(child.id());
     let token = std::fs::read_to_string(dir.join("token"))?
         .trim()
         .to_owned();
@@ -144,7 +128,7 @@ pub fn run(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
 
         // GETs over keep-alive connections.
         let get_lat = get_phase(port, &token, &ids).await?;
-        let rss_with = rss_mib(child.id());
+        let rss_with = crate::rss_mib(child.id());
         for id in &ids {
             let _ = client.destroy(id, true).await;
         }

@@ -26,20 +26,6 @@ fn blob(layout: &Path, bytes: &[u8]) -> Res<(String, usize)> {
     Ok((format!("sha256:{hex}"), bytes.len()))
 }
 
-/// `n` bytes no compressor or deduplication shrinks (xorshift).
-fn noise(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
 fn rootfs(root: &Path, payload: usize) -> Res<()> {
     let busybox = Path::new("/bin/busybox");
     if !busybox.exists() {
@@ -61,7 +47,7 @@ fn rootfs(root: &Path, payload: usize) -> Res<()> {
     )?;
     std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n")?;
     if payload > 0 {
-        std::fs::write(root.join("payload"), noise(payload))?;
+        std::fs::write(root.join("payload"), crate::noise(payload, 0))?;
     }
     Ok(())
 }

@@ -91,35 +91,6 @@ struct Report {
     all_passing_seconds: f64,
 }
 
-/// User + system CPU time of `pid` (ms), from `/proc/<pid>/stat` (in USER_HZ, 100 on Linux).
-fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    f.iter().sum::<f64>() * 10.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<f64>()
-                    .ok()
-            })
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 /// `n` distinct ports of [`PORTS`] free on 127.0.0.1 right now.
 fn free_ports(n: usize) -> Result<Vec<u16>, String> {
     let mut out = Vec::with_capacity(n);
@@ -432,12 +403,12 @@ async fn measure(
         Ok((commits(&client).await?, scrape(&client).await?))
     };
     let sample = async |end: bool| -> Result<Sample, String> {
-        let before = (Instant::now(), cpu_ms(pid));
+        let before = (Instant::now(), crate::cpu_ms(pid));
         let (commits, metrics) = requests().await?;
         let (at, cpu_ms) = if end {
             before
         } else {
-            (Instant::now(), cpu_ms(pid))
+            (Instant::now(), crate::cpu_ms(pid))
         };
         Ok(Sample {
             at,
@@ -485,7 +456,7 @@ async fn measure(
             0.0
         },
         passing_after,
-        agent_rss_mib: rss_mib(pid),
+        agent_rss_mib: crate::rss_mib(pid),
         loadavg: std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()

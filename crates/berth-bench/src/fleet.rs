@@ -69,22 +69,6 @@ fn free_port() -> Result<u16, std::io::Error> {
         .port())
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<f64>()
-                    .ok()
-            })
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 /// The processes started, killed by pid when dropped.
 struct Procs(Vec<Child>);
 
@@ -175,7 +159,10 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
     let (lat, elapsed) = rt.block_on(measure(&a, &url, &dirs, per_agent))?;
     // Settle, then the agents' RSS: export agents against baseline ones with the same load.
     std::thread::sleep(Duration::from_secs(2));
-    let rss: Vec<f64> = procs.0[1..].iter().map(|c| rss_mib(c.id())).collect();
+    let rss: Vec<f64> = procs.0[1..]
+        .iter()
+        .map(|c| crate::rss_mib(c.id()))
+        .collect();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let (export_rss, base_rss) = (mean(&rss[..a.agents]), mean(&rss[a.agents..]));
     drop(procs);

@@ -70,20 +70,6 @@ fn start_registry(dir: &Path) -> Res<Registry> {
     Ok(reg)
 }
 
-/// `n` bytes no compressor shrinks (xorshift).
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
 fn run_ok(cmd: &mut Command) -> Res<()> {
     let out = cmd.output()?;
     if !out.status.success() {
@@ -101,7 +87,10 @@ fn push_image(dir: &Path, reg: &Registry, repo: &str, files: usize, each: usize)
     for i in 0..files {
         let content = dir.join(format!("{repo}-content-{i}"));
         std::fs::create_dir_all(&content)?;
-        std::fs::write(content.join(format!("data{i}")), noise(each, i as u64))?;
+        std::fs::write(
+            content.join(format!("data{i}")),
+            crate::noise(each, i as u64),
+        )?;
         let c = content.display().to_string();
         run_ok(Command::new("umoci").args(["insert", "--image", &format!("{l}:v1"), &c, "/"]))?;
     }

@@ -57,6 +57,52 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
+/// Resident memory of `pid` in MiB (`VmRSS`), 0 when it cannot be read.
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// User + system CPU time of `pid` itself (not its reaped children), in ms, from
+/// `/proc/<pid>/stat`; 0 when it cannot be read.
+pub fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: f64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
+    ticks * 1000.0 / berth_driver::usage::clock_ticks() as f64
+}
+
+/// `n` bytes no compressor or deduplication shrinks (xorshift from `seed`).
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
 /// Percentile of sorted samples (nearest rank).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -111,36 +111,6 @@ struct Report {
     target_rss_mib: f64,
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<f64>()
-                    .ok()
-            })
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-/// User + system CPU time of `pid` (ms), from `/proc/<pid>/stat` (in USER_HZ, 100 on Linux).
-fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    f.iter().sum::<f64>() * 10.0
-}
-
 fn record(i: usize) -> Result<MachineRecord, berth_types::IdError> {
     let mut config = MachineConfig::command(["/bin/sleep", "infinity"]);
     config.env.insert("APP".into(), "bench".into());
@@ -275,8 +245,8 @@ impl Berthd {
             sock.unwrap_or_default(),
             tcp.unwrap_or_default(),
         );
-        let rss_at_ready_mib = rss_mib(self.pid());
-        let cpu_at_ready_ms = cpu_ms(self.pid());
+        let rss_at_ready_mib = crate::rss_mib(self.pid());
+        let cpu_at_ready_ms = crate::cpu_ms(self.pid());
         let (reattached, reconciled_ms) = self.reconciled(at).await?;
         Ok(Start {
             ready_ms: ready.max(sock).max(tcp),
@@ -286,7 +256,7 @@ impl Berthd {
             reattached,
             rss_at_ready_mib,
             cpu_at_ready_ms,
-            rss_settled_mib: rss_mib(self.pid()),
+            rss_settled_mib: crate::rss_mib(self.pid()),
             reconciled_ms,
         })
     }

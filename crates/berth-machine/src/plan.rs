@@ -26,28 +26,27 @@ pub struct PlanStep {
     pub effect: Effect,
     /// The transition recorded with the step's completion, if any.
     pub to: Option<(State, EventKind)>,
-    /// What the step did, in words, for the reason of its transition (`create: <says>`).
-    pub says: &'static str,
 }
 
 const fn step(name: &'static str, effect: Effect, to: Option<(State, EventKind)>) -> PlanStep {
-    let says = match to {
-        None => "",
-        Some((State::Starting, _)) => "starting the workload",
-        Some((State::Started, _)) => "the workload runs",
-        Some((State::Stopping, _)) => "stopping the workload",
-        Some((State::Stopped, _)) => "the workload stopped",
-        Some((State::Restarting, EventKind::Update)) => "stopping to apply the new config",
-        Some((State::Restarting, _)) => "stopping to start again",
-        Some((State::Destroying, _)) => "stopping and removing the machine",
-        Some((State::Destroyed, _)) => "the machine is gone",
-        Some(_) => "",
-    };
-    PlanStep {
-        name,
-        effect,
-        to,
-        says,
+    PlanStep { name, effect, to }
+}
+
+impl PlanStep {
+    /// What the step did, in words, for the reason of its transition (`create: <says>`); its
+    /// stored name for a step without a transition.
+    pub fn says(&self) -> &'static str {
+        match self.to {
+            Some((State::Starting, _)) => "starting the workload",
+            Some((State::Started, _)) => "the workload runs",
+            Some((State::Stopping, _)) => "stopping the workload",
+            Some((State::Stopped, _)) => "the workload stopped",
+            Some((State::Restarting, EventKind::Update)) => "stopping to apply the new config",
+            Some((State::Restarting, _)) => "stopping to start again",
+            Some((State::Destroying, _)) => "stopping and removing the machine",
+            Some((State::Destroyed, _)) => "the machine is gone",
+            _ => self.name,
+        }
     }
 }
 

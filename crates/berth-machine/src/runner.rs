@@ -770,12 +770,7 @@ fn reason(kind: OpKind, step: &PlanStep) -> String {
         OpKind::Destroy => "destroy",
         OpKind::Update => "update",
     };
-    let says = if step.says.is_empty() {
-        step.name
-    } else {
-        step.says
-    };
-    format!("{verb}: {says}")
+    format!("{verb}: {}", step.says())
 }
 
 /// The steps of `op`'s plan not yet done, in order; an operation recorded with a step its plan

@@ -504,6 +504,16 @@ impl Cli {
     }
 
     pub(crate) fn client(&self) -> Result<Client, Fail> {
+        if let Some(n) = &self.lease_nonce
+            && (n.is_empty() || !n.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(Fail(
+                2,
+                "--lease-nonce: a nonce is printable ASCII without spaces, as the lease's \
+                 `nonce` field shows it"
+                    .into(),
+            ));
+        }
         if let Some(api) = &self.api {
             let addr = api
                 .trim_start_matches("http://")
