@@ -509,32 +509,37 @@ fn record_exit(
             ExitOutcome::Held(to)
         }
         AfterExit::Restart { delay } => {
-            let steps: Vec<&str> = crate::plan(OpKind::Restart, true)
-                .iter()
-                .map(|s| s.name)
-                .collect();
-            let reason = format!(
-                "{what}; restart policy {:?}: restart {} in {}ms",
-                rec.config.restart.policy,
-                rec.restarts + 1,
-                delay.as_millis()
-            );
-            let params = berth_types::OpParams {
-                delay_ms: Some(delay.as_millis() as u64),
-                exit: Some(exit.clone()),
-                reason: Some(reason),
-                ..Default::default()
-            };
-            ExitOutcome::Restart(w.begin_operation(
-                id,
-                OpKind::Restart,
-                Source::Berth,
-                params,
-                &steps,
-            )?)
+            ExitOutcome::Restart(begin_policy_restart(w, &rec, exit, what, delay)?)
         }
     };
     Ok((outcome, Some((rec, decision))))
+}
+
+/// Begins the restart operation a machine's restart policy decided after `exit`.
+fn begin_policy_restart(
+    w: &mut berth_store::WriteCtx<'_, '_>,
+    rec: &MachineRecord,
+    exit: ExitInfo,
+    what: String,
+    delay: std::time::Duration,
+) -> Result<OperationRecord, StoreError> {
+    let steps: Vec<&str> = crate::plan(OpKind::Restart, true)
+        .iter()
+        .map(|s| s.name)
+        .collect();
+    let reason = format!(
+        "{what}; restart policy {}: restart {} in {}ms",
+        rec.config.restart.policy,
+        rec.restarts + 1,
+        delay.as_millis()
+    );
+    let params = berth_types::OpParams {
+        delay_ms: Some(delay.as_millis() as u64),
+        exit: Some(exit),
+        reason: Some(reason),
+        ..Default::default()
+    };
+    w.begin_operation(&rec.id, OpKind::Restart, Source::Berth, params, &steps)
 }
 
 fn unknown_exit() -> ExitInfo {

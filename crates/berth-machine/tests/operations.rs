@@ -214,7 +214,15 @@ async fn refused_operations_record_nothing() {
         "{err}"
     );
     m.run(op).await.unwrap();
-    let before = m.store().stats().unwrap();
+    // `history` is an index of the event log that the writer materializes a generation at a time
+    // in later commits (a refused request's commit can carry the indexer's slice): compare the
+    // tables that hold records, and the event log the index is built from.
+    let records = |m: &Machines<Recorder>| {
+        let mut t = m.store().stats().unwrap().tables;
+        t.remove("history");
+        t
+    };
+    let before = records(&m);
     let err = m
         .begin(&rec.id, OpKind::Start, Source::User, None, None)
         .await
@@ -229,7 +237,7 @@ async fn refused_operations_record_nothing() {
             .await,
         Err(OpError::Store(StoreError::NotFound(_)))
     ));
-    assert_eq!(m.store().stats().unwrap().tables, before.tables);
+    assert_eq!(records(&m), before);
     assert_eq!(fx.calls(), ["spawn m1"]);
 }
 
@@ -427,7 +435,7 @@ async fn exits_follow_the_restart_policy() {
     assert!(
         restart_event
             .reason
-            .contains("exited with code 1; restart policy OnFailure: restart 1"),
+            .contains("exited with code 1; restart policy on-failure: restart 1"),
         "{}",
         restart_event.reason
     );

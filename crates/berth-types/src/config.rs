@@ -206,6 +206,23 @@ pub enum RestartPolicy {
     Always,
 }
 
+impl RestartPolicy {
+    /// The API's spelling: `no`, `on-failure`, `always`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+        }
+    }
+}
+
+impl std::fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Restart policy and its retry budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -288,6 +305,14 @@ fn too_large(field: &str, reason: impl Into<String>) -> ConfigError {
         reason: reason.into(),
         too_large: true,
     }
+}
+
+/// `too_large` when `n` of `what` exceed `max`: "{n} {what}; the limit is {max}".
+fn over_limit(field: &str, what: &str, n: usize, max: usize) -> Result<(), ConfigError> {
+    if n > max {
+        return Err(too_large(field, format!("{n} {what}; the limit is {max}")));
+    }
+    Ok(())
 }
 
 /// An input over a size or count limit, or malformed; the message names the field and the limit.
@@ -415,6 +440,25 @@ impl MachineConfig {
 
     /// Checks every bound that does not depend on the host, and normalizes signal names.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
+        self.validate_cmd()?;
+        self.validate_env()?;
+        self.validate_workdir()?;
+        self.validate_stop_and_restart()?;
+        self.validate_resources()?;
+        if let Some(image) = &self.image {
+            crate::image_ref::validate_image_ref(image).map_err(|e| {
+                if image.len() > crate::image_ref::IMAGE_REF_MAX {
+                    too_large("image", e)
+                } else {
+                    bad("image", e)
+                }
+            })?;
+        }
+        self.validate_checks()?;
+        self.validate_workload()
+    }
+
+    fn validate_cmd(&self) -> Result<(), ConfigError> {
         let cmd_defaults_to_image = self.cmd.is_empty() && self.image.is_some();
         if !cmd_defaults_to_image && self.cmd.first().is_none_or(String::is_empty) {
             return Err(bad(
@@ -422,39 +466,17 @@ impl MachineConfig {
                 "must name a program (a non-empty array of strings), unless an image gives the default",
             ));
         }
-        if self.cmd.len() > limits::CMD_ARGS {
-            return Err(too_large(
-                "cmd",
-                format!(
-                    "{} arguments; the limit is {}",
-                    self.cmd.len(),
-                    limits::CMD_ARGS
-                ),
-            ));
-        }
+        over_limit("cmd", "arguments", self.cmd.len(), limits::CMD_ARGS)?;
         let cmd_bytes: usize = self.cmd.iter().map(String::len).sum();
-        if cmd_bytes > limits::CMD_BYTES {
-            return Err(too_large(
-                "cmd",
-                format!(
-                    "{cmd_bytes} bytes of arguments; the limit is {}",
-                    limits::CMD_BYTES
-                ),
-            ));
-        }
+        over_limit("cmd", "bytes of arguments", cmd_bytes, limits::CMD_BYTES)?;
         if let Some(i) = self.cmd.iter().position(|a| a.contains('\0')) {
             return Err(bad("cmd", format!("argument {i} contains a NUL byte")));
         }
-        if self.env.len() > limits::ENV_ENTRIES {
-            return Err(too_large(
-                "env",
-                format!(
-                    "{} variables; the limit is {}",
-                    self.env.len(),
-                    limits::ENV_ENTRIES
-                ),
-            ));
-        }
+        Ok(())
+    }
+
+    fn validate_env(&self) -> Result<(), ConfigError> {
+        over_limit("env", "variables", self.env.len(), limits::ENV_ENTRIES)?;
         let mut env_bytes = 0;
         for (k, v) in &self.env {
             if k.len() > limits::ENV_KEY_MAX {
@@ -485,30 +507,30 @@ impl MachineConfig {
             }
             env_bytes += k.len() + v.len();
         }
-        if env_bytes > limits::ENV_BYTES {
+        over_limit("env", "bytes in all", env_bytes, limits::ENV_BYTES)
+    }
+
+    fn validate_workdir(&self) -> Result<(), ConfigError> {
+        let Some(w) = &self.workdir else {
+            return Ok(());
+        };
+        if w.len() > limits::WORKDIR_MAX {
             return Err(too_large(
-                "env",
+                "workdir",
                 format!(
-                    "{env_bytes} bytes in all; the limit is {}",
-                    limits::ENV_BYTES
+                    "{} bytes long; the limit is {}",
+                    w.len(),
+                    limits::WORKDIR_MAX
                 ),
             ));
         }
-        if let Some(w) = &self.workdir {
-            if w.len() > limits::WORKDIR_MAX {
-                return Err(too_large(
-                    "workdir",
-                    format!(
-                        "{} bytes long; the limit is {}",
-                        w.len(),
-                        limits::WORKDIR_MAX
-                    ),
-                ));
-            }
-            if !w.starts_with('/') || w.contains('\0') {
-                return Err(bad("workdir", format!("{w:?} must be an absolute path")));
-            }
+        if !w.starts_with('/') || w.contains('\0') {
+            return Err(bad("workdir", format!("{w:?} must be an absolute path")));
         }
+        Ok(())
+    }
+
+    fn validate_stop_and_restart(&mut self) -> Result<(), ConfigError> {
         self.stop.signal = normalize_signal(&self.stop.signal)
             .map_err(|e| bad("stop.signal", e))?
             .to_owned();
@@ -521,6 +543,10 @@ impl MachineConfig {
                 "only applies to the on-failure policy",
             ));
         }
+        Ok(())
+    }
+
+    fn validate_resources(&self) -> Result<(), ConfigError> {
         let r = &self.resources;
         if r.memory_mb == Some(0) {
             return Err(bad("resources.memory_mb", "must be at least 1"));
@@ -533,30 +559,11 @@ impl MachineConfig {
         if r.pids == Some(0) {
             return Err(bad("resources.pids", "must be at least 1"));
         }
-        if let Some(image) = &self.image {
-            crate::image_ref::validate_image_ref(image).map_err(|e| {
-                if image.len() > crate::image_ref::IMAGE_REF_MAX {
-                    too_large("image", e)
-                } else {
-                    bad("image", e)
-                }
-            })?;
-        }
-        self.validate_checks()?;
-        self.validate_workload()
+        Ok(())
     }
 
     fn validate_checks(&self) -> Result<(), ConfigError> {
-        if self.checks.len() > limits::CHECKS {
-            return Err(too_large(
-                "checks",
-                format!(
-                    "{} checks; the limit is {}",
-                    self.checks.len(),
-                    limits::CHECKS
-                ),
-            ));
-        }
+        over_limit("checks", "checks", self.checks.len(), limits::CHECKS)?;
         for (name, c) in &self.checks {
             validate_check(name, c)?;
         }
@@ -584,23 +591,7 @@ impl MachineConfig {
 }
 
 fn validate_check(name: &str, c: &CheckConfig) -> Result<(), ConfigError> {
-    let ok_name = !name.is_empty()
-        && name.len() <= limits::CHECK_NAME_MAX
-        && name
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'));
-    if !ok_name {
-        return Err(bad(
-            "checks",
-            format!(
-                "invalid check name {:?}: 1 to {} characters of A-Z a-z 0-9 . _ -",
-                name.chars()
-                    .take(limits::CHECK_NAME_MAX)
-                    .collect::<String>(),
-                limits::CHECK_NAME_MAX
-            ),
-        ));
-    }
+    validate_check_name(name)?;
     let field = |f: &str| format!("checks.{name}.{f}");
     match c.kind {
         CheckType::Http | CheckType::Tcp => {
@@ -614,43 +605,83 @@ fn validate_check(name: &str, c: &CheckConfig) -> Result<(), ConfigError> {
                 return Err(bad(&field("command"), "only an exec check has a command"));
             }
         }
-        CheckType::Exec => {
-            if c.command.first().is_none_or(String::is_empty) {
-                return Err(bad(
-                    &field("command"),
-                    "an exec check must name a program (a non-empty array of strings)",
-                ));
-            }
-            if c.command.len() > limits::CMD_ARGS
-                || c.command.iter().map(String::len).sum::<usize>() > limits::CMD_BYTES
-            {
-                return Err(too_large(&field("command"), "over the limits of cmd"));
-            }
-            if c.command.iter().any(|a| a.contains('\0')) {
-                return Err(bad(&field("command"), "an argument contains a NUL byte"));
-            }
-            if c.port.is_some() {
-                return Err(bad(&field("port"), "an exec check has no port"));
-            }
-        }
+        CheckType::Exec => validate_exec_check(c, &field)?,
     }
     if let Some(p) = &c.path {
-        if c.kind != CheckType::Http {
-            return Err(bad(&field("path"), "only an http check has a path"));
-        }
-        if p.len() > limits::CHECK_PATH_MAX {
-            return Err(too_large(
-                &field("path"),
-                format!("{} bytes; the limit is {}", p.len(), limits::CHECK_PATH_MAX),
-            ));
-        }
-        if !p.starts_with('/') || p.chars().any(|ch| ch.is_control() || ch == ' ') {
-            return Err(bad(
-                &field("path"),
-                "must start with / and hold no spaces or control characters",
-            ));
-        }
+        validate_check_path(c, p, &field)?;
     }
+    validate_check_timing(c, &field)
+}
+
+fn validate_check_name(name: &str) -> Result<(), ConfigError> {
+    let ok_name = !name.is_empty()
+        && name.len() <= limits::CHECK_NAME_MAX
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'));
+    if ok_name {
+        return Ok(());
+    }
+    Err(bad(
+        "checks",
+        format!(
+            "invalid check name {:?}: 1 to {} characters of A-Z a-z 0-9 . _ -",
+            name.chars()
+                .take(limits::CHECK_NAME_MAX)
+                .collect::<String>(),
+            limits::CHECK_NAME_MAX
+        ),
+    ))
+}
+
+fn validate_exec_check(c: &CheckConfig, field: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    if c.command.first().is_none_or(String::is_empty) {
+        return Err(bad(
+            &field("command"),
+            "an exec check must name a program (a non-empty array of strings)",
+        ));
+    }
+    if c.command.len() > limits::CMD_ARGS
+        || c.command.iter().map(String::len).sum::<usize>() > limits::CMD_BYTES
+    {
+        return Err(too_large(&field("command"), "over the limits of cmd"));
+    }
+    if c.command.iter().any(|a| a.contains('\0')) {
+        return Err(bad(&field("command"), "an argument contains a NUL byte"));
+    }
+    if c.port.is_some() {
+        return Err(bad(&field("port"), "an exec check has no port"));
+    }
+    Ok(())
+}
+
+fn validate_check_path(
+    c: &CheckConfig,
+    p: &str,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    if c.kind != CheckType::Http {
+        return Err(bad(&field("path"), "only an http check has a path"));
+    }
+    if p.len() > limits::CHECK_PATH_MAX {
+        return Err(too_large(
+            &field("path"),
+            format!("{} bytes; the limit is {}", p.len(), limits::CHECK_PATH_MAX),
+        ));
+    }
+    if !p.starts_with('/') || p.chars().any(|ch| ch.is_control() || ch == ' ') {
+        return Err(bad(
+            &field("path"),
+            "must start with / and hold no spaces or control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_check_timing(
+    c: &CheckConfig,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
     let (interval, timeout) = (c.interval.0, c.timeout.0);
     if interval < Duration::from_millis(100) || interval > Duration::from_secs(24 * 3600) {
         return Err(bad(&field("interval"), "must be between 100ms and 24h"));
