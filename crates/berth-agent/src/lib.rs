@@ -165,6 +165,25 @@ pub struct Agent {
     checks: Arc<checks::Checks>,
 }
 
+/// Gives every machine whose supervisor still runs a watcher (nothing is restarted); returns
+/// how many.
+fn reattach(store: &Store, driver: &Driver, effects: &HostEffects) -> Result<usize, AgentError> {
+    let mut reattached = 0;
+    let mut known = Vec::new();
+    store.each_machine(|m| {
+        known.push((m.id, m.state));
+        true
+    })?;
+    for (id, state) in known {
+        if let Probe::Running(s) = driver.probe(id.as_str()) {
+            effects.watch(id.as_str(), s.workload.pid);
+            reattached += 1;
+            tracing::info!(machine = %id, pid = s.workload.pid, %state, "reattached to running workload");
+        }
+    }
+    Ok(reattached)
+}
+
 impl Agent {
     /// Opens the store, sets up the driver, reattaches to running workloads, resumes operations
     /// and starts the supervision loops.
@@ -203,27 +222,21 @@ impl Agent {
         images.spawn_collector(store.clone());
 
         // Reattach first: every supervisor that runs gets a watcher, nothing is restarted.
-        let mut reattached = 0;
-        let mut known = Vec::new();
-        store.each_machine(|m| {
-            known.push((m.id, m.state));
-            true
-        })?;
-        for (id, state) in known {
-            if let Probe::Running(s) = driver.probe(id.as_str()) {
-                effects.watch(id.as_str(), s.workload.pid);
-                reattached += 1;
-                tracing::info!(machine = %id, pid = s.workload.pid, %state, "reattached to running workload");
-            }
-        }
+        let reattached = reattach(&store, &driver, &effects)?;
         let resumed = store.operations()?.len();
         if let Ok(mut s) = agent.status.lock() {
             s.reattached = reattached;
             s.resumed_operations = resumed;
         }
+        agent.spawn_loops(rx, &cfg);
+        Ok(agent)
+    }
 
-        tokio::spawn(agent.clone().exit_loop(rx));
-        let me = agent.clone();
+    /// The loops that run for the agent's life: exits, resumed operations, reconciliation,
+    /// checks, maintenance and telemetry.
+    fn spawn_loops(&self, exits: mpsc::UnboundedReceiver<ExitNotice>, cfg: &AgentConfig) {
+        tokio::spawn(self.clone().exit_loop(exits));
+        let me = self.clone();
         tokio::spawn(async move {
             match me.machines.resume_all().await {
                 Ok(results) => {
@@ -237,7 +250,7 @@ impl Agent {
                 Err(e) => tracing::error!(error = %e, "could not resume operations"),
             }
         });
-        let me = agent.clone();
+        let me = self.clone();
         let interval = cfg.reconcile_interval;
         tokio::spawn(async move {
             loop {
@@ -245,14 +258,12 @@ impl Agent {
                 tokio::time::sleep(interval).await;
             }
         });
-        tokio::spawn(agent.clone().checks_loop());
+        tokio::spawn(self.clone().checks_loop());
         if let Some(m) = cfg.maintenance.clone() {
-            agent.spawn_maintenance(m);
+            self.spawn_maintenance(m);
         }
-        agent
-            .telemetry
+        self.telemetry
             .spawn(cfg.telemetry.sample_interval, cfg.telemetry.db_interval);
-        Ok(agent)
     }
 
     /// The machine operations (the commands' own: a front end goes through the commands).
