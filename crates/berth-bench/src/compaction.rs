@@ -279,19 +279,8 @@ async fn measure(path: &Path, size_mib: u64) -> Result<Report, Box<dyn std::erro
     stop.store(true, Ordering::Relaxed);
     let during = w.await?;
     let after = store.stats()?;
-    // Which phase the longest stall started in.
     let phases = phases.lock().map(|p| p.clone()).unwrap_or_default();
-    let worst = during
-        .iter()
-        .copied()
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .unwrap_or_default();
-    let stall_phase = phases
-        .iter()
-        .rev()
-        .find(|(at, _)| *at <= worst.0)
-        .map(|(_, p)| p.clone())
-        .unwrap_or_else(|| "before".into());
+    let stall_phase = longest_stall_phase(&phases, &during);
     let phase_ms = phases
         .windows(2)
         .map(|w| (w[0].1.clone(), w[1].0 - w[0].0))
@@ -320,6 +309,21 @@ async fn measure(path: &Path, size_mib: u64) -> Result<Report, Box<dyn std::erro
         catch_up_rounds: compaction.catch_up_rounds,
         keys_caught_up: compaction.keys_caught_up,
     })
+}
+
+/// The phase the longest stall of `during` (start ms, latency ms) started in.
+fn longest_stall_phase(phases: &[(f64, String)], during: &[(f64, f64)]) -> String {
+    let worst = during
+        .iter()
+        .copied()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or_default();
+    phases
+        .iter()
+        .rev()
+        .find(|(at, _)| *at <= worst.0)
+        .map(|(_, p)| p.clone())
+        .unwrap_or_else(|| "before".into())
 }
 
 fn print(report: &Report) {

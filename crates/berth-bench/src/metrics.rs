@@ -98,14 +98,32 @@ fn count_series(text: &str) -> (usize, usize) {
 }
 
 fn scrape_bench(out: &Path) -> Result<Scrape, Box<dyn std::error::Error>> {
+    let dir = out.join("metrics-data");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut child = start_agent(&dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client = Client::new(Endpoint::Unix(dir.join("berth.sock")));
+    let result = rt.block_on(measure_scrapes(&client));
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(result?)
+}
+
+/// A release berthd on `dir` (socket only), once its socket answers.
+fn start_agent(dir: &Path) -> Result<std::process::Child, Box<dyn std::error::Error>> {
     let exe_dir = std::env::current_exe()?
         .parent()
         .ok_or("no exe dir")?
         .to_owned();
     let berthd = exe_dir.join("berthd");
-    let dir = out.join("metrics-data");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
     let config = dir.join("berth.toml");
     std::fs::write(
         &config,
@@ -129,109 +147,118 @@ fn scrape_bench(out: &Path) -> Result<Scrape, Box<dyn std::error::Error>> {
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         if Instant::now() > deadline {
             let _ = child.kill();
+            let _ = child.wait();
             return Err("berthd did not start".into());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let client = Client::new(Endpoint::Unix(socket));
-    let result = rt.block_on(async {
-        let mut tasks = Vec::new();
-        for w in 0..CLIENTS {
-            let client = client.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut ids = Vec::new();
-                for _ in (w..MACHINES).step_by(CLIENTS) {
-                    let req = berth_api_types::CreateMachine {
-                        name: None,
-                        config: MachineConfig::command(["/bin/sleep", "1000"]),
-                        metadata: Default::default(),
-                        skip_start: false,
-                    };
-                    let m = client.create(&req, None).await.map_err(|e| e.to_string())?;
-                    ids.push(m.id.to_string());
-                }
-                Ok::<_, String>(ids)
-            }));
-        }
-        let mut ids = Vec::new();
-        for t in tasks {
-            ids.extend(t.await.map_err(|e| e.to_string())??);
-        }
-        let scrape = || async {
-            let t = Instant::now();
-            let r = client
-                .raw(Method::GET, "/metrics", None, &[])
-                .await
-                .map_err(|e| e.to_string())?;
-            let ms = t.elapsed().as_secs_f64() * 1e3;
-            let text = String::from_utf8(r.body.to_vec()).map_err(|e| e.to_string())?;
-            Ok::<_, String>((ms, text))
-        };
-        // Wait for the sampler (every 5 s by default) to have every machine's CPU and memory.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (_, text) = scrape().await?;
-            let sampled = text
-                .lines()
-                .filter(|l| l.starts_with("berth_machine_memory_bytes{"))
-                .count();
-            if sampled == MACHINES {
-                break;
+    Ok(child)
+}
+
+/// Creates the machines, waits until each is sampled, times the scrapes, then destroys every
+/// machine and checks that no machine series remains.
+async fn measure_scrapes(client: &Client) -> Result<Scrape, String> {
+    let ids = create_machines(client).await?;
+    wait_sampled(client).await?;
+    let mut lat = Vec::new();
+    let mut last = String::new();
+    for _ in 0..SCRAPES {
+        let (ms, text) = scrape(client).await?;
+        lat.push(ms);
+        last = text;
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let (series, machine_series) = count_series(&last);
+    destroy_all(client, &ids).await;
+    let (_, after) = scrape(client).await?;
+    if after.contains("machine_id=") {
+        return Err("series of destroyed machines remain".to_owned());
+    }
+    Ok(Scrape {
+        machines: ids.len(),
+        scrapes: SCRAPES,
+        p50_ms: percentile(&lat, 50.0),
+        p99_ms: percentile(&lat, 99.0),
+        max_ms: lat.last().copied().unwrap_or(0.0),
+        body_bytes: last.len(),
+        series,
+        machine_series,
+        budget_ms: 20.0,
+    })
+}
+
+/// `MACHINES` started `/bin/sleep` machines, created by `CLIENTS` concurrent clients.
+async fn create_machines(client: &Client) -> Result<Vec<String>, String> {
+    let mut tasks = Vec::new();
+    for w in 0..CLIENTS {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in (w..MACHINES).step_by(CLIENTS) {
+                let req = berth_api_types::CreateMachine {
+                    name: None,
+                    config: MachineConfig::command(["/bin/sleep", "1000"]),
+                    metadata: Default::default(),
+                    skip_start: false,
+                };
+                let m = client.create(&req, None).await.map_err(|e| e.to_string())?;
+                ids.push(m.id.to_string());
             }
-            if Instant::now() > deadline {
-                return Err(format!("only {sampled} machines sampled after 60 s"));
+            Ok::<_, String>(ids)
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    Ok(ids)
+}
+
+/// One GET /metrics: its latency (ms) and body.
+async fn scrape(client: &Client) -> Result<(f64, String), String> {
+    let t = Instant::now();
+    let r = client
+        .raw(Method::GET, "/metrics", None, &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let text = String::from_utf8(r.body.to_vec()).map_err(|e| e.to_string())?;
+    Ok((ms, text))
+}
+
+/// Waits for the sampler (every 5 s by default) to have every machine's CPU and memory.
+async fn wait_sampled(client: &Client) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, text) = scrape(client).await?;
+        let sampled = text
+            .lines()
+            .filter(|l| l.starts_with("berth_machine_memory_bytes{"))
+            .count();
+        if sampled == MACHINES {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {sampled} machines sampled after 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn destroy_all(client: &Client, ids: &[String]) {
+    let mut tasks = Vec::new();
+    for chunk in ids.chunks(ids.len().div_ceil(CLIENTS).max(1)) {
+        let client = client.clone();
+        let chunk = chunk.to_vec();
+        tasks.push(tokio::spawn(async move {
+            for id in chunk {
+                let _ = client.destroy(&id, true).await;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let mut lat = Vec::new();
-        let mut last = String::new();
-        for _ in 0..SCRAPES {
-            let (ms, text) = scrape().await?;
-            lat.push(ms);
-            last = text;
-        }
-        lat.sort_by(|a, b| a.total_cmp(b));
-        let (series, machine_series) = count_series(&last);
-        let mut tasks = Vec::new();
-        for chunk in ids.chunks(ids.len().div_ceil(CLIENTS)) {
-            let client = client.clone();
-            let chunk = chunk.to_vec();
-            tasks.push(tokio::spawn(async move {
-                for id in chunk {
-                    let _ = client.destroy(&id, true).await;
-                }
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-        let (_, after) = scrape().await?;
-        if after.contains("machine_id=") {
-            return Err("series of destroyed machines remain".to_owned());
-        }
-        Ok(Scrape {
-            machines: ids.len(),
-            scrapes: SCRAPES,
-            p50_ms: percentile(&lat, 50.0),
-            p99_ms: percentile(&lat, 99.0),
-            max_ms: lat.last().copied().unwrap_or(0.0),
-            body_bytes: last.len(),
-            series,
-            machine_series,
-            budget_ms: 20.0,
-        })
-    });
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(result?)
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
 }
 
 fn record(i: usize) -> MachineRecord {

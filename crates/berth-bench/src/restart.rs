@@ -457,6 +457,30 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
     }
     let _ = std::fs::remove_file(&d.notify);
 
+    let report = summarize(
+        &a,
+        stats,
+        preload_seconds,
+        first_start,
+        create_seconds,
+        restarts,
+    );
+    print(&report);
+    let json = out.join("restart.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+    println!("wrote {}", json.display());
+    Ok(())
+}
+
+/// The report of one run: the restarts' distribution beside the targets.
+fn summarize(
+    a: &Args,
+    stats: Option<berth_api_types::DbStats>,
+    preload_seconds: f64,
+    first_start: Start,
+    create_seconds: f64,
+    restarts: Vec<Start>,
+) -> Report {
     let mut ready: Vec<f64> = restarts.iter().map(|s| s.ready_ms).collect();
     ready.sort_by(f64::total_cmp);
     let mut cpu: Vec<f64> = restarts.iter().map(|s| s.cpu_at_ready_ms).collect();
@@ -471,7 +495,7 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
             s.file_allocated_bytes,
         )
     });
-    let report = Report {
+    Report {
         machines: a.machines,
         started: a.started,
         events_in_log,
@@ -486,7 +510,10 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
         restarts,
         target_ready_p50_ms: 1000.0,
         target_rss_mib: 64.0,
-    };
+    }
+}
+
+fn print(report: &Report) {
     println!(
         "{} machines ({} started), {} events, {:.0} MiB: ready p50 {:.0} ms, max {:.0} ms (target p50 <= 1000), CPU to ready p50 {:.0} ms; RSS after start {:.1} MiB (target <= 64)",
         report.machines,
@@ -498,8 +525,4 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
         report.cpu_at_ready_p50_ms,
         report.rss_after_start_mib
     );
-    let json = out.join("restart.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
-    println!("wrote {}", json.display());
-    Ok(())
 }
