@@ -102,9 +102,17 @@ fn lifecycle_through_the_cli() {
             .trim(),
         id
     );
-    std::thread::sleep(Duration::from_millis(200));
-    let logs = agent.cli(&["logs", &id]);
-    assert_eq!(String::from_utf8(logs.stdout).unwrap(), "hello\n");
+    // The workload writes its line on its own time: poll for it.
+    let logs = common::poll_until(
+        "the workload's line in its logs",
+        Duration::from_secs(10),
+        || {
+            let logs = agent.cli(&["logs", &id]);
+            let text = String::from_utf8(logs.stdout).unwrap();
+            (!text.is_empty()).then_some(text)
+        },
+    );
+    assert_eq!(logs, "hello\n");
     assert!(
         agent
             .cli(&["machine", "stop", &id, "--timeout", "2s"])
@@ -502,7 +510,12 @@ fn overload_is_refused_at_once_and_the_operator_lane_stays_open() {
                 tcp.stop(&id, &req).await
             })
         };
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The stop holds the lane's only mutation slot while it waits out the grace period.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tcp.get(&id).await.unwrap().state != berth_types::State::Stopping {
+            assert!(Instant::now() < deadline, "the stop never began");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // The TCP lane is saturated: an immediate 429 with Retry-After.
         let t = Instant::now();
         let r = tcp

@@ -15,27 +15,16 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// The path of a workspace binary, built (once per test process) so it is never stale when
-/// this package's tests run on their own; under `cargo xtask test` the build is a no-op.
+/// this package's tests run on their own. It builds exactly what `cargo test --workspace
+/// --all-targets` builds (same packages, same targets, so the same features), so under
+/// `cargo xtask test` it is a no-op; building only the three binaries' packages would unify
+/// features differently and compile a second copy of most dependencies.
 pub fn built(name: &str, _package: &str) -> PathBuf {
     static BUILD: std::sync::Once = std::sync::Once::new();
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let ok = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "berthd",
-                "--bin",
-                "berthd",
-                "-p",
-                "berth",
-                "--bin",
-                "berth",
-                "-p",
-                "berth-driver",
-                "--bin",
-                "berth-shim",
-            ])
+            .args(["build", "--workspace", "--all-targets"])
             .status()
             .unwrap();
         assert!(ok.success(), "building the binaries failed");
@@ -226,4 +215,23 @@ pub async fn post_machine(c: &Client, body: &serde_json::Value) -> (u16, serde_j
         r.status.as_u16(),
         serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// Polls `f` every 25 ms until it returns `Some`, for at most `within`; panics naming `what`.
+pub fn poll_until<T>(
+    what: &str,
+    within: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
 }
