@@ -364,14 +364,35 @@ impl Driver {
         instance: &str,
         image: Option<&crate::oci::ImageRun>,
     ) -> Result<i32, DriverError> {
+        if let Some(pid) = self.launched_or_settled(id, instance)? {
+            return Ok(pid);
+        }
+        self.prepare(id)?;
+        let dir = self.dir(id);
+        clear_stale(&dir)?;
+        let oci = match image {
+            Some(run) => Some(self.prepare_bundle(id, config, run)?),
+            None => None,
+        };
+        let spec = self.launch_spec(id, config, instance, oci)?;
+        // Not fsynced: after a crash the launch is retried and writes it again.
+        files::write_json_fast(&dir.join(files::SPEC), &spec).map_err(io("write spec.json"))?;
+        self.run_shim(&dir).await
+    }
+
+    /// What an earlier start of launch `instance` left: its workload's pid when that launch
+    /// already happened (running, or exited after it ran), `None` when a launch is to be made.
+    /// A workload of another launch still running is refused; one whose supervisor died is
+    /// killed first, so that it does not run on beside the new one.
+    fn launched_or_settled(&self, id: &str, instance: &str) -> Result<Option<i32>, DriverError> {
         match self.probe(id) {
-            Probe::Running(s) if s.instance == instance => return Ok(s.workload.pid),
+            Probe::Running(s) if s.instance == instance => return Ok(Some(s.workload.pid)),
             Probe::Exited(r) if r.instance == instance && r.error.is_none() => {
                 if let Some(s) = files::read_json::<ShimState>(&self.dir(id).join(files::STATE))
                     .ok()
                     .flatten()
                 {
-                    return Ok(s.workload.pid);
+                    return Ok(Some(s.workload.pid));
                 }
             }
             Probe::Running(s) => return Err(DriverError::AlreadyRunning(s.instance)),
@@ -380,27 +401,25 @@ impl Driver {
                 workload_alive: true,
                 ..
             } => {
-                // Its supervisor is dead: the old workload must not run on beside a new one.
                 self.settle_lost(id)?;
             }
             _ => {}
         }
-        self.prepare(id)?;
-        let dir = self.dir(id);
-        for f in [files::STATE, files::EXIT] {
-            match std::fs::remove_file(dir.join(f)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(io(format!("remove stale {f}"))(e));
-                }
-                _ => {}
-            }
-        }
-        let oci = match image {
-            Some(run) => Some(self.prepare_bundle(id, config, run)?),
-            None => None,
-        };
+        Ok(None)
+    }
+
+    /// The shim's `spec.json` for a launch: the cgroup (a process machine's; an image machine's
+    /// cgroups are the runtime's), the user resolved now (the host's user database may have
+    /// changed since the create checked it; an image machine's is the bundle's), the working
+    /// directory and the environment with the user's `HOME`, `USER` and `LOGNAME` as defaults.
+    fn launch_spec(
+        &self,
+        id: &str,
+        config: &MachineConfig,
+        instance: &str,
+        oci: Option<crate::oci::OciLaunch>,
+    ) -> Result<Spec, DriverError> {
         let cgroup = match &self.cgroups {
-            // An image machine's cgroups are the runtime's.
             Some(_) if oci.is_some() => None,
             Some(cg) => Some(
                 cg.create(id, &config.resources)
@@ -408,8 +427,6 @@ impl Driver {
             ),
             None => None,
         };
-        // A process machine's user, resolved now (the host's user database may have changed
-        // since the create checked it); an image machine's is the bundle's.
         let user = match (&config.user, &oci) {
             (Some(u), None) => Some(
                 crate::user::resolve(u).map_err(|e| DriverError::Launch(format!("user: {e}")))?,
@@ -433,7 +450,7 @@ impl Driver {
                     .or_insert_with(|| name.clone());
             }
         }
-        let spec = Spec {
+        Ok(Spec {
             instance: instance.to_owned(),
             cmd: config.cmd.clone(),
             env,
@@ -445,12 +462,15 @@ impl Driver {
             nofile: self.cfg.workload_nofile,
             oom_score_adj: self.cfg.workload_oom_score_adj,
             oci,
-        };
-        // Not fsynced: after a crash the launch is retried and writes it again.
-        files::write_json_fast(&dir.join(files::SPEC), &spec).map_err(io("write spec.json"))?;
+        })
+    }
+
+    /// Runs the shim for the machine directory `dir` and reads its launcher's one line: the
+    /// workload's pid, or why it did not start.
+    async fn run_shim(&self, dir: &Path) -> Result<i32, DriverError> {
         let launch = tokio::process::Command::new(&self.cfg.shim)
             .args(&self.cfg.shim_args)
-            .arg(&dir)
+            .arg(dir)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -756,6 +776,19 @@ impl Driver {
     pub fn machines_dir(&self) -> &Path {
         &self.cfg.machines_dir
     }
+}
+
+/// Removes the shim state and exit record of an earlier launch, before a new one.
+fn clear_stale(dir: &Path) -> Result<(), DriverError> {
+    for f in [files::STATE, files::EXIT] {
+        match std::fs::remove_file(dir.join(f)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(format!("remove stale {f}"))(e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Converts a shim's exit record into the domain's exit info.

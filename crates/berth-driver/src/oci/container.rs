@@ -18,11 +18,11 @@ use nix::unistd::Pid;
 
 use super::OciLaunch;
 use super::bundle::BundleDirs;
-use crate::files::{self, ExitRecord, ShimState, Spec};
+use crate::files::{self, Spec};
 use crate::logfmt::Stream;
 use crate::logs::RecordLog;
 use crate::proc::{self, ProcessId};
-use crate::shim::{LaunchResult, drain, pump_until_exit, report};
+use crate::shim::{drain, fail_launch, pump_until_exit, record_exit, record_started};
 
 /// Mounts the machine's root: the image read-only under the machine's writable layer.
 pub fn mount_root(oci: &OciLaunch) -> Result<(), String> {
@@ -185,24 +185,7 @@ fn fail(
 ) -> Result<i32, String> {
     delete(&oci.runtime, &oci.container_id);
     unmount_root(&oci.bundle);
-    let record = ExitRecord {
-        instance: spec.instance.clone(),
-        code: Some(127),
-        signal: None,
-        oom_killed: false,
-        at_ns: files::now_ns(),
-        error: Some(msg.clone()),
-        note: None,
-    };
-    let _ = files::write_json(&dir.join(files::EXIT), &record);
-    report(
-        ready,
-        &LaunchResult {
-            pid: None,
-            error: Some(msg),
-        },
-    );
-    Ok(1)
+    fail_launch(dir, spec, ready, msg)
 }
 
 /// Creates and starts the container; its init's identity once it runs.
@@ -241,31 +224,8 @@ pub fn run(dir: &Path, spec: &Spec, oci: &OciLaunch, ready: OwnedFd) -> Result<i
     };
     drop(out_w);
     drop(err_w);
-    let shim =
-        ProcessId::of(std::process::id() as i32).ok_or("cannot read the shim's own identity")?;
     let child = Pid::from_raw(workload.pid);
-    let state = ShimState {
-        instance: spec.instance.clone(),
-        shim,
-        workload,
-        boot_id,
-        started_at_ns: files::now_ns(),
-    };
-    files::write_json_fast(&dir.join(files::STATE), &state)
-        .map_err(|e| format!("write shim.json: {e}"))?;
-    report(
-        ready,
-        &LaunchResult {
-            pid: Some(child.as_raw()),
-            error: None,
-        },
-    );
-
-    let _ = log.mark(&format!(
-        "started instance={} pid={}",
-        spec.instance,
-        child.as_raw()
-    ));
+    record_started(dir, spec, workload, boot_id, ready, &mut log)?;
     let outputs = [(&out_r, Stream::Stdout), (&err_r, Stream::Stderr)];
     let status = pump_until_exit(child, &outputs, &mut log)?;
     drain(&outputs, &mut log);
@@ -273,26 +233,5 @@ pub fn run(dir: &Path, spec: &Spec, oci: &OciLaunch, ready: OwnedFd) -> Result<i
     delete(&oci.runtime, &oci.container_id);
     unmount_root(&oci.bundle);
     reap_others(child);
-    let (code, signal) = match status {
-        WaitStatus::Exited(_, code) => (Some(code), None),
-        WaitStatus::Signaled(_, sig, _) => (None, Some(sig.as_str().to_owned())),
-        other => (None, Some(format!("{other:?}"))),
-    };
-    let _ = log.mark(&match (&code, &signal) {
-        (Some(c), _) => format!("exited code={c}"),
-        (None, Some(s)) => format!("exited signal={s}"),
-        (None, None) => "exited".to_owned(),
-    });
-    let record = ExitRecord {
-        instance: spec.instance.clone(),
-        code,
-        signal,
-        oom_killed: oom,
-        at_ns: files::now_ns(),
-        error: None,
-        note: None,
-    };
-    files::write_json(&dir.join(files::EXIT), &record)
-        .map_err(|e| format!("write exit.json: {e}"))?;
-    Ok(0)
+    record_exit(dir, spec, &mut log, status, oom)
 }
