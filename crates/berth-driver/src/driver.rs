@@ -13,6 +13,7 @@ use crate::cgroup::{Capabilities, Cgroups};
 use crate::files::{self, ExitRecord, ShimState, Spec};
 use crate::proc;
 use crate::shim::LaunchResult;
+use crate::timing::{self, Marks};
 
 /// How the driver uses cgroups.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +171,8 @@ pub struct Driver {
     caps: Capabilities,
     oci: Option<crate::oci::OciRuntime>,
     oci_limits: crate::oci::runtime::RuntimeLimits,
+    /// Each machine's last launch timeline: when it began, and its marks.
+    timelines: std::sync::Mutex<std::collections::HashMap<String, (u64, Marks)>>,
 }
 
 impl Driver {
@@ -221,6 +224,7 @@ impl Driver {
             caps,
             oci,
             oci_limits,
+            timelines: Default::default(),
         })
     }
 
@@ -364,20 +368,49 @@ impl Driver {
         instance: &str,
         image: Option<&crate::oci::ImageRun>,
     ) -> Result<i32, DriverError> {
+        let began = timing::monotonic_ns();
+        let mut marks = Marks::default();
         if let Some(pid) = self.launched_or_settled(id, instance)? {
             return Ok(pid);
         }
+        marks.mark("driver: probe");
         self.prepare(id)?;
         let dir = self.dir(id);
         clear_stale(&dir)?;
+        marks.mark("driver: directories");
         let oci = match image {
-            Some(run) => Some(self.prepare_bundle(id, config, run)?),
+            Some(run) => {
+                let oci = self.prepare_bundle(id, config, run)?;
+                marks.mark("driver: bundle");
+                Some(oci)
+            }
             None => None,
         };
         let spec = self.launch_spec(id, config, instance, oci)?;
         // Not fsynced: after a crash the launch is retried and writes it again.
         files::write_json_fast(&dir.join(files::SPEC), &spec).map_err(io("write spec.json"))?;
-        self.run_shim(&dir).await
+        marks.mark("driver: spec.json");
+        let (pid, shim_marks) = self.run_shim(&dir).await?;
+        marks.0.extend(shim_marks.0);
+        marks.mark("driver: shim reported");
+        self.keep_timeline(id, began, marks);
+        Ok(pid)
+    }
+
+    /// Keeps (and logs at debug level) the timeline of machine `id`'s launch.
+    fn keep_timeline(&self, id: &str, began: u64, marks: Marks) {
+        tracing::debug!(machine = id, phases = ?marks.durations(began), "launch timeline");
+        if let Ok(mut t) = self.timelines.lock() {
+            t.insert(id.to_owned(), (began, marks));
+        }
+    }
+
+    /// Where machine `id`'s last launch by this driver spent its time: each step, in order,
+    /// and how long it took (the agent's steps, the shim's and the runtime's).
+    pub fn launch_phases(&self, id: &str) -> Option<Vec<(String, Duration)>> {
+        let t = self.timelines.lock().ok()?;
+        let (began, marks) = t.get(id)?;
+        Some(marks.durations(*began))
     }
 
     /// What an earlier start of launch `instance` left: its workload's pid when that launch
@@ -466,8 +499,8 @@ impl Driver {
     }
 
     /// Runs the shim for the machine directory `dir` and reads its launcher's one line: the
-    /// workload's pid, or why it did not start.
-    async fn run_shim(&self, dir: &Path) -> Result<i32, DriverError> {
+    /// workload's pid and the shim's marks, or why it did not start.
+    async fn run_shim(&self, dir: &Path) -> Result<(i32, Marks), DriverError> {
         let launch = tokio::process::Command::new(&self.cfg.shim)
             .args(&self.cfg.shim_args)
             .arg(dir)
@@ -496,7 +529,11 @@ impl Driver {
             ))
         })?;
         match result {
-            LaunchResult { pid: Some(pid), .. } => Ok(pid),
+            LaunchResult {
+                pid: Some(pid),
+                marks,
+                ..
+            } => Ok((pid, marks)),
             LaunchResult { error, .. } => Err(DriverError::Launch(
                 error.unwrap_or_else(|| "unknown launch failure".into()),
             )),
@@ -720,6 +757,9 @@ impl Driver {
             return Err(DriverError::Unknown(id.to_owned(), reason));
         }
         self.kill_all(id);
+        if let Ok(mut t) = self.timelines.lock() {
+            t.remove(id);
+        }
         self.cleanup_container(id)?;
         if let Some(cg) = &self.cgroups {
             cg.remove(id)

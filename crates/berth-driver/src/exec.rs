@@ -291,14 +291,7 @@ pub async fn run(
             }
         },
     };
-    run_started(
-        started_cmd,
-        program,
-        exec,
-        spec.oci.is_some(),
-        started,
-    )
-    .await
+    run_started(started_cmd, program, exec, spec.oci.is_some(), started).await
 }
 
 /// Spawns the command with its stdin, stdout and stderr piped, feeds and reads them, waits

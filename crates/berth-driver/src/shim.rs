@@ -33,9 +33,10 @@ use crate::files::{self, ExitRecord, ShimState, Spec};
 use crate::logfmt::Stream;
 use crate::logs::RecordLog;
 use crate::proc::{self, ProcessId};
+use crate::timing::Marks;
 
 /// What the launcher prints for the agent.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct LaunchResult {
     /// The workload's pid, when it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,6 +44,9 @@ pub struct LaunchResult {
     /// Why it did not start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When each of the shim's steps of a successful launch ended (see [`crate::timing`]).
+    #[serde(default, skip_serializing_if = "Marks::is_empty")]
+    pub marks: Marks,
 }
 
 pub(crate) const DEFAULT_PATH: &str =
@@ -54,6 +58,8 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("usage: berth-shim <machine dir>");
         return 2;
     };
+    let mut marks = Marks::default();
+    marks.mark("shim: exec'd");
     // Whatever the agent inherited from its parent (and passed on without close-on-exec) is
     // not the shim's, nor its workload's: only stdin, stdout and stderr are kept.
     close_fds_from(3, None);
@@ -81,8 +87,8 @@ pub fn main(args: &[String]) -> i32 {
                 out.push_str(&String::from_utf8_lossy(&buf[..n]));
             }
             let result: LaunchResult = serde_json::from_str(out.trim()).unwrap_or(LaunchResult {
-                pid: None,
                 error: Some("the shim died before reporting".into()),
+                ..LaunchResult::default()
             });
             let ok = result.pid.is_some();
             println!("{}", serde_json::to_string(&result).unwrap_or_default());
@@ -90,7 +96,8 @@ pub fn main(args: &[String]) -> i32 {
         }
         Ok(ForkResult::Child) => {
             drop(ready_r);
-            supervise(&dir, &spec, ready_w)
+            marks.mark("shim: spec read, forked");
+            supervise(&dir, &spec, ready_w, marks)
         }
     }
 }
@@ -126,8 +133,8 @@ fn close_fds_from(first: u32, keep: Option<i32>) {
 
 fn launcher_fail(msg: &str) -> i32 {
     let r = LaunchResult {
-        pid: None,
         error: Some(msg.to_owned()),
+        ..LaunchResult::default()
     };
     println!("{}", serde_json::to_string(&r).unwrap_or_default());
     1
@@ -176,7 +183,7 @@ fn detach_stdio(dir: &Path) {
 }
 
 /// The long-lived shim. Never returns to the launcher's code path: exits the process.
-fn supervise(dir: &Path, spec: &Spec, ready: OwnedFd) -> i32 {
+fn supervise(dir: &Path, spec: &Spec, ready: OwnedFd, marks: Marks) -> i32 {
     let _ = nix::unistd::setsid();
     detach_stdio(dir);
     // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
@@ -184,7 +191,7 @@ fn supervise(dir: &Path, spec: &Spec, ready: OwnedFd) -> i32 {
         let _ = nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn);
         let _ = nix::sys::signal::signal(Signal::SIGHUP, SigHandler::SigIgn);
     }
-    match run_workload(dir, spec, ready) {
+    match run_workload(dir, spec, ready, marks) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("berth-shim: {e}");
@@ -214,16 +221,16 @@ pub(crate) fn fail_launch(
     report(
         ready,
         &LaunchResult {
-            pid: None,
             error: Some(msg),
+            ..LaunchResult::default()
         },
     );
     Ok(1)
 }
 
-fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> {
+fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd, mut marks: Marks) -> Result<i32, String> {
     if let Some(oci) = &spec.oci {
-        return crate::oci::container::run(dir, spec, oci, ready);
+        return crate::oci::container::run(dir, spec, oci, ready, marks);
     }
     let Some(program) = spec.cmd.first() else {
         return fail_launch(dir, spec, ready, "empty cmd".into());
@@ -243,9 +250,15 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
         Ok(forked) => forked,
         Err(msg) => return fail_launch(dir, spec, ready, msg),
     };
+    marks.mark("shim: workload exec'd");
     let workload =
         ProcessId::of(child.as_raw()).ok_or("the workload vanished before it was recorded")?;
-    record_started(dir, spec, workload, boot_id, ready, &mut log)?;
+    let started = Started {
+        workload,
+        boot_id,
+        marks,
+    };
+    record_started(dir, spec, started, ready, &mut log)?;
     let outputs = [(&out_r, Stream::Stdout), (&stderr_r, Stream::Stderr)];
     let status = pump_until_exit(child, &outputs, &mut log)?;
     // Whatever the workload left behind in its group goes with it.
@@ -268,11 +281,15 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
 pub(crate) fn record_started(
     dir: &Path,
     spec: &Spec,
-    workload: ProcessId,
-    boot_id: String,
+    started: Started,
     ready: OwnedFd,
     log: &mut RecordLog,
 ) -> Result<(), String> {
+    let Started {
+        workload,
+        boot_id,
+        mut marks,
+    } = started;
     let shim =
         ProcessId::of(std::process::id() as i32).ok_or("cannot read the shim's own identity")?;
     let pid = workload.pid;
@@ -285,15 +302,24 @@ pub(crate) fn record_started(
     };
     files::write_json_fast(&dir.join(files::STATE), &state)
         .map_err(|e| format!("write shim.json: {e}"))?;
+    marks.mark("shim: shim.json written");
     report(
         ready,
         &LaunchResult {
             pid: Some(pid),
             error: None,
+            marks,
         },
     );
     let _ = log.mark(&format!("started instance={} pid={pid}", spec.instance));
     Ok(())
+}
+
+/// A workload that runs: who it is, in which boot, and the launch's marks so far.
+pub(crate) struct Started {
+    pub(crate) workload: ProcessId,
+    pub(crate) boot_id: String,
+    pub(crate) marks: Marks,
 }
 
 /// How the workload ended: marked in the log, and `exit.json` written atomically and durably

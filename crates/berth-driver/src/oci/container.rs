@@ -22,7 +22,8 @@ use crate::files::{self, Spec};
 use crate::logfmt::Stream;
 use crate::logs::RecordLog;
 use crate::proc::{self, ProcessId};
-use crate::shim::{drain, fail_launch, pump_until_exit, record_exit, record_started};
+use crate::shim::{Started, drain, fail_launch, pump_until_exit, record_exit, record_started};
+use crate::timing::Marks;
 
 /// Mounts the machine's root: the image read-only under the machine's writable layer.
 pub fn mount_root(oci: &OciLaunch) -> Result<(), String> {
@@ -189,10 +190,17 @@ fn fail(
 }
 
 /// Creates and starts the container; its init's identity once it runs.
-fn launch(oci: &OciLaunch, out: &OwnedFd, err: &OwnedFd) -> Result<ProcessId, String> {
+fn launch(
+    oci: &OciLaunch,
+    out: &OwnedFd,
+    err: &OwnedFd,
+    marks: &mut Marks,
+) -> Result<ProcessId, String> {
     set_subreaper()?;
     mount_root(oci)?;
+    marks.mark("shim: root mounted");
     delete(&oci.runtime, &oci.container_id);
+    marks.mark("runtime: delete (stale)");
     // The runtime makes missing mount points (`/mnt/in` for a volume at that path) under its
     // umask: berthd's 077 would leave `/mnt` root-only and the volume out of an image user's
     // reach. The usual 022, for the create only (the shim's own files stay private).
@@ -200,14 +208,22 @@ fn launch(oci: &OciLaunch, out: &OwnedFd, err: &OwnedFd) -> Result<ProcessId, St
     let pid = create(oci, out, err);
     nix::sys::stat::umask(old);
     let pid = pid?;
+    marks.mark("runtime: create");
     reap_others(Pid::from_raw(pid));
     let init = ProcessId::of(pid).ok_or("the container's init vanished before it started")?;
     start(oci)?;
+    marks.mark("runtime: start");
     Ok(init)
 }
 
 /// The shim's supervision of an image machine (see the module's header).
-pub fn run(dir: &Path, spec: &Spec, oci: &OciLaunch, ready: OwnedFd) -> Result<i32, String> {
+pub fn run(
+    dir: &Path,
+    spec: &Spec,
+    oci: &OciLaunch,
+    ready: OwnedFd,
+    mut marks: Marks,
+) -> Result<i32, String> {
     let mut log = match RecordLog::open(&dir.join(files::LOGS), spec.log_max_bytes, spec.log_keep) {
         Ok(l) => l,
         Err(e) => return fail(dir, spec, oci, ready, format!("open log: {e}")),
@@ -218,14 +234,20 @@ pub fn run(dir: &Path, spec: &Spec, oci: &OciLaunch, ready: OwnedFd) -> Result<i
         Ok(b) => b,
         Err(e) => return fail(dir, spec, oci, ready, format!("reading the boot id: {e}")),
     };
-    let workload = match launch(oci, &out_w, &err_w) {
+    marks.mark("shim: log, pipes, boot id");
+    let workload = match launch(oci, &out_w, &err_w, &mut marks) {
         Ok(w) => w,
         Err(e) => return fail(dir, spec, oci, ready, e),
     };
     drop(out_w);
     drop(err_w);
     let child = Pid::from_raw(workload.pid);
-    record_started(dir, spec, workload, boot_id, ready, &mut log)?;
+    let started = Started {
+        workload,
+        boot_id,
+        marks,
+    };
+    record_started(dir, spec, started, ready, &mut log)?;
     let outputs = [(&out_r, Stream::Stdout), (&err_r, Stream::Stderr)];
     let status = pump_until_exit(child, &outputs, &mut log)?;
     drain(&outputs, &mut log);
