@@ -5,6 +5,13 @@
 //! supervisor costs; and the disk 100 machines of one image occupy (allocated blocks, each
 //! inode once, never crossing into a mounted root), for busybox and for a realistically sized
 //! image. Everything is destroyed at the end and the runtime is asked that nothing is left.
+//!
+//! For each image machine it also reads where the launch spent its time (the driver's phase
+//! marks, on the monotonic clock the agent and the shim share) and reports each phase's p50 and
+//! p99, with what the agent adds before and after (API, store, image resolution) as the rest.
+//!
+//! Flags: `--machines N` (default 100) machines of each kind; `--image-only` skips the process
+//! machines and the sized image's disk figure (for iterating on the image machines' latency).
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
@@ -25,6 +32,82 @@ use crate::{busybox, percentile};
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 const MACHINES: usize = 100;
+
+/// What to run.
+struct Options {
+    machines: usize,
+    image_only: bool,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Res<Self> {
+        let mut o = Options {
+            machines: MACHINES,
+            image_only: false,
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--machines" => {
+                    o.machines = it
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|&n| n > 0)
+                        .ok_or("--machines needs a positive number")?;
+                }
+                "--image-only" => o.image_only = true,
+                other => return Err(format!("unknown argument {other:?}").into()),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// One phase of an image machine's launch over all the machines.
+#[derive(Serialize)]
+struct PhaseFigure {
+    phase: String,
+    p50_ms: f64,
+    p99_ms: f64,
+    mean_ms: f64,
+}
+
+/// The agent's part of each create (everything outside the driver's launch), then each of the
+/// driver's phases, in the order they happen.
+fn phase_figures(samples: &[(f64, Vec<(String, std::time::Duration)>)]) -> Vec<PhaseFigure> {
+    let mut order: Vec<String> = vec!["agent: API, store, image (create minus launch)".into()];
+    let mut values: std::collections::HashMap<String, Vec<f64>> = Default::default();
+    for (total, phases) in samples {
+        let launch: f64 = phases.iter().map(|(_, d)| d.as_secs_f64() * 1e3).sum();
+        values
+            .entry(order[0].clone())
+            .or_default()
+            .push((total - launch).max(0.0));
+        for (name, d) in phases {
+            if !order.contains(name) {
+                order.push(name.clone());
+            }
+            values
+                .entry(name.clone())
+                .or_default()
+                .push(d.as_secs_f64() * 1e3);
+        }
+    }
+    order
+        .into_iter()
+        .map(|phase| {
+            let v = values.remove(&phase).unwrap_or_default();
+            let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+            let (p50, p99, _) = stats(v);
+            PhaseFigure {
+                phase,
+                p50_ms: p50,
+                p99_ms: p99,
+                mean_ms: mean,
+            }
+        })
+        .collect()
+}
 /// The realistically sized image of the disk figure: busybox plus this many random bytes.
 const PAYLOAD: usize = 64 << 20;
 /// What each machine of that image writes into its own root.
@@ -57,6 +140,8 @@ struct Report {
     bare_run_max_ms: f64,
     image_to_bare_p99_ratio: f64,
     target_image_to_bare_p99_ratio: f64,
+    /// Where an image machine's create→started goes.
+    image_phases: Vec<PhaseFigure>,
     shim_rss_budget_kib: u64,
     disk: Vec<Disk>,
     load_average_start: String,
@@ -305,10 +390,14 @@ async fn destroy_all(agent: &Agent, made: &mut Made) -> Res<()> {
 }
 
 /// Process machines: latency and shim memory.
-async fn process_machines(agent: &Agent, made: &mut Made) -> Res<(Vec<f64>, Vec<u64>, Vec<u64>)> {
+async fn process_machines(
+    agent: &Agent,
+    made: &mut Made,
+    count: usize,
+) -> Res<(Vec<f64>, Vec<u64>, Vec<u64>)> {
     let mut lat = Vec::new();
     let mut ids = Vec::new();
-    for i in 0..MACHINES {
+    for i in 0..count {
         let id = MachineId::parse(&format!("bench-{i:04}"))?;
         made.ids.push(id.clone());
         lat.push(create_timed(agent, &id, MachineConfig::command(["/bin/sleep", "1000"])).await?);
@@ -327,6 +416,8 @@ struct ImageFigures {
     rss: Vec<u64>,
     pss: Vec<u64>,
     disk: Disk,
+    /// Each machine's create→started (ms) and its launch's phases.
+    phases: Vec<(f64, Vec<(String, std::time::Duration)>)>,
 }
 
 /// The image root (`lower`) and `config.json` berth wrote for machine `id`.
@@ -374,7 +465,12 @@ fn disk(agent: &Agent, name: &str, lower: &Path, ids: &[MachineId]) -> Res<Disk>
 
 /// Image machines of busybox, each followed or preceded (alternately) by a bare runtime
 /// container of the same bundle.
-async fn image_machines(agent: &Agent, layouts: &Path, made: &mut Made) -> Res<ImageFigures> {
+async fn image_machines(
+    agent: &Agent,
+    layouts: &Path,
+    made: &mut Made,
+    count: usize,
+) -> Res<ImageFigures> {
     let runtime = agent
         .driver()
         .oci_runtime()
@@ -398,18 +494,26 @@ async fn image_machines(agent: &Agent, layouts: &Path, made: &mut Made) -> Res<I
     let mut lat = Vec::new();
     let mut bare = Vec::new();
     let mut ids = Vec::new();
-    for i in 0..MACHINES {
+    let mut phases = Vec::new();
+    for i in 0..count {
         let id = MachineId::parse(&format!("bench-img-{i:04}"))?;
         made.ids.push(id.clone());
         let cfg = image_config(&image, &["/bin/sleep", "1000"]);
         let b = made.bare.as_mut().ok_or("no bare runtime")?;
-        if i % 2 == 0 {
+        let ms = if i % 2 == 0 {
             bare.push(b.run(i)?);
-            lat.push(create_timed(agent, &id, cfg).await?);
+            create_timed(agent, &id, cfg).await?
         } else {
-            lat.push(create_timed(agent, &id, cfg).await?);
+            let ms = create_timed(agent, &id, cfg).await?;
             bare.push(b.run(i)?);
-        }
+            ms
+        };
+        lat.push(ms);
+        let launch = agent
+            .driver()
+            .launch_phases(id.as_str())
+            .ok_or_else(|| format!("{id}: the driver kept no launch phases"))?;
+        phases.push((ms, launch));
         ids.push(id);
     }
     let (rss, pss) = shim_memory(agent, &ids);
@@ -428,16 +532,22 @@ async fn image_machines(agent: &Agent, layouts: &Path, made: &mut Made) -> Res<I
         rss,
         pss,
         disk,
+        phases,
     })
 }
 
 /// The disk figure of a realistically sized image whose machines each write `OWN_WRITE` bytes.
-async fn sized_image_disk(agent: &Agent, layouts: &Path, made: &mut Made) -> Res<Disk> {
+async fn sized_image_disk(
+    agent: &Agent,
+    layouts: &Path,
+    made: &mut Made,
+    count: usize,
+) -> Res<Disk> {
     let image = busybox::image(&layouts.join("payload"), PAYLOAD)?;
     let script =
         format!("head -c {OWN_WRITE} /dev/urandom > /tmp/own && echo written; exec sleep 1000");
     let mut ids = Vec::new();
-    for i in 0..MACHINES {
+    for i in 0..count {
         let id = MachineId::parse(&format!("bench-big-{i:04}"))?;
         made.ids.push(id.clone());
         create_timed(
@@ -482,7 +592,8 @@ fn runtime_version(name: &str) -> String {
         .unwrap_or_default()
 }
 
-pub fn run(out: &Path) -> Res<()> {
+pub fn run(out: &Path, args: &[String]) -> Res<()> {
+    let opts = Options::parse(args)?;
     // Absolute: an `oci:` reference names its layout by an absolute path.
     let dir = std::path::absolute(out.join("driver-data"))?;
     let layouts = std::path::absolute(out.join("driver-layouts"))?;
@@ -501,9 +612,18 @@ pub fn run(out: &Path) -> Res<()> {
             bare: None,
         };
         let figures = async {
-            let p = process_machines(&agent, &mut made).await?;
-            let i = image_machines(&agent, &layouts, &mut made).await?;
-            let big = sized_image_disk(&agent, &layouts, &mut made).await?;
+            let n = opts.machines;
+            let p = if opts.image_only {
+                (Vec::new(), Vec::new(), Vec::new())
+            } else {
+                process_machines(&agent, &mut made, n).await?
+            };
+            let i = image_machines(&agent, &layouts, &mut made, n).await?;
+            let big = if opts.image_only {
+                None
+            } else {
+                Some(sized_image_disk(&agent, &layouts, &mut made, n).await?)
+            };
             Ok::<_, Box<dyn std::error::Error>>((p, i, big))
         }
         .await;
@@ -522,13 +642,14 @@ pub fn run(out: &Path) -> Res<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&layouts);
+    let lat_len = lat.len();
     let (p50, p99, max) = stats(lat);
     let (rss_max, rss_mean, pss_mean) = mem_stats(&rss, &pss);
     let (i50, i99, imax) = stats(img.lat.clone());
     let (b50, b99, bmax) = stats(img.bare.clone());
     let (irss_max, irss_mean, ipss_mean) = mem_stats(&img.rss, &img.pss);
     let report = Report {
-        machines: MACHINES,
+        machines: lat_len,
         create_to_started_p50_ms: p50,
         create_to_started_p99_ms: p99,
         create_to_started_max_ms: max,
@@ -550,8 +671,9 @@ pub fn run(out: &Path) -> Res<()> {
         bare_run_max_ms: bmax,
         image_to_bare_p99_ratio: i99 / b99.max(f64::MIN_POSITIVE),
         target_image_to_bare_p99_ratio: 1.5,
+        image_phases: phase_figures(&img.phases),
         shim_rss_budget_kib: 2048,
-        disk: vec![img.disk, big],
+        disk: std::iter::once(img.disk).chain(big).collect(),
         load_average_start: load_start,
         load_average_end: loadavg(),
     };
@@ -593,6 +715,13 @@ fn print(r: &Report) {
         "  p99 image / bare   {:.2}   (target <= {:.1})",
         r.image_to_bare_p99_ratio, r.target_image_to_bare_p99_ratio
     );
+    println!("  where an image machine's create → started goes (ms):");
+    for p in &r.image_phases {
+        println!(
+            "    {:<52} p50 {:>6.2}   p99 {:>6.2}   mean {:>6.2}",
+            p.phase, p.p50_ms, p.p99_ms, p.mean_ms
+        );
+    }
     println!(
         "  supervisor (berth-shim) RSS   max {} KiB   mean {:.0} KiB   (PSS mean {:.0} KiB; budget {} KiB)",
         r.image_shim_rss_kib_max,

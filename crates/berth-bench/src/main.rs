@@ -33,7 +33,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => rest.push(a),
         }
     }
-    if !["compaction", "aging", "restart", "fleet", "checks"].contains(&suite.as_str())
+    if ![
+        "compaction",
+        "aging",
+        "restart",
+        "fleet",
+        "checks",
+        "driver",
+    ]
+    .contains(&suite.as_str())
         && let Some(other) = rest.first()
     {
         return Err(format!("unknown argument {other:?}").into());
@@ -41,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&out)?;
     match suite.as_str() {
         "store" => store::run(&out),
-        "driver" => driver::run(&out),
+        "driver" => driver::run(&out, &rest),
         "api" => api::run(&out),
         "compaction" => compaction::run(&out, &rest),
         "metrics" => metrics::run(&out),

@@ -13,6 +13,7 @@ use crate::cgroup::{Capabilities, Cgroups};
 use crate::files::{self, ExitRecord, ShimState, Spec};
 use crate::proc;
 use crate::shim::LaunchResult;
+use crate::timing::{self, Marks};
 
 /// How the driver uses cgroups.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +171,8 @@ pub struct Driver {
     caps: Capabilities,
     oci: Option<crate::oci::OciRuntime>,
     oci_limits: crate::oci::runtime::RuntimeLimits,
+    /// Each machine's last launch timeline: when it began, and its marks.
+    timelines: std::sync::Mutex<std::collections::HashMap<String, (u64, Marks)>>,
 }
 
 impl Driver {
@@ -221,6 +224,7 @@ impl Driver {
             caps,
             oci,
             oci_limits,
+            timelines: Default::default(),
         })
     }
 
@@ -364,14 +368,64 @@ impl Driver {
         instance: &str,
         image: Option<&crate::oci::ImageRun>,
     ) -> Result<i32, DriverError> {
+        let began = timing::monotonic_ns();
+        let mut marks = Marks::default();
+        if let Some(pid) = self.launched_or_settled(id, instance)? {
+            return Ok(pid);
+        }
+        marks.mark("driver: probe");
+        self.prepare(id)?;
+        let dir = self.dir(id);
+        clear_stale(&dir)?;
+        marks.mark("driver: directories");
+        let oci = match image {
+            Some(run) => {
+                let oci = self.prepare_bundle(id, config, run)?;
+                marks.mark("driver: bundle");
+                Some(oci)
+            }
+            None => None,
+        };
+        let spec = self.launch_spec(id, config, instance, oci)?;
+        // Not fsynced: after a crash the launch is retried and writes it again.
+        files::write_json_fast(&dir.join(files::SPEC), &spec).map_err(io("write spec.json"))?;
+        marks.mark("driver: spec.json");
+        let (pid, shim_marks) = self.run_shim(&dir).await?;
+        marks.0.extend(shim_marks.0);
+        marks.mark("driver: shim reported");
+        self.keep_timeline(id, began, marks);
+        Ok(pid)
+    }
+
+    /// Keeps (and logs at debug level) the timeline of machine `id`'s launch.
+    fn keep_timeline(&self, id: &str, began: u64, marks: Marks) {
+        tracing::debug!(machine = id, phases = ?marks.durations(began), "launch timeline");
+        if let Ok(mut t) = self.timelines.lock() {
+            t.insert(id.to_owned(), (began, marks));
+        }
+    }
+
+    /// Where machine `id`'s last launch by this driver spent its time: each step, in order,
+    /// and how long it took (the agent's steps, the shim's and the runtime's).
+    pub fn launch_phases(&self, id: &str) -> Option<Vec<(String, Duration)>> {
+        let t = self.timelines.lock().ok()?;
+        let (began, marks) = t.get(id)?;
+        Some(marks.durations(*began))
+    }
+
+    /// What an earlier start of launch `instance` left: its workload's pid when that launch
+    /// already happened (running, or exited after it ran), `None` when a launch is to be made.
+    /// A workload of another launch still running is refused; one whose supervisor died is
+    /// killed first, so that it does not run on beside the new one.
+    fn launched_or_settled(&self, id: &str, instance: &str) -> Result<Option<i32>, DriverError> {
         match self.probe(id) {
-            Probe::Running(s) if s.instance == instance => return Ok(s.workload.pid),
+            Probe::Running(s) if s.instance == instance => return Ok(Some(s.workload.pid)),
             Probe::Exited(r) if r.instance == instance && r.error.is_none() => {
                 if let Some(s) = files::read_json::<ShimState>(&self.dir(id).join(files::STATE))
                     .ok()
                     .flatten()
                 {
-                    return Ok(s.workload.pid);
+                    return Ok(Some(s.workload.pid));
                 }
             }
             Probe::Running(s) => return Err(DriverError::AlreadyRunning(s.instance)),
@@ -380,27 +434,25 @@ impl Driver {
                 workload_alive: true,
                 ..
             } => {
-                // Its supervisor is dead: the old workload must not run on beside a new one.
                 self.settle_lost(id)?;
             }
             _ => {}
         }
-        self.prepare(id)?;
-        let dir = self.dir(id);
-        for f in [files::STATE, files::EXIT] {
-            match std::fs::remove_file(dir.join(f)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(io(format!("remove stale {f}"))(e));
-                }
-                _ => {}
-            }
-        }
-        let oci = match image {
-            Some(run) => Some(self.prepare_bundle(id, config, run)?),
-            None => None,
-        };
+        Ok(None)
+    }
+
+    /// The shim's `spec.json` for a launch: the cgroup (a process machine's; an image machine's
+    /// cgroups are the runtime's), the user resolved now (the host's user database may have
+    /// changed since the create checked it; an image machine's is the bundle's), the working
+    /// directory and the environment with the user's `HOME`, `USER` and `LOGNAME` as defaults.
+    fn launch_spec(
+        &self,
+        id: &str,
+        config: &MachineConfig,
+        instance: &str,
+        oci: Option<crate::oci::OciLaunch>,
+    ) -> Result<Spec, DriverError> {
         let cgroup = match &self.cgroups {
-            // An image machine's cgroups are the runtime's.
             Some(_) if oci.is_some() => None,
             Some(cg) => Some(
                 cg.create(id, &config.resources)
@@ -408,8 +460,6 @@ impl Driver {
             ),
             None => None,
         };
-        // A process machine's user, resolved now (the host's user database may have changed
-        // since the create checked it); an image machine's is the bundle's.
         let user = match (&config.user, &oci) {
             (Some(u), None) => Some(
                 crate::user::resolve(u).map_err(|e| DriverError::Launch(format!("user: {e}")))?,
@@ -433,7 +483,7 @@ impl Driver {
                     .or_insert_with(|| name.clone());
             }
         }
-        let spec = Spec {
+        Ok(Spec {
             instance: instance.to_owned(),
             cmd: config.cmd.clone(),
             env,
@@ -445,12 +495,15 @@ impl Driver {
             nofile: self.cfg.workload_nofile,
             oom_score_adj: self.cfg.workload_oom_score_adj,
             oci,
-        };
-        // Not fsynced: after a crash the launch is retried and writes it again.
-        files::write_json_fast(&dir.join(files::SPEC), &spec).map_err(io("write spec.json"))?;
+        })
+    }
+
+    /// Runs the shim for the machine directory `dir` and reads its launcher's one line: the
+    /// workload's pid and the shim's marks, or why it did not start.
+    async fn run_shim(&self, dir: &Path) -> Result<(i32, Marks), DriverError> {
         let launch = tokio::process::Command::new(&self.cfg.shim)
             .args(&self.cfg.shim_args)
-            .arg(&dir)
+            .arg(dir)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -476,7 +529,11 @@ impl Driver {
             ))
         })?;
         match result {
-            LaunchResult { pid: Some(pid), .. } => Ok(pid),
+            LaunchResult {
+                pid: Some(pid),
+                marks,
+                ..
+            } => Ok((pid, marks)),
             LaunchResult { error, .. } => Err(DriverError::Launch(
                 error.unwrap_or_else(|| "unknown launch failure".into()),
             )),
@@ -700,6 +757,9 @@ impl Driver {
             return Err(DriverError::Unknown(id.to_owned(), reason));
         }
         self.kill_all(id);
+        if let Ok(mut t) = self.timelines.lock() {
+            t.remove(id);
+        }
         self.cleanup_container(id)?;
         if let Some(cg) = &self.cgroups {
             cg.remove(id)
@@ -756,6 +816,19 @@ impl Driver {
     pub fn machines_dir(&self) -> &Path {
         &self.cfg.machines_dir
     }
+}
+
+/// Removes the shim state and exit record of an earlier launch, before a new one.
+fn clear_stale(dir: &Path) -> Result<(), DriverError> {
+    for f in [files::STATE, files::EXIT] {
+        match std::fs::remove_file(dir.join(f)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(format!("remove stale {f}"))(e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Converts a shim's exit record into the domain's exit info.

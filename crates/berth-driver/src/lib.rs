@@ -18,6 +18,7 @@ pub mod logs;
 pub mod oci;
 pub mod proc;
 pub mod shim;
+pub mod timing;
 pub mod usage;
 pub mod user;
 pub mod volumes;

@@ -33,9 +33,10 @@ use crate::files::{self, ExitRecord, ShimState, Spec};
 use crate::logfmt::Stream;
 use crate::logs::RecordLog;
 use crate::proc::{self, ProcessId};
+use crate::timing::Marks;
 
 /// What the launcher prints for the agent.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct LaunchResult {
     /// The workload's pid, when it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,6 +44,9 @@ pub struct LaunchResult {
     /// Why it did not start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When each of the shim's steps of a successful launch ended (see [`crate::timing`]).
+    #[serde(default, skip_serializing_if = "Marks::is_empty")]
+    pub marks: Marks,
 }
 
 pub(crate) const DEFAULT_PATH: &str =
@@ -54,6 +58,8 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("usage: berth-shim <machine dir>");
         return 2;
     };
+    let mut marks = Marks::default();
+    marks.mark("shim: exec'd");
     // Whatever the agent inherited from its parent (and passed on without close-on-exec) is
     // not the shim's, nor its workload's: only stdin, stdout and stderr are kept.
     close_fds_from(3, None);
@@ -81,8 +87,8 @@ pub fn main(args: &[String]) -> i32 {
                 out.push_str(&String::from_utf8_lossy(&buf[..n]));
             }
             let result: LaunchResult = serde_json::from_str(out.trim()).unwrap_or(LaunchResult {
-                pid: None,
                 error: Some("the shim died before reporting".into()),
+                ..LaunchResult::default()
             });
             let ok = result.pid.is_some();
             println!("{}", serde_json::to_string(&result).unwrap_or_default());
@@ -90,7 +96,8 @@ pub fn main(args: &[String]) -> i32 {
         }
         Ok(ForkResult::Child) => {
             drop(ready_r);
-            supervise(&dir, &spec, ready_w)
+            marks.mark("shim: spec read, forked");
+            supervise(&dir, &spec, ready_w, marks)
         }
     }
 }
@@ -126,8 +133,8 @@ fn close_fds_from(first: u32, keep: Option<i32>) {
 
 fn launcher_fail(msg: &str) -> i32 {
     let r = LaunchResult {
-        pid: None,
         error: Some(msg.to_owned()),
+        ..LaunchResult::default()
     };
     println!("{}", serde_json::to_string(&r).unwrap_or_default());
     1
@@ -176,7 +183,7 @@ fn detach_stdio(dir: &Path) {
 }
 
 /// The long-lived shim. Never returns to the launcher's code path: exits the process.
-fn supervise(dir: &Path, spec: &Spec, ready: OwnedFd) -> i32 {
+fn supervise(dir: &Path, spec: &Spec, ready: OwnedFd, marks: Marks) -> i32 {
     let _ = nix::unistd::setsid();
     detach_stdio(dir);
     // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
@@ -184,7 +191,7 @@ fn supervise(dir: &Path, spec: &Spec, ready: OwnedFd) -> i32 {
         let _ = nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn);
         let _ = nix::sys::signal::signal(Signal::SIGHUP, SigHandler::SigIgn);
     }
-    match run_workload(dir, spec, ready) {
+    match run_workload(dir, spec, ready, marks) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("berth-shim: {e}");
@@ -193,150 +200,65 @@ fn supervise(dir: &Path, spec: &Spec, ready: OwnedFd) -> i32 {
     }
 }
 
-fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> {
-    let fail = |ready: OwnedFd, msg: String| -> Result<i32, String> {
-        let record = ExitRecord {
-            instance: spec.instance.clone(),
-            code: Some(127),
-            signal: None,
-            oom_killed: false,
-            at_ns: files::now_ns(),
-            error: Some(msg.clone()),
-            note: None,
-        };
-        let _ = files::write_json(&dir.join(files::EXIT), &record);
-        report(
-            ready,
-            &LaunchResult {
-                pid: None,
-                error: Some(msg),
-            },
-        );
-        Ok(1)
-    };
-    if let Some(oci) = &spec.oci {
-        return crate::oci::container::run(dir, spec, oci, ready);
-    }
-    let Some(program) = spec.cmd.first() else {
-        return fail(ready, "empty cmd".into());
-    };
-    let Some(path) = resolve(program, spec) else {
-        return fail(ready, format!("{program}: not found in PATH"));
-    };
-    // Everything the child needs is prepared before fork.
-    let path_c = cstring(&path.to_string_lossy())?;
-    let argv: Vec<CString> = spec
-        .cmd
-        .iter()
-        .map(|a| cstring(a))
-        .collect::<Result<_, _>>()?;
-    let mut envp: Vec<CString> = spec
-        .env
-        .iter()
-        .map(|(k, v)| cstring(&format!("{k}={v}")))
-        .collect::<Result<_, _>>()?;
-    if !spec.env.contains_key("PATH") {
-        envp.push(cstring(&format!("PATH={DEFAULT_PATH}"))?);
-    }
-    let workdir = cstring(&spec.workdir.to_string_lossy())?;
-    let cgroup_procs = match &spec.cgroup {
-        Some(cg) => Some(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(cg.join("cgroup.procs"))
-                .map_err(|e| format!("open {}/cgroup.procs: {e}", cg.display()))?,
-        ),
-        None => None,
-    };
-    let mut log = RecordLog::open(&dir.join(files::LOGS), spec.log_max_bytes, spec.log_keep)
-        .map_err(|e| format!("open log: {e}"))?;
-    let devnull = std::fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
-    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let (stderr_r, stderr_w) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let boot_id = match proc::try_boot_id() {
-        Ok(b) => b,
-        Err(e) => return fail(ready, format!("reading the boot id: {e}")),
-    };
-
-    let oom_score_adj = spec.oom_score_adj.map(|v| v.to_string().into_bytes());
-    let user = spec.user.as_ref().map(|u| {
-        let groups: Vec<nix::unistd::Gid> = u
-            .groups
-            .iter()
-            .map(|g| nix::unistd::Gid::from_raw(*g))
-            .collect();
-        (u.uid, u.gid, groups)
-    });
-    // SAFETY: the shim is single-threaded; the child only makes system calls on values prepared
-    // above and then execs or _exits.
-    let child = match unsafe { nix::unistd::fork() } {
-        Err(e) => return fail(ready, format!("fork: {e}")),
-        Ok(ForkResult::Child) => {
-            let errno = exec_child(&ChildSetup {
-                path: &path_c,
-                argv: &argv,
-                envp: &envp,
-                workdir: &workdir,
-                cgroup_procs: cgroup_procs.as_ref(),
-                devnull: &devnull,
-                out: &out_w,
-                err_out: &stderr_w,
-                nofile: spec.nofile,
-                oom_score_adj: oom_score_adj.as_deref(),
-                user: user.as_ref().map(|(u, g, gs)| (*u, *g, gs.as_slice())),
-                keep: err_w.as_raw_fd(),
-            });
-            let _ = nix::unistd::write(&err_w, &(errno as i32).to_le_bytes());
-            // SAFETY: _exit is async-signal-safe and skips the parent's atexit handlers and buffers.
-            unsafe { libc::_exit(127) }
-        }
-        Ok(ForkResult::Parent { child }) => child,
-    };
-    drop(out_w);
-    drop(stderr_w);
-    drop(err_w);
-    drop(cgroup_procs);
-
-    // A CLOEXEC pipe: EOF means exec succeeded, four bytes are the errno of a failed exec.
-    let mut errno = [0u8; 4];
-    let n = nix::unistd::read(&err_r, &mut errno).unwrap_or(0);
-    drop(err_r);
-    if n == 4 {
-        let _ = waitpid(child, None);
-        let e = nix::errno::Errno::from_raw(i32::from_le_bytes(errno));
-        return fail(ready, format!("exec {}: {}", path.display(), e.desc()));
-    }
-
-    let workload =
-        ProcessId::of(child.as_raw()).ok_or("the workload vanished before it was recorded")?;
-    let shim =
-        ProcessId::of(std::process::id() as i32).ok_or("cannot read the shim's own identity")?;
-    let state = ShimState {
+/// A launch that never ran: records it (code 127 and why) as the instance's exit, and tells the
+/// launcher why.
+pub(crate) fn fail_launch(
+    dir: &Path,
+    spec: &Spec,
+    ready: OwnedFd,
+    msg: String,
+) -> Result<i32, String> {
+    let record = ExitRecord {
         instance: spec.instance.clone(),
-        shim,
-        workload,
-        boot_id,
-        started_at_ns: files::now_ns(),
+        code: Some(127),
+        signal: None,
+        oom_killed: false,
+        at_ns: files::now_ns(),
+        error: Some(msg.clone()),
+        note: None,
     };
-    // Atomic but not fsynced: it matters only while the processes it names exist, and no process
-    // survives the power loss that could lose it (after a reboot the boot id tells the probe so).
-    files::write_json_fast(&dir.join(files::STATE), &state)
-        .map_err(|e| format!("write shim.json: {e}"))?;
+    let _ = files::write_json(&dir.join(files::EXIT), &record);
     report(
         ready,
         &LaunchResult {
-            pid: Some(child.as_raw()),
-            error: None,
+            error: Some(msg),
+            ..LaunchResult::default()
         },
     );
+    Ok(1)
+}
 
-    let _ = log.mark(&format!(
-        "started instance={} pid={}",
-        spec.instance,
-        child.as_raw()
-    ));
+fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd, mut marks: Marks) -> Result<i32, String> {
+    if let Some(oci) = &spec.oci {
+        return crate::oci::container::run(dir, spec, oci, ready, marks);
+    }
+    let Some(program) = spec.cmd.first() else {
+        return fail_launch(dir, spec, ready, "empty cmd".into());
+    };
+    let Some(path) = resolve(program, spec) else {
+        return fail_launch(dir, spec, ready, format!("{program}: not found in PATH"));
+    };
+    let prepared = Prepared::new(spec, &path)?;
+    let mut log = RecordLog::open(&dir.join(files::LOGS), spec.log_max_bytes, spec.log_keep)
+        .map_err(|e| format!("open log: {e}"))?;
+    let pipes = Pipes::new()?;
+    let boot_id = match proc::try_boot_id() {
+        Ok(b) => b,
+        Err(e) => return fail_launch(dir, spec, ready, format!("reading the boot id: {e}")),
+    };
+    let (child, out_r, stderr_r) = match fork_workload(prepared, pipes) {
+        Ok(forked) => forked,
+        Err(msg) => return fail_launch(dir, spec, ready, msg),
+    };
+    marks.mark("shim: workload exec'd");
+    let workload =
+        ProcessId::of(child.as_raw()).ok_or("the workload vanished before it was recorded")?;
+    let started = Started {
+        workload,
+        boot_id,
+        marks,
+    };
+    record_started(dir, spec, started, ready, &mut log)?;
     let outputs = [(&out_r, Stream::Stdout), (&stderr_r, Stream::Stderr)];
     let status = pump_until_exit(child, &outputs, &mut log)?;
     // Whatever the workload left behind in its group goes with it.
@@ -345,6 +267,70 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
         let _ = crate::cgroup::kill_dir(cg, cg.join("cgroup.kill").exists());
     }
     drain(&outputs, &mut log);
+    let oom = spec
+        .cgroup
+        .as_deref()
+        .is_some_and(crate::cgroup::oom_killed);
+    record_exit(dir, spec, &mut log, status, oom)
+}
+
+/// The running workload: `shim.json` names the shim and the workload (atomic but not fsynced:
+/// it matters only while the processes it names exist, and no process survives the power loss
+/// that could lose it; after a reboot the boot id tells the probe so), the launcher learns the
+/// pid, and the log marks the start.
+pub(crate) fn record_started(
+    dir: &Path,
+    spec: &Spec,
+    started: Started,
+    ready: OwnedFd,
+    log: &mut RecordLog,
+) -> Result<(), String> {
+    let Started {
+        workload,
+        boot_id,
+        mut marks,
+    } = started;
+    let shim =
+        ProcessId::of(std::process::id() as i32).ok_or("cannot read the shim's own identity")?;
+    let pid = workload.pid;
+    let state = ShimState {
+        instance: spec.instance.clone(),
+        shim,
+        workload,
+        boot_id,
+        started_at_ns: files::now_ns(),
+    };
+    files::write_json_fast(&dir.join(files::STATE), &state)
+        .map_err(|e| format!("write shim.json: {e}"))?;
+    marks.mark("shim: shim.json written");
+    report(
+        ready,
+        &LaunchResult {
+            pid: Some(pid),
+            error: None,
+            marks,
+        },
+    );
+    let _ = log.mark(&format!("started instance={} pid={pid}", spec.instance));
+    Ok(())
+}
+
+/// A workload that runs: who it is, in which boot, and the launch's marks so far.
+pub(crate) struct Started {
+    pub(crate) workload: ProcessId,
+    pub(crate) boot_id: String,
+    pub(crate) marks: Marks,
+}
+
+/// How the workload ended: marked in the log, and `exit.json` written atomically and durably
+/// (the only record of it).
+pub(crate) fn record_exit(
+    dir: &Path,
+    spec: &Spec,
+    log: &mut RecordLog,
+    status: WaitStatus,
+    oom_killed: bool,
+) -> Result<i32, String> {
     let (code, signal) = match status {
         WaitStatus::Exited(_, code) => (Some(code), None),
         WaitStatus::Signaled(_, sig, _) => (None, Some(sig.as_str().to_owned())),
@@ -359,10 +345,7 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
         instance: spec.instance.clone(),
         code,
         signal,
-        oom_killed: spec
-            .cgroup
-            .as_deref()
-            .is_some_and(crate::cgroup::oom_killed),
+        oom_killed,
         at_ns: files::now_ns(),
         error: None,
         note: None,
@@ -370,6 +353,135 @@ fn run_workload(dir: &Path, spec: &Spec, ready: OwnedFd) -> Result<i32, String> 
     files::write_json(&dir.join(files::EXIT), &record)
         .map_err(|e| format!("write exit.json: {e}"))?;
     Ok(0)
+}
+
+/// What a process machine's workload is made of, prepared before the fork (the child must
+/// not allocate).
+struct Prepared {
+    path: CString,
+    /// The program as resolved, for messages.
+    shown: String,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    workdir: CString,
+    cgroup_procs: Option<std::fs::File>,
+    nofile: Option<(u64, u64)>,
+    oom_score_adj: Option<Vec<u8>>,
+    user: Option<(u32, u32, Vec<nix::unistd::Gid>)>,
+}
+
+impl Prepared {
+    fn new(spec: &Spec, path: &Path) -> Result<Self, String> {
+        let argv: Vec<CString> = spec
+            .cmd
+            .iter()
+            .map(|a| cstring(a))
+            .collect::<Result<_, _>>()?;
+        let mut envp: Vec<CString> = spec
+            .env
+            .iter()
+            .map(|(k, v)| cstring(&format!("{k}={v}")))
+            .collect::<Result<_, _>>()?;
+        if !spec.env.contains_key("PATH") {
+            envp.push(cstring(&format!("PATH={DEFAULT_PATH}"))?);
+        }
+        let cgroup_procs = match &spec.cgroup {
+            Some(cg) => Some(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(cg.join("cgroup.procs"))
+                    .map_err(|e| format!("open {}/cgroup.procs: {e}", cg.display()))?,
+            ),
+            None => None,
+        };
+        let user = spec.user.as_ref().map(|u| {
+            let groups = u.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g));
+            (u.uid, u.gid, groups.collect())
+        });
+        Ok(Self {
+            path: cstring(&path.to_string_lossy())?,
+            shown: path.display().to_string(),
+            argv,
+            envp,
+            workdir: cstring(&spec.workdir.to_string_lossy())?,
+            cgroup_procs,
+            nofile: spec.nofile,
+            oom_score_adj: spec.oom_score_adj.map(|v| v.to_string().into_bytes()),
+            user,
+        })
+    }
+}
+
+/// The workload's stdin (`/dev/null`), its stdout and stderr pipes, and the exec-error pipe.
+struct Pipes {
+    devnull: std::fs::File,
+    out: (OwnedFd, OwnedFd),
+    stderr: (OwnedFd, OwnedFd),
+    exec_err: (OwnedFd, OwnedFd),
+}
+
+impl Pipes {
+    fn new() -> Result<Self, String> {
+        let devnull =
+            std::fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+        let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+        Ok(Self {
+            devnull,
+            out: pipe()?,
+            stderr: pipe()?,
+            exec_err: pipe()?,
+        })
+    }
+}
+
+/// Forks the workload and waits until it has exec'd: its pid and the read ends of its stdout
+/// and stderr, or why it did not start.
+fn fork_workload(p: Prepared, pipes: Pipes) -> Result<(Pid, OwnedFd, OwnedFd), String> {
+    let Pipes {
+        devnull,
+        out: (out_r, out_w),
+        stderr: (stderr_r, stderr_w),
+        exec_err: (err_r, err_w),
+    } = pipes;
+    // SAFETY: the shim is single-threaded; the child only makes system calls on values prepared
+    // above and then execs or _exits.
+    let child = match unsafe { nix::unistd::fork() } {
+        Err(e) => return Err(format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            let errno = exec_child(&ChildSetup {
+                path: &p.path,
+                argv: &p.argv,
+                envp: &p.envp,
+                workdir: &p.workdir,
+                cgroup_procs: p.cgroup_procs.as_ref(),
+                devnull: &devnull,
+                out: &out_w,
+                err_out: &stderr_w,
+                nofile: p.nofile,
+                oom_score_adj: p.oom_score_adj.as_deref(),
+                user: p.user.as_ref().map(|(u, g, gs)| (*u, *g, gs.as_slice())),
+                keep: err_w.as_raw_fd(),
+            });
+            let _ = nix::unistd::write(&err_w, &(errno as i32).to_le_bytes());
+            // SAFETY: _exit is async-signal-safe and skips the parent's atexit handlers and buffers.
+            unsafe { libc::_exit(127) }
+        }
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    drop(out_w);
+    drop(stderr_w);
+    drop(err_w);
+    let shown = p.shown;
+    drop(p.cgroup_procs);
+    // A CLOEXEC pipe: EOF means exec succeeded, four bytes are the errno of a failed exec.
+    let mut errno = [0u8; 4];
+    let n = nix::unistd::read(&err_r, &mut errno).unwrap_or(0);
+    if n == 4 {
+        let _ = waitpid(child, None);
+        let e = nix::errno::Errno::from_raw(i32::from_le_bytes(errno));
+        return Err(format!("exec {shown}: {}", e.desc()));
+    }
+    Ok((child, out_r, stderr_r))
 }
 
 /// Everything the forked child needs, prepared before the fork (the child must not allocate).

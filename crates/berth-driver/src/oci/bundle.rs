@@ -171,12 +171,9 @@ pub struct BundleContext<'a> {
     pub oom_score_adj: Option<i32>,
 }
 
-/// `config.json` for a machine.
-pub fn build_spec(
-    config: &MachineConfig,
-    run: &ImageRun,
-    ctx: BundleContext<'_>,
-) -> Result<Spec, String> {
+/// The workload's process: its program, environment, user, the default capabilities, its
+/// open-files limit and `oom_score_adj`, no new privileges.
+fn process(run: &ImageRun, ctx: BundleContext<'_>) -> Result<oci_spec::runtime::Process, String> {
     let user = UserBuilder::default()
         .uid(run.uid)
         .gid(run.gid)
@@ -202,7 +199,12 @@ pub fn build_spec(
         .build()
         .map_err(oci_err)?;
     process.set_oom_score_adj(ctx.oom_score_adj);
-    let mut namespaces = Vec::new();
+    Ok(process)
+}
+
+/// Its own pid, ipc, uts, mount and cgroup namespaces, and a network namespace of its own
+/// (with only `lo`) for `network: "none"`.
+fn namespaces(config: &MachineConfig) -> Result<Vec<oci_spec::runtime::LinuxNamespace>, String> {
     let mut kinds = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
@@ -213,22 +215,35 @@ pub fn build_spec(
     if config.network == Some(Network::None) {
         kinds.push(LinuxNamespaceType::Network);
     }
-    for typ in kinds {
-        namespaces.push(
+    kinds
+        .into_iter()
+        .map(|typ| {
             LinuxNamespaceBuilder::default()
                 .typ(typ)
                 .build()
-                .map_err(oci_err)?,
-        );
-    }
-    let linux = LinuxBuilder::default()
-        .namespaces(namespaces)
+                .map_err(oci_err)
+        })
+        .collect()
+}
+
+/// The Linux part: namespaces, the runtime's default masked and read-only paths, resources,
+/// the cgroup (`/berth/<id>`).
+fn linux(
+    config: &MachineConfig,
+    ctx: BundleContext<'_>,
+) -> Result<oci_spec::runtime::Linux, String> {
+    LinuxBuilder::default()
+        .namespaces(namespaces(config)?)
         .masked_paths(get_default_maskedpaths())
         .readonly_paths(get_default_readonly_paths())
         .resources(resources(config)?)
         .cgroups_path(PathBuf::from(format!("/berth/{}", ctx.machine_id)))
         .build()
-        .map_err(oci_err)?;
+        .map_err(oci_err)
+}
+
+/// The runtime's default mounts (`/proc`, `/dev`, `/sys`, …) and the machine's volumes.
+fn mounts(config: &MachineConfig, ctx: BundleContext<'_>) -> Result<Vec<Mount>, String> {
     let mut mounts = get_default_mounts();
     for m in &config.mounts {
         mounts.push(volume_mount(
@@ -237,6 +252,18 @@ pub fn build_spec(
             m.read_only,
         )?);
     }
+    Ok(mounts)
+}
+
+/// `config.json` for a machine.
+pub fn build_spec(
+    config: &MachineConfig,
+    run: &ImageRun,
+    ctx: BundleContext<'_>,
+) -> Result<Spec, String> {
+    let process = process(run, ctx)?;
+    let linux = linux(config, ctx)?;
+    let mounts = mounts(config, ctx)?;
     let root = RootBuilder::default()
         .path("rootfs")
         .readonly(false)
