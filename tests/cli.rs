@@ -709,9 +709,12 @@ fn every_man_page_has_examples_and_exit_status() {
 #[test]
 fn doctor_runs_a_fresh_reconciliation_pass() {
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&dir.path().join("data"), "");
-    // The periodic pass runs every 10 s; each doctor below, right after a create, reports a
-    // pass that saw that machine: its own.
+    let mut agent = Agent::start(&dir.path().join("data"), "");
+    // The periodic pass once an hour: each doctor below, right after a create, reports a pass
+    // that saw that machine, so its own.
+    agent.stop();
+    std::fs::write(&agent.config, "[reconcile]\ninterval = \"1h\"\n").unwrap();
+    agent.spawn();
     for n in 1..=4 {
         create(&agent, &["--", "sleep", "1000"]);
         let o = agent.cli(&["doctor", "--json"]);

@@ -33,6 +33,8 @@ impl Progress {
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         bar.set_message(msg.into());
+        // Drawn at once: short work would otherwise end before the first tick.
+        bar.tick();
         bar.enable_steady_tick(TICK);
         Self(Some(bar))
     }
@@ -51,6 +53,8 @@ impl Progress {
             .progress_chars("=> "),
         );
         bar.set_message(msg.into());
+        // Drawn at once: short work would otherwise end before the first tick.
+        bar.tick();
         bar.enable_steady_tick(TICK);
         Self(Some(bar))
     }
