@@ -453,3 +453,347 @@ fn status_shows_the_whole_config_lease_usage_and_checks_in_words_and_stats_reads
         "{s}"
     );
 }
+
+/// What bash offers at a TAB after `line` (the word being completed is the last of `line`,
+/// empty when `line` ends in a space): the script `berth completions bash` prints is sourced in
+/// a real bash with the built `berth` first on PATH, and its completion function run as bash's
+/// programmable completion runs it (COMP_WORDS, COMP_CWORD).
+fn bash_offers(agent: &Agent, line: &str) -> Vec<String> {
+    let berth = built("berth", "berth");
+    let script = Command::new(&berth)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(script.status.success(), "{script:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("berth.bash");
+    std::fs::write(&file, &script.stdout).unwrap();
+    let path = format!(
+        "{}:{}",
+        berth.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(
+            r#"source "$1"; read -r -a COMP_WORDS <<< "$2"; [[ "$2" == *" " ]] && COMP_WORDS+=("");
+               COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); COMP_LINE="$2"; COMP_POINT=${#2}; COMP_TYPE=9;
+               _clap_complete_berth berth "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}";
+               printf '%s\n' "${COMPREPLY[@]}""#,
+        )
+        .arg("bash")
+        .arg(&file)
+        .arg(line)
+        .env("PATH", path)
+        .env("BERTH_DATA_DIR", &agent.dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn completions_offer_machines_states_and_policies_and_hide_hidden_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("data"), "");
+    let web = create(&agent, &["--name", "web", "--", "sleep", "1000"]);
+    let db = create(&agent, &["--name", "db", "--skip-start", "--", "true"]);
+    let has = |offered: &[String], want: &[&str], line: &str| {
+        for w in want {
+            assert!(
+                offered.iter().any(|o| o == w),
+                "`{line}<TAB>` does not offer {w}: {offered:?}"
+            );
+        }
+    };
+    // Machine names and ids wherever a machine is asked for.
+    for line in [
+        "berth machine status ",
+        "berth machine stop web ",
+        "berth logs ",
+        "berth events --machine ",
+    ] {
+        has(&bash_offers(&agent, line), &["web", "db", &web, &db], line);
+    }
+    let offered = bash_offers(&agent, "berth machine destroy w");
+    assert_eq!(offered, vec!["web".to_owned()], "only what the word starts");
+    // Words, not files, for states, policies and signals.
+    let states = bash_offers(&agent, "berth machine ls --state ");
+    has(
+        &states,
+        &["started", "stopped", "failed", "destroyed"],
+        "--state",
+    );
+    let policies = bash_offers(&agent, "berth machine create --restart ");
+    assert_eq!(policies, ["no", "on-failure", "always"], "--restart");
+    let policies = bash_offers(&agent, "berth machine update web --restart ");
+    assert_eq!(policies, ["no", "on-failure", "always"], "update --restart");
+    has(
+        &bash_offers(&agent, "berth machine stop web --signal "),
+        &["TERM", "KILL"],
+        "--signal",
+    );
+    // Subcommands, without the hidden `man`.
+    let top = bash_offers(&agent, "berth ");
+    has(
+        &top,
+        &["machine", "logs", "events", "doctor", "completions"],
+        "berth",
+    );
+    assert!(
+        !top.iter().any(|c| c == "man"),
+        "the hidden man is offered: {top:?}"
+    );
+    // The agent down: still words and commands, no machines, no error, quickly.
+    let down = Agent::start(&dir.path().join("empty"), "");
+    let mut gone = down;
+    gone.stop();
+    let t = std::time::Instant::now();
+    let offered = bash_offers(&gone, "berth machine status ");
+    assert!(offered.is_empty(), "{offered:?}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    has(
+        &bash_offers(&gone, "berth machine "),
+        &["status", "create"],
+        "machine",
+    );
+}
+
+/// `berth ARGS` in a real pseudo-terminal (util-linux `script`) 100 columns wide: everything
+/// it wrote there, stdout and stderr together, escapes included.
+fn on_a_terminal(agent: &Agent, args: &str) -> String {
+    let o = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "stty cols 100; {} --data-dir {} {args}",
+            built("berth", "berth").display(),
+            agent.dir.display()
+        ))
+        .arg("/dev/null")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8_lossy(&o.stdout).replace('\r', "")
+}
+
+#[test]
+fn compact_and_backup_show_progress_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("data"), "");
+    for _ in 0..3 {
+        create(&agent, &["--skip-start", "--", "true"]);
+    }
+    let backups = tempfile::tempdir().unwrap();
+    let file = |n: &str| backups.path().join(n).display().to_string();
+
+    let shown = on_a_terminal(&agent, "db compact");
+    assert!(
+        shown.contains("compacting"),
+        "no progress on a terminal: {shown:?}"
+    );
+    assert!(shown.contains("compacted:"), "{shown:?}");
+    let shown = on_a_terminal(&agent, &format!("db backup {}", file("tty.redb")));
+    assert!(
+        shown.contains("backing up"),
+        "no progress on a terminal: {shown:?}"
+    );
+    assert!(shown.contains("wrote "), "{shown:?}");
+
+    // --json on a terminal, and both through pipes: the result only.
+    let shown = on_a_terminal(&agent, "db compact --json");
+    assert!(!shown.contains("compacting"), "{shown:?}");
+    let shown = on_a_terminal(&agent, &format!("db backup --json {}", file("json.redb")));
+    assert!(!shown.contains("backing up"), "{shown:?}");
+    let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+    assert!(v["bytes"].as_u64().unwrap() > 0, "{v}");
+    for args in [
+        vec!["db".to_owned(), "compact".to_owned()],
+        vec!["db".to_owned(), "backup".to_owned(), file("piped.redb")],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = agent.cli(&args);
+        assert!(o.status.success(), "{o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.is_empty(), "progress through a pipe: {err:?}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(out.lines().count(), 1, "{out:?}");
+        assert!(!out.contains('\u{1b}'), "{out:?}");
+    }
+}
+
+/// The lines of the section `title` of a roff page (up to the next `.SH`).
+fn roff_section<'a>(page: &'a str, title: &str) -> Option<Vec<&'a str>> {
+    let mut lines = page
+        .lines()
+        .skip_while(|l| *l != format!(".SH {title}") && *l != format!(".SH \"{title}\""));
+    lines.next()?;
+    Some(lines.take_while(|l| !l.starts_with(".SH")).collect())
+}
+
+#[test]
+fn every_man_page_has_examples_and_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(built("berth", "berth"))
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let mut pages: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    for want in [
+        "berth.1",
+        "berth-machine-create.1",
+        "berth-logs.1",
+        "berth-db-compact.1",
+    ] {
+        assert!(pages.iter().any(|p| p == want), "{want} missing: {pages:?}");
+    }
+    assert!(
+        !pages.iter().any(|p| p == "berth-man.1"),
+        "the hidden man has a page"
+    );
+    for page in &pages {
+        let path = dir.path().join(page);
+        let roff = std::fs::read_to_string(&path).unwrap();
+        let examples =
+            roff_section(&roff, "EXAMPLES").unwrap_or_else(|| panic!("{page}: no EXAMPLES"));
+        let commands: Vec<&&str> = examples.iter().filter(|l| l.contains("berth")).collect();
+        assert!(
+            !commands.is_empty(),
+            "{page}: EXAMPLES without a berth command: {examples:?}"
+        );
+        let exit =
+            roff_section(&roff, "EXIT STATUS").unwrap_or_else(|| panic!("{page}: no EXIT STATUS"));
+        let exit = exit.join("\n");
+        for code in ["0", "1", "2", "3", "4"] {
+            assert!(
+                exit.contains(&format!("\\fB{code}\\fR")),
+                "{page}: exit code {code}: {exit}"
+            );
+        }
+        assert!(
+            exit.contains("unreachable") || exit.contains("could not be reached"),
+            "{page}: {exit}"
+        );
+        // man renders both headings.
+        let text = Command::new("man")
+            .arg("--local-file")
+            .arg(&path)
+            .env("MANWIDTH", "100")
+            .env("PAGER", "cat")
+            .output()
+            .unwrap();
+        assert!(text.status.success(), "{text:?}");
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains("\nEXAMPLES\n") && text.contains("\nEXIT STATUS\n"),
+            "{page}:\n{text}"
+        );
+    }
+    let exec = std::fs::read_to_string(dir.path().join("berth-machine-exec.1")).unwrap();
+    assert!(exec.contains("124"), "exec's own codes: {exec}");
+}
+
+#[test]
+fn doctor_runs_a_fresh_reconciliation_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(&dir.path().join("data"), "");
+    // The periodic pass once an hour: each doctor below, right after a create, reports a pass
+    // that saw that machine, so its own.
+    agent.stop();
+    std::fs::write(&agent.config, "[reconcile]\ninterval = \"1h\"\n").unwrap();
+    agent.spawn();
+    for n in 1..=4 {
+        create(&agent, &["--", "sleep", "1000"]);
+        let o = agent.cli(&["doctor", "--json"]);
+        assert!(o.status.success(), "{o:?}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["fresh_pass"], true, "{v}");
+        assert_eq!(v["machines"], n, "{v}");
+        assert_eq!(v["last_reconcile"]["examined"], n, "a stale pass: {v}");
+    }
+}
+
+#[test]
+fn create_and_update_have_a_flag_for_every_config_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("data"), "");
+    let local = dir.path().join("app.conf");
+    std::fs::write(&local, "port = 8080\n").unwrap();
+    std::fs::set_permissions(&local, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let file = format!("/etc/app.conf={}", local.display());
+    let id = create(
+        &agent,
+        &[
+            "--skip-start",
+            "--workdir",
+            "/tmp",
+            "--max-retries",
+            "3",
+            "--stop-signal",
+            "INT",
+            "--stop-timeout",
+            "3s",
+            "--cpus",
+            "0.5",
+            "--pids",
+            "64",
+            "--file",
+            &file,
+            "--user",
+            "65534",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    );
+    let o = agent.cli(&["machine", "status", "--json", &id]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = &v["machine"]["config"];
+    assert_eq!(c["workdir"], "/tmp", "{c}");
+    assert_eq!(c["restart"]["max_retries"], 3, "{c}");
+    assert_eq!(c["stop"]["signal"], "INT", "{c}");
+    assert_eq!(c["stop"]["timeout"], "3s", "{c}");
+    assert_eq!(c["resources"]["cpus"], 0.5, "{c}");
+    assert_eq!(c["resources"]["pids"], 64, "{c}");
+    assert_eq!(c["files"][0]["path"], "/etc/app.conf", "{c}");
+    assert_eq!(c["files"][0]["mode"], 0o640, "{c}");
+    assert_eq!(c["files"][0]["raw_value"], "cG9ydCA9IDgwODAK", "{c}");
+    let o = agent.cli(&[
+        "machine",
+        "update",
+        &id,
+        "--cpus",
+        "1",
+        "--pids",
+        "32",
+        "--max-retries",
+        "5",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let said = String::from_utf8_lossy(&o.stdout);
+    for line in [
+        "cpus: 0.5 CPUs → 1 CPUs",
+        "pids: 64 → 32",
+        "max retries: 3 → 5",
+    ] {
+        assert!(said.contains(line), "{line:?} not in {said}");
+    }
+    // A bad value is a usage error.
+    let o = agent.cli(&["machine", "create", "--stop-timeout", "soon", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let o = agent.cli(&["machine", "create", "--network", "bridge", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+}

@@ -321,7 +321,7 @@ fn the_unpacked_binaries_pages_and_completions_work() {
     assert!(
         std::fs::read_to_string(&bash)
             .unwrap()
-            .contains("complete -F")
+            .contains("-F _clap_complete_berth berth")
     );
     let zsh =
         std::fs::read_to_string(root.0.join("usr/share/zsh/vendor-completions/_berth")).unwrap();
@@ -331,7 +331,7 @@ fn the_unpacked_binaries_pages_and_completions_work() {
             .join("usr/share/fish/vendor_completions.d/berth.fish"),
     )
     .unwrap();
-    assert!(fish.contains("complete -c berth"));
+    assert!(fish.contains("--command berth") && fish.contains("COMPLETE=fish berth"));
 
     let man1 = root.0.join("usr/share/man/man1");
     for entry in std::fs::read_dir(&man1).unwrap() {

@@ -5,23 +5,29 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use berth_client::{Client, ClientError, Endpoint};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueHint};
+use clap_complete::engine::ArgValueCandidates;
+
+use crate::complete;
+
+/// The `--restart` words (anything else is a usage error, exit 2).
+const RESTART_POLICIES: [&str; 3] = ["no", "on-failure", "always"];
 
 /// Operate the berth agent on this host.
 #[derive(Debug, Parser)]
 #[command(name = "berth", version, about, propagate_version = true)]
 pub(crate) struct Cli {
     /// The agent's unix socket (default <data-dir>/berth.sock).
-    #[arg(long, global = true, env = "BERTH_SOCKET")]
+    #[arg(long, global = true, env = "BERTH_SOCKET", value_hint = ValueHint::FilePath)]
     pub(crate) socket: Option<PathBuf>,
     /// Talk to an agent over TCP instead, e.g. http://10.0.0.5:4280.
-    #[arg(long, global = true, env = "BERTH_API")]
+    #[arg(long, global = true, env = "BERTH_API", value_hint = ValueHint::Url)]
     pub(crate) api: Option<String>,
     /// Bearer token for --api (default: read from <data-dir>/token).
     #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
     /// The agent's data directory (default /var/lib/berth as root, else $XDG_STATE_HOME/berth).
-    #[arg(long, global = true, env = "BERTH_DATA_DIR")]
+    #[arg(long, global = true, env = "BERTH_DATA_DIR", value_hint = ValueHint::DirPath)]
     pub(crate) data_dir: Option<PathBuf>,
     /// Print tables whole instead of fitting them to the terminal's width.
     #[arg(long, global = true)]
@@ -57,13 +63,14 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
         /// Only this machine's events (id, name or unique id prefix).
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", add = ArgValueCandidates::new(complete::machines))]
         machine: Option<String>,
     },
     /// A machine's output: its stdout on stdout, its stderr on stderr, and where each run
     /// started and ended on stderr.
     Logs {
         /// Machine id, name or unique id prefix.
+        #[arg(add = ArgValueCandidates::new(complete::machines))]
         id: String,
         /// Lines from the end (default 100; with --since, every line since).
         #[arg(long, short = 'n')]
@@ -96,7 +103,9 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print shell completions.
+    /// Print the script that registers berth's completions with a shell (source it, or put it
+    /// where the shell loads completions). The shell then asks berth itself at each TAB, so
+    /// machine names and ids are offered too.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
@@ -105,6 +114,7 @@ pub(crate) enum Command {
     #[command(hide = true)]
     Man {
         /// An existing directory.
+        #[arg(value_hint = ValueHint::DirPath)]
         dir: PathBuf,
     },
 }
@@ -115,7 +125,7 @@ pub(crate) enum MachineCmd {
     #[command(alias = "ls")]
     List {
         /// Only machines in this state.
-        #[arg(long, value_parser = state_name)]
+        #[arg(long, value_parser = state_name, add = ArgValueCandidates::new(complete::states))]
         state: Option<String>,
         /// Only print ids.
         #[arg(short, long)]
@@ -129,6 +139,7 @@ pub(crate) enum MachineCmd {
     /// A machine's details and event log.
     Status {
         /// Machine id, name or unique id prefix.
+        #[arg(add = ArgValueCandidates::new(complete::machines))]
         id: String,
         #[command(flatten)]
         out: Out,
@@ -137,6 +148,7 @@ pub(crate) enum MachineCmd {
     /// running machine without ID).
     Stats {
         /// Machine id, name or unique id prefix.
+        #[arg(add = ArgValueCandidates::new(complete::machines))]
         id: Option<String>,
         #[command(flatten)]
         out: Out,
@@ -155,9 +167,10 @@ pub(crate) enum MachineCmd {
     /// what happens if the workload exits).
     Signal {
         /// Machine id, name or unique id prefix.
+        #[arg(add = ArgValueCandidates::new(complete::machines))]
         id: String,
         /// The signal: TERM, SIGHUP, 9, ...
-        #[arg(long, short)]
+        #[arg(long, short, add = ArgValueCandidates::new(complete::signals))]
         signal: String,
         #[command(flatten)]
         out: Out,
@@ -165,10 +178,11 @@ pub(crate) enum MachineCmd {
     /// Wait for a machine to reach a state.
     Wait {
         /// Machine id, name or unique id prefix.
+        #[arg(add = ArgValueCandidates::new(complete::machines))]
         id: String,
         /// The state to wait for (it returns at once, exit 1, when the machine is failed or
         /// destroyed and so will not get there on its own).
-        #[arg(long, default_value = "started", value_parser = state_name)]
+        #[arg(long, default_value = "started", value_parser = state_name, add = ArgValueCandidates::new(complete::states))]
         state: String,
         /// How long to wait.
         #[arg(long, default_value = "30s")]
@@ -177,6 +191,7 @@ pub(crate) enum MachineCmd {
     /// A machine's event log.
     Events {
         /// Machine id, name or unique id prefix.
+        #[arg(add = ArgValueCandidates::new(complete::machines))]
         id: String,
         #[command(flatten)]
         out: Out,
@@ -185,6 +200,7 @@ pub(crate) enum MachineCmd {
     /// the timeout killed it, 127 when it could not be started).
     Exec {
         /// Machine id, name or unique id prefix.
+        #[arg(add = ArgValueCandidates::new(complete::machines))]
         id: String,
         /// Kill the command after this long (default 30s, at most 10m).
         #[arg(long)]
@@ -202,6 +218,7 @@ pub(crate) enum MachineCmd {
     /// A machine's config versions, newest first.
     Versions {
         /// Machine id, name or unique id prefix.
+        #[arg(add = ArgValueCandidates::new(complete::machines))]
         id: String,
         #[command(flatten)]
         out: Out,
@@ -210,6 +227,7 @@ pub(crate) enum MachineCmd {
     /// and applied like an update.
     Rollback {
         /// Machine id, name or unique id prefix.
+        #[arg(add = ArgValueCandidates::new(complete::machines))]
         id: String,
         /// The config version to restore.
         #[arg(long = "to", value_name = "VERSION")]
@@ -222,6 +240,7 @@ pub(crate) enum MachineCmd {
 #[derive(Debug, Args)]
 pub(crate) struct UpdateArgs {
     /// Machine id, name or unique id prefix.
+    #[arg(add = ArgValueCandidates::new(complete::machines))]
     pub(crate) id: String,
     /// Set an environment variable, K=V (repeatable; the others are kept).
     #[arg(long = "env", short = 'e', value_name = "K=V")]
@@ -230,7 +249,7 @@ pub(crate) struct UpdateArgs {
     #[arg(long, value_name = "REF")]
     pub(crate) image: Option<String>,
     /// Restart policy: no, on-failure, always.
-    #[arg(long, value_name = "POLICY")]
+    #[arg(long, value_name = "POLICY", value_parser = RESTART_POLICIES)]
     pub(crate) restart: Option<String>,
     /// Memory limit in MiB.
     #[arg(long, value_name = "MB")]
@@ -242,7 +261,39 @@ pub(crate) struct UpdateArgs {
     #[arg(long)]
     pub(crate) skip_start: bool,
     #[command(flatten)]
+    pub(crate) config: ConfigFlags,
+    #[command(flatten)]
     pub(crate) out: Out,
+}
+
+/// The config fields create and update share a flag for (beyond env, image, restart, memory).
+#[derive(Debug, Args)]
+pub(crate) struct ConfigFlags {
+    /// The working directory the command starts in.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) workdir: Option<String>,
+    /// How many restarts the restart policy may make in a row (default: no bound).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_retries: Option<u32>,
+    /// The signal that asks the workload to stop (default TERM).
+    #[arg(long, value_name = "SIGNAL", add = ArgValueCandidates::new(complete::signals))]
+    pub(crate) stop_signal: Option<String>,
+    /// How long a stop waits after the signal before SIGKILL (default 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) stop_timeout: Option<String>,
+    /// CPU limit in cores (fractions allowed, e.g. 0.5).
+    #[arg(long, value_name = "CORES")]
+    pub(crate) cpus: Option<f64>,
+    /// Limit on the number of processes.
+    #[arg(long, value_name = "N")]
+    pub(crate) pids: Option<u64>,
+    /// An image machine's network: host (the host's) or none (loopback only).
+    #[arg(long, value_name = "NETWORK", value_parser = ["host", "none"])]
+    pub(crate) network: Option<String>,
+    /// Put a local file into the machine at PATH, PATH=LOCAL_FILE (its content and permission
+    /// bits; repeatable; a file already at PATH is replaced).
+    #[arg(long = "file", value_name = "PATH=LOCAL_FILE", value_hint = ValueHint::FilePath)]
+    pub(crate) file: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -255,8 +306,10 @@ pub(crate) struct Out {
 #[derive(Debug, Args)]
 pub(crate) struct IdArgs {
     /// Machine id, name or unique id prefix.
+    #[arg(add = ArgValueCandidates::new(complete::machines))]
     pub(crate) id: String,
     /// More machines, each handled in turn (the exit code is the worst).
+    #[arg(add = ArgValueCandidates::new(complete::machines))]
     pub(crate) more: Vec<String>,
     #[command(flatten)]
     pub(crate) out: Out,
@@ -265,11 +318,13 @@ pub(crate) struct IdArgs {
 #[derive(Debug, Args)]
 pub(crate) struct LifecycleArgs {
     /// Machine id, name or unique id prefix.
+    #[arg(add = ArgValueCandidates::new(complete::machines))]
     pub(crate) id: String,
     /// More machines, each handled in turn (the exit code is the worst).
+    #[arg(add = ArgValueCandidates::new(complete::machines))]
     pub(crate) more: Vec<String>,
     /// Signal to send first.
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(complete::signals))]
     pub(crate) signal: Option<String>,
     /// Grace period before SIGKILL.
     #[arg(long)]
@@ -290,7 +345,7 @@ pub(crate) struct CreateArgs {
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     pub(crate) env: Vec<String>,
     /// Restart policy: no, on-failure, always.
-    #[arg(long, default_value = "no")]
+    #[arg(long, value_name = "POLICY", default_value = "no", value_parser = RESTART_POLICIES)]
     pub(crate) restart: String,
     /// Memory limit in MiB.
     #[arg(long)]
@@ -318,6 +373,8 @@ pub(crate) struct CreateArgs {
     /// Wait until it is started and every check passes.
     #[arg(long)]
     pub(crate) wait_healthy: bool,
+    #[command(flatten)]
+    pub(crate) config: ConfigFlags,
     #[command(flatten)]
     pub(crate) out: Out,
     /// The command to run (optional with --image).
@@ -436,11 +493,14 @@ pub(crate) enum DbCmd {
     /// Write a consistent snapshot of the database to FILE.
     Backup {
         /// Destination file (must not exist).
+        #[arg(value_hint = ValueHint::FilePath)]
         file: PathBuf,
         /// Open the data directory directly, read-only (no agent may hold it; a file that needs
         /// repair is refused untouched).
         #[arg(long)]
         offline: bool,
+        #[command(flatten)]
+        out: Out,
     },
 }
 
@@ -481,7 +541,7 @@ fn state_name(s: &str) -> Result<String, String> {
         .map(|st| st.as_str().to_owned())
 }
 
-fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     let root = std::fs::metadata("/proc/self").map(|m| {
         use std::os::unix::fs::MetadataExt;
         m.uid() == 0

@@ -47,12 +47,22 @@ pub(crate) async fn run(cli: &Cli, cmd: &HostCmd) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Compares the database with the live processes; exits 1 on any disagreement.
+/// Compares the database with the live processes; exits 1 on any disagreement. It asks the
+/// agent for a reconciliation pass now (what the pass finds it corrects, as the periodic one
+/// would), so what it reports is this moment's, not the last periodic pass's; if the pass
+/// cannot be run, the last one is reported and that is said.
 pub(crate) async fn doctor(cli: &Cli, json: bool) -> Result<(), Fail> {
     let c = cli.client()?;
+    let fresh = c.reconcile(false).await;
     let host = c.host().await?;
     let machines = c.list(None, false).await?;
-    let report = render::doctor(&host, &machines);
+    let report = match fresh {
+        Ok(pass) => render::doctor(&host, &machines, Some(pass)),
+        Err(e) => {
+            eprintln!("berth: could not run a reconciliation pass now ({e}); showing the last one");
+            render::doctor(&host, &machines, None)
+        }
+    };
     if json {
         print_json(&report)
     } else {

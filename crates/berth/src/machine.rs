@@ -2,6 +2,7 @@
 //! (update, versions and rollback are in `update.rs`).
 
 use berth_api_types::{CreateMachine, ExecRequest, StopRequest};
+use berth_client::Client;
 use berth_types::time::HumanDuration;
 use berth_types::{MachineConfig, MachineRecord, RestartConfig, RestartPolicy, State};
 
@@ -17,189 +18,207 @@ pub(crate) fn show(m: &MachineRecord, json: bool) {
 }
 
 pub(crate) async fn run(cli: &Cli, cmd: &MachineCmd) -> Result<(), Fail> {
-    let c = cli.client()?;
+    let c = &cli.client()?;
     match cmd {
         MachineCmd::List {
             state,
             quiet,
             all,
             out,
-        } => {
-            let ms = c.list(state.as_deref(), *all).await?;
-            if out.json {
-                print_json(&ms);
-            } else if *quiet {
-                for m in &ms {
-                    println!("{}", m.id);
-                }
-            } else {
-                println!("{}", render::machines(&ms));
-            }
-        }
-        MachineCmd::Status { id, out } => {
-            let id = &resolve::machine_id(&c, id).await?;
-            let m = c.get(id).await?;
-            let events = c.machine_events(id).await?;
-            // Read beside the machine; each is shown as unknown when it cannot be read, and
-            // does not fail the command: the machine and its log are what was asked for.
-            let extras = render::StatusExtras {
-                stats: c.stats(id).await.ok(),
-                lease: c.lease(id).await.ok(),
-            };
-            if out.json {
-                print_json(&serde_json::json!({
-                    "machine": m,
-                    "events": events,
-                    "stats": extras.stats,
-                    "lease": extras.lease.clone().flatten(),
-                }));
-            } else {
-                println!("{}", render::status(&m, &events, &extras));
-            }
-        }
-        MachineCmd::Stats { id, out } => {
-            let ids = match id {
-                Some(id) => vec![resolve::machine_id(&c, id).await?],
-                None => c
-                    .list(None, false)
-                    .await?
-                    .into_iter()
-                    .filter(|m| m.state.expects_process())
-                    .map(|m| m.id.to_string())
-                    .collect(),
-            };
-            let mut all = Vec::with_capacity(ids.len());
-            for one in &ids {
-                match c.stats(one).await {
-                    Ok(s) => all.push(s),
-                    // Destroyed between the list and now: no longer a machine to show.
-                    Err(e) if id.is_none() && e.code() == Some("not_found") => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            match (out.json, id) {
-                (true, Some(_)) => print_json(&all[0]),
-                (true, None) => print_json(&all),
-                (false, _) => println!("{}", render::stats(&all)),
-            }
-        }
-        MachineCmd::Create(a) => {
-            let m = c.create(&create_request(a)?, None).await?;
-            let m = outcome::started(&c, m).await?;
-            let m = if a.wait_healthy {
-                c.wait_healthy(m.id.as_str(), "5m").await?
-            } else {
-                m
-            };
-            show(&m, a.out.json)
-        }
+        } => list(c, state.as_deref(), *quiet, *all, out.json).await?,
+        MachineCmd::Status { id, out } => status(c, id, out.json).await?,
+        MachineCmd::Stats { id, out } => stats(c, id.as_deref(), out.json).await?,
+        MachineCmd::Create(a) => create(c, a).await?,
         MachineCmd::Start(a) => {
-            let mut each = Each::default();
-            for id in std::iter::once(&a.id).chain(&a.more) {
-                each.record(
-                    async {
-                        let id = resolve::machine_id(&c, id).await?;
-                        let m = c.action(&id, "start").await?;
-                        outcome::started(&c, m).await
-                    }
-                    .await,
-                    a.out.json,
-                );
-            }
-            each.result()?
+            for_each(&a.id, &a.more, a.out.json, async |id| {
+                let m = c
+                    .action(&resolve::machine_id(c, id).await?, "start")
+                    .await?;
+                outcome::started(c, m).await
+            })
+            .await?
         }
         MachineCmd::Restart(a) => {
-            let mut each = Each::default();
-            for id in std::iter::once(&a.id).chain(&a.more) {
-                each.record(
-                    async {
-                        let id = resolve::machine_id(&c, id).await?;
-                        Ok(c.action(&id, "restart").await?)
-                    }
-                    .await,
-                    a.out.json,
-                );
-            }
-            each.result()?
+            for_each(&a.id, &a.more, a.out.json, async |id| {
+                Ok(c.action(&resolve::machine_id(c, id).await?, "restart")
+                    .await?)
+            })
+            .await?
         }
         MachineCmd::Stop(a) => {
             let req = stop_request(a)?;
-            let mut each = Each::default();
-            for id in std::iter::once(&a.id).chain(&a.more) {
-                each.record(
-                    async {
-                        let id = resolve::machine_id(&c, id).await?;
-                        let r = c.stop(&id, &req).await;
-                        let quiet = [State::Stopped, State::Failed, State::Created];
-                        outcome::idempotent(&c, &id, "stop", &quiet, r).await
-                    }
-                    .await,
-                    a.out.json,
-                );
-            }
-            each.result()?
+            for_each(&a.id, &a.more, a.out.json, async |id| {
+                let id = resolve::machine_id(c, id).await?;
+                let r = c.stop(&id, &req).await;
+                let quiet = [State::Stopped, State::Failed, State::Created];
+                outcome::idempotent(c, &id, "stop", &quiet, r).await
+            })
+            .await?
         }
         MachineCmd::Destroy(a) => {
-            let mut each = Each::default();
-            for id in std::iter::once(&a.id).chain(&a.more) {
-                each.record(
-                    async {
-                        let id = resolve::machine_id(&c, id).await?;
-                        let r = c.destroy(&id, a.force).await;
-                        let done = [State::Destroyed];
-                        outcome::idempotent(&c, &id, "destroy", &done, r).await
-                    }
-                    .await,
-                    a.out.json,
-                );
-            }
-            each.result()?
+            for_each(&a.id, &a.more, a.out.json, async |id| {
+                let id = resolve::machine_id(c, id).await?;
+                let r = c.destroy(&id, a.force).await;
+                outcome::idempotent(c, &id, "destroy", &[State::Destroyed], r).await
+            })
+            .await?
         }
         MachineCmd::Signal { id, signal, out } => {
-            let id = resolve::machine_id(&c, id).await?;
+            let id = resolve::machine_id(c, id).await?;
             show(&c.signal(&id, signal).await?, out.json)
         }
         MachineCmd::Wait { id, state, timeout } => {
-            let id = &resolve::machine_id(&c, id).await?;
-            let m = c.wait(id, state, timeout).await?;
-            println!("{}", render::machine_line(&m));
+            let id = &resolve::machine_id(c, id).await?;
+            println!(
+                "{}",
+                render::machine_line(&c.wait(id, state, timeout).await?)
+            );
         }
-        MachineCmd::Update(a) => crate::update::update(&c, a).await?,
-        MachineCmd::Versions { id, out } => {
-            let id = &resolve::machine_id(&c, id).await?;
-            let versions = c.versions(id).await?;
-            if out.json {
-                print_json(&versions)
-            } else {
-                println!("{}", render::versions(&versions))
-            }
-        }
+        MachineCmd::Update(a) => crate::update::update(c, a).await?,
+        MachineCmd::Versions { id, out } => versions(c, id, out.json).await?,
         MachineCmd::Rollback { id, to, out } => {
-            crate::update::rollback(&c, id, *to, out.json).await?
+            crate::update::rollback(c, id, *to, out.json).await?
         }
-        MachineCmd::Events { id, out } => {
-            let id = &resolve::machine_id(&c, id).await?;
-            let events = c.machine_events(id).await?;
-            if out.json {
-                print_json(&events)
-            } else {
-                println!("{}", render::events(&events))
-            }
-        }
+        MachineCmd::Events { id, out } => events(c, id, out.json).await?,
         MachineCmd::Exec {
             id,
             timeout,
             json,
             cmd,
-        } => return exec(&c, id, timeout.as_deref(), *json, cmd).await,
+        } => return exec(c, id, timeout.as_deref(), *json, cmd).await,
     }
     Ok(())
+}
+
+/// `berth machine ls`: a table, the ids alone (`-q`) or JSON.
+async fn list(
+    c: &Client,
+    state: Option<&str>,
+    quiet: bool,
+    all: bool,
+    json: bool,
+) -> Result<(), Fail> {
+    let ms = c.list(state, all).await?;
+    if json {
+        print_json(&ms);
+    } else if quiet {
+        for m in &ms {
+            println!("{}", m.id);
+        }
+    } else {
+        println!("{}", render::machines(&ms));
+    }
+    Ok(())
+}
+
+/// `berth machine status`: the machine, its event log, and beside them its usage and lease.
+async fn status(c: &Client, id: &str, json: bool) -> Result<(), Fail> {
+    let id = &resolve::machine_id(c, id).await?;
+    let m = c.get(id).await?;
+    let events = c.machine_events(id).await?;
+    // Read beside the machine; each is shown as unknown when it cannot be read, and does not
+    // fail the command: the machine and its log are what was asked for.
+    let extras = render::StatusExtras {
+        stats: c.stats(id).await.ok(),
+        lease: c.lease(id).await.ok(),
+    };
+    if json {
+        print_json(&serde_json::json!({
+            "machine": m,
+            "events": events,
+            "stats": extras.stats,
+            "lease": extras.lease.clone().flatten(),
+        }));
+    } else {
+        println!("{}", render::status(&m, &events, &extras));
+    }
+    Ok(())
+}
+
+/// `berth machine stats [ID]`: one machine's usage, or every running machine's.
+async fn stats(c: &Client, id: Option<&str>, json: bool) -> Result<(), Fail> {
+    let ids = match id {
+        Some(id) => vec![resolve::machine_id(c, id).await?],
+        None => c
+            .list(None, false)
+            .await?
+            .into_iter()
+            .filter(|m| m.state.expects_process())
+            .map(|m| m.id.to_string())
+            .collect(),
+    };
+    let mut all = Vec::with_capacity(ids.len());
+    for one in &ids {
+        match c.stats(one).await {
+            Ok(s) => all.push(s),
+            // Destroyed between the list and now: no longer a machine to show.
+            Err(e) if id.is_none() && e.code() == Some("not_found") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match (json, id) {
+        (true, Some(_)) => print_json(&all[0]),
+        (true, None) => print_json(&all),
+        (false, _) => println!("{}", render::stats(&all)),
+    }
+    Ok(())
+}
+
+/// `berth machine create`: the machine once started (exit 1 with the reason if it failed),
+/// and with `--wait-healthy` once its checks pass.
+async fn create(c: &Client, a: &CreateArgs) -> Result<(), Fail> {
+    let m = c.create(&create_request(a)?, None).await?;
+    let m = outcome::started(c, m).await?;
+    let m = if a.wait_healthy {
+        c.wait_healthy(m.id.as_str(), "5m").await?
+    } else {
+        m
+    };
+    show(&m, a.out.json);
+    Ok(())
+}
+
+/// `berth machine versions`.
+async fn versions(c: &Client, id: &str, json: bool) -> Result<(), Fail> {
+    let versions = c.versions(&resolve::machine_id(c, id).await?).await?;
+    if json {
+        print_json(&versions)
+    } else {
+        println!("{}", render::versions(&versions))
+    }
+    Ok(())
+}
+
+/// `berth machine events`.
+async fn events(c: &Client, id: &str, json: bool) -> Result<(), Fail> {
+    let events = c.machine_events(&resolve::machine_id(c, id).await?).await?;
+    if json {
+        print_json(&events)
+    } else {
+        println!("{}", render::events(&events))
+    }
+    Ok(())
+}
+
+/// A lifecycle command's machines (`first`, then `more`), each handled by `one` in turn and
+/// its result shown; the command fails with the worst exit code seen.
+async fn for_each(
+    first: &str,
+    more: &[String],
+    json: bool,
+    one: impl AsyncFn(&str) -> Result<MachineRecord, Fail>,
+) -> Result<(), Fail> {
+    let mut each = Each::default();
+    for id in std::iter::once(first).chain(more.iter().map(String::as_str)) {
+        each.record(one(id).await, json);
+    }
+    each.result()
 }
 
 /// `berth machine exec`: the command's output on stdout and stderr, a note on stderr when it
 /// was cut or timed out, and its exit code as berth's.
 async fn exec(
-    c: &berth_client::Client,
+    c: &Client,
     id: &str,
     timeout: Option<&str>,
     json: bool,
@@ -263,6 +282,7 @@ fn create_request(a: &CreateArgs) -> Result<CreateMachine, Fail> {
         let (name, spec) = check_spec(c)?;
         config.checks.insert(name, spec);
     }
+    crate::config_flags::apply(&a.config, &mut config)?;
     Ok(CreateMachine {
         name: a.name.clone(),
         config,

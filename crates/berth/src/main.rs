@@ -9,13 +9,17 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod cli;
+mod complete;
+mod config_flags;
 mod db;
 mod host;
 mod image;
 mod logs;
 mod machine;
+mod manpages;
 mod offline;
 mod outcome;
+mod progress;
 mod render;
 mod resolve;
 mod stream;
@@ -24,18 +28,14 @@ mod volume;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
 use crate::cli::{Cli, Command, Fail};
 
 async fn run(cli: Cli) -> Result<(), Fail> {
     match &cli.command {
-        Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "berth", &mut std::io::stdout());
-            Ok(())
-        }
-        Command::Man { dir } => clap_mangen::generate_to(Cli::command(), dir)
-            .map_err(|e| Fail(1, format!("writing man pages to {}: {e}", dir.display()))),
+        Command::Completions { shell } => complete::registration(*shell),
+        Command::Man { dir } => manpages::write_all(dir),
         Command::Machine(cmd) => machine::run(&cli, cmd).await,
         Command::Events {
             after,
@@ -88,6 +88,7 @@ fn quiet_on_broken_pipe() {
 
 fn main() -> ExitCode {
     quiet_on_broken_pipe();
+    complete::answer_if_asked();
     let cli = Cli::parse();
     render::set_wide(cli.wide);
     let rt = match tokio::runtime::Builder::new_current_thread()

@@ -313,26 +313,58 @@ fn usage_words(s: &berth_api_types::MachineStats) -> String {
 /// `berth machine status`: the machine's state, its whole config in words (env values are not
 /// shown: they may be secrets; `--json` has them), lease, usage, checks, then its event log.
 pub fn status(m: &MachineRecord, evs: &[Event], extras: &StatusExtras) -> String {
-    let c = &m.config;
-    let none = || "-".to_owned();
-    let mut rows: Vec<(String, String)> = vec![
+    let mut rows = identity_rows(m, evs);
+    rows.extend(workload_rows(m));
+    rows.extend(policy_rows(m));
+    rows.push((
+        "Usage".into(),
+        extras
+            .stats
+            .as_ref()
+            .map_or_else(|| "unknown (could not be read)".into(), usage_words),
+    ));
+    rows.push(("Lease".into(), lease_words(extras)));
+    rows.extend(check_rows(m));
+    rows.push(("Last exit".into(), exit_words(m)));
+    rows.push((
+        "Version".into(),
+        format!("config {} (record {})", m.config_version, m.version),
+    ));
+    rows.push(("Created".into(), when(m.created_at)));
+    let mut t = pairs();
+    for (k, v) in rows {
+        add(&mut t, vec![k, v]);
+    }
+    keep_whole(&mut t, &[0]);
+    format!("{t}\n\nEvent log\n{}", events(evs))
+}
+
+/// A row of `berth machine status`: its label and its words.
+type Pair = (String, String);
+
+/// Which machine, and its state since it last changed.
+fn identity_rows(m: &MachineRecord, evs: &[Event]) -> Vec<Pair> {
+    let since = evs
+        .iter()
+        .rev()
+        .find(|e| e.to == m.state && e.from != Some(m.state))
+        .map_or(m.updated_at, |e| e.at);
+    vec![
         ("ID".into(), m.id.to_string()),
         ("Name".into(), m.name.clone()),
+        ("State".into(), format!("{} since {}", m.state, when(since))),
         (
-            "State".into(),
-            format!(
-                "{} since {}",
-                m.state,
-                when(
-                    evs.iter()
-                        .rev()
-                        .find(|e| e.to == m.state && e.from != Some(m.state))
-                        .map_or(m.updated_at, |e| e.at)
-                )
-            ),
+            "PID".into(),
+            m.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
         ),
-        ("PID".into(), m.pid.map_or_else(none, |p| p.to_string())),
-    ];
+    ]
+}
+
+/// What runs, as whom, with what: image, command, user, workdir, env names, network, mounts
+/// and files.
+fn workload_rows(m: &MachineRecord) -> Vec<Pair> {
+    let c = &m.config;
+    let mut rows = Vec::new();
     if let Some(image) = &c.image {
         let digest = m
             .image_digest
@@ -357,14 +389,12 @@ pub fn status(m: &MachineRecord, evs: &[Event], extras: &StatusExtras) -> String
     if let Some(w) = &c.workdir {
         rows.push(("Workdir".into(), w.clone()));
     }
-    rows.push((
-        "Env".into(),
-        if c.env.is_empty() {
-            none()
-        } else {
-            c.env.keys().cloned().collect::<Vec<_>>().join(", ")
-        },
-    ));
+    let env = if c.env.is_empty() {
+        "-".to_owned()
+    } else {
+        c.env.keys().cloned().collect::<Vec<_>>().join(", ")
+    };
+    rows.push(("Env".into(), env));
     if let Some(n) = &c.network {
         rows.push(("Network".into(), spelled(n)));
     }
@@ -378,11 +408,12 @@ pub fn status(m: &MachineRecord, evs: &[Event], extras: &StatusExtras) -> String
     for f in &c.files {
         rows.push(("File".into(), format!("{} (mode {:o})", f.path, f.mode)));
     }
-    rows.push(("Restart".into(), restart_words(m)));
-    rows.push((
-        "Stop".into(),
-        format!("{}, then SIGKILL after {}", c.stop.signal, c.stop.timeout),
-    ));
+    rows
+}
+
+/// How it is restarted, stopped and limited.
+fn policy_rows(m: &MachineRecord) -> Vec<Pair> {
+    let c = &m.config;
     let mut limits = Vec::new();
     if let Some(mb) = c.resources.memory_mb {
         limits.push(format!("memory {mb} MiB"));
@@ -390,65 +421,60 @@ pub fn status(m: &MachineRecord, evs: &[Event], extras: &StatusExtras) -> String
     if let Some(cpus) = c.resources.cpus {
         limits.push(format!("{cpus} CPUs"));
     }
-    rows.push((
-        "Limits".into(),
-        if limits.is_empty() {
-            "none".into()
-        } else {
-            limits.join(", ")
-        },
-    ));
-    rows.push((
-        "Usage".into(),
-        extras
-            .stats
-            .as_ref()
-            .map_or_else(|| "unknown (could not be read)".into(), usage_words),
-    ));
-    rows.push((
-        "Lease".into(),
-        match &extras.lease {
-            None => "unknown (could not be read)".into(),
-            Some(None) => "none".into(),
-            Some(Some(l)) => format!(
-                "held{} until {}",
-                l.description
-                    .as_deref()
-                    .map(|d| format!(" by {d}"))
-                    .unwrap_or_default(),
-                humantime::format_rfc3339_seconds(l.expires_at.to_system_time())
-            ),
-        },
-    ));
-    for (name, check) in &c.checks {
-        let status = m.checks.get(name).map_or_else(
-            || "not run yet".to_owned(),
-            |s| {
-                let out = if s.output.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", s.output.trim())
-                };
-                format!("{} since {}{out}", spelled(&s.status), when(s.since))
-            },
-        );
-        rows.push((
-            format!("Check {name}"),
-            format!("{status}; {}", check_words(check)),
-        ));
+    let limits = if limits.is_empty() {
+        "none".into()
+    } else {
+        limits.join(", ")
+    };
+    vec![
+        ("Restart".into(), restart_words(m)),
+        (
+            "Stop".into(),
+            format!("{}, then SIGKILL after {}", c.stop.signal, c.stop.timeout),
+        ),
+        ("Limits".into(), limits),
+    ]
+}
+
+/// Who holds the machine's lease, and until when.
+fn lease_words(extras: &StatusExtras) -> String {
+    match &extras.lease {
+        None => "unknown (could not be read)".into(),
+        Some(None) => "none".into(),
+        Some(Some(l)) => format!(
+            "held{} until {}",
+            l.description
+                .as_deref()
+                .map(|d| format!(" by {d}"))
+                .unwrap_or_default(),
+            humantime::format_rfc3339_seconds(l.expires_at.to_system_time())
+        ),
     }
-    rows.push(("Last exit".into(), exit_words(m)));
-    rows.push((
-        "Version".into(),
-        format!("config {} (record {})", m.config_version, m.version),
-    ));
-    rows.push(("Created".into(), when(m.created_at)));
-    let mut t = pairs();
-    for (k, v) in rows {
-        add(&mut t, vec![k, v]);
-    }
-    keep_whole(&mut t, &[0]);
-    format!("{t}\n\nEvent log\n{}", events(evs))
+}
+
+/// One row per health check: how it stands (and since when) and what it is.
+fn check_rows(m: &MachineRecord) -> Vec<Pair> {
+    m.config
+        .checks
+        .iter()
+        .map(|(name, check)| {
+            let status = m.checks.get(name).map_or_else(
+                || "not run yet".to_owned(),
+                |s| {
+                    let out = if s.output.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", s.output.trim())
+                    };
+                    format!("{} since {}{out}", spelled(&s.status), when(s.since))
+                },
+            );
+            (
+                format!("Check {name}"),
+                format!("{status}; {}", check_words(check)),
+            )
+        })
+        .collect()
 }
 
 /// `berth machine stats`: one row per machine; `?` where a value could not be read.
@@ -515,92 +541,88 @@ pub fn health(h: &Health) -> String {
     out
 }
 
+/// `berth host status`: the host's facts, health, capabilities and supervision.
 pub fn host(h: &HostInfo, health: &Health) -> String {
     let mut t = table(&["", ""]);
-    add(&mut t, vec!["Hostname".to_owned(), h.hostname.clone()]);
-    add(
-        &mut t,
-        vec![
-            "Health".to_owned(),
-            if health.status == "ok" {
-                "ok".to_owned()
-            } else {
-                format!("{} (failing: {})", health.status, failing(health))
-            },
-        ],
-    );
-    add(&mut t, vec!["Version".to_owned(), h.version.clone()]);
-    add(&mut t, vec!["Data dir".to_owned(), h.data_dir.clone()]);
-    add(&mut t, vec!["Cordoned".to_owned(), h.cordoned.to_string()]);
+    let health = if health.status == "ok" {
+        "ok".to_owned()
+    } else {
+        format!("{} (failing: {})", health.status, failing(health))
+    };
     let counts: Vec<String> = h.machines.iter().map(|(s, n)| format!("{s}={n}")).collect();
-    add(
-        &mut t,
-        vec![
-            "Machines".to_owned(),
-            if counts.is_empty() {
-                "none".into()
-            } else {
-                counts.join(" ")
-            },
-        ],
-    );
+    let machines = if counts.is_empty() {
+        "none".into()
+    } else {
+        counts.join(" ")
+    };
+    let rows = [
+        ("Hostname", h.hostname.clone()),
+        ("Health", health),
+        ("Version", h.version.clone()),
+        ("Data dir", h.data_dir.clone()),
+        ("Cordoned", h.cordoned.to_string()),
+        ("Machines", machines),
+    ];
+    for (k, v) in rows
+        .into_iter()
+        .chain(capability_rows(h))
+        .chain(supervision_rows(h))
+    {
+        add(&mut t, vec![k.to_owned(), v]);
+    }
+    t.to_string()
+}
+
+/// What the kernel lets berth do: cgroups and which limits.
+fn capability_rows(h: &HostInfo) -> [(&'static str, String); 2] {
     let caps = &h.capabilities;
     let yes = |b: bool| if b { "yes" } else { "no" };
-    add(
-        &mut t,
-        vec![
-            "cgroup".to_owned(),
+    [
+        (
+            "cgroup",
             format!("{} (kill: {})", yes(caps.cgroup), yes(caps.cgroup_kill)),
-        ],
-    );
-    add(
-        &mut t,
-        vec![
-            "Limits".to_owned(),
+        ),
+        (
+            "Limits",
             format!(
                 "memory: {}, cpu: {}, pids: {}",
                 yes(caps.memory_limit),
                 yes(caps.cpu_limit),
                 yes(caps.pids_limit)
             ),
-        ],
-    );
+        ),
+    ]
+}
+
+/// Whether supervision acts: the last reconciliation, the blast-radius guard, the export.
+fn supervision_rows(h: &HostInfo) -> [(&'static str, String); 3] {
     let blocked = h
         .supervision
         .last_reconcile
         .as_ref()
         .is_some_and(|r| r.blocked);
-    add(
-        &mut t,
-        vec![
-            "Reconcile".to_owned(),
-            if blocked {
-                "BLOCKED by the blast-radius guard".into()
-            } else {
-                "ok".into()
-            },
-        ],
-    );
+    let reconcile = if blocked {
+        "BLOCKED by the blast-radius guard".into()
+    } else {
+        "ok".into()
+    };
     let guard = &h.supervision.guard;
-    add(
-        &mut t,
-        vec![
-            "Guard".to_owned(),
-            if guard.tripped {
-                format!(
-                    "HOLDING {} decision(s): {} (berth host approve)",
-                    guard.held.len(),
-                    guard.tripped_because.as_deref().unwrap_or("tripped")
-                )
-            } else if !guard.enabled {
-                "off".into()
-            } else {
-                "armed".into()
-            },
-        ],
-    );
-    add(&mut t, vec!["Export".to_owned(), export(h.export.as_ref())]);
-    t.to_string()
+    let guard = if guard.tripped {
+        format!(
+            "HOLDING {} decision(s): {} (berth host approve)",
+            guard.held.len(),
+            guard.tripped_because.as_deref().unwrap_or("tripped")
+        )
+    } else if !guard.enabled {
+        "off".into()
+    } else {
+        "armed".into()
+    };
+    [
+        ("Reconcile", reconcile),
+        ("Guard", guard),
+        ("Export", export(h.export.as_ref())),
+    ]
 }
 
 /// The fleet export's row of `berth host status`.
@@ -804,7 +826,11 @@ pub fn slow_ops(ops: &[SlowOp]) -> String {
 /// What `berth doctor` found (its `--json`).
 #[derive(Debug, serde::Serialize)]
 pub struct Doctor {
-    /// The last reconciliation pass.
+    /// Whether `last_reconcile` is the pass doctor ran itself (else the last periodic one).
+    pub fresh_pass: bool,
+    /// What that pass found recorded wrongly and set right.
+    pub corrected: Vec<String>,
+    /// The reconciliation pass the report is from.
     pub last_reconcile: Option<ReconcileReport>,
     /// Machines compared.
     pub machines: usize,
@@ -813,7 +839,8 @@ pub struct Doctor {
 }
 
 /// Compares what the agent recorded with what runs on this host.
-pub fn doctor(h: &HostInfo, ms: &[MachineRecord]) -> Doctor {
+/// `fresh` is the pass doctor just ran; without it, the host's last periodic pass is used.
+pub fn doctor(h: &HostInfo, ms: &[MachineRecord], fresh: Option<ReconcileReport>) -> Doctor {
     let mut problems: Vec<String> = Vec::new();
     for m in ms {
         if m.state == berth_types::State::Started {
@@ -834,7 +861,21 @@ pub fn doctor(h: &HostInfo, ms: &[MachineRecord]) -> Doctor {
             ));
         }
     }
-    let last = h.supervision.last_reconcile.clone();
+    let fresh_pass = fresh.is_some();
+    let last = fresh.or_else(|| h.supervision.last_reconcile.clone());
+    // What the pass found and (unless the guard blocked it) set right: not a disagreement
+    // any more, but worth saying.
+    let corrected = last
+        .iter()
+        .filter(|r| !r.blocked)
+        .flat_map(|r| &r.planned)
+        .map(|p| {
+            format!(
+                "machine {} was recorded {} but {}; recorded so now",
+                p.machine_id, p.recorded, p.observed
+            )
+        })
+        .collect();
     for o in last.iter().flat_map(|r| &r.orphans) {
         problems.push(format!(
             "orphan supervisor {o:?}: a workload runs with no machine record"
@@ -871,6 +912,8 @@ pub fn doctor(h: &HostInfo, ms: &[MachineRecord]) -> Doctor {
         );
     }
     Doctor {
+        fresh_pass,
+        corrected,
         last_reconcile: last,
         machines: ms.len(),
         problems,
@@ -878,13 +921,21 @@ pub fn doctor(h: &HostInfo, ms: &[MachineRecord]) -> Doctor {
 }
 
 pub fn doctor_text(v: &Doctor) -> String {
+    let mut s = String::new();
+    if !v.fresh_pass {
+        s.push_str("(from the last periodic reconciliation pass)\n");
+    }
+    for c in &v.corrected {
+        s.push_str(&format!("corrected: {c}\n"));
+    }
     if v.problems.is_empty() {
-        return format!(
+        s.push_str(&format!(
             "{} machines; the database and the live processes agree",
             v.machines
-        );
+        ));
+        return s;
     }
-    let mut s = format!("{} problem(s):\n", v.problems.len());
+    s.push_str(&format!("{} problem(s):\n", v.problems.len()));
     for p in &v.problems {
         s.push_str(&format!("  - {p}\n"));
     }

@@ -22,6 +22,7 @@ fn changed_config(current: &MachineConfig, a: &UpdateArgs) -> Result<MachineConf
     if let Some(mb) = a.memory {
         config.resources.memory_mb = Some(mb);
     }
+    crate::config_flags::apply(&a.config, &mut config)?;
     Ok(config)
 }
 
@@ -56,6 +57,25 @@ pub(crate) fn describe_changes(old: &MachineConfig, new: &MachineConfig) -> Vec<
             mb(old.resources.memory_mb),
             mb(new.resources.memory_mb)
         ));
+    }
+    let some = |v: Option<String>| v.unwrap_or_else(|| "(none)".into());
+    if old.resources.cpus != new.resources.cpus {
+        let (a, b) = (old.resources.cpus, new.resources.cpus);
+        let (a, b) = (
+            a.map(|c| format!("{c} CPUs")),
+            b.map(|c| format!("{c} CPUs")),
+        );
+        out.push(format!("cpus: {} → {}", some(a), some(b)));
+    }
+    if old.resources.pids != new.resources.pids {
+        let (a, b) = (old.resources.pids, new.resources.pids);
+        let (a, b) = (a.map(|p| p.to_string()), b.map(|p| p.to_string()));
+        out.push(format!("pids: {} → {}", some(a), some(b)));
+    }
+    if old.restart.max_retries != new.restart.max_retries {
+        let (a, b) = (old.restart.max_retries, new.restart.max_retries);
+        let (a, b) = (a.map(|n| n.to_string()), b.map(|n| n.to_string()));
+        out.push(format!("max retries: {} → {}", some(a), some(b)));
     }
     for field in changed_fields(old, new) {
         if !["env", "image", "restart", "resources"].contains(&field.as_str()) {
