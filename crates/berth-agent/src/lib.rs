@@ -245,7 +245,7 @@ impl Agent {
                 tokio::time::sleep(interval).await;
             }
         });
-        tokio::spawn(agent.clone().checks_loop());
+        agent.spawn_checks();
         if let Some(m) = cfg.maintenance.clone() {
             agent.spawn_maintenance(m);
         }
