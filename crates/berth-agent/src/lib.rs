@@ -258,7 +258,7 @@ impl Agent {
                 tokio::time::sleep(interval).await;
             }
         });
-        tokio::spawn(self.clone().checks_loop());
+        self.spawn_checks();
         if let Some(m) = cfg.maintenance.clone() {
             self.spawn_maintenance(m);
         }

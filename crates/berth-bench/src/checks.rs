@@ -15,6 +15,7 @@
 //! destroyed through the API, berthd is stopped, and any recorded workload pid still alive
 //! (and still a busybox) is killed by pid.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -70,6 +71,8 @@ struct Report {
     window_s: f64,
     agent_cpu_percent_of_one_core: f64,
     agent_cpu_ms: f64,
+    /// The same, per thread name (threads alive at the window's end; the busiest first).
+    agent_cpu_percent_by_thread: Vec<(String, f64)>,
     target_cpu_percent: f64,
     /// Store writer commits during the window (`/v1/health`).
     db_commits: u64,
@@ -345,8 +348,34 @@ async fn scrape(client: &Client) -> Result<String, String> {
 struct Sample {
     at: Instant,
     cpu_ms: f64,
+    /// CPU time of each of berthd's threads, by name.
+    threads: BTreeMap<String, f64>,
     commits: u64,
     metrics: String,
+}
+
+/// CPU time (ms, utime + stime) of `pid`'s live threads, summed by thread name (`comm`).
+fn thread_cpu_ms(pid: u32) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    let hz = berth_driver::usage::clock_ticks() as f64;
+    for t in dir.flatten() {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let (Some((head, rest)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+            continue;
+        };
+        let name = head.get(open + 1..).unwrap_or_default().to_owned();
+        let ticks: f64 = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum();
+        *out.entry(name).or_default() += ticks * 1000.0 / hz;
+    }
+    out
 }
 
 async fn measure(
@@ -403,16 +432,17 @@ async fn measure(
         Ok((commits(&client).await?, scrape(&client).await?))
     };
     let sample = async |end: bool| -> Result<Sample, String> {
-        let before = (Instant::now(), crate::cpu_ms(pid));
+        let before = (Instant::now(), crate::cpu_ms(pid), thread_cpu_ms(pid));
         let (commits, metrics) = requests().await?;
-        let (at, cpu_ms) = if end {
+        let (at, cpu_ms, threads) = if end {
             before
         } else {
-            (Instant::now(), crate::cpu_ms(pid))
+            (Instant::now(), crate::cpu_ms(pid), thread_cpu_ms(pid))
         };
         Ok(Sample {
             at,
             cpu_ms,
+            threads,
             commits,
             metrics,
         })
@@ -435,6 +465,15 @@ async fn measure(
     let count = |h: &[(f64, f64)]| h.last().map_or(0.0, |(_, c)| *c);
     let runs = count(&h1) - count(&h0);
     let cpu = s1.cpu_ms - s0.cpu_ms;
+    let mut by_thread: Vec<(String, f64)> = s1
+        .threads
+        .iter()
+        .map(|(name, ms)| {
+            let before = s0.threads.get(name).copied().unwrap_or(0.0);
+            (name.clone(), (ms - before) / (secs * 1e3) * 100.0)
+        })
+        .collect();
+    by_thread.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(Report {
         machines: a.machines,
         checks: a.checks,
@@ -442,6 +481,7 @@ async fn measure(
         window_s: secs,
         agent_cpu_percent_of_one_core: cpu / (secs * 1e3) * 100.0,
         agent_cpu_ms: cpu,
+        agent_cpu_percent_by_thread: by_thread,
         target_cpu_percent: TARGET_CPU_PERCENT,
         db_commits: s1.commits - s0.commits,
         db_commits_metric: (commit_metric(&s1.metrics) - commit_metric(&s0.metrics)) as u64,
@@ -559,6 +599,13 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
         "  berthd CPU           {:>8.2} % of one core  ({:.0} ms; target <= {TARGET_CPU_PERCENT} %)",
         report.agent_cpu_percent_of_one_core, report.agent_cpu_ms
     );
+    let threads: Vec<String> = report
+        .agent_cpu_percent_by_thread
+        .iter()
+        .take(4)
+        .map(|(n, p)| format!("{n} {p:.2} %"))
+        .collect();
+    println!("    by thread          {}", threads.join(", "));
     println!(
         "  database commits     {:>8}   ({} by the commit histogram, {} events; target 0)",
         report.db_commits, report.db_commits_metric, report.events

@@ -13,6 +13,12 @@
 //!
 //! Only rows already materialized in the history index (seq at or below the `history_seq`
 //! watermark) are ever removed, so retention and the indexer never race over a row.
+//!
+//! A pass writes nothing when there is nothing to remove: before each write, a read snapshot
+//! tells whether the write would find a row (the write decides again, on the latest data). An
+//! idle host thus pays no commit, and no fsync, per pass. The one exception is an index behind
+//! the log (the indexer only advances inside a commit): then the events pass writes once, even
+//! with nothing to remove, so the last rows of a host that went quiet are indexed, and trimmable.
 
 use std::time::Duration;
 
@@ -23,7 +29,8 @@ use serde::Serialize;
 use crate::Store;
 use crate::codec::decode_at;
 use crate::error::{Result, StoreError};
-use crate::schema::{HISTORY, KEY_HISTORY_SEQ, META};
+use crate::read::{history_watermark, open_ro};
+use crate::schema::{EVENTS, HISTORY, KEY_HISTORY_SEQ, META};
 use crate::writer::{Removal, WriteCtx};
 
 /// What to keep.
@@ -235,6 +242,9 @@ impl Store {
         report: &mut RetentionReport,
     ) -> Result<()> {
         let limit = policy.batch_rows.max(1);
+        if !self.history_trimmable(id, below)? {
+            return Ok(());
+        }
         loop {
             let id = id.clone();
             let rows = self
@@ -259,6 +269,9 @@ impl Store {
         let limit = policy.batch_rows.max(1);
         let max_events = policy.max_events.max(1);
         let export_hold = policy.export_hold;
+        if !self.events_trimmable(max_events, export_hold)? {
+            return Ok(());
+        }
         loop {
             let removed = self
                 .write(move |w| {
@@ -289,6 +302,54 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Whether `id` has a materialized history row below version `below`, in the last committed
+    /// snapshot (what [`trim_history`] would find first).
+    fn history_trimmable(&self, id: &MachineId, below: u64) -> Result<bool> {
+        let txn = self.read_txn("retention")?;
+        let mark = history_watermark(&txn)?;
+        let history = open_ro(&txn, HISTORY, "retention")?;
+        let first = history
+            .range((id.as_str(), 0u64)..(id.as_str(), below))
+            .map_err(StoreError::db("retention"))?
+            .next();
+        let Some(entry) = first else {
+            return Ok(false);
+        };
+        let (k, v) = entry.map_err(StoreError::db("retention"))?;
+        let (m, version) = k.value();
+        let ev: Event = decode_at("history", format!("({m}, {version})"), v.value())?;
+        Ok(ev.seq <= mark)
+    }
+
+    /// Whether the events pass has a reason to write, in the last committed snapshot: an event
+    /// at or below the cutoff it would compute, or an index behind the log (see the module docs).
+    fn events_trimmable(&self, max_events: u64, export_hold: Option<u64>) -> Result<bool> {
+        let (first, last, mark) = {
+            let txn = self.read_txn("retention")?;
+            let mark = history_watermark(&txn)?;
+            let events = open_ro(&txn, EVENTS, "retention")?;
+            let last = events
+                .last()
+                .map_err(StoreError::db("retention"))?
+                .map(|(k, _)| k.value());
+            (first_seq(&events)?, last, mark)
+        };
+        let (Some(first), Some(last)) = (first, last) else {
+            return Ok(false);
+        };
+        if mark < last {
+            return Ok(true);
+        }
+        let mut cutoff = last.saturating_sub(max_events).min(mark);
+        if let Some(hold) = export_hold {
+            let acked = self.export_state()?.1.acked_seq.unwrap_or(0);
+            cutoff = held_cutoff(cutoff, acked, hold);
+        }
+        Ok(first <= cutoff)
+    }
+}
+
 /// Removes up to `limit` of the oldest events with a seq at most `cutoff`.
 fn remove_events_through(w: &mut WriteCtx<'_, '_>, cutoff: u64, limit: usize) -> Result<u64> {
     let mut victims = Vec::new();
@@ -315,7 +376,12 @@ fn remove_events_through(w: &mut WriteCtx<'_, '_>, cutoff: u64, limit: usize) ->
 /// unless that would keep more than `hold` events beyond the normal cutoff.
 fn export_floor(ctx: &WriteCtx<'_, '_>, cutoff: u64, hold: u64) -> Result<u64> {
     let acked = ctx.export_cursor()?.acked_seq.unwrap_or(0);
-    Ok(cutoff.min(acked.max(cutoff.saturating_sub(hold))))
+    Ok(held_cutoff(cutoff, acked, hold))
+}
+
+/// `cutoff` lowered to the export position `acked`, but by no more than `hold` events.
+fn held_cutoff(cutoff: u64, acked: u64, hold: u64) -> u64 {
+    cutoff.min(acked.max(cutoff.saturating_sub(hold)))
 }
 
 /// The oldest seq kept in `events`, if any.
