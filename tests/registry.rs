@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_client::{Client, Method};
@@ -429,4 +430,93 @@ fn a_tampered_blob_is_refused_naming_the_digest_and_nothing_is_left() {
         std::fs::write(&stored, &original).unwrap();
         assert_pulled_create(&c, &reference, &digest, true).await;
     });
+}
+
+/// `POST /v1/images/pull` with `Accept: application/x-ndjson` streams the pull's progress over
+/// the socket and ends with the image; the plain JSON answer stays the default; and `berth image
+/// pull` on a terminal draws that progress, while piped it prints only its result.
+#[test]
+fn a_streamed_pull_carries_progress_then_the_image_and_the_cli_shows_it_on_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&tmp.path().join("registry"), None);
+    let (a_layout, a) = image(&tmp.path().join("a"), 16 << 20);
+    let (b_layout, b) = image(&tmp.path().join("b"), 12 << 20);
+    reg.push(&a_layout, "v1", "a:v1");
+    reg.push(&b_layout, "v1", "b:v1");
+    let proxy = SlowProxy::start(reg.port);
+    let agent = Agent::start(&tmp.path().join("agent"), &insecure(&proxy.host(), ""));
+    let c = agent.socket();
+    let a_ref = format!("{}/a:v1", proxy.host());
+    rt().block_on(async {
+        let body = json!({"image": a_ref}).to_string().into_bytes();
+        let ndjson = [("accept", "application/x-ndjson")];
+        let r = c
+            .raw(Method::POST, "/v1/images/pull", Some(body.clone()), &ndjson)
+            .await
+            .unwrap();
+        assert_eq!(r.status.as_u16(), 200);
+        assert_eq!(r.headers["content-type"], "application/x-ndjson");
+        let lines: Vec<Value> = String::from_utf8_lossy(&r.body)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let (last, progress) = lines.split_last().unwrap();
+        assert_eq!(last["type"], "done", "{lines:?}");
+        assert_eq!(last["image"]["digest"], a, "{last}");
+        assert!(!progress.is_empty(), "no progress line: {lines:?}");
+        let total = progress[0]["total_bytes"].as_u64().unwrap();
+        assert!(total > 16 << 20, "{lines:?}");
+        let mut seen = 0;
+        for p in progress {
+            assert_eq!(p["type"], "progress", "{p}");
+            assert_eq!(p["total_bytes"], total, "{p}");
+            let done = p["downloaded_bytes"].as_u64().unwrap();
+            assert!(done >= seen && done <= total, "{lines:?}");
+            seen = done;
+        }
+        assert!(
+            seen < total,
+            "some progress is seen before the end: {lines:?}"
+        );
+        // Without the header: the plain JSON answer.
+        let r = c
+            .raw(Method::POST, "/v1/images/pull", Some(body), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status.as_u16(), 200);
+        assert_eq!(r.headers["content-type"], "application/json");
+        let report: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(report["image"]["digest"], a, "{report}");
+    });
+    // A real pseudo-terminal (util-linux `script`): the bar shows bytes out of the total.
+    let berth = common::built("berth", "berth");
+    let on_tty = |reference: &str| {
+        Command::new("script")
+            .arg("-qec")
+            .arg(format!(
+                "stty cols 120; {} --data-dir {} image pull {reference}",
+                berth.display(),
+                agent.dir.display()
+            ))
+            .arg("/dev/null")
+            .output()
+            .unwrap()
+    };
+    let out = on_tty(&format!("{}/b:v1", proxy.host()));
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&b), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("pulling") && l.contains(" MiB/12.")),
+        "a progress bar of bytes out of the total: {text}"
+    );
+    let out = on_tty(&format!("{}/b:nope", proxy.host()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains("nope"), "{text}");
+    // Piped: the result alone, nothing on stderr.
+    let out = agent.cli(&["image", "pull", &format!("{}/b:v1", proxy.host())]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&b), "{out:?}");
 }

@@ -27,6 +27,7 @@ use sha2::{Digest as _, Sha256};
 use crate::blob::{self, JSON_MAX, sha256_hex};
 use crate::error::io;
 use crate::layout;
+use crate::progress::Progress;
 use crate::registry::{self, Auth, RegistryConfig, RegistryRef, describe};
 use crate::store::{ImageStore, sync_dir};
 use crate::{ImageError, Resolved};
@@ -95,8 +96,17 @@ impl Puller {
 
     /// Pulls `REGISTRY/REPO[:TAG|@sha256:DIGEST]` unless the image it names is in the store.
     pub async fn pull(&self, reference: &str) -> Result<Pull, ImageError> {
+        self.pull_with(reference, Progress::new()).await
+    }
+
+    /// [`Puller::pull`], counting the blob bytes on the host into `progress` as it goes.
+    pub async fn pull_with(
+        &self,
+        reference: &str,
+        progress: Arc<Progress>,
+    ) -> Result<Pull, ImageError> {
         let started = Instant::now();
-        let result = self.pull_inner(reference, started).await;
+        let result = self.pull_inner(reference, started, progress).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!(PULLS_TOTAL, "result" => outcome).increment(1);
         if let Err(e) = crate::gc::record_usage(&self.store) {
@@ -105,7 +115,12 @@ impl Puller {
         result
     }
 
-    async fn pull_inner(&self, reference: &str, started: Instant) -> Result<Pull, ImageError> {
+    async fn pull_inner(
+        &self,
+        reference: &str,
+        started: Instant,
+        progress: Arc<Progress>,
+    ) -> Result<Pull, ImageError> {
         let r = RegistryRef::parse(reference)?;
         let auth = registry::auth_for(&self.config, &r.registry)?;
         let manifest = self.fetch_manifest(&r, &auth).await?;
@@ -125,6 +140,7 @@ impl Puller {
                     handle: &handle,
                     r: &r,
                     auth: &auth,
+                    progress: &progress,
                 }
                 .image(&manifest)
             }
@@ -202,6 +218,7 @@ struct Fetch<'a> {
     handle: &'a tokio::runtime::Handle,
     r: &'a RegistryRef,
     auth: &'a Auth,
+    progress: &'a Progress,
 }
 
 impl Fetch<'_> {
@@ -221,6 +238,9 @@ impl Fetch<'_> {
         let manifest: ImageManifest =
             serde_json::from_slice(&blob::read_json(&cache, &digest, manifest_desc.size())?)
                 .map_err(|e| self.r.error(format!("malformed manifest {digest}: {e}")))?;
+        let total =
+            manifest.config().size() + manifest.layers().iter().map(Descriptor::size).sum::<u64>();
+        self.progress.set_total(total);
         let mut downloaded = self.blob(manifest.config())?;
         let image = layout::load(&cache, manifest_desc)?; // Refuses unknown layer types first.
         for layer in image.manifest.layers() {
@@ -238,10 +258,12 @@ impl Fetch<'_> {
         let hex = sha256_hex(&cache, &digest)?.to_owned();
         let done = cache.join("blobs/sha256").join(&hex);
         if reuse(&done)? {
+            self.progress.add(d.size());
             return Ok(0);
         }
         let _lock = self.store.lock(&hex)?;
         if reuse(&done)? {
+            self.progress.add(d.size());
             return Ok(0); // Another pull downloaded it while we waited.
         }
         let partial = cache.join("partial").join(&hex);
@@ -292,6 +314,7 @@ impl Fetch<'_> {
         file.set_len(have).map_err(io(ctx()))?;
         file.seek(SeekFrom::Start(have)).map_err(io(ctx()))?;
         let resumed_at = have;
+        self.progress.add(have);
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
         let mut cut: Option<String> = None;
         while let Some(chunk) = self.handle.block_on(stream.stream.next()) {
@@ -312,6 +335,7 @@ impl Fetch<'_> {
             hasher.update(&chunk);
             out.write_all(&chunk).map_err(io(ctx()))?;
             have += chunk.len() as u64;
+            self.progress.add(chunk.len() as u64);
         }
         out.flush().map_err(io(ctx()))?;
         drop(out);
