@@ -33,7 +33,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => rest.push(a),
         }
     }
-    if !["compaction", "aging", "restart", "fleet", "checks"].contains(&suite.as_str())
+    if ![
+        "compaction",
+        "aging",
+        "restart",
+        "fleet",
+        "checks",
+        "images",
+    ]
+    .contains(&suite.as_str())
         && let Some(other) = rest.first()
     {
         return Err(format!("unknown argument {other:?}").into());
@@ -48,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "aging" => aging::run(&out, &rest),
         "restart" => restart::run(&out, &rest),
         "fleet" => fleet::run(&out, &rest),
-        "images" => images::run(&out),
+        "images" => images::run(&out, &rest),
         "checks" => checks::run(&out, &rest),
         _ => Err(format!(
             "unknown suite {suite:?}; available: store, driver, api, compaction, metrics, aging, restart, fleet, images, checks"

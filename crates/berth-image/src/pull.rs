@@ -2,11 +2,13 @@
 //!
 //! A pull resolves the reference to a manifest (following an index to this host's platform),
 //! keeps every manifest, config and layer as a blob of the store's cache layout, then unpacks
-//! with the same code as a layout import. Blobs are streamed to `cache/partial/<hex>`, hashed
-//! and size-checked as they arrive, and renamed into `cache/blobs/` only once whole, synced and
-//! verified; the root is published by the store's rename. So a pull cut off anywhere (registry
-//! gone, berthd SIGKILLed) leaves no root, and the next pull resumes the partial blob (HTTP
-//! range) or starts it again.
+//! with the same code as a layout import. Layers are downloaded a few at a time, each streamed
+//! to `cache/partial/<hex>`, hashed and size-checked as it arrives, and renamed into
+//! `cache/blobs/` only once whole and verified; the unpack does not hash them again, and its one
+//! syncfs before the root's rename makes blobs and root durable together (a blob found in the
+//! cache is hashed before use, so one that a crash left half-written is downloaded again). So a
+//! pull cut off anywhere (registry gone, berthd SIGKILLed) leaves no root, and the next pull
+//! resumes the partial blob (HTTP range) or starts it again.
 //!
 //! Concurrent pulls of one image (threads or processes) pull it once: the download and unpack
 //! run under the flock of the manifest's digest, each blob's download under the flock of its
@@ -16,6 +18,7 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
@@ -29,7 +32,7 @@ use crate::error::io;
 use crate::layout;
 use crate::progress::Progress;
 use crate::registry::{self, Auth, RegistryConfig, RegistryRef, describe};
-use crate::store::{ImageStore, sync_dir};
+use crate::store::{Blobs, ImageStore, sync_dir};
 use crate::{ImageError, Resolved};
 
 /// The counter of pulls, labelled `result` (`ok`, `error`).
@@ -46,6 +49,8 @@ const ACCEPT: [&str; 4] = [
     INDEX_MEDIA_TYPES[1],
 ];
 const MAX_INDEX_DEPTH: usize = 4;
+/// Layer downloads one pull runs at once.
+const PARALLEL_BLOBS: usize = 4;
 
 /// What a pull did.
 #[derive(Debug, Clone)]
@@ -243,33 +248,69 @@ impl Fetch<'_> {
         self.progress.set_total(total);
         let mut downloaded = self.blob(manifest.config())?;
         let image = layout::load(&cache, manifest_desc)?; // Refuses unknown layer types first.
-        for layer in image.manifest.layers() {
-            downloaded += self.blob(layer)?;
-        }
-        let (resolved, unpacked) = self.store.unpack_locked(&image, &hex)?;
+        downloaded += self.layers(image.manifest.layers())?;
+        // Every blob was verified by this pull (downloaded, or found and hashed): the unpack
+        // does not hash them again, and its one syncfs makes them durable with the root.
+        let (resolved, unpacked) = self.store.unpack_locked(&image, &hex, Blobs::Verified)?;
         Ok((resolved, downloaded, unpacked))
     }
 
-    /// Makes sure the cache holds the blob, downloading (or resuming) it under its flock;
-    /// returns the bytes downloaded.
+    /// Makes sure the cache holds every layer, [`PARALLEL_BLOBS`] downloads at a time; returns
+    /// the bytes downloaded, or the error of the first layer (in the manifest's order) that
+    /// failed. Once one fails, no further download starts.
+    fn layers(&self, layers: &[Descriptor]) -> Result<u64, ImageError> {
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let work = || {
+            let mut out = Vec::new();
+            while !failed.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(layer) = layers.get(i) else { break };
+                let r = self.blob(layer);
+                failed.fetch_or(r.is_err(), Ordering::Relaxed);
+                out.push((i, r));
+            }
+            out
+        };
+        let mut results: Vec<(usize, Result<u64, ImageError>)> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..PARALLEL_BLOBS.min(layers.len()))
+                .map(|_| s.spawn(work))
+                .collect();
+            let mut all = Vec::new();
+            for w in workers {
+                match w.join() {
+                    Ok(done) => all.extend(done),
+                    Err(_) => all.push((0, Err(self.r.error("a download thread panicked")))),
+                }
+            }
+            all
+        });
+        results.sort_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, r)| r).sum()
+    }
+
+    /// Makes sure the cache holds the blob, verified, downloading (or resuming) it under its
+    /// flock; returns the bytes downloaded.
     fn blob(&self, d: &Descriptor) -> Result<u64, ImageError> {
         let cache = self.store.cache_dir();
         let digest = d.digest().to_string();
         let hex = sha256_hex(&cache, &digest)?.to_owned();
         let done = cache.join("blobs/sha256").join(&hex);
-        if reuse(&done)? {
+        if reuse(&cache, d, &done, false)? {
             self.progress.add(d.size());
             return Ok(0);
         }
         let _lock = self.store.lock(&hex)?;
-        if reuse(&done)? {
+        if reuse(&cache, d, &done, true)? {
             self.progress.add(d.size());
             return Ok(0); // Another pull downloaded it while we waited.
         }
         let partial = cache.join("partial").join(&hex);
         let n = self.download(&digest, d.size(), &partial)?;
+        // Not synced here: a blob is only used by the unpack that follows (whose syncfs makes
+        // it durable), or by a later pull, which verifies it first (so one a crash left
+        // half-written is downloaded again).
         fs::rename(&partial, &done).map_err(io(format!("publishing {}", done.display())))?;
-        sync_dir(&cache.join("blobs/sha256"))?;
         Ok(n)
     }
 
@@ -353,14 +394,34 @@ impl Fetch<'_> {
                 "blob {digest} does not match its digest (its content hashes to {actual}); refusing it"
             )));
         }
-        file.sync_all().map_err(io(ctx()))?;
         Ok(have - resumed_at)
     }
 }
 
-/// Whether a blob is in the cache; its mtime is renewed so that a collection running beside
-/// this pull does not take it for an unused one.
-fn reuse(path: &Path) -> Result<bool, ImageError> {
+/// Whether a blob is in the cache, whole: its mtime is renewed (so that a collection running
+/// beside this pull does not take it for an unused one) and its content hashed. One that fails
+/// (half-written when the host crashed before a sync) is removed when `locked` (the caller holds
+/// its flock), so that it is downloaded again.
+fn reuse(cache: &Path, d: &Descriptor, path: &Path, locked: bool) -> Result<bool, ImageError> {
+    if !touch_blob(path)? {
+        return Ok(false);
+    }
+    let digest = d.digest().to_string();
+    match blob::open(cache, &digest, d.size())?.finish(cache) {
+        Ok(()) => Ok(true),
+        Err(ImageError::DigestMismatch { .. } | ImageError::SizeMismatch { .. }) => {
+            if locked {
+                tracing::warn!(blob = %digest, "a cached blob fails its digest; downloading it again");
+                fs::remove_file(path).map_err(io(format!("removing {}", path.display())))?;
+            }
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Renews a cached blob's mtime; false when it is not there.
+fn touch_blob(path: &Path) -> Result<bool, ImageError> {
     match File::options().write(true).open(path) {
         Ok(f) => {
             f.set_modified(std::time::SystemTime::now())
@@ -388,7 +449,7 @@ fn hash_prefix(file: &mut File, hasher: &mut Sha256) -> std::io::Result<()> {
 fn write_small_blob(cache: &Path, digest: &str, bytes: &[u8]) -> Result<(), ImageError> {
     let hex = sha256_hex(cache, digest)?;
     let done = cache.join("blobs/sha256").join(hex);
-    if reuse(&done)? {
+    if touch_blob(&done)? {
         return Ok(());
     }
     let tmp = cache.join("partial").join(format!(
