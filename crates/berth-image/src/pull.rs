@@ -71,7 +71,6 @@ pub struct Pull {
 pub struct Puller {
     store: Arc<ImageStore>,
     config: RegistryConfig,
-    client: Arc<Client>,
 }
 
 impl std::fmt::Debug for Puller {
@@ -86,12 +85,7 @@ impl std::fmt::Debug for Puller {
 impl Puller {
     /// A puller into `store`, reaching registries as `config` says.
     pub fn new(store: Arc<ImageStore>, config: RegistryConfig) -> Self {
-        let client = Arc::new(registry::client(&config));
-        Self {
-            store,
-            config,
-            client,
-        }
+        Self { store, config }
     }
 
     /// The store it pulls into.
@@ -128,10 +122,13 @@ impl Puller {
     ) -> Result<Pull, ImageError> {
         let r = RegistryRef::parse(reference)?;
         let auth = registry::auth_for(&self.config, &r.registry)?;
-        let manifest = self.fetch_manifest(&r, &auth).await?;
+        // A client of its own: oci-client keeps the first credentials it was given for a
+        // registry for good, so a shared one would never see credentials rotated in the file.
+        let client = Arc::new(registry::client(&self.config));
+        let manifest = self.fetch_manifest(&client, &r, &auth).await?;
         let (store, client, handle) = (
             self.store.clone(),
-            self.client.clone(),
+            client,
             tokio::runtime::Handle::current(),
         );
         // Flocks, file I/O and the unpack block: they run on a blocking thread, which drives
@@ -163,12 +160,16 @@ impl Puller {
 
     /// Resolves the reference to this platform's manifest, every manifest and index on the way
     /// kept (verified) as a blob of the cache; returns the manifest's descriptor.
-    async fn fetch_manifest(&self, r: &RegistryRef, auth: &Auth) -> Result<Descriptor, ImageError> {
+    async fn fetch_manifest(
+        &self,
+        client: &Client,
+        r: &RegistryRef,
+        auth: &Auth,
+    ) -> Result<Descriptor, ImageError> {
         let cache = self.store.cache_dir();
         let mut reference = r.to_client();
         for _ in 0..=MAX_INDEX_DEPTH {
-            let (bytes, digest) = self
-                .client
+            let (bytes, digest) = client
                 .pull_manifest_raw(&reference, &auth.auth, &ACCEPT)
                 .await
                 .map_err(|e| auth.explain(r, &e))?;
