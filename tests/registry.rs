@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_client::{Client, Method};
@@ -318,4 +319,202 @@ fn removal_is_refused_while_in_use_and_unused_images_are_collected() {
         );
         assert!(images(&c).await.is_empty());
     });
+}
+
+/// Writes a root-only credentials file giving `user:password` for `host`.
+fn write_credentials(path: &Path, host: &str, user: &str, password: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let auths = json!({"auths": {host: {"username": user, "password": password}}});
+    std::fs::write(path, auths.to_string()).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// What the image store holds besides its cache: roots, and unpacks in progress.
+fn store_entries(agent_dir: &Path) -> Vec<String> {
+    ["roots", "tmp"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(agent_dir.join("images").join(d))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .map(|e| e.path().display().to_string())
+        .collect()
+}
+
+/// A registry with basic auth (htpasswd): no credentials and wrong ones are refused in words
+/// that say which and name the registry's answer, nothing is recorded; the right ones, read
+/// from the root-only `images.credentials_file` at each pull, pull the image.
+#[test]
+fn basic_auth_pulls_with_the_right_credentials_and_refuses_none_or_wrong_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&tmp.path().join("registry"), Some(("alice", "s3cret")));
+    let (layout, digest) = image(&tmp.path().join("img"), 0);
+    reg.push(&layout, "v1", "app:v1");
+    let creds = tmp.path().join("creds.json");
+    write_credentials(&creds, "other.example:5000", "bob", "x");
+    let extra = format!("credentials_file = \"{}\"\n", creds.display());
+    let agent = Agent::start(&tmp.path().join("agent"), &insecure(&reg.host(), &extra));
+    let c = agent.socket();
+    let reference = format!("{}/app:v1", reg.host());
+    rt().block_on(async {
+        let (status, body) = create(&c, &reference).await;
+        assert_eq!(status, 400, "{body}");
+        let msg = body["error"].as_str().unwrap();
+        assert!(
+            msg.contains("unauthorized") && msg.contains("requires credentials"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("creds.json") && msg.contains("401"),
+            "names the file and the registry's answer: {msg}"
+        );
+        write_credentials(&creds, &reg.host(), "alice", "wrong-password");
+        let (status, body) = create(&c, &reference).await;
+        assert_eq!(status, 400, "{body}");
+        let msg = body["error"].as_str().unwrap();
+        assert!(
+            msg.contains("refused the credentials") && msg.contains(&reg.host()),
+            "{msg}"
+        );
+        assert!(msg.contains("401"), "the registry's answer: {msg}");
+        assert!(
+            !msg.contains("wrong-password"),
+            "no password in words: {msg}"
+        );
+        assert_eq!(machines(&c).await, json!([]), "nothing recorded");
+        assert!(images(&c).await.is_empty());
+        assert_eq!(store_entries(&agent.dir), Vec::<String>::new());
+        write_credentials(&creds, &reg.host(), "alice", "s3cret");
+        assert_pulled_create(&c, &reference, &digest, true).await;
+    });
+}
+
+/// A layer blob corrupted in the registry's storage: the create fails naming the digest that
+/// does not match, and leaves no machine, no image, no root or unpack in progress, and no
+/// partial download to resume; once the blob is repaired the same create succeeds.
+#[test]
+fn a_tampered_blob_is_refused_naming_the_digest_and_nothing_is_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&tmp.path().join("registry"), None);
+    let (layout, digest) = image(&tmp.path().join("img"), 1 << 20);
+    reg.push(&layout, "v1", "app:v1");
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let stored = reg.blob_path(&layer);
+    let original = std::fs::read(&stored).unwrap();
+    let mut bad = original.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&stored, &bad).unwrap();
+    let agent = Agent::start(&tmp.path().join("agent"), &insecure(&reg.host(), ""));
+    let c = agent.socket();
+    let reference = format!("{}/app:v1", reg.host());
+    rt().block_on(async {
+        let (status, body) = create(&c, &reference).await;
+        assert_eq!(status, 502, "{body}");
+        let msg = body["error"].as_str().unwrap();
+        assert!(
+            msg.contains(&layer) && msg.contains("does not match its digest"),
+            "{msg}"
+        );
+        assert_eq!(machines(&c).await, json!([]), "nothing recorded");
+        assert!(images(&c).await.is_empty());
+        assert_eq!(store_entries(&agent.dir), Vec::<String>::new());
+        let partial = agent.dir.join("images/cache/partial").join(&layer[7..]);
+        assert!(!partial.exists(), "a bad blob is not kept to resume");
+        std::fs::write(&stored, &original).unwrap();
+        assert_pulled_create(&c, &reference, &digest, true).await;
+    });
+}
+
+/// `POST /v1/images/pull` with `Accept: application/x-ndjson` streams the pull's progress over
+/// the socket and ends with the image; the plain JSON answer stays the default; and `berth image
+/// pull` on a terminal draws that progress, while piped it prints only its result.
+#[test]
+fn a_streamed_pull_carries_progress_then_the_image_and_the_cli_shows_it_on_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&tmp.path().join("registry"), None);
+    let (a_layout, a) = image(&tmp.path().join("a"), 16 << 20);
+    let (b_layout, b) = image(&tmp.path().join("b"), 12 << 20);
+    reg.push(&a_layout, "v1", "a:v1");
+    reg.push(&b_layout, "v1", "b:v1");
+    let proxy = SlowProxy::start(reg.port);
+    let agent = Agent::start(&tmp.path().join("agent"), &insecure(&proxy.host(), ""));
+    let c = agent.socket();
+    let a_ref = format!("{}/a:v1", proxy.host());
+    rt().block_on(async {
+        let body = json!({"image": a_ref}).to_string().into_bytes();
+        let ndjson = [("accept", "application/x-ndjson")];
+        let r = c
+            .raw(Method::POST, "/v1/images/pull", Some(body.clone()), &ndjson)
+            .await
+            .unwrap();
+        assert_eq!(r.status.as_u16(), 200);
+        assert_eq!(r.headers["content-type"], "application/x-ndjson");
+        let lines: Vec<Value> = String::from_utf8_lossy(&r.body)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let (last, progress) = lines.split_last().unwrap();
+        assert_eq!(last["type"], "done", "{lines:?}");
+        assert_eq!(last["image"]["digest"], a, "{last}");
+        assert!(!progress.is_empty(), "no progress line: {lines:?}");
+        let total = progress[0]["total_bytes"].as_u64().unwrap();
+        assert!(total > 16 << 20, "{lines:?}");
+        let mut seen = 0;
+        for p in progress {
+            assert_eq!(p["type"], "progress", "{p}");
+            assert_eq!(p["total_bytes"], total, "{p}");
+            let done = p["downloaded_bytes"].as_u64().unwrap();
+            assert!(done >= seen && done <= total, "{lines:?}");
+            seen = done;
+        }
+        let first = progress[0]["downloaded_bytes"].as_u64().unwrap();
+        assert!(first < total, "progress is seen before the end: {lines:?}");
+        // Without the header: the plain JSON answer.
+        let r = c
+            .raw(Method::POST, "/v1/images/pull", Some(body), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status.as_u16(), 200);
+        assert_eq!(r.headers["content-type"], "application/json");
+        let report: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(report["image"]["digest"], a, "{report}");
+    });
+    // A real pseudo-terminal (util-linux `script`): the bar shows bytes out of the total.
+    let berth = common::built("berth", "berth");
+    let on_tty = |reference: &str| {
+        Command::new("script")
+            .arg("-qec")
+            .arg(format!(
+                "stty cols 120; {} --data-dir {} image pull {reference}",
+                berth.display(),
+                agent.dir.display()
+            ))
+            .arg("/dev/null")
+            .output()
+            .unwrap()
+    };
+    let out = on_tty(&format!("{}/b:v1", proxy.host()));
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&b), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("pulling") && l.contains(" MiB/12.")),
+        "a progress bar of bytes out of the total: {text}"
+    );
+    let out = on_tty(&format!("{}/b:nope", proxy.host()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains("nope"), "{text}");
+    // Piped: the result alone, nothing on stderr.
+    let out = agent.cli(&["image", "pull", &format!("{}/b:v1", proxy.host())]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&b), "{out:?}");
 }

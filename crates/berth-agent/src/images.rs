@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use berth_image::RegistryConfig;
 use berth_image::{ImageError, ImageStore, Pull, Puller, Resolved};
+pub use berth_image::{Progress, RegistryConfig};
 use berth_store::Store;
 use berth_types::State;
 
@@ -113,6 +113,17 @@ impl Images {
     /// `pull_timeout`); records the reference beside the image and, for a create (`for_create`),
     /// holds it as pending until the create has had time to record its machine.
     pub async fn ready(&self, reference: &str, for_create: bool) -> Result<Ready, ImageError> {
+        self.ready_with(reference, for_create, Progress::new())
+            .await
+    }
+
+    /// [`Images::ready`], a pull's bytes counted into `progress` as they arrive.
+    pub async fn ready_with(
+        &self,
+        reference: &str,
+        for_create: bool,
+        progress: Arc<Progress>,
+    ) -> Result<Ready, ImageError> {
         let (resolved, pulled) = if reference.starts_with("oci:") {
             let (store, r) = (self.store.clone(), reference.to_owned());
             let resolved = tokio::task::spawn_blocking(move || store.import(&r))
@@ -120,7 +131,7 @@ impl Images {
                 .map_err(|e| task_failed("import", &e))??;
             (resolved, None)
         } else {
-            let p = self.pull(reference).await?;
+            let p = self.pull(reference, progress).await?;
             let note = pull_note(reference, &p);
             (p.resolved, Some(note))
         };
@@ -139,10 +150,11 @@ impl Images {
     }
 
     /// Pulls a registry reference, bounded by `pull_timeout`.
-    async fn pull(&self, reference: &str) -> Result<Pull, ImageError> {
+    async fn pull(&self, reference: &str, progress: Arc<Progress>) -> Result<Pull, ImageError> {
         let timeout = self.cfg.pull_timeout;
         tracing::info!(image = reference, "pulling image");
-        match tokio::time::timeout(timeout, self.puller.pull(reference)).await {
+        let pull = self.puller.pull_with(reference, progress);
+        match tokio::time::timeout(timeout, pull).await {
             Ok(Ok(p)) => {
                 tracing::info!(
                     image = reference, digest = %p.resolved.digest, bytes = p.downloaded_bytes,

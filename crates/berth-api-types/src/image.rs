@@ -40,3 +40,34 @@ pub struct PullReport {
     /// How long the pull took, in milliseconds.
     pub elapsed_ms: u64,
 }
+
+/// The media type a client sends in `Accept` to have `POST /v1/images/pull` stream its
+/// progress, one [`PullEvent`] per line.
+pub const PULL_STREAM_MEDIA_TYPE: &str = "application/x-ndjson";
+
+/// One line of `POST /v1/images/pull` answered as `application/x-ndjson` (asked for with
+/// `Accept: application/x-ndjson`): `progress` lines while the pull runs, then exactly one
+/// `done` or `error` line, the last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PullEvent {
+    /// How far the pull has got: bytes of the image's blobs (config and layers) on the host
+    /// (blobs already there count), out of their total.
+    Progress {
+        /// Bytes on the host so far.
+        downloaded_bytes: u64,
+        /// The blobs' total size.
+        total_bytes: u64,
+    },
+    /// The pull is done: what the plain JSON answer would have been.
+    Done(PullReport),
+    /// The pull failed: the status and error body the plain answer would have carried.
+    Error {
+        /// The HTTP status the plain answer would have had.
+        status: u16,
+        /// A sentence for a person.
+        error: String,
+        /// The stable code (as in [`crate::ErrorBody`]).
+        code: String,
+    },
+}

@@ -28,7 +28,7 @@ pub use host::{
     ApproveReport, Capabilities, Check, ExportStatus, GuardAction, GuardStatus, Health, Held,
     HostInfo, Planned, ReconcileReport, SupervisionStatus, UnknownMachine,
 };
-pub use image::{Image, PullImage, PullReport};
+pub use image::{Image, PULL_STREAM_MEDIA_TYPE, PullEvent, PullImage, PullReport};
 pub use logs::{LogFormat, LogLine, LogStream};
 pub use query::{
     DestroyQuery, EventsQuery, LogsQuery, MachineListQuery, ReconcileQuery, WaitQuery,

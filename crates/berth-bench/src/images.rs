@@ -2,7 +2,8 @@
 //! `docker-registry` on loopback, the image built with umoci and pushed with skopeo), beside
 //! `skopeo copy` of the same image to a directory in the same run; the second pull of an image
 //! (what a second machine of it costs); and 20 concurrent pulls of one new image, which must
-//! download it once.
+//! download it once. `--mib N` sets the big image's size, `--runs R` how many times each of the
+//! two is measured (alternately; the medians are compared).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -17,6 +18,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 #[derive(Serialize)]
 struct Report {
     image_bytes: u64,
+    runs: usize,
     skopeo_copy_ms: f64,
     pull_unpack_ms: f64,
     ratio_to_skopeo: f64,
@@ -117,40 +119,90 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-pub fn run(out: &Path) -> Res<()> {
+/// What to measure: `--mib N` (the big image's size, 4 layers; default 100) and `--runs R`
+/// (skopeo and berth alternately, R times each, the medians compared; default 3).
+struct Args {
+    mib: usize,
+    runs: usize,
+}
+
+fn args(rest: &[String]) -> Res<Args> {
+    let mut a = Args { mib: 100, runs: 3 };
+    let mut it = rest.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a number"))?
+            .parse::<usize>()
+            .map_err(|e| format!("{flag}: {e}"))?;
+        match flag.as_str() {
+            "--mib" if value >= 4 => a.mib = value,
+            "--runs" if value >= 1 => a.runs = value,
+            _ => return Err(format!("unknown argument {flag} {value}").into()),
+        }
+    }
+    Ok(a)
+}
+
+pub fn run(out: &Path, rest: &[String]) -> Res<()> {
+    let a = args(rest)?;
     let tmp = std::env::temp_dir().join(format!("berth-bench-images-{}", std::process::id()));
-    let result = bench(&tmp, out);
+    let result = bench(&tmp, out, &a);
     let _ = std::fs::remove_dir_all(&tmp);
     result
 }
 
-fn bench(tmp: &Path, out: &Path) -> Res<()> {
-    let reg = start_registry(&tmp.join("registry"))?;
-    push_image(tmp, &reg, "big", 4, 25 << 20)?;
-    push_image(tmp, &reg, "shared", 2, 10 << 20)?;
-    let big = format!("127.0.0.1:{}/big:v1", reg.port);
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// `skopeo copy` of `reference` to a new directory.
+fn skopeo_copy(reference: &str, dir: &Path) -> Res<Duration> {
     let started = Instant::now();
     run_ok(Command::new("skopeo").args([
         "--insecure-policy",
         "copy",
         "--src-tls-verify=false",
-        &format!("docker://{big}"),
-        &format!("dir:{}", tmp.join("skopeo-dir").display()),
+        &format!("docker://{reference}"),
+        &format!("dir:{}", dir.display()),
     ]))?;
-    let skopeo = started.elapsed();
+    Ok(started.elapsed())
+}
+
+fn bench(tmp: &Path, out: &Path, a: &Args) -> Res<()> {
+    let reg = start_registry(&tmp.join("registry"))?;
+    push_image(tmp, &reg, "big", 4, (a.mib << 20) / 4)?;
+    push_image(tmp, &reg, "shared", 2, 10 << 20)?;
+    let big = format!("127.0.0.1:{}/big:v1", reg.port);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let p = puller(&tmp.join("store"), &reg)?;
-    let first = rt.block_on(p.pull(&big))?;
+    let (mut skopeo, mut pulls, mut first) = (Vec::new(), Vec::new(), None);
+    for i in 0..a.runs {
+        skopeo.push(skopeo_copy(&big, &tmp.join(format!("skopeo-dir-{i}")))?);
+        let _ = std::fs::remove_dir_all(tmp.join(format!("skopeo-dir-{i}")));
+        let store = tmp.join(format!("store-{i}"));
+        let p = puller(&store, &reg)?;
+        let pulled = rt.block_on(p.pull(&big))?;
+        pulls.push(pulled.elapsed);
+        if i + 1 < a.runs {
+            let _ = std::fs::remove_dir_all(&store);
+        } else {
+            first = Some((p, pulled));
+        }
+    }
+    let (p, first) = first.ok_or("no run")?;
+    let (skopeo, pull) = (median(skopeo), median(pulls));
     let second = rt.block_on(p.pull(&big))?;
     let (wall, results) = concurrent(&rt, &puller(&tmp.join("store2"), &reg)?, &reg, 20)?;
     let report = Report {
         image_bytes: first.downloaded_bytes,
+        runs: a.runs,
         skopeo_copy_ms: ms(skopeo),
-        pull_unpack_ms: ms(first.elapsed),
-        ratio_to_skopeo: first.elapsed.as_secs_f64() / skopeo.as_secs_f64(),
+        pull_unpack_ms: ms(pull),
+        ratio_to_skopeo: pull.as_secs_f64() / skopeo.as_secs_f64(),
         target_ratio: 1.2,
         second_pull_ms: ms(second.elapsed),
         second_pull_downloaded_bytes: second.downloaded_bytes,
@@ -199,8 +251,9 @@ fn concurrent(
 fn print(r: &Report) {
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
-        "image of {:.1} MiB (4 layers of random bytes) from docker-registry on loopback:",
-        mib(r.image_bytes)
+        "image of {:.1} MiB (4 layers of random bytes) from docker-registry on loopback, medians of {} runs:",
+        mib(r.image_bytes),
+        r.runs
     );
     println!(
         "  skopeo copy to a directory   {:>8.0} ms\n  berth pull + unpack          {:>8.0} ms  ({:.2}x skopeo; target <= {:.1}x)",

@@ -40,6 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "fleet",
         "checks",
         "driver",
+        "images",
     ]
     .contains(&suite.as_str())
         && let Some(other) = rest.first()
@@ -56,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "aging" => aging::run(&out, &rest),
         "restart" => restart::run(&out, &rest),
         "fleet" => fleet::run(&out, &rest),
-        "images" => images::run(&out),
+        "images" => images::run(&out, &rest),
         "checks" => checks::run(&out, &rest),
         _ => Err(format!(
             "unknown suite {suite:?}; available: store, driver, api, compaction, metrics, aging, restart, fleet, images, checks"

@@ -1,7 +1,8 @@
 //! The image store's routes: `GET /v1/images`, `POST /v1/images/pull`,
 //! `DELETE /v1/images/{digest}`.
 
-use berth_api_types::{Image, PullImage, PullReport};
+use berth_api_types::{ErrorBody, Image, PULL_STREAM_MEDIA_TYPE, PullEvent, PullImage, PullReport};
+use http_body_util::BodyExt as _;
 
 use crate::{Client, ClientError, Method, api_error};
 
@@ -19,6 +20,65 @@ impl Client {
         let body = serde_json::to_vec(&req).map_err(|e| ClientError::Decode(e.to_string()))?;
         self.call(Method::POST, "/v1/images/pull", Some(body), &[])
             .await
+    }
+
+    /// `POST /v1/images/pull` streamed (`Accept: application/x-ndjson`): calls `progress` with
+    /// (bytes on the host, total bytes) as the agent reports them; answers with the report, or
+    /// the error, that ends the stream.
+    pub async fn pull_image_progress(
+        &self,
+        image: &str,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<PullReport, ClientError> {
+        let req = PullImage {
+            image: image.to_owned(),
+        };
+        let body = serde_json::to_vec(&req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let headers = [("accept", PULL_STREAM_MEDIA_TYPE)];
+        let resp = self
+            .send_request(Method::POST, "/v1/images/pull", Some(body), &headers)
+            .await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| ClientError::Decode(e.to_string()))?
+                .to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Decode(e.to_string()))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                match decode_event(&line)? {
+                    PullEvent::Progress {
+                        downloaded_bytes,
+                        total_bytes,
+                    } => progress(downloaded_bytes, total_bytes),
+                    PullEvent::Done(report) => return Ok(report),
+                    PullEvent::Error {
+                        status,
+                        error,
+                        code,
+                    } => {
+                        return Err(ClientError::Api {
+                            status,
+                            body: ErrorBody { error, code },
+                        });
+                    }
+                }
+            }
+        }
+        Err(ClientError::Decode(
+            "the pull's stream ended without its outcome (berthd stopped?)".to_owned(),
+        ))
     }
 
     /// `DELETE /v1/images/{digest}`.
@@ -45,4 +105,10 @@ fn percent(s: &str) -> String {
         }
     }
     out
+}
+
+fn decode_event(line: &[u8]) -> Result<PullEvent, ClientError> {
+    serde_json::from_slice(line).map_err(|e| {
+        ClientError::Decode(format!("{e}: {}", String::from_utf8_lossy(line).trim_end()))
+    })
 }

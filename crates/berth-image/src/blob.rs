@@ -95,6 +95,11 @@ impl<R: Read> Verified<R> {
         }
     }
 
+    /// The reader underneath, to read past the checks (a blob verified already).
+    pub fn inner_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// Reads the rest to the end (hashing it), then checks size and digest.
     pub fn finish(mut self, layout: &Path) -> Result<(), ImageError> {
         io::copy(&mut self, &mut io::sink()).map_err(|e| self.explain(layout, e))?;

@@ -7,7 +7,8 @@
 //! - [`Resolved`]: an image's root and the defaults its config gives a machine.
 //! - [`resolve_user`]: a user spec looked up in the image's own `/etc/passwd` and `/etc/group`.
 //! - [`Puller`]: `pull` of `REGISTRY/REPO[:TAG|@sha256:DIGEST]` into the same store
-//!   (`pull.rs`: verified while streamed, resumable, pulled once however many ask).
+//!   (`pull.rs`: verified while streamed, resumable, pulled once however many ask), its
+//!   [`Progress`] readable while it runs.
 //! - [`ImageStore::collect_garbage`], [`ImageStore::remove_unused`]: removal of unused images
 //!   in small steps, refused while the caller's `in_use` says a machine uses one (`gc.rs`).
 //! - [`ImageError`]: every failure, in words that name the path, tag or digest.
@@ -18,6 +19,7 @@ mod error;
 mod gc;
 mod layout;
 mod names;
+mod progress;
 mod pull;
 mod reference;
 mod registry;
@@ -29,6 +31,7 @@ pub use disk::{DISK_AVAILABLE_BYTES, DISK_SIZE_BYTES};
 pub use error::ImageError;
 pub use gc::{Collected, IMAGE_BYTES, IMAGES};
 pub use layout::host_platform;
+pub use progress::Progress;
 pub use pull::{PULLS_TOTAL, Pull, Puller};
 pub use reference::LayoutRef;
 pub use registry::{RegistryConfig, RegistryRef};

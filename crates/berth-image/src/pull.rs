@@ -2,11 +2,13 @@
 //!
 //! A pull resolves the reference to a manifest (following an index to this host's platform),
 //! keeps every manifest, config and layer as a blob of the store's cache layout, then unpacks
-//! with the same code as a layout import. Blobs are streamed to `cache/partial/<hex>`, hashed
-//! and size-checked as they arrive, and renamed into `cache/blobs/` only once whole, synced and
-//! verified; the root is published by the store's rename. So a pull cut off anywhere (registry
-//! gone, berthd SIGKILLed) leaves no root, and the next pull resumes the partial blob (HTTP
-//! range) or starts it again.
+//! with the same code as a layout import. Layers are downloaded a few at a time, each streamed
+//! to `cache/partial/<hex>`, hashed and size-checked as it arrives, and renamed into
+//! `cache/blobs/` only once whole and verified; the unpack does not hash them again, and its one
+//! syncfs before the root's rename makes blobs and root durable together (a blob found in the
+//! cache is hashed before use, so one that a crash left half-written is downloaded again). So a
+//! pull cut off anywhere (registry gone, berthd SIGKILLed) leaves no root, and the next pull
+//! resumes the partial blob (HTTP range) or starts it again.
 //!
 //! Concurrent pulls of one image (threads or processes) pull it once: the download and unpack
 //! run under the flock of the manifest's digest, each blob's download under the flock of its
@@ -16,6 +18,7 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
@@ -27,8 +30,9 @@ use sha2::{Digest as _, Sha256};
 use crate::blob::{self, JSON_MAX, sha256_hex};
 use crate::error::io;
 use crate::layout;
+use crate::progress::Progress;
 use crate::registry::{self, Auth, RegistryConfig, RegistryRef, describe};
-use crate::store::{ImageStore, sync_dir};
+use crate::store::{Blobs, ImageStore, sync_dir};
 use crate::{ImageError, Resolved};
 
 /// The counter of pulls, labelled `result` (`ok`, `error`).
@@ -45,6 +49,8 @@ const ACCEPT: [&str; 4] = [
     INDEX_MEDIA_TYPES[1],
 ];
 const MAX_INDEX_DEPTH: usize = 4;
+/// Layer downloads one pull runs at once.
+const PARALLEL_BLOBS: usize = 4;
 
 /// What a pull did.
 #[derive(Debug, Clone)]
@@ -65,7 +71,6 @@ pub struct Pull {
 pub struct Puller {
     store: Arc<ImageStore>,
     config: RegistryConfig,
-    client: Arc<Client>,
 }
 
 impl std::fmt::Debug for Puller {
@@ -80,12 +85,7 @@ impl std::fmt::Debug for Puller {
 impl Puller {
     /// A puller into `store`, reaching registries as `config` says.
     pub fn new(store: Arc<ImageStore>, config: RegistryConfig) -> Self {
-        let client = Arc::new(registry::client(&config));
-        Self {
-            store,
-            config,
-            client,
-        }
+        Self { store, config }
     }
 
     /// The store it pulls into.
@@ -95,8 +95,17 @@ impl Puller {
 
     /// Pulls `REGISTRY/REPO[:TAG|@sha256:DIGEST]` unless the image it names is in the store.
     pub async fn pull(&self, reference: &str) -> Result<Pull, ImageError> {
+        self.pull_with(reference, Progress::new()).await
+    }
+
+    /// [`Puller::pull`], counting the blob bytes on the host into `progress` as it goes.
+    pub async fn pull_with(
+        &self,
+        reference: &str,
+        progress: Arc<Progress>,
+    ) -> Result<Pull, ImageError> {
         let started = Instant::now();
-        let result = self.pull_inner(reference, started).await;
+        let result = self.pull_inner(reference, started, progress).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!(PULLS_TOTAL, "result" => outcome).increment(1);
         if let Err(e) = crate::gc::record_usage(&self.store) {
@@ -105,13 +114,21 @@ impl Puller {
         result
     }
 
-    async fn pull_inner(&self, reference: &str, started: Instant) -> Result<Pull, ImageError> {
+    async fn pull_inner(
+        &self,
+        reference: &str,
+        started: Instant,
+        progress: Arc<Progress>,
+    ) -> Result<Pull, ImageError> {
         let r = RegistryRef::parse(reference)?;
         let auth = registry::auth_for(&self.config, &r.registry)?;
-        let manifest = self.fetch_manifest(&r, &auth).await?;
+        // A client of its own: oci-client keeps the first credentials it was given for a
+        // registry for good, so a shared one would never see credentials rotated in the file.
+        let client = Arc::new(registry::client(&self.config));
+        let manifest = self.fetch_manifest(&client, &r, &auth).await?;
         let (store, client, handle) = (
             self.store.clone(),
-            self.client.clone(),
+            client,
             tokio::runtime::Handle::current(),
         );
         // Flocks, file I/O and the unpack block: they run on a blocking thread, which drives
@@ -125,6 +142,7 @@ impl Puller {
                     handle: &handle,
                     r: &r,
                     auth: &auth,
+                    progress: &progress,
                 }
                 .image(&manifest)
             }
@@ -142,12 +160,16 @@ impl Puller {
 
     /// Resolves the reference to this platform's manifest, every manifest and index on the way
     /// kept (verified) as a blob of the cache; returns the manifest's descriptor.
-    async fn fetch_manifest(&self, r: &RegistryRef, auth: &Auth) -> Result<Descriptor, ImageError> {
+    async fn fetch_manifest(
+        &self,
+        client: &Client,
+        r: &RegistryRef,
+        auth: &Auth,
+    ) -> Result<Descriptor, ImageError> {
         let cache = self.store.cache_dir();
         let mut reference = r.to_client();
         for _ in 0..=MAX_INDEX_DEPTH {
-            let (bytes, digest) = self
-                .client
+            let (bytes, digest) = client
                 .pull_manifest_raw(&reference, &auth.auth, &ACCEPT)
                 .await
                 .map_err(|e| auth.explain(r, &e))?;
@@ -202,6 +224,7 @@ struct Fetch<'a> {
     handle: &'a tokio::runtime::Handle,
     r: &'a RegistryRef,
     auth: &'a Auth,
+    progress: &'a Progress,
 }
 
 impl Fetch<'_> {
@@ -221,33 +244,74 @@ impl Fetch<'_> {
         let manifest: ImageManifest =
             serde_json::from_slice(&blob::read_json(&cache, &digest, manifest_desc.size())?)
                 .map_err(|e| self.r.error(format!("malformed manifest {digest}: {e}")))?;
+        let total =
+            manifest.config().size() + manifest.layers().iter().map(Descriptor::size).sum::<u64>();
+        self.progress.set_total(total);
         let mut downloaded = self.blob(manifest.config())?;
         let image = layout::load(&cache, manifest_desc)?; // Refuses unknown layer types first.
-        for layer in image.manifest.layers() {
-            downloaded += self.blob(layer)?;
-        }
-        let (resolved, unpacked) = self.store.unpack_locked(&image, &hex)?;
+        downloaded += self.layers(image.manifest.layers())?;
+        // Every blob was verified by this pull (downloaded, or found and hashed): the unpack
+        // does not hash them again, and its one syncfs makes them durable with the root.
+        let (resolved, unpacked) = self.store.unpack_locked(&image, &hex, Blobs::Verified)?;
         Ok((resolved, downloaded, unpacked))
     }
 
-    /// Makes sure the cache holds the blob, downloading (or resuming) it under its flock;
-    /// returns the bytes downloaded.
+    /// Makes sure the cache holds every layer, [`PARALLEL_BLOBS`] downloads at a time; returns
+    /// the bytes downloaded, or the error of the first layer (in the manifest's order) that
+    /// failed. Once one fails, no further download starts.
+    fn layers(&self, layers: &[Descriptor]) -> Result<u64, ImageError> {
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let work = || {
+            let mut out = Vec::new();
+            while !failed.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(layer) = layers.get(i) else { break };
+                let r = self.blob(layer);
+                failed.fetch_or(r.is_err(), Ordering::Relaxed);
+                out.push((i, r));
+            }
+            out
+        };
+        let mut results: Vec<(usize, Result<u64, ImageError>)> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..PARALLEL_BLOBS.min(layers.len()))
+                .map(|_| s.spawn(work))
+                .collect();
+            let mut all = Vec::new();
+            for w in workers {
+                match w.join() {
+                    Ok(done) => all.extend(done),
+                    Err(_) => all.push((0, Err(self.r.error("a download thread panicked")))),
+                }
+            }
+            all
+        });
+        results.sort_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, r)| r).sum()
+    }
+
+    /// Makes sure the cache holds the blob, verified, downloading (or resuming) it under its
+    /// flock; returns the bytes downloaded.
     fn blob(&self, d: &Descriptor) -> Result<u64, ImageError> {
         let cache = self.store.cache_dir();
         let digest = d.digest().to_string();
         let hex = sha256_hex(&cache, &digest)?.to_owned();
         let done = cache.join("blobs/sha256").join(&hex);
-        if reuse(&done)? {
+        if reuse(&cache, d, &done, false)? {
+            self.progress.add(d.size());
             return Ok(0);
         }
         let _lock = self.store.lock(&hex)?;
-        if reuse(&done)? {
+        if reuse(&cache, d, &done, true)? {
+            self.progress.add(d.size());
             return Ok(0); // Another pull downloaded it while we waited.
         }
         let partial = cache.join("partial").join(&hex);
         let n = self.download(&digest, d.size(), &partial)?;
+        // Not synced here: a blob is only used by the unpack that follows (whose syncfs makes
+        // it durable), or by a later pull, which verifies it first (so one a crash left
+        // half-written is downloaded again).
         fs::rename(&partial, &done).map_err(io(format!("publishing {}", done.display())))?;
-        sync_dir(&cache.join("blobs/sha256"))?;
         Ok(n)
     }
 
@@ -292,6 +356,7 @@ impl Fetch<'_> {
         file.set_len(have).map_err(io(ctx()))?;
         file.seek(SeekFrom::Start(have)).map_err(io(ctx()))?;
         let resumed_at = have;
+        self.progress.add(have);
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
         let mut cut: Option<String> = None;
         while let Some(chunk) = self.handle.block_on(stream.stream.next()) {
@@ -312,6 +377,7 @@ impl Fetch<'_> {
             hasher.update(&chunk);
             out.write_all(&chunk).map_err(io(ctx()))?;
             have += chunk.len() as u64;
+            self.progress.add(chunk.len() as u64);
         }
         out.flush().map_err(io(ctx()))?;
         drop(out);
@@ -329,14 +395,34 @@ impl Fetch<'_> {
                 "blob {digest} does not match its digest (its content hashes to {actual}); refusing it"
             )));
         }
-        file.sync_all().map_err(io(ctx()))?;
         Ok(have - resumed_at)
     }
 }
 
-/// Whether a blob is in the cache; its mtime is renewed so that a collection running beside
-/// this pull does not take it for an unused one.
-fn reuse(path: &Path) -> Result<bool, ImageError> {
+/// Whether a blob is in the cache, whole: its mtime is renewed (so that a collection running
+/// beside this pull does not take it for an unused one) and its content hashed. One that fails
+/// (half-written when the host crashed before a sync) is removed when `locked` (the caller holds
+/// its flock), so that it is downloaded again.
+fn reuse(cache: &Path, d: &Descriptor, path: &Path, locked: bool) -> Result<bool, ImageError> {
+    if !touch_blob(path)? {
+        return Ok(false);
+    }
+    let digest = d.digest().to_string();
+    match blob::open(cache, &digest, d.size())?.finish(cache) {
+        Ok(()) => Ok(true),
+        Err(ImageError::DigestMismatch { .. } | ImageError::SizeMismatch { .. }) => {
+            if locked {
+                tracing::warn!(blob = %digest, "a cached blob fails its digest; downloading it again");
+                fs::remove_file(path).map_err(io(format!("removing {}", path.display())))?;
+            }
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Renews a cached blob's mtime; false when it is not there.
+fn touch_blob(path: &Path) -> Result<bool, ImageError> {
     match File::options().write(true).open(path) {
         Ok(f) => {
             f.set_modified(std::time::SystemTime::now())
@@ -364,7 +450,7 @@ fn hash_prefix(file: &mut File, hasher: &mut Sha256) -> std::io::Result<()> {
 fn write_small_blob(cache: &Path, digest: &str, bytes: &[u8]) -> Result<(), ImageError> {
     let hex = sha256_hex(cache, digest)?;
     let done = cache.join("blobs/sha256").join(hex);
-    if reuse(&done)? {
+    if touch_blob(&done)? {
         return Ok(());
     }
     let tmp = cache.join("partial").join(format!(

@@ -121,11 +121,13 @@ impl Auth {
                 .errors
                 .iter()
                 .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
+            OciDistributionError::ServerError { code, .. } => matches!(code, 401 | 403),
             _ => false,
         };
         if !denied {
             return r.error(describe(e));
         }
+        let answer = registry_answer(e);
         let detail = match (&self.auth, &self.source) {
             (RegistryAuth::Anonymous, Some(f)) => format!(
                 "it requires credentials and {} has none for {}",
@@ -145,8 +147,34 @@ impl Auth {
         ImageError::Unauthorized {
             registry: r.registry.clone(),
             reference: r.given.clone(),
-            detail,
+            detail: format!("{detail} (the registry answered {answer})"),
         }
+    }
+}
+
+/// What a registry said when it refused a request, in its own words: the HTTP status and the
+/// error codes and messages of its body, where the client kept them.
+fn registry_answer(e: &OciDistributionError) -> String {
+    match e {
+        OciDistributionError::UnauthorizedError { .. } => "401 Unauthorized".to_owned(),
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .map(|e| {
+                let status = match e.code {
+                    oci_client::errors::OciErrorCode::Denied => "403 Forbidden: ",
+                    oci_client::errors::OciErrorCode::Unauthorized => "401 Unauthorized: ",
+                    _ => "",
+                };
+                format!("{status}{:?}: {}", e.code, e.message)
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        OciDistributionError::ServerError { code, message, .. } => {
+            let message: String = message.chars().take(200).collect();
+            format!("{code}: {}", message.trim())
+        }
+        other => describe(other),
     }
 }
 

@@ -146,7 +146,7 @@ impl ImageStore {
             return Ok(done(resolved, false));
         }
         let _lock = self.lock(&hex)?;
-        let (resolved, unpacked) = self.unpack_locked(&image, &hex)?;
+        let (resolved, unpacked) = self.unpack_locked(&image, &hex, Blobs::Unverified)?;
         Ok(done(resolved, unpacked))
     }
 
@@ -155,13 +155,14 @@ impl ImageStore {
         &self,
         image: &Image,
         hex: &str,
+        blobs: Blobs,
     ) -> Result<(Resolved, bool), ImageError> {
         if let Some(resolved) = self.read_root(hex)? {
             self.touch(hex)?; // Another import finished it while we waited.
             return Ok((resolved, false));
         }
         self.clear_tmp(hex)?;
-        Ok((self.unpack(image, hex)?, true))
+        Ok((self.unpack(image, hex, blobs)?, true))
     }
 
     /// The image with this manifest digest, if the store has it.
@@ -208,16 +209,22 @@ impl ImageStore {
         Ok(true)
     }
 
-    fn unpack(&self, image: &Image, hex: &str) -> Result<Resolved, ImageError> {
+    fn unpack(&self, image: &Image, hex: &str, blobs: Blobs) -> Result<Resolved, ImageError> {
         let tmp = self.tmp_path(hex);
-        let result = self.unpack_into(image, hex, &tmp);
+        let result = self.unpack_into(image, hex, &tmp, blobs);
         if result.is_err() {
             let _ = remove_tree(&tmp); // Best effort; the next open or import clears it.
         }
         result
     }
 
-    fn unpack_into(&self, image: &Image, hex: &str, tmp: &Path) -> Result<Resolved, ImageError> {
+    fn unpack_into(
+        &self,
+        image: &Image,
+        hex: &str,
+        tmp: &Path,
+        blobs: Blobs,
+    ) -> Result<Resolved, ImageError> {
         let rootfs = tmp.join("rootfs");
         for d in [tmp, rootfs.as_path()] {
             fs::DirBuilder::new()
@@ -231,7 +238,7 @@ impl ImageStore {
         let mut unpacker = Unpacker::new(&rootfs)?;
         let diff_ids = image.config.rootfs().diff_ids();
         for (layer, diff_id) in image.manifest.layers().iter().zip(diff_ids) {
-            apply_layer(image, layer, diff_id, &mut unpacker)?;
+            apply_layer(image, layer, diff_id, &mut unpacker, blobs)?;
         }
         let final_dir = self.dir.join("roots").join(hex);
         let resolved = resolved(image, final_dir.join("rootfs"), disk_usage(&rootfs)?);
@@ -313,14 +320,25 @@ impl ImageStore {
     }
 }
 
-/// Streams one layer blob through digest and size checks, decompression, the `diff_id` check
-/// and the unpacker. A blob that fails its digest is reported as such, whatever else its
-/// content made go wrong (its half-applied entries are in the temp dir, which is thrown away).
+/// Whether the layer blobs an unpack reads still need their digests checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blobs {
+    /// A layout's blobs, as found: each is hashed while it is read.
+    Unverified,
+    /// Blobs the caller has just verified (a pull): read as they are.
+    Verified,
+}
+
+/// Streams one layer blob through digest and size checks (unless `blobs` says they were made),
+/// decompression, the `diff_id` check and the unpacker. A blob that fails its digest is
+/// reported as such, whatever else its content made go wrong (its half-applied entries are in
+/// the temp dir, which is thrown away).
 fn apply_layer(
     image: &Image,
     layer: &oci_spec::image::Descriptor,
     diff_id: &str,
     unpacker: &mut Unpacker,
+    blobs: Blobs,
 ) -> Result<(), ImageError> {
     let path = &image.layout;
     let digest = layer.digest().to_string();
@@ -331,16 +349,23 @@ fn apply_layer(
         reason: e.to_string(),
     };
     let applied = (|| {
+        let raw: Box<dyn std::io::Read + '_> = match blobs {
+            Blobs::Unverified => Box::new(&mut verified),
+            Blobs::Verified => Box::new(verified.inner_mut()),
+        };
+        let raw = std::io::BufReader::with_capacity(1 << 18, raw);
         let decoder: Box<dyn std::io::Read + '_> = match compression {
-            Compression::None => Box::new(&mut verified),
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut verified)),
-            Compression::Zstd => Box::new(zstd::Decoder::new(&mut verified).map_err(bad)?),
+            Compression::None => Box::new(raw),
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
+            Compression::Zstd => Box::new(zstd::Decoder::with_buffer(raw).map_err(bad)?),
         };
         let mut hashing = Hashing::new(decoder);
         unpacker.apply(&digest, &mut hashing)?;
         hashing.finish().map_err(bad)
     })();
-    verified.finish(path)?;
+    if blobs == Blobs::Unverified {
+        verified.finish(path)?;
+    }
     let actual = applied?;
     if actual != diff_id {
         return Err(ImageError::DigestMismatch {

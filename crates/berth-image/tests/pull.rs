@@ -438,3 +438,44 @@ fn a_pulled_image_unused_is_collected_with_its_blobs_and_one_in_use_is_kept() {
     let again = rt.block_on(p.pull(&reference)).unwrap();
     assert_eq!(again.downloaded_bytes, blob_bytes(&layout, &manifest));
 }
+
+/// Blobs are not synced one by one (the unpack's one syncfs makes them durable with the root),
+/// so a crash can leave a cached blob half-written: a later pull hashes a cached blob before it
+/// trusts it, and downloads again one that fails.
+#[test]
+fn a_cached_blob_a_crash_left_half_written_is_downloaded_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&tmp.path().join("registry"), None);
+    let (layout, manifest) = busybox(&tmp.path().join("layout"));
+    reg.push(&layout.dir, "v1", "busybox:v1");
+    let images = tmp.path().join("images");
+    let p = puller(&images, insecure(&[reg.host()]));
+    let reference = format!("{}/busybox:v1", reg.host());
+    let rt = runtime();
+    rt.block_on(p.pull(&reference)).unwrap();
+    // The root goes (as if the crash came before its rename); the blobs stay, one of them with
+    // its second half zeroed (what a crash before the writeback leaves).
+    assert!(p.store().remove(&manifest.digest).unwrap());
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.blob_path(&manifest.digest)).unwrap()).unwrap();
+    let layer = &m["layers"][1];
+    let hex = layer["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    let cached = images.join("cache/blobs/sha256").join(hex);
+    let whole = fs::read(&cached).unwrap();
+    let mut torn = whole.clone();
+    let half = torn.len() / 2;
+    torn[half..].fill(0);
+    fs::write(&cached, &torn).unwrap();
+
+    let again = rt.block_on(p.pull(&reference)).unwrap();
+    assert!(again.unpacked);
+    assert_eq!(again.downloaded_bytes, layer["size"].as_u64().unwrap());
+    assert_eq!(fs::read(&cached).unwrap(), whole);
+    assert_eq!(
+        fs::read(again.resolved.rootfs.join("app/new.txt")).unwrap(),
+        b"from the second layer"
+    );
+}

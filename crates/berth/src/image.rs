@@ -1,9 +1,10 @@
 //! `berth image ls|pull|rm`: the host's image store.
 
-use std::io::{IsTerminal as _, Write as _};
-use std::time::{Duration, Instant};
+use std::io::IsTerminal as _;
+use std::time::Duration;
 
-use berth_api_types::Image;
+use berth_api_types::{Image, PullReport};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{Cli, Fail, ImageCmd, print_json};
 
@@ -19,7 +20,7 @@ pub(crate) async fn run(cli: &Cli, cmd: &ImageCmd) -> Result<(), Fail> {
             }
         }
         ImageCmd::Pull { reference, out } => {
-            let report = with_spinner(reference, c.pull_image(reference)).await?;
+            let report = pull(&c, reference, out.json).await?;
             if out.json {
                 print_json(&report)
             } else {
@@ -40,31 +41,45 @@ pub(crate) async fn run(cli: &Cli, cmd: &ImageCmd) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Awaits `f`, showing a spinner and the time elapsed on stderr while it is a terminal.
-async fn with_spinner<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    let mut err = std::io::stderr();
-    if !err.is_terminal() {
-        return f.await;
+/// Pulls `reference`: on a terminal (stderr) with a progress bar of the blob bytes on the host
+/// out of their total, streamed by the agent; piped, or for `--json`, with the plain answer and
+/// nothing on stderr.
+async fn pull(
+    c: &berth_client::Client,
+    reference: &str,
+    json: bool,
+) -> Result<PullReport, berth_client::ClientError> {
+    if json || !std::io::stderr().is_terminal() {
+        return c.pull_image(reference).await;
     }
-    const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
-    let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(120));
-    tokio::pin!(f);
-    let mut i = 0usize;
-    loop {
-        tokio::select! {
-            out = &mut f => {
-                let _ = write!(err, "\r\x1b[2K");
-                return out;
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(spinner_style());
+    bar.set_message(format!("pulling {reference}"));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let result = c
+        .pull_image_progress(reference, |done, total| {
+            if bar.length() != Some(total) {
+                bar.set_length(total);
+                bar.set_style(bar_style());
             }
-            _ = tick.tick() => {
-                let secs = started.elapsed().as_secs_f64();
-                let _ = write!(err, "\r{} pulling {what} … {secs:.1}s", FRAMES[i % FRAMES.len()]);
-                let _ = err.flush();
-                i += 1;
-            }
-        }
-    }
+            bar.set_position(done);
+        })
+        .await;
+    bar.finish_and_clear();
+    result
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
 fn table(images: &[Image]) -> String {

@@ -1,6 +1,7 @@
 //! Image commands: list the host's images, pull one, remove one no machine uses.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use berth_api_types::{Image, PullReport};
@@ -8,7 +9,7 @@ use berth_types::{Timestamp, image_ref::parse_image_ref};
 
 use crate::Agent;
 use crate::error::{CommandError, CommandResult, ErrorKind};
-use crate::images::Images;
+use crate::images::{Images, Progress};
 
 impl Agent {
     /// Every image in the host's store, with the machines that use it.
@@ -27,13 +28,22 @@ impl Agent {
 
     /// Pulls (or imports) an image; answers once it is in the store.
     pub async fn pull_image(&self, reference: String) -> CommandResult<PullReport> {
+        self.pull_image_with(reference, Progress::new()).await
+    }
+
+    /// [`Agent::pull_image`], the pull's bytes counted into `progress` as they arrive.
+    pub async fn pull_image_with(
+        &self,
+        reference: String,
+        progress: Arc<Progress>,
+    ) -> CommandResult<PullReport> {
         parse_image_ref(&reference).map_err(|e| CommandError::invalid(format!("image: {e}")))?;
         let me = self.clone();
         self.detached(async move {
             let started = Instant::now();
             let resolved = me
                 .images
-                .ready(&reference, false)
+                .ready_with(&reference, false, progress)
                 .await
                 .map_err(|e| image_error(&e))?
                 .resolved;
