@@ -15,6 +15,7 @@ use berth_types::Event;
 use tokio::sync::watch;
 
 use crate::status::Shared;
+use crate::trace::{self, Stamps, Trace};
 use crate::{ExportConfig, STREAM, event_subject, msg_id};
 
 /// Events read from the log at a time.
@@ -152,14 +153,22 @@ async fn session(
     let subject = event_subject(&shared.host_id);
     let mut commits = store.subscribe();
     let mut next = shared.acked() + 1;
-    let mut pending: VecDeque<Event> = VecDeque::new();
-    let mut inflight: VecDeque<(u64, PublishAckFuture)> = VecDeque::new();
+    let tracer = Trace::from_env(&shared.host_id);
+    let mut pending: VecDeque<(Event, u64, u64)> = VecDeque::new();
+    let mut inflight: VecDeque<(Stamps, PublishAckFuture)> = VecDeque::new();
     loop {
         while inflight.len() < cfg.max_in_flight.max(1) {
             if pending.is_empty() {
                 match read(store, next - 1)? {
                     None => return Ok(()),
-                    Some(Read::Events(evs)) => pending.extend(evs),
+                    Some(Read::Events(evs)) => {
+                        let (read, committed) = if tracer.enabled() {
+                            (trace::now(), store.last_commit_done().as_nanos())
+                        } else {
+                            (0, 0)
+                        };
+                        pending.extend(evs.into_iter().map(|ev| (ev, committed, read)));
+                    }
                     Some(Read::Expired { oldest }) if inflight.is_empty() => {
                         skip_expired(store, shared, next - 1, oldest).await?;
                         next = oldest;
@@ -169,7 +178,7 @@ async fn session(
                     Some(Read::Expired { .. }) => break,
                 }
             }
-            let Some(ev) = pending.pop_front() else {
+            let Some((ev, committed, read)) = pending.pop_front() else {
                 break;
             };
             let msg = PublishMessage::build()
@@ -180,9 +189,17 @@ async fn session(
                 .await
                 .map_err(|e| format!("publish seq {}: {e}", ev.seq))?;
             next = ev.seq + 1;
-            inflight.push_back((ev.seq, ack));
+            let stamps = Stamps {
+                seq: ev.seq,
+                at: ev.at.as_nanos(),
+                committed,
+                read,
+                published: if tracer.enabled() { trace::now() } else { 0 },
+            };
+            inflight.push_back((stamps, ack));
         }
-        if let Some((seq, ack)) = inflight.pop_front() {
+        if let Some((stamps, ack)) = inflight.pop_front() {
+            let seq = stamps.seq;
             let ack = tokio::time::timeout(cfg.ack_timeout, ack.into_future())
                 .await
                 .map_err(|_| {
@@ -202,8 +219,12 @@ async fn session(
                 shared.count_published();
             }
             shared.set_acked(seq);
+            if tracer.enabled() {
+                tracer.acked(&stamps, trace::now());
+            }
             continue;
         }
+        tracer.flush();
         // Idle: wait for the next commit (or a second, to notice events removed meanwhile).
         if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), commits.changed()).await {
             return Ok(());
