@@ -4,6 +4,9 @@
 //! fleet-wide (one event each), on a fixed schedule; a JetStream consumer on `berth.events.>`
 //! measures each event's latency from its commit on the host (the event's `at`) to its delivery.
 //! Then the RSS an agent pays for export: export agents against the baseline agents, same load.
+//! `--stages` also breaks each event's path into stages (see `stages.rs`).
+
+mod stages;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +32,8 @@ struct Report {
     commit_to_consumer_p50_ms: f64,
     commit_to_consumer_p99_ms: f64,
     commit_to_consumer_max_ms: f64,
+    /// The host's idle CPU (%) while the machines were placed.
+    host_idle_percent: f64,
     rss_export_agent_mib: f64,
     rss_baseline_agent_mib: f64,
     rss_export_cost_mib: f64,
@@ -38,6 +43,7 @@ struct Args {
     agents: usize,
     machines: usize,
     rate: f64,
+    stages: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -45,9 +51,14 @@ fn parse(args: &[String]) -> Result<Args, String> {
         agents: 100,
         machines: 10_000,
         rate: 1000.0,
+        stages: false,
     };
     let mut it = args.iter();
     while let Some(k) = it.next() {
+        if k == "--stages" {
+            a.stages = true;
+            continue;
+        }
         let v = it.next().ok_or(format!("{k} needs a value"))?;
         let bad = |e: String| format!("{k} {v}: {e}");
         match k.as_str() {
@@ -86,6 +97,7 @@ fn start_agent(
     dir: &Path,
     export: Option<(&str, String)>,
     max_machines: usize,
+    trace: Option<&Path>,
 ) -> Result<Child, Box<dyn std::error::Error>> {
     std::fs::create_dir_all(dir)?;
     let config = dir.join("berth.toml");
@@ -96,7 +108,11 @@ fn start_agent(
         ));
     }
     std::fs::write(&config, text)?;
-    Ok(Command::new(exe_dir.join("berthd"))
+    let mut cmd = Command::new(exe_dir.join("berthd"));
+    if let Some(dir) = trace {
+        cmd.env("BERTH_EXPORT_TRACE", dir);
+    }
+    Ok(cmd
         .arg("--data-dir")
         .arg(dir)
         .arg("--config")
@@ -142,13 +158,16 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
             .map_err(|e| format!("nats-server (apt-get install nats-server): {e}"))?,
     );
     let per_agent = a.machines.div_ceil(a.agents);
+    let trace_dir = root.join("trace");
+    std::fs::create_dir_all(&trace_dir)?;
+    let trace = a.stages.then_some(trace_dir.as_path());
     let mut dirs = Vec::new();
     for i in 0..a.agents + BASELINE {
         let dir = root.join(format!("a{i}"));
         let export = (i < a.agents).then(|| (url.as_str(), format!("bench-{i}")));
         procs
             .0
-            .push(start_agent(&exe_dir, &dir, export, per_agent + 10)?);
+            .push(start_agent(&exe_dir, &dir, export, per_agent + 10, trace)?);
         dirs.push(dir);
     }
     wait_sockets(&dirs)?;
@@ -156,7 +175,8 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (lat, elapsed) = rt.block_on(measure(&a, &url, &dirs, per_agent))?;
+    let m = rt.block_on(measure(&a, &url, &dirs, per_agent))?;
+    let (lat, elapsed) = (m.lat, m.elapsed);
     // Settle, then the agents' RSS: export agents against baseline ones with the same load.
     std::thread::sleep(Duration::from_secs(2));
     let rss: Vec<f64> = procs.0[1..]
@@ -166,7 +186,7 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let (export_rss, base_rss) = (mean(&rss[..a.agents]), mean(&rss[a.agents..]));
     drop(procs);
-    let _ = std::fs::remove_dir_all(&root);
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let report = Report {
         agents: a.agents,
         machines: per_agent * a.agents,
@@ -176,6 +196,7 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
         commit_to_consumer_p50_ms: percentile(&lat, 50.0),
         commit_to_consumer_p99_ms: percentile(&lat, 99.0),
         commit_to_consumer_max_ms: lat.last().copied().unwrap_or(0.0),
+        host_idle_percent: m.idle_percent,
         rss_export_agent_mib: export_rss,
         rss_baseline_agent_mib: base_rss,
         rss_export_cost_mib: export_rss - base_rss,
@@ -196,6 +217,15 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
         report.commit_to_consumer_max_ms
     );
     println!(
+        "  host CPU idle while placing: {:.1}% of 2 cores; load average {}",
+        report.host_idle_percent,
+        loadavg.trim()
+    );
+    if a.stages {
+        stages::report(&trace_dir, &m.deliveries);
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    println!(
         "  agent RSS: {:.1} MiB with export, {:.1} MiB without: export costs {:.1} MiB",
         report.rss_export_agent_mib, report.rss_baseline_agent_mib, report.rss_export_cost_mib
     );
@@ -205,14 +235,32 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
     Ok(())
 }
 
-/// Places the machines on a fixed schedule and collects each event's commit→delivery latency
-/// (ms, sorted); returns them with the placing phase's duration (s).
+/// What [`measure`] saw.
+struct Measured {
+    /// Each event's commit→delivery latency (ms, sorted).
+    lat: Vec<f64>,
+    /// The placing phase's duration (s).
+    elapsed: f64,
+    /// The host's idle CPU (%) while placing.
+    idle_percent: f64,
+    deliveries: Vec<stages::Delivery>,
+}
+
+/// The part of a message body the consumer reads: the event's seq and time, and its host.
+#[derive(serde::Deserialize)]
+struct Delivered {
+    seq: u64,
+    at: berth_types::Timestamp,
+    host_id: String,
+}
+
+/// Places the machines on a fixed schedule and collects each event's commit→delivery latency.
 async fn measure(
     a: &Args,
     url: &str,
     dirs: &[PathBuf],
     per_agent: usize,
-) -> Result<(Vec<f64>, f64), String> {
+) -> Result<Measured, String> {
     let js = async_nats::jetstream::new(
         async_nats::connect(url)
             .await
@@ -244,26 +292,29 @@ async fn measure(
         .map_err(|e| format!("consume: {e}"))?;
     let collector = tokio::spawn(async move {
         let mut lat = Vec::with_capacity(total);
+        let mut deliveries = Vec::with_capacity(total);
         let end = tokio::time::Instant::now() + Duration::from_secs(120);
         while lat.len() < total {
             let Ok(Some(Ok(m))) = tokio::time::timeout_at(end, messages.next()).await else {
                 break;
             };
-            let now = std::time::SystemTime::now();
+            let now = berth_types::Timestamp::now();
             // The body is the event as stored, plus host_id.
-            let at = serde_json::from_slice::<berth_types::Event>(&m.payload)
-                .ok()
-                .map(|ev| ev.at.to_system_time());
-            if let Some(at) = at {
-                let ms = now.duration_since(at).unwrap_or_default().as_secs_f64() * 1e3;
-                lat.push(ms);
+            if let Ok(d) = serde_json::from_slice::<Delivered>(&m.payload) {
+                lat.push(now.saturating_since(d.at).as_secs_f64() * 1e3);
+                deliveries.push(stages::Delivery {
+                    host: d.host_id,
+                    seq: d.seq,
+                    delivered: now.as_nanos(),
+                });
             }
         }
-        lat
+        (lat, deliveries)
     });
     // The schedule: create k (over all agents, round-robin) is due at t0 + k / rate.
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
     let started = Instant::now();
+    let cpu0 = stages::cpu_jiffies();
     let mut tasks = Vec::new();
     for (i, dir) in dirs.iter().take(a.agents).enumerate() {
         let c = Client::new(Endpoint::Unix(dir.join("berth.sock")));
@@ -283,9 +334,15 @@ async fn measure(
         t.await.map_err(|e| e.to_string())??;
     }
     let elapsed = started.elapsed().as_secs_f64() - 0.2;
-    let mut lat = collector.await.map_err(|e| e.to_string())?;
+    let idle_percent = stages::idle_percent(cpu0, stages::cpu_jiffies());
+    let (mut lat, deliveries) = collector.await.map_err(|e| e.to_string())?;
     lat.sort_by(|x, y| x.total_cmp(y));
-    Ok((lat, elapsed))
+    Ok(Measured {
+        lat,
+        elapsed,
+        idle_percent,
+        deliveries,
+    })
 }
 
 fn berth_export_stream() -> &'static str {

@@ -18,6 +18,7 @@
 mod facts;
 mod publish;
 mod status;
+mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -331,6 +331,18 @@ impl Store {
         self.inner.seq_rx.clone()
     }
 
+    /// When the last commit became durable (the epoch before the first). It is set before the
+    /// commit's seq reaches [`Store::subscribe`], so a subscriber woken by a commit reads that
+    /// commit's time, or a later one's if another committed meanwhile.
+    pub fn last_commit_done(&self) -> berth_types::Timestamp {
+        berth_types::Timestamp::from_nanos(
+            self.inner
+                .counters
+                .last_commit_nanos
+                .load(Ordering::Acquire),
+        )
+    }
+
     /// Commits and writes so far, and the queue's depth.
     pub fn writer_stats(&self) -> WriterStats {
         let queued = self

@@ -93,6 +93,9 @@ pub(crate) type Control = Box<dyn FnOnce(&mut Writer) + Send>;
 pub(crate) struct WriterCounters {
     pub commits: AtomicU64,
     pub writes: AtomicU64,
+    /// Wall-clock nanoseconds when the last commit became durable (set before its seq is
+    /// published), for an exporter's stage timing.
+    pub last_commit_nanos: AtomicU64,
 }
 
 /// State the writer thread owns.
@@ -288,6 +291,9 @@ impl Writer {
         self.next_op_id = next_op_id;
         let n = batch.len();
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .last_commit_nanos
+            .store(berth_types::Timestamp::now().as_nanos(), Ordering::Release);
         self.seq_tx.send_replace(next_seq - 1);
         self.counters.writes.fetch_add(n as u64, Ordering::Relaxed);
         let delay = self.commit_delay;
