@@ -9,9 +9,7 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::context::{PublishAckFuture, PublishError};
-use async_nats::jetstream::publish::PublishAck;
-use async_nats::jetstream::{self, message::PublishMessage, stream};
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
 use berth_store::{Store, StoreError};
 use berth_types::Event;
 use tokio::sync::watch;
@@ -143,133 +141,7 @@ async fn skip_expired(
     Ok(())
 }
 
-/// A publish awaiting its acknowledgement.
-struct InFlight {
-    stamps: Stamps,
-    ack: AckFuture,
-    deadline: tokio::time::Instant,
-}
-
-type AckFuture = <PublishAckFuture as IntoFuture>::IntoFuture;
-
-/// One session's publishing state: the next seq to publish, events read and not yet published,
-/// and publishes not yet acknowledged (in seq order).
-struct Window<'a> {
-    store: &'a Store,
-    shared: &'a Shared,
-    cfg: &'a ExportConfig,
-    js: &'a jetstream::Context,
-    subject: String,
-    tracer: Trace,
-    next: u64,
-    pending: VecDeque<(Event, u64, u64)>,
-    inflight: VecDeque<InFlight>,
-}
-
-/// What [`Window::fill`] stopped at.
-enum Filled {
-    /// The log has nothing more, or the window is full.
-    Waiting,
-    /// The log lost events here: what is in flight must settle before the position moves on.
-    Hole,
-    /// The store closed.
-    Closed,
-}
-
-impl Window<'_> {
-    fn room(&self) -> bool {
-        self.inflight.len() < self.cfg.max_in_flight.max(1)
-    }
-
-    /// Publishes what the log has after `next`, while the window has room.
-    async fn fill(&mut self) -> Result<Filled, String> {
-        while self.room() {
-            if self.pending.is_empty() {
-                match read(self.store, self.next - 1)? {
-                    None => return Ok(Filled::Closed),
-                    Some(Read::Events(evs)) => {
-                        let (read, committed) = if self.tracer.enabled() {
-                            (trace::now(), self.store.last_commit_done().as_nanos())
-                        } else {
-                            (0, 0)
-                        };
-                        self.pending
-                            .extend(evs.into_iter().map(|ev| (ev, committed, read)));
-                    }
-                    Some(Read::Expired { oldest }) if self.inflight.is_empty() => {
-                        skip_expired(self.store, self.shared, self.next - 1, oldest).await?;
-                        self.next = oldest;
-                        continue;
-                    }
-                    Some(Read::Expired { .. }) => return Ok(Filled::Hole),
-                }
-            }
-            let Some((ev, committed, read)) = self.pending.pop_front() else {
-                break;
-            };
-            self.publish(&ev, committed, read).await?;
-        }
-        Ok(Filled::Waiting)
-    }
-
-    async fn publish(&mut self, ev: &Event, committed: u64, read: u64) -> Result<(), String> {
-        let msg = PublishMessage::build()
-            .payload(body(ev, &self.shared.host_id)?)
-            .message_id(msg_id(&self.shared.host_id, ev.seq));
-        let ack = self
-            .js
-            .send_publish(self.subject.clone(), msg)
-            .await
-            .map_err(|e| format!("publish seq {}: {e}", ev.seq))?;
-        self.next = ev.seq + 1;
-        let stamps = Stamps {
-            seq: ev.seq,
-            at: ev.at.as_nanos(),
-            committed,
-            read,
-            published: if self.tracer.enabled() {
-                trace::now()
-            } else {
-                0
-            },
-        };
-        self.inflight.push_back(InFlight {
-            stamps,
-            ack: ack.into_future(),
-            deadline: tokio::time::Instant::now() + self.cfg.ack_timeout,
-        });
-        Ok(())
-    }
-
-    /// The oldest publish's acknowledgement arrived: moves the position over it.
-    fn settle(&mut self, ack: Result<PublishAck, PublishError>) -> Result<(), String> {
-        let Some(done) = self.inflight.pop_front() else {
-            return Ok(());
-        };
-        let seq = done.stamps.seq;
-        let ack = ack.map_err(|e| format!("publish seq {seq}: {e}"))?;
-        if ack.stream != STREAM {
-            return Err(format!(
-                "seq {seq} was stored in stream {:?}, not {STREAM}",
-                ack.stream
-            ));
-        }
-        if !ack.duplicate {
-            self.shared.count_published();
-        }
-        self.shared.set_acked(seq);
-        if self.tracer.enabled() {
-            self.tracer.acked(&done.stamps, trace::now());
-        }
-        Ok(())
-    }
-}
-
 /// One session; `Ok(())` only when the store has closed.
-///
-/// While publishes await their acknowledgements, the loop also listens for commits: an event
-/// committed meanwhile is published at once if the window has room, instead of waiting behind
-/// the acknowledgements of the events before it.
 async fn session(
     store: &Store,
     shared: &Shared,
@@ -278,48 +150,84 @@ async fn session(
 ) -> Result<(), String> {
     ensure_stream(js, cfg).await?;
     shared.set_connected(true, None);
+    let subject = event_subject(&shared.host_id);
     let mut commits = store.subscribe();
-    let mut w = Window {
-        store,
-        shared,
-        cfg,
-        js,
-        subject: event_subject(&shared.host_id),
-        tracer: Trace::from_env(&shared.host_id),
-        next: shared.acked() + 1,
-        pending: VecDeque::new(),
-        inflight: VecDeque::new(),
-    };
+    let mut next = shared.acked() + 1;
+    let tracer = Trace::from_env(&shared.host_id);
+    let mut pending: VecDeque<(Event, u64, u64)> = VecDeque::new();
+    let mut inflight: VecDeque<(Stamps, PublishAckFuture)> = VecDeque::new();
     loop {
-        let listen = match w.fill().await? {
-            Filled::Closed => return Ok(()),
-            Filled::Hole => false,
-            Filled::Waiting => w.room(),
-        };
-        let Some(front) = w.inflight.front_mut() else {
-            w.tracer.flush();
-            // Idle: wait for the next commit (or a second, to notice events removed meanwhile).
-            if let Ok(Err(_)) =
-                tokio::time::timeout(Duration::from_secs(1), commits.changed()).await
-            {
-                return Ok(());
-            }
-            continue;
-        };
-        let seq = front.stamps.seq;
-        tokio::select! {
-            biased;
-            ack = tokio::time::timeout_at(front.deadline, &mut front.ack) => {
-                let ack = ack.map_err(|_| {
-                    format!("no acknowledgement for seq {seq} within {:?}", cfg.ack_timeout)
-                })?;
-                w.settle(ack)?;
-            }
-            changed = commits.changed(), if listen => {
-                if changed.is_err() {
-                    return Ok(());
+        while inflight.len() < cfg.max_in_flight.max(1) {
+            if pending.is_empty() {
+                match read(store, next - 1)? {
+                    None => return Ok(()),
+                    Some(Read::Events(evs)) => {
+                        let (read, committed) = if tracer.enabled() {
+                            (trace::now(), store.last_commit_done().as_nanos())
+                        } else {
+                            (0, 0)
+                        };
+                        pending.extend(evs.into_iter().map(|ev| (ev, committed, read)));
+                    }
+                    Some(Read::Expired { oldest }) if inflight.is_empty() => {
+                        skip_expired(store, shared, next - 1, oldest).await?;
+                        next = oldest;
+                        continue;
+                    }
+                    // Settle what is in flight before moving the position past a hole.
+                    Some(Read::Expired { .. }) => break,
                 }
             }
+            let Some((ev, committed, read)) = pending.pop_front() else {
+                break;
+            };
+            let msg = PublishMessage::build()
+                .payload(body(&ev, &shared.host_id)?)
+                .message_id(msg_id(&shared.host_id, ev.seq));
+            let ack = js
+                .send_publish(subject.clone(), msg)
+                .await
+                .map_err(|e| format!("publish seq {}: {e}", ev.seq))?;
+            next = ev.seq + 1;
+            let stamps = Stamps {
+                seq: ev.seq,
+                at: ev.at.as_nanos(),
+                committed,
+                read,
+                published: if tracer.enabled() { trace::now() } else { 0 },
+            };
+            inflight.push_back((stamps, ack));
+        }
+        if let Some((stamps, ack)) = inflight.pop_front() {
+            let seq = stamps.seq;
+            let ack = tokio::time::timeout(cfg.ack_timeout, ack.into_future())
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no acknowledgement for seq {seq} within {:?}",
+                        cfg.ack_timeout
+                    )
+                })?
+                .map_err(|e| format!("publish seq {seq}: {e}"))?;
+            if ack.stream != STREAM {
+                return Err(format!(
+                    "seq {seq} was stored in stream {:?}, not {STREAM}",
+                    ack.stream
+                ));
+            }
+            if !ack.duplicate {
+                shared.count_published();
+            }
+            shared.set_acked(seq);
+            if tracer.enabled() {
+                tracer.acked(&stamps, trace::now());
+            }
+            continue;
+        }
+        tracer.flush();
+        // Idle: wait for the next commit (or a second, to notice events removed meanwhile).
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), commits.changed()).await {
+            return Ok(());
         }
     }
 }
