@@ -1,7 +1,7 @@
 //! Health checks: run by the agent while a machine is started, kept in memory.
 //!
-//! One scheduler walks the machines (at once after an operation left one started, every
-//! [`SCAN_INTERVAL`] when the event log moved, every [`RESCAN_INTERVAL`] anyway) and keeps one tokio task per check of every started machine, keyed by the
+//! One scheduler walks the machines (every [`SCAN_INTERVAL`], and at once after an operation
+//! left one started) and keeps one tokio task per check of every started machine, keyed by the
 //! machine's pid and config version: a restart or an update replaces the tasks (their counters
 //! start again, after the grace period), leaving `started` ends them. Each task sleeps the grace
 //! period, then runs its probe every `interval`, bounded by `timeout`.
@@ -33,11 +33,8 @@ use tokio::task::AbortHandle;
 
 /// Longest output kept per check, in bytes.
 pub const OUTPUT_MAX: usize = 4096;
-/// How often the scheduler looks for changes: it walks the machines when the event log moved
-/// (it is also woken after every operation).
+/// How often the scheduler walks the machines (it is also woken after every operation).
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(2);
-/// How often it walks them even when nothing seems to have changed.
-pub const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What the scheduler keeps per checked machine.
 #[derive(Debug)]
@@ -105,9 +102,6 @@ fn type_index(t: CheckType) -> usize {
 pub struct Checks {
     inner: Mutex<Inner>,
     wake: tokio::sync::Notify,
-    /// The agent's runtime, where restarts and `exec` probes run (the checks' own thread keeps
-    /// to timers and sockets).
-    main: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl Checks {
@@ -262,77 +256,11 @@ fn type_name(t: CheckType) -> &'static str {
 }
 
 impl crate::Agent {
-    /// Starts the checks on a thread of their own, with a single-threaded runtime: a thousand
-    /// checks a second are a few thousand socket and timer wake-ups, which on the agent's
-    /// multi-threaded runtime also wake its other workers (futex wake-ups, work stealing) for
-    /// nothing. The thread ends when the agent's runtime does. Without a thread, the checks run
-    /// on the agent's runtime.
-    pub(crate) fn spawn_checks(&self) {
-        let main = tokio::runtime::Handle::current();
-        let _ = self.checks.main.set(main.clone());
-        // Held by a task of the agent's runtime: dropped, so `ended` resolves, when it shuts down.
-        let (alive, ended) = tokio::sync::oneshot::channel::<()>();
-        main.spawn(async move {
-            let _alive = alive;
-            std::future::pending::<()>().await
-        });
-        let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("berth-checks".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
-                match rt {
-                    Ok(rt) => rt.block_on(async move {
-                        tokio::select! {
-                            () = me.checks_loop() => {}
-                            _ = ended => {}
-                        }
-                    }),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "checks: no runtime of their own; they run on the agent's");
-                        main.spawn(me.checks_loop());
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "checks: no thread of their own; they run on the agent's runtime");
-            tokio::spawn(self.clone().checks_loop());
-        }
-    }
-
-    /// Runs `f` on the agent's runtime (see [`Checks::main`]) and waits for it.
-    async fn on_main<T: Send + 'static>(
-        &self,
-        f: impl std::future::Future<Output = T> + Send + 'static,
-    ) -> Option<T> {
-        match self.checks.main.get() {
-            Some(h) => h.spawn(f).await.ok(),
-            None => Some(f.await),
-        }
-    }
-
     /// The scheduler: keeps one task per check of every started machine.
-    ///
-    /// It walks the machines at once when woken (after an operation), else every
-    /// [`SCAN_INTERVAL`] if the event log moved since its last walk (a machine's state, pid or
-    /// config changes with an event), and at least every [`RESCAN_INTERVAL`] regardless. A host
-    /// whose checks pass and whose machines do not change decodes no record.
     pub(crate) async fn checks_loop(self) {
-        let seq = self.store().subscribe();
         loop {
-            let seen = *seq.borrow();
-            let at = Instant::now();
             self.checks_scan();
-            loop {
-                let woken = tokio::time::timeout(SCAN_INTERVAL, self.checks.wake.notified())
-                    .await
-                    .is_ok();
-                if woken || *seq.borrow() != seen || at.elapsed() >= RESCAN_INTERVAL {
-                    break;
-                }
-            }
+            let _ = tokio::time::timeout(SCAN_INTERVAL, self.checks.wake.notified()).await;
         }
     }
 
@@ -430,7 +358,7 @@ impl crate::Agent {
         loop {
             ticker.tick().await;
             let t0 = Instant::now();
-            let result = match tokio::time::timeout(c.timeout.0, self.probe(&c, &target)).await {
+            let result = match tokio::time::timeout(c.timeout.0, probe(&c, &target)).await {
                 Ok(r) => r,
                 Err(_) => Err(format!(
                     "timed out after {}",
@@ -463,18 +391,13 @@ impl crate::Agent {
                 self.record_check_change(&id, &name, before, after, &output)
                     .await;
             }
-            if c.action == CheckAction::Restart && failures >= c.failures {
-                let (me, id, name, output) = (self.clone(), id.clone(), name.clone(), output);
-                let threshold = c.failures;
-                let began = self
-                    .on_main(async move {
-                        me.check_restart(&id, key, &name, failures, &output, threshold)
-                            .await
-                    })
-                    .await;
-                if began == Some(true) {
-                    return;
-                }
+            if c.action == CheckAction::Restart
+                && failures >= c.failures
+                && self
+                    .check_restart(&id, key, &name, failures, &output, c.failures)
+                    .await
+            {
+                return;
             }
         }
     }
@@ -598,20 +521,6 @@ impl Target {
             env: rec.config.env.clone(),
             workdir: rec.config.workdir.clone(),
         }
-    }
-}
-
-impl crate::Agent {
-    /// One run of a check: `Ok(output)` passes, `Err(output)` fails. `exec` runs on the agent's
-    /// runtime (it spawns processes); `http` and `tcp` on the caller's.
-    async fn probe(&self, c: &CheckConfig, t: &Arc<Target>) -> Result<String, String> {
-        if c.kind != CheckType::Exec {
-            return probe(c, t).await;
-        }
-        let (c, t) = (c.clone(), t.clone());
-        self.on_main(async move { exec(&c, &t).await })
-            .await
-            .unwrap_or_else(|| Err("the exec probe ended without an answer".to_owned()))
     }
 }
 

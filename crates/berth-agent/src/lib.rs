@@ -258,7 +258,7 @@ impl Agent {
                 tokio::time::sleep(interval).await;
             }
         });
-        self.spawn_checks();
+        tokio::spawn(self.clone().checks_loop());
         if let Some(m) = cfg.maintenance.clone() {
             self.spawn_maintenance(m);
         }
