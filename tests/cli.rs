@@ -101,18 +101,8 @@ fn a_failed_create_exits_1_with_the_reason_and_a_closed_pipe_is_quiet() {
     assert_ne!(o.status.code(), Some(101), "{err}");
 }
 
-fn poll<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
+fn poll<T>(secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(what, std::time::Duration::from_secs(secs), f)
 }
 
 fn state_of(agent: &Agent, id: &str) -> String {

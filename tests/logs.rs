@@ -24,15 +24,8 @@ fn body(cmd: &[&str], policy: RestartPolicy) -> berth_api_types::CreateMachine {
     }
 }
 
-fn poll<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+fn poll<T>(secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(what, std::time::Duration::from_secs(secs), f)
 }
 
 /// Writes `N` numbered lines of 95 bytes at `RATE` bytes a second (block-buffered, so writes

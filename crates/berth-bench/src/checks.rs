@@ -408,18 +408,7 @@ async fn measure(
         created.extend(list.iter().map(|m| (m.id.to_string(), m.pid.unwrap_or(0))));
     }
     made?;
-    let t = Instant::now();
-    loop {
-        let n = passing(&client).await?;
-        if n == a.machines || !a.checks {
-            break;
-        }
-        if t.elapsed() > DEADLINE {
-            return Err(format!("only {n} of {} checks passing", a.machines).into());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let all_passing_seconds = t.elapsed().as_secs_f64();
+    let all_passing_seconds = wait_passing(&client, a).await?;
     println!(
         "created in {create_seconds:.1} s; every check passing {all_passing_seconds:.1} s later; settling {} s, then measuring {} s...",
         a.settle, a.window
@@ -451,6 +440,44 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(a.window)).await;
     let s1 = sample(true).await?;
     let passing_after = passing(&client).await?;
+    Ok(report(
+        a,
+        &s0,
+        &s1,
+        passing_after,
+        pid,
+        create_seconds,
+        all_passing_seconds,
+    ))
+}
+
+/// Waits until every machine's check passes (at once without checks); returns the seconds taken.
+async fn wait_passing(client: &Client, a: &Args) -> Result<f64, Box<dyn std::error::Error>> {
+    let t = Instant::now();
+    loop {
+        let n = passing(client).await?;
+        if n == a.machines || !a.checks {
+            break;
+        }
+        if t.elapsed() > DEADLINE {
+            return Err(format!("only {n} of {} checks passing", a.machines).into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let all_passing_seconds = t.elapsed().as_secs_f64();
+    Ok(all_passing_seconds)
+}
+
+/// The report of a window from its first sample `s0` to its last `s1`.
+fn report(
+    a: &Args,
+    s0: &Sample,
+    s1: &Sample,
+    passing_after: usize,
+    pid: u32,
+    create_seconds: f64,
+    all_passing_seconds: f64,
+) -> Report {
     let secs = s1.at.duration_since(s0.at).as_secs_f64();
     let commit_metric = |t: &str| {
         value(
@@ -474,7 +501,7 @@ async fn measure(
         })
         .collect();
     by_thread.sort_by(|a, b| b.1.total_cmp(&a.1));
-    Ok(Report {
+    Report {
         machines: a.machines,
         checks: a.checks,
         check_interval_s: 1.0,
@@ -503,7 +530,7 @@ async fn measure(
             .to_owned(),
         create_seconds,
         all_passing_seconds,
-    })
+    }
 }
 
 /// Destroys every machine created (through berthd), stops berthd, and kills by pid any
