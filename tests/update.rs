@@ -292,104 +292,203 @@ fn skip_start_versions_and_rollback() {
     wait_greeting(&rt, &c, &s, "five");
 }
 
-/// berthd SIGKILLed at each step of an update (paused there by `BERTH_FAULT_PAUSE_AT`): the
-/// restarted agent resumes the operation and the machine ends running its new config, with
-/// exactly one new workload and the old one gone.
-#[test]
-fn a_sigkilled_update_resumes_to_the_new_config_at_every_step() {
-    for point in [
-        "update:stop_workload:before",
-        "update:stop_workload:after",
-        "update:spawn:before",
-        "update:spawn:after",
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut agent = Agent::start_logged(dir.path(), "");
-        let (rt, c) = (rt(), agent.socket());
-        let m = create(&rt, &c, greeter("one"));
-        let id = m.id.to_string();
-        let old_pid = m.pid.unwrap();
-        wait_greeting(&rt, &c, &m, "one");
+/// The steps of an update at which berthd is SIGKILLed.
+const UPDATE_STEPS: [&str; 4] = [
+    "update:stop_workload:before",
+    "update:stop_workload:after",
+    "update:spawn:before",
+    "update:spawn:after",
+];
 
-        // Run berthd again with the pause point (workloads outlive a berthd restart).
-        agent.stop();
-        let mut cmd = agent.command();
-        cmd.env("BERTH_FAULT_PAUSE_AT", point);
-        agent.child = Some(cmd.spawn().unwrap());
-        poll(15, "berthd to serve", || {
-            (agent.dir.join("berth.sock").exists()
-                && std::net::TcpStream::connect(("127.0.0.1", agent.port)).is_ok())
-            .then_some(())
-        });
-        let req = UpdateMachine {
-            config: with_greeting(&m, "two"),
-            current_version: Some(1),
-            skip_start: false,
-        };
-        let client = c.clone();
-        let id2 = id.clone();
-        let pending = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(client.update(&id2, &req))
-        });
-        let mark = format!("fault: operation paused at {point}");
-        poll(15, &mark, || agent.log_text().contains(&mark).then_some(()));
-        let recorded = rt.block_on(c.get(&id)).unwrap();
-        assert_eq!(
-            (recorded.config_version, recorded.state),
-            (2, State::Restarting),
-            "{point}"
-        );
-        let spawned_before_kill = (point == "update:spawn:after").then(|| {
-            poll(10, "the new workload's greeting", || {
-                let text = logs(&rt, &c, &id);
-                text.lines()
-                    .find_map(|l| l.split("greeting=two pid=").nth(1))
-                    .and_then(|p| p.trim().parse::<u32>().ok())
-            })
-        });
-        let mut child = agent.child.take().unwrap();
-        child.kill().unwrap(); // SIGKILL, mid-operation
-        child.wait().unwrap();
-        let answer = pending.join().unwrap();
-        assert!(answer.is_err(), "{point}: the update answered {answer:?}");
+/// A workload that greets in its log, and how a test tells its runs apart.
+trait Greeter {
+    /// The machine's config with this greeting.
+    fn config(&self, greeting: &str) -> MachineConfig;
+    /// Whether `log` shows the workload of `m` (as recorded) greeting with `greeting`.
+    fn greeted(&self, log: &str, m: &MachineRecord, greeting: &str) -> bool;
+    /// The host pid of the workload that greeted with `greeting`, once it did.
+    fn pid_of(&self, log: &str, id: &str, greeting: &str) -> Option<u32>;
+}
 
-        agent.spawn();
-        let done = poll(20, "the update to resume", || {
-            let m = rt.block_on(c.get(&id)).ok()?;
-            (m.state == State::Started && m.active_op.is_none()).then_some(m)
-        });
-        assert_eq!(done.config_version, 2, "{point}");
-        assert_eq!(done.config.env["GREETING"], "two", "{point}");
-        assert_ne!(done.pid, Some(old_pid), "{point}");
-        assert!(!alive(old_pid), "{point}: the old workload still runs");
-        if let Some(pid) = spawned_before_kill {
-            assert_eq!(
-                done.pid,
-                Some(pid),
-                "{point}: the resumed spawn started another workload"
-            );
-        }
-        wait_greeting(&rt, &c, &done, "two");
-        assert_eq!(
-            logs(&rt, &c, &id).matches("greeting=two").count(),
-            1,
-            "{point}: exactly one new workload"
-        );
-        let events = rt.block_on(c.machine_events(&id)).unwrap();
-        assert_eq!(
-            events
-                .iter()
-                .filter(|e| e.kind == EventKind::Update)
-                .count(),
-            2,
-            "{point}: one update event and one restarting"
-        );
+/// A process machine: `sh` on the host prints its own pid.
+struct HostGreeter;
+
+impl Greeter for HostGreeter {
+    fn config(&self, greeting: &str) -> MachineConfig {
+        greeter(greeting)
+    }
+
+    fn greeted(&self, log: &str, m: &MachineRecord, greeting: &str) -> bool {
+        log.contains(&format!("greeting={greeting} pid={}", m.pid.unwrap()))
+    }
+
+    fn pid_of(&self, log: &str, _id: &str, greeting: &str) -> Option<u32> {
+        log.lines()
+            .find_map(|l| l.split(&format!("greeting={greeting} pid=")).nth(1))
+            .and_then(|p| p.trim().parse().ok())
     }
 }
+
+/// An image machine of busybox under runc: its shell is pid 1 in its own namespace, so each run
+/// prints a fresh id instead, and its host pid is the container's init as runc reports it.
+struct ImageGreeter {
+    image: String,
+}
+
+impl Greeter for ImageGreeter {
+    fn config(&self, greeting: &str) -> MachineConfig {
+        let mut c = MachineConfig::command([
+            "/bin/sh",
+            "-c",
+            "echo \"greeting=$GREETING run=$(cat /proc/sys/kernel/random/uuid)\"; exec sleep 1000",
+        ]);
+        c.image = Some(self.image.clone());
+        c.env.insert("GREETING".into(), greeting.into());
+        c
+    }
+
+    fn greeted(&self, log: &str, m: &MachineRecord, greeting: &str) -> bool {
+        log.contains(&format!("greeting={greeting} run="))
+            && m.pid.is_some()
+            && runc_pid(m.id.as_str()) == m.pid
+    }
+
+    fn pid_of(&self, log: &str, id: &str, greeting: &str) -> Option<u32> {
+        if log.contains(&format!("greeting={greeting} run=")) {
+            runc_pid(id)
+        } else {
+            None
+        }
+    }
+}
+
+/// The host pid of machine `id`'s container init, as `runc state` says (`None` when runc does
+/// not know the container or it does not run).
+fn runc_pid(id: &str) -> Option<u32> {
+    let out = std::process::Command::new("runc")
+        .args(["state", &format!("berth-{id}")])
+        .output()
+        .unwrap();
+    let state: Value = serde_json::from_slice(&out.stdout).ok()?;
+    (state["status"] == "running")
+        .then(|| state["pid"].as_u64())
+        .flatten()
+        .map(|p| p as u32)
+}
+
+/// berthd SIGKILLed at `point` of an update (paused there by `BERTH_FAULT_PAUSE_AT`): the
+/// restarted agent resumes the operation and the machine ends running its new config, with
+/// exactly one new workload and the old one gone.
+fn sigkilled_update_resumes(dir: &std::path::Path, point: &str, g: &dyn Greeter) {
+    let mut agent = Agent::start_logged(dir, "");
+    let (rt, c) = (rt(), agent.socket());
+    let m = create(&rt, &c, g.config("one"));
+    let id = m.id.to_string();
+    let old_pid = m.pid.unwrap();
+    poll(20, "the first greeting", || {
+        g.greeted(&logs(&rt, &c, &id), &m, "one").then_some(())
+    });
+
+    // Run berthd again with the pause point (workloads outlive a berthd restart).
+    agent.stop();
+    let mut cmd = agent.command();
+    cmd.env("BERTH_FAULT_PAUSE_AT", point);
+    agent.child = Some(cmd.spawn().unwrap());
+    poll(15, "berthd to serve", || {
+        (agent.dir.join("berth.sock").exists()
+            && std::net::TcpStream::connect(("127.0.0.1", agent.port)).is_ok())
+        .then_some(())
+    });
+    let req = UpdateMachine {
+        config: with_greeting(&m, "two"),
+        current_version: Some(1),
+        skip_start: false,
+    };
+    let client = c.clone();
+    let id2 = id.clone();
+    let pending = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(client.update(&id2, &req))
+    });
+    let mark = format!("fault: operation paused at {point}");
+    poll(15, &mark, || agent.log_text().contains(&mark).then_some(()));
+    let recorded = rt.block_on(c.get(&id)).unwrap();
+    assert_eq!(
+        (recorded.config_version, recorded.state),
+        (2, State::Restarting),
+        "{point}"
+    );
+    let spawned_before_kill = (point == "update:spawn:after").then(|| {
+        poll(20, "the new workload's greeting", || {
+            g.pid_of(&logs(&rt, &c, &id), &id, "two")
+        })
+    });
+    let mut child = agent.child.take().unwrap();
+    child.kill().unwrap(); // SIGKILL, mid-operation
+    child.wait().unwrap();
+    let answer = pending.join().unwrap();
+    assert!(answer.is_err(), "{point}: the update answered {answer:?}");
+
+    agent.spawn();
+    let done = poll(30, "the update to resume", || {
+        let m = rt.block_on(c.get(&id)).ok()?;
+        (m.state == State::Started && m.active_op.is_none()).then_some(m)
+    });
+    assert_eq!(done.config_version, 2, "{point}");
+    assert_eq!(done.config.env["GREETING"], "two", "{point}");
+    assert_ne!(done.pid, Some(old_pid), "{point}");
+    assert!(!alive(old_pid), "{point}: the old workload still runs");
+    if let Some(pid) = spawned_before_kill {
+        assert_eq!(
+            done.pid,
+            Some(pid),
+            "{point}: the resumed spawn started another workload"
+        );
+    }
+    poll(20, "the new greeting", || {
+        g.greeted(&logs(&rt, &c, &id), &done, "two").then_some(())
+    });
+    assert_eq!(
+        logs(&rt, &c, &id).matches("greeting=two").count(),
+        1,
+        "{point}: exactly one new workload"
+    );
+    let events = rt.block_on(c.machine_events(&id)).unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::Update)
+            .count(),
+        2,
+        "{point}: one update event and one restarting"
+    );
+}
+
+/// [`sigkilled_update_resumes`] at every step, for a process machine.
+#[test]
+fn a_sigkilled_update_resumes_to_the_new_config_at_every_step() {
+    for point in UPDATE_STEPS {
+        let dir = tempfile::tempdir().unwrap();
+        sigkilled_update_resumes(dir.path(), point, &HostGreeter);
+    }
+}
+
+/// [`sigkilled_update_resumes`] at every step, for an image machine under runc: the old
+/// container goes, the new one runs the new config, and the runtime holds no third one.
+#[test]
+fn a_sigkilled_update_of_an_image_machine_resumes_to_the_new_config_at_every_step() {
+    for point in UPDATE_STEPS {
+        let dir = tempfile::tempdir().unwrap();
+        let image = busybox::image(&dir.path().join("busybox"));
+        sigkilled_update_resumes(&dir.path().join("agent"), point, &ImageGreeter { image });
+    }
+}
+
+#[path = "common/busybox.rs"]
+mod busybox;
 
 #[test]
 fn the_cli_updates_lists_versions_and_rolls_back() {
