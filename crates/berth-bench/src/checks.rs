@@ -360,20 +360,13 @@ fn thread_cpu_ms(pid: u32) -> BTreeMap<String, f64> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
     };
-    let hz = berth_driver::usage::clock_ticks() as f64;
     for t in dir.flatten() {
         let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        let (Some((head, rest)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+        let (Some((head, _)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
             continue;
         };
         let name = head.get(open + 1..).unwrap_or_default().to_owned();
-        let ticks: f64 = rest
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|v| v.parse::<f64>().ok())
-            .sum();
-        *out.entry(name).or_default() += ticks * 1000.0 / hz;
+        *out.entry(name).or_default() += crate::stat_cpu_ms(&stat);
     }
     out
 }

@@ -86,7 +86,11 @@ pub fn rss_mib(pid: u32) -> f64 {
 /// User + system CPU time of `pid` itself (not its reaped children), in ms, from
 /// `/proc/<pid>/stat`; 0 when it cannot be read.
 pub fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_ms(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
+/// User + system CPU time, in ms, of a `/proc/.../stat` line (0 when it cannot be parsed).
+pub fn stat_cpu_ms(stat: &str) -> f64 {
     // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let ticks: f64 = rest

@@ -35,19 +35,9 @@ impl Client {
         };
         let body = serde_json::to_vec(&req).map_err(|e| ClientError::Decode(e.to_string()))?;
         let headers = [("accept", PULL_STREAM_MEDIA_TYPE)];
-        let resp = self
-            .send_request(Method::POST, "/v1/images/pull", Some(body), &headers)
+        let mut body = self
+            .send_streaming(Method::POST, "/v1/images/pull", Some(body), &headers)
             .await?;
-        let status = resp.status();
-        let mut body = resp.into_body();
-        if !status.is_success() {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| ClientError::Decode(e.to_string()))?
-                .to_bytes();
-            return Err(api_error(status, &bytes));
-        }
         let mut pending: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ClientError::Decode(e.to_string()))?;

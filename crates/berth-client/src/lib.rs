@@ -199,23 +199,36 @@ impl Client {
         })
     }
 
+    /// Sends a request whose answer is read as it arrives: the body of a success, or the API's
+    /// error read whole.
+    pub(crate) async fn send_streaming(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<hyper::body::Incoming, ClientError> {
+        let resp = self.send_request(method, path, body, headers).await?;
+        let status = resp.status();
+        let body = resp.into_body();
+        if status.is_success() {
+            return Ok(body);
+        }
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?
+            .to_bytes();
+        Err(api_error(status, &bytes))
+    }
+
     /// A streaming GET: calls `chunk` with each piece of the body as it arrives.
     pub async fn stream(
         &self,
         path: &str,
         mut chunk: impl FnMut(&[u8]),
     ) -> Result<(), ClientError> {
-        let resp = self.send_request(Method::GET, path, None, &[]).await?;
-        let status = resp.status();
-        let mut body = resp.into_body();
-        if !status.is_success() {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| ClientError::Decode(e.to_string()))?
-                .to_bytes();
-            return Err(api_error(status, &bytes));
-        }
+        let mut body = self.send_streaming(Method::GET, path, None, &[]).await?;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ClientError::Decode(e.to_string()))?;
             if let Some(data) = frame.data_ref() {
