@@ -7,6 +7,8 @@
 mod common;
 #[path = "common/nats.rs"]
 mod nats;
+#[path = "common/proxy.rs"]
+mod proxy;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use berth_api_types::CreateMachine;
 use berth_client::{Client, Endpoint, Method};
 use common::*;
 use nats::*;
+use proxy::Proxy;
 
 fn export_config(url: &str, host_id: Option<&str>) -> String {
     match host_id {
@@ -386,4 +389,47 @@ fn retention_holds_unexported_events_up_to_its_bound_then_records_the_hole() {
     let out = agent.cli(&["host", "status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("1 HOLE(S)"), "{text}");
+}
+
+/// The connection to NATS dies with published events unstored (the server never read them)
+/// while the host goes on committing, and comes back: the stream must still be the log in
+/// order. A client that reconnects by itself and sends what it queued meanwhile stores the later
+/// events first, and the replay of the lost ones after them (seen: seqs 9–13 before 6–8).
+#[test]
+fn a_connection_lost_with_unstored_publishes_never_reorders_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("nats"));
+    let proxy = Proxy::start(nats.port);
+    let agent = Agent::start_logged(
+        &dir.path().join("a"),
+        &export_config(&proxy.url(), Some("cut")),
+    );
+    let rt = rt();
+    let c = agent.socket();
+    rt.block_on(async {
+        create_n(&c, 5).await;
+        caught_up(&c, Duration::from_secs(20)).await;
+        // Published, never stored: the proxy reads the client's bytes and drops them.
+        proxy.swallow();
+        let before = proxy.swallowed();
+        create_n(&c, 3).await;
+        poll_until(
+            "the publishes to be swallowed",
+            Duration::from_secs(10),
+            || (proxy.swallowed() > before).then_some(()),
+        );
+        // The connection dies; reconnecting fails for a while; the host goes on committing.
+        proxy.refuse();
+        create_n(&c, 5).await;
+        poll_until(
+            "reconnections to be refused",
+            Duration::from_secs(10),
+            || (proxy.refused() >= 2).then_some(()),
+        );
+        create_n(&c, 2).await;
+        proxy.forward();
+        let js = connect(&nats.url()).await;
+        let n = assert_host_exported(&js, &c).await;
+        assert!(n >= 15, "{n} events");
+    });
 }
