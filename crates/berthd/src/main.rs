@@ -69,7 +69,10 @@ fn main() -> ExitCode {
         .with_env_filter(
             std::env::var("BERTH_LOG")
                 .or_else(|_| std::env::var("RUST_LOG"))
-                .unwrap_or_else(|_| "info".into()),
+                // async-nats logs "max reconnection attempts reached" at ERROR each time an
+                // export session's connection ends, which is by design (berth-export's
+                // publish.rs); the exporter logs its own connection changes.
+                .unwrap_or_else(|_| "info,async_nats::connector=off".into()),
         )
         .with_writer(std::io::stderr)
         // A log line that cannot be written (stderr a file on a full disk) is dropped: by
