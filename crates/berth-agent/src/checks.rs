@@ -22,8 +22,8 @@
 //!
 //! A check's connection ends with a reset (`SO_LINGER` 0), as kubelet's probes do: once the
 //! answer is read (or the `tcp` check connected) nothing more is owed to either side, and a
-//! reset spares both the FIN exchange and a `TIME_WAIT` socket per probe, which at a thousand
-//! probes a second is most of what closing costs. An `http` answer is read until its
+//! reset spares both the FIN exchange and the server a `TIME_WAIT` socket per probe (at a
+//! thousand probes a second, sixty thousand of them). An `http` answer is read until its
 //! `Content-Length` is satisfied (or the server closes), not necessarily to end of file.
 
 use std::collections::{BTreeMap, HashMap};
