@@ -4,9 +4,9 @@
 //! and behind token auth (a token issuer run by the test), the right credentials from the
 //! root-only credentials file pull and none or wrong ones are refused in words, leaving nothing;
 //! a credentials file others can read and a registry that dies mid-pull leave no machine and no
-//! image; a berthd
-//! SIGKILLed mid-pull pulls cleanly once restarted; `DELETE /v1/images/{digest}` is refused
-//! while a machine uses the image; unused images are collected after `images.gc_unused_after`.
+//! image; a berthd SIGKILLed mid-pull pulls cleanly once restarted; `DELETE /v1/images/{digest}`
+//! is refused while a machine uses the image; unused images are collected after
+//! `images.gc_unused_after`.
 //!
 //! Image machines do not run on this agent yet (`check_config` refuses them after the image is
 //! made ready): a create answers 400 "not supported" once the pull is done, or 201 once they
