@@ -1,16 +1,19 @@
 //! Machines from registry images, through a real berthd and a real registry (Debian's
 //! `docker-registry`) on loopback, images built with GNU tar and pushed with skopeo: a create
-//! pulls what the host lacks (by tag, by digest) before anything is recorded; a credentials file
-//! others can read and a registry that dies mid-pull leave no machine and no image; a berthd
-//! SIGKILLed mid-pull pulls cleanly once restarted; `DELETE /v1/images/{digest}` is refused
-//! while a machine uses the image; unused images are collected after `images.gc_unused_after`.
+//! pulls what the host lacks (by tag, by digest) before anything is recorded; behind basic auth
+//! and behind token auth (a token issuer run by the test), the right credentials from the
+//! root-only credentials file pull and none or wrong ones are refused in words, leaving nothing;
+//! a credentials file others can read and a registry that dies mid-pull leave no machine and no
+//! image; a berthd SIGKILLed mid-pull pulls cleanly once restarted; `DELETE /v1/images/{digest}`
+//! is refused while a machine uses the image; unused images are collected after
+//! `images.gc_unused_after`.
 //!
 //! Image machines do not run on this agent yet (`check_config` refuses them after the image is
 //! made ready): a create answers 400 "not supported" once the pull is done, or 201 once they
 //! run; either way the image is pulled and nothing half-made is recorded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -29,6 +32,9 @@ use registry::{Registry, SlowProxy};
 #[path = "common/oci.rs"]
 mod oci;
 use oci::{image, insecure};
+#[path = "common/token_issuer.rs"]
+mod token_issuer;
+use token_issuer::{TokenIssuer, TokenRequest};
 
 async fn create(c: &Client, image: &str) -> (u16, Value) {
     let body =
@@ -343,6 +349,64 @@ fn store_entries(agent_dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A berthd reaching `reg` with a root-only `images.credentials_file` that has credentials for
+/// another host only, and that file.
+fn agent_with_credentials(tmp: &Path, reg: &Registry) -> (Agent, PathBuf) {
+    let creds = tmp.join("creds.json");
+    write_credentials(&creds, "other.example:5000", "bob", "x");
+    let extra = format!("credentials_file = \"{}\"\n", creds.display());
+    let agent = Agent::start(&tmp.join("agent"), &insecure(&reg.host(), &extra));
+    (agent, creds)
+}
+
+/// What a refused create must say besides berth's own words: the registry's (or its token
+/// issuer's) answer, without and with wrong credentials.
+struct Answers<'a> {
+    none: &'a [&'a str],
+    wrong: &'a [&'a str],
+}
+
+/// A create of `reference` (at `host`) with no credentials for it in `creds`, then with
+/// `user` and a wrong password: each is refused in words that say which and carry the
+/// registry's answer, and nothing is recorded (no machine, no image, no root or unpack).
+async fn assert_refused_without_right_credentials(
+    c: &Client,
+    agent: &Agent,
+    creds: &Path,
+    (host, reference, user): (&str, &str, &str),
+    answers: Answers<'_>,
+) {
+    let (status, body) = create(c, reference).await;
+    assert_eq!(status, 400, "{body}");
+    let msg = body["error"].as_str().unwrap();
+    assert!(
+        msg.contains("unauthorized") && msg.contains("requires credentials"),
+        "{msg}"
+    );
+    assert!(msg.contains("creds.json"), "names the file: {msg}");
+    for a in answers.none {
+        assert!(msg.contains(a), "the registry's answer ({a}): {msg}");
+    }
+    write_credentials(creds, host, user, "wrong-password");
+    let (status, body) = create(c, reference).await;
+    assert_eq!(status, 400, "{body}");
+    let msg = body["error"].as_str().unwrap();
+    assert!(
+        msg.contains("refused the credentials") && msg.contains(host),
+        "{msg}"
+    );
+    for a in answers.wrong {
+        assert!(msg.contains(a), "the registry's answer ({a}): {msg}");
+    }
+    assert!(
+        !msg.contains("wrong-password"),
+        "no password in words: {msg}"
+    );
+    assert_eq!(machines(c).await, json!([]), "nothing recorded");
+    assert!(images(c).await.is_empty());
+    assert_eq!(store_entries(&agent.dir), Vec::<String>::new());
+}
+
 /// A registry with basic auth (htpasswd): no credentials and wrong ones are refused in words
 /// that say which and name the registry's answer, nothing is recorded; the right ones, read
 /// from the root-only `images.credentials_file` at each pull, pull the image.
@@ -352,43 +416,71 @@ fn basic_auth_pulls_with_the_right_credentials_and_refuses_none_or_wrong_ones() 
     let reg = Registry::start(&tmp.path().join("registry"), Some(("alice", "s3cret")));
     let (layout, digest) = image(&tmp.path().join("img"), 0);
     reg.push(&layout, "v1", "app:v1");
-    let creds = tmp.path().join("creds.json");
-    write_credentials(&creds, "other.example:5000", "bob", "x");
-    let extra = format!("credentials_file = \"{}\"\n", creds.display());
-    let agent = Agent::start(&tmp.path().join("agent"), &insecure(&reg.host(), &extra));
+    let (agent, creds) = agent_with_credentials(tmp.path(), &reg);
     let c = agent.socket();
-    let reference = format!("{}/app:v1", reg.host());
+    let (host, reference) = (reg.host(), format!("{}/app:v1", reg.host()));
     rt().block_on(async {
-        let (status, body) = create(&c, &reference).await;
-        assert_eq!(status, 400, "{body}");
-        let msg = body["error"].as_str().unwrap();
-        assert!(
-            msg.contains("unauthorized") && msg.contains("requires credentials"),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("creds.json") && msg.contains("401"),
-            "names the file and the registry's answer: {msg}"
-        );
-        write_credentials(&creds, &reg.host(), "alice", "wrong-password");
-        let (status, body) = create(&c, &reference).await;
-        assert_eq!(status, 400, "{body}");
-        let msg = body["error"].as_str().unwrap();
-        assert!(
-            msg.contains("refused the credentials") && msg.contains(&reg.host()),
-            "{msg}"
-        );
-        assert!(msg.contains("401"), "the registry's answer: {msg}");
-        assert!(
-            !msg.contains("wrong-password"),
-            "no password in words: {msg}"
-        );
-        assert_eq!(machines(&c).await, json!([]), "nothing recorded");
-        assert!(images(&c).await.is_empty());
-        assert_eq!(store_entries(&agent.dir), Vec::<String>::new());
-        write_credentials(&creds, &reg.host(), "alice", "s3cret");
+        let answers = Answers {
+            none: &["401"],
+            wrong: &["401"],
+        };
+        let names = (host.as_str(), reference.as_str(), "alice");
+        assert_refused_without_right_credentials(&c, &agent, &creds, names, answers).await;
+        write_credentials(&creds, &host, "alice", "s3cret");
         assert_pulled_create(&c, &reference, &digest, true).await;
     });
+}
+
+/// A registry with token auth (distribution's `auth: token`) and its token issuer, run by the
+/// test: without credentials and with wrong ones the issuer refuses a token, the create is
+/// refused in words with the issuer's answer and nothing is recorded; with the right ones the
+/// issuer hands berthd a token for `repository:app:pull` as that user, and the image is pulled.
+#[test]
+fn token_auth_pulls_with_a_token_for_the_right_credentials_and_refuses_none_or_wrong_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let issuer = TokenIssuer::start(&tmp.path().join("issuer"), "alice", "s3cret");
+    let reg = Registry::start_with(
+        &tmp.path().join("registry"),
+        registry::Auth::Token(issuer.registry_auth()),
+    );
+    let (layout, digest) = image(&tmp.path().join("img"), 0);
+    reg.push(&layout, "v1", "app:v1");
+    let pushed_with_a_token = issuer.requests().iter().any(|r| {
+        r.granted
+            && r.user.as_deref() == Some("alice")
+            && r.scopes.iter().any(|s| s.contains("push"))
+    });
+    assert!(pushed_with_a_token, "{:?}", issuer.requests());
+    issuer.clear();
+    let (agent, creds) = agent_with_credentials(tmp.path(), &reg);
+    let c = agent.socket();
+    let (host, reference) = (reg.host(), format!("{}/app:v1", reg.host()));
+    let pull = |user: Option<&str>, granted| TokenRequest {
+        user: user.map(str::to_owned),
+        scopes: vec!["repository:app:pull".to_owned()],
+        granted,
+    };
+    rt().block_on(async {
+        let answers = Answers {
+            none: &["the token issuer requires credentials"],
+            wrong: &["the token issuer refused the password of alice"],
+        };
+        let names = (host.as_str(), reference.as_str(), "alice");
+        assert_refused_without_right_credentials(&c, &agent, &creds, names, answers).await;
+        assert_eq!(
+            issuer.requests(),
+            vec![pull(None, false), pull(Some("alice"), false)],
+            "the issuer refused a token to no user, then to alice with a wrong password"
+        );
+        issuer.clear();
+        write_credentials(&creds, &host, "alice", "s3cret");
+        assert_pulled_create(&c, &reference, &digest, true).await;
+    });
+    let requests = issuer.requests();
+    assert!(
+        !requests.is_empty() && requests.iter().all(|r| *r == pull(Some("alice"), true)),
+        "the pull's token came from the issuer, for alice: {requests:?}"
+    );
 }
 
 /// A layer blob corrupted in the registry's storage: the create fails naming the digest that

@@ -166,6 +166,7 @@ impl Puller {
         r: &RegistryRef,
         auth: &Auth,
     ) -> Result<Descriptor, ImageError> {
+        auth.authorize(client, r).await?;
         let cache = self.store.cache_dir();
         let mut reference = r.to_client();
         for _ in 0..=MAX_INDEX_DEPTH {

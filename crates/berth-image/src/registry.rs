@@ -11,7 +11,7 @@ use base64::Engine as _;
 use berth_types::image_ref::{DEFAULT_TAG, ImageRef, parse_image_ref};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 
 use crate::ImageError;
 
@@ -111,6 +111,23 @@ pub(crate) struct Auth {
 }
 
 impl Auth {
+    /// Authorizes the pull up front. oci-client otherwise fetches a bearer token lazily, and
+    /// when the token issuer refuses one (or cannot be reached) it drops that answer and goes
+    /// on without a token: the registry's bare 401 would be all that is left to tell. Asked
+    /// here, the issuer's answer comes back, in its words. The token is cached in `client`
+    /// for the pull's requests (for a registry with basic auth, the credentials are).
+    pub(crate) async fn authorize(
+        &self,
+        client: &Client,
+        r: &RegistryRef,
+    ) -> Result<(), ImageError> {
+        client
+            .auth(&r.to_client(), &self.auth, RegistryOperation::Pull)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.explain(r, &e))
+    }
+
     /// Maps a client error to the image error that says what happened, in words.
     pub(crate) fn explain(&self, r: &RegistryRef, e: &OciDistributionError) -> ImageError {
         use oci_client::errors::OciErrorCode;
@@ -147,15 +164,19 @@ impl Auth {
         ImageError::Unauthorized {
             registry: r.registry.clone(),
             reference: r.given.clone(),
-            detail: format!("{detail} (the registry answered {answer})"),
+            detail: format!("{detail} ({answer})"),
         }
     }
 }
 
-/// What a registry said when it refused a request, in its own words: the HTTP status and the
-/// error codes and messages of its body, where the client kept them.
+/// What a registry (or its token issuer) said when it refused a request, in its own words: the
+/// HTTP status and the error codes and messages of its body, where the client kept them.
 fn registry_answer(e: &OciDistributionError) -> String {
-    match e {
+    let answer = match e {
+        OciDistributionError::AuthenticationFailure(body) => {
+            let body: String = body.chars().take(300).collect();
+            return format!("its token issuer answered {}", body.trim());
+        }
         OciDistributionError::UnauthorizedError { .. } => "401 Unauthorized".to_owned(),
         OciDistributionError::RegistryError { envelope, .. } => envelope
             .errors
@@ -175,7 +196,8 @@ fn registry_answer(e: &OciDistributionError) -> String {
             format!("{code}: {}", message.trim())
         }
         other => describe(other),
-    }
+    };
+    format!("the registry answered {answer}")
 }
 
 /// A client error in words, with its causes (reqwest's top-level message hides them).

@@ -1,6 +1,7 @@
 //! A real registry (Debian's `docker-registry`) on a free loopback port, its storage in a temp
-//! dir, killed by pid; images pushed to it with skopeo; and a throttling TCP proxy in front of
-//! it, so that a test can cut a pull off midway at a point it chooses.
+//! dir, killed by pid, open or behind basic (htpasswd) or token auth; images pushed to it with
+//! skopeo; and a throttling TCP proxy in front of it, so that a test can cut a pull off midway
+//! at a point it chooses.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -16,8 +17,35 @@ pub struct Registry {
     pub port: u16,
     pub storage: PathBuf,
     dir: PathBuf,
-    htpasswd: Option<(String, String)>,
+    auth: Auth,
     child: Option<Child>,
+}
+
+/// Who a registry lets in.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// Anyone.
+    Open,
+    /// That user and password (htpasswd).
+    Basic { user: String, password: String },
+    /// Holders of a bearer token from a token issuer (distribution's `auth: token`); `user` and
+    /// `password` are what the issuer wants for a push.
+    Token(TokenAuth),
+}
+
+/// Distribution's `auth: token` settings, and the credentials the issuer grants a push for.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    /// The issuer's token endpoint, `http://127.0.0.1:PORT/token`.
+    pub realm: String,
+    /// The `service` (the tokens' audience).
+    pub service: String,
+    /// The tokens' `iss`.
+    pub issuer: String,
+    /// A PEM file with the certificate the token signing key's chain ends at.
+    pub rootcertbundle: PathBuf,
+    pub user: String,
+    pub password: String,
 }
 
 pub fn free_port() -> u16 {
@@ -41,12 +69,24 @@ impl Registry {
     /// Starts one with its storage and config under `dir`; with `htpasswd`, that user is the
     /// only one it lets in.
     pub fn start(dir: &Path, htpasswd: Option<(&str, &str)>) -> Self {
+        let auth = match htpasswd {
+            Some((u, p)) => Auth::Basic {
+                user: u.to_owned(),
+                password: p.to_owned(),
+            },
+            None => Auth::Open,
+        };
+        Self::start_with(dir, auth)
+    }
+
+    /// Starts one with its storage and config under `dir`, letting in whom `auth` says.
+    pub fn start_with(dir: &Path, auth: Auth) -> Self {
         std::fs::create_dir_all(dir.join("storage")).unwrap();
         let mut r = Self {
             port: 0,
             storage: dir.join("storage"),
             dir: dir.to_owned(),
-            htpasswd: htpasswd.map(|(u, p)| (u.to_owned(), p.to_owned())),
+            auth,
             child: None,
         };
         r.restart();
@@ -62,22 +102,9 @@ impl Registry {
     pub fn restart(&mut self) {
         self.kill();
         self.port = free_port();
-        let mut auth = String::new();
-        if let Some((user, password)) = &self.htpasswd {
-            let out = Command::new("htpasswd")
-                .args(["-Bbn", user, password])
-                .output()
-                .expect("htpasswd (apache2-utils) installed");
-            assert!(out.status.success());
-            let file = self.dir.join("htpasswd");
-            std::fs::write(&file, out.stdout).unwrap();
-            auth = format!(
-                "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
-                file.display()
-            );
-        }
+        let auth = self.auth_config();
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n{auth}",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n{auth}",
             self.storage.display(),
             self.port
         );
@@ -87,7 +114,7 @@ impl Registry {
             .arg("serve")
             .arg(&path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file(&self.dir.join("registry.log")))
             .spawn()
             .expect("docker-registry installed");
         self.child = Some(child);
@@ -95,6 +122,33 @@ impl Registry {
         wait_for(30, "the registry to listen", || {
             TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
         });
+    }
+
+    /// The config's `auth:` section.
+    fn auth_config(&self) -> String {
+        match &self.auth {
+            Auth::Open => String::new(),
+            Auth::Basic { user, password } => {
+                let out = Command::new("htpasswd")
+                    .args(["-Bbn", user, password])
+                    .output()
+                    .expect("htpasswd (apache2-utils) installed");
+                assert!(out.status.success());
+                let file = self.dir.join("htpasswd");
+                std::fs::write(&file, out.stdout).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                    file.display()
+                )
+            }
+            Auth::Token(t) => format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                t.realm,
+                t.service,
+                t.issuer,
+                t.rootcertbundle.display()
+            ),
+        }
     }
 
     /// SIGKILLs it (by pid) and reaps it.
@@ -116,8 +170,11 @@ impl Registry {
             "--preserve-digests",
             "--dest-tls-verify=false",
         ]);
-        if let Some((u, p)) = &self.htpasswd {
-            cmd.arg(format!("--dest-creds={u}:{p}"));
+        match &self.auth {
+            Auth::Open => {}
+            Auth::Basic { user, password } | Auth::Token(TokenAuth { user, password, .. }) => {
+                cmd.arg(format!("--dest-creds={user}:{password}"));
+            }
         }
         cmd.arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{}/{repo_tag}", self.host()));
@@ -138,6 +195,16 @@ impl Registry {
             .join(hex)
             .join("data")
     }
+}
+
+/// Where the registry's log goes (appended across restarts), for a failing test's reader.
+fn log_file(path: &Path) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+        .into()
 }
 
 impl Drop for Registry {
