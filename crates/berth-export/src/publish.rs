@@ -123,7 +123,7 @@ async fn session_client(
     .reconnect_delay_callback(|_| Duration::ZERO)
     .connect(addr.clone())
     .await
-    .map_err(|e| format!("connecting to {}: {e}", cfg.nats_url))
+    .map_err(|e| format!("not connected to {}: {e}", cfg.nats_url))
 }
 
 async fn ensure_stream(js: &jetstream::Context, cfg: &ExportConfig) -> Result<(), String> {
