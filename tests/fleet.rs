@@ -433,3 +433,56 @@ fn a_connection_lost_with_unstored_publishes_never_reorders_the_stream() {
         assert!(n >= 15, "{n} events");
     });
 }
+
+/// Credentials in `export.nats_url`, as NATS spells them (`user:pass@`, or `token@`), reach a
+/// server that requires them; wrong ones leave the export lagging with the server's refusal.
+#[test]
+fn credentials_in_the_url_reach_a_server_that_requires_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let cases: [(&[&str], &str, &str); 3] = [
+        (
+            &["--user", "berth", "--pass", "s3cret"],
+            "berth:s3cret@",
+            "userpass",
+        ),
+        (&["--auth", "t0ken"], "t0ken@", "token"),
+        (
+            &["--user", "berth", "--pass", "s3cret"],
+            "berth:wrong@",
+            "refused",
+        ),
+    ];
+    for (args, creds, host) in cases {
+        let nats = Nats::start_with(&dir.path().join(host).join("nats"), args);
+        let url = format!("nats://{creds}127.0.0.1:{}", nats.port);
+        let agent = Agent::start_logged(
+            &dir.path().join(host).join("a"),
+            &export_config(&url, Some(host)),
+        );
+        let c = agent.socket();
+        rt.block_on(async {
+            create_n(&c, 3).await;
+            if host == "refused" {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let e = loop {
+                    let e = export_status(&c).await;
+                    if e["last_error"].as_str().is_some_and(|s| s.contains("auth")) {
+                        break e;
+                    }
+                    assert!(Instant::now() < deadline, "no refusal reported: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                assert_eq!(e["connected"], false, "{e}");
+                assert_eq!(e["published"], 0, "{e}");
+                let err = e["last_error"].as_str().unwrap().to_lowercase();
+                assert!(err.contains("auth"), "{e}");
+                assert!(!err.contains("wrong"), "the password leaked: {e}");
+            } else {
+                let status = caught_up(&c, Duration::from_secs(20)).await;
+                assert_eq!(status["connected"], true, "{status}");
+                assert!(status["published"].as_u64().unwrap() >= 3, "{status}");
+            }
+        });
+    }
+}

@@ -14,14 +14,22 @@ pub struct Nats {
     child: Option<Child>,
     pub port: u16,
     store: PathBuf,
+    /// More `nats-server` arguments (e.g. `--user`, `--pass`, `--auth`).
+    extra: Vec<String>,
 }
 
 impl Nats {
     pub fn start(dir: &Path) -> Nats {
+        Self::start_with(dir, &[])
+    }
+
+    /// A server started with more arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Nats {
         let mut n = Nats {
             child: None,
             port: crate::common::free_port(),
             store: dir.join("jetstream"),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         n.spawn();
         n
@@ -33,6 +41,7 @@ impl Nats {
             child: None,
             port: crate::common::free_port(),
             store: dir.join("jetstream"),
+            extra: Vec::new(),
         }
     }
 
@@ -50,6 +59,7 @@ impl Nats {
         let child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(&self.store)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

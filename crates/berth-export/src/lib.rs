@@ -47,6 +47,21 @@ pub fn msg_id(host_id: &str, seq: u64) -> String {
     format!("{host_id}:{seq}")
 }
 
+/// `url` as it may be shown (logs, `berth host status`, host facts): a password or token in it
+/// replaced by `***`, the user name kept.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
 /// Whether `id` can be a host id: it goes into subjects and message ids, so 1 to 64 of
 /// `[A-Za-z0-9_-]`.
 pub fn valid_host_id(id: &str) -> bool {
@@ -136,7 +151,7 @@ impl Exporter {
         let shared = Shared::new(host_id, cursor, store.last_seq()?);
         status::register_metrics();
         tracing::info!(
-            host_id = %shared.host_id, nats = %cfg.nats_url,
+            host_id = %shared.host_id, nats = %redact_url(&cfg.nats_url),
             acked = ?shared.snapshot().acked_seq, "fleet export starting"
         );
         let cfg = Arc::new(cfg);
@@ -184,4 +199,21 @@ fn generate_host_id() -> Result<String, ExportError> {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).map_err(|e| ExportError::Random(e.to_string()))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_shown_without_its_secret() {
+        assert_eq!(
+            redact_url("nats://berth:s3cret@10.0.0.1:4222"),
+            "nats://berth:***@10.0.0.1:4222"
+        );
+        assert_eq!(redact_url("nats://t0ken@nats:4222"), "nats://***@nats:4222");
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redact_url("127.0.0.1:4222"), "127.0.0.1:4222");
+        assert_eq!(redact_url("nats://a:b@c@h:1"), "nats://a:***@h:1");
+    }
 }

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use crate::status::Shared;
 use crate::trace::{self, Stamps, Trace};
-use crate::{ExportConfig, STREAM, event_subject, msg_id};
+use crate::{ExportConfig, STREAM, event_subject, msg_id, redact_url};
 
 /// Events read from the log at a time.
 const READ_BATCH: usize = 512;
@@ -47,7 +47,7 @@ pub(crate) async fn run(
     let addr = match ServerAddr::from_str(&cfg.nats_url) {
         Ok(a) => a,
         Err(e) => {
-            tracing::error!(error = %e, url = %cfg.nats_url, "fleet export disabled: cannot use export.nats_url");
+            tracing::error!(error = %e, url = %redact_url(&cfg.nats_url), "fleet export disabled: cannot use export.nats_url");
             shared.set_connected(false, Some(e.to_string()));
             return;
         }
@@ -110,9 +110,12 @@ async fn session_client(
                     "an export session never resumes its connection",
                 ));
             }
+            // Credentials in the URL, as NATS spells them: `user:pass@` or a token as `token@`.
             let mut auth = Auth::new();
-            auth.username = user;
-            auth.password = pass;
+            match pass {
+                Some(pass) => (auth.username, auth.password) = (user, Some(pass)),
+                None => auth.token = user,
+            }
             Ok(auth)
         }
     })
@@ -123,7 +126,7 @@ async fn session_client(
     .reconnect_delay_callback(|_| Duration::ZERO)
     .connect(addr.clone())
     .await
-    .map_err(|e| format!("not connected to {}: {e}", cfg.nats_url))
+    .map_err(|e| format!("not connected to {}: {e}", redact_url(&cfg.nats_url)))
 }
 
 async fn ensure_stream(js: &jetstream::Context, cfg: &ExportConfig) -> Result<(), String> {
@@ -347,7 +350,10 @@ async fn session(
         let Some(front) = w.inflight.front_mut() else {
             w.tracer.flush();
             if client.connection_state() != async_nats::connection::State::Connected {
-                return Err(format!("the connection to {} was lost", cfg.nats_url));
+                return Err(format!(
+                    "the connection to {} was lost",
+                    redact_url(&cfg.nats_url)
+                ));
             }
             // Idle: wait for the next commit (or a second, to notice events removed meanwhile).
             if let Ok(Err(_)) =

@@ -586,7 +586,8 @@ fn export_nats_url(e: &ExportSection) -> Result<Option<String>, ConfigError> {
         });
     if !ok {
         return Err(ConfigError(format!(
-            "export.nats_url: {url:?} is not like \"nats://127.0.0.1:4222\""
+            "export.nats_url: {:?} is not like \"nats://127.0.0.1:4222\"",
+            berth_export::redact_url(url)
         )));
     }
     Ok(Some(url.to_owned()))
