@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use berth_api_types::CreateMachine;
 use berth_client::{Client, Endpoint, Method};
 use common::*;
+use futures_util::StreamExt;
 use nats::*;
 use proxy::Proxy;
 
@@ -482,6 +483,23 @@ fn credentials_in_the_url_reach_a_server_that_requires_them() {
                 let status = caught_up(&c, Duration::from_secs(20)).await;
                 assert_eq!(status["connected"], true, "{status}");
                 assert!(status["published"].as_u64().unwrap() >= 3, "{status}");
+                // The host facts go through their own connection, with the same credentials.
+                let nc = match creds.split_once(':') {
+                    Some((user, pass)) => async_nats::ConnectOptions::new()
+                        .user_and_password(user.into(), pass.trim_end_matches('@').into()),
+                    None => {
+                        async_nats::ConnectOptions::new().token(creds.trim_end_matches('@').into())
+                    }
+                };
+                let nc = nc.connect(nats.url()).await.unwrap();
+                let mut facts = nc.subscribe(format!("berth.hosts.{host}")).await.unwrap();
+                create_n(&c, 1).await; // a change of the machine counts: facts are published
+                let msg = tokio::time::timeout(Duration::from_secs(20), facts.next())
+                    .await
+                    .expect("no host facts within 20 s")
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+                assert_eq!(v["host_id"], host, "{v}");
             }
         });
     }

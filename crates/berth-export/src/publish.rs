@@ -53,7 +53,7 @@ pub(crate) async fn run(
         }
     };
     // Facts: one client for the exporter's life, reconnecting by itself.
-    let facts_client = ConnectOptions::new()
+    let facts_client = with_url_credentials(ConnectOptions::new(), &addr)
         .name(format!("berthd {} facts", shared.host_id))
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -90,6 +90,35 @@ pub(crate) async fn run(
     }
 }
 
+/// Credentials in the URL, as NATS spells them: `user:pass@`, or a token as `token@`
+/// (async-nats itself does not use a URL's credentials).
+fn url_credentials(addr: &ServerAddr) -> Auth {
+    let mut auth = Auth::new();
+    match (addr.username(), addr.password()) {
+        (Some(user), Some(pass)) => {
+            auth.username = Some(user.to_owned());
+            auth.password = Some(pass.to_owned());
+        }
+        (Some(token), None) => auth.token = Some(token.to_owned()),
+        _ => {}
+    }
+    auth
+}
+
+fn with_url_credentials(options: ConnectOptions, addr: &ServerAddr) -> ConnectOptions {
+    match url_credentials(addr) {
+        Auth {
+            username: Some(user),
+            password: Some(pass),
+            ..
+        } => options.user_and_password(user, pass),
+        Auth {
+            token: Some(token), ..
+        } => options.token(token),
+        _ => options,
+    }
+}
+
 /// A client for one session: it connects once and never again (see the module's doc).
 async fn session_client(
     addr: &ServerAddr,
@@ -97,24 +126,15 @@ async fn session_client(
     cfg: &ExportConfig,
 ) -> Result<async_nats::Client, String> {
     let used = Arc::new(AtomicBool::new(false));
-    let (user, pass) = (
-        addr.username().map(str::to_owned),
-        addr.password().map(str::to_owned),
-    );
+    let addr_for_auth = addr.clone();
     ConnectOptions::with_auth_callback(move |_nonce| {
         let first = !used.swap(true, Ordering::SeqCst);
-        let (user, pass) = (user.clone(), pass.clone());
+        let auth = url_credentials(&addr_for_auth);
         async move {
             if !first {
                 return Err(AuthError::new(
                     "an export session never resumes its connection",
                 ));
-            }
-            // Credentials in the URL, as NATS spells them: `user:pass@` or a token as `token@`.
-            let mut auth = Auth::new();
-            match pass {
-                Some(pass) => (auth.username, auth.password) = (user, Some(pass)),
-                None => auth.token = user,
             }
             Ok(auth)
         }
