@@ -304,7 +304,9 @@ impl Agent {
     /// restarts run (each only if its machine is still as the guard left it), and a held
     /// reconciliation pass runs approved.
     pub async fn approve(&self) -> ApproveReport {
-        let released = self.machines.guard().approve();
+        // The guard stays tripped until the held restarts have begun: a failing check asking
+        // again meanwhile is held, not let through to race the approval for its machine.
+        let released = self.machines.guard().take_held();
         let mut report = ApproveReport::default();
         let mut reconcile = false;
         for h in &released {
@@ -376,6 +378,7 @@ impl Agent {
                 }
             }
         }
+        self.machines.guard().reopen();
         if reconcile || self.status().last_reconcile.is_some_and(|r| r.blocked) {
             report.reconcile = self.reconcile_once(true).await;
         }

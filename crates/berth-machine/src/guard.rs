@@ -242,9 +242,16 @@ impl Guard {
     /// An operator approved: the guard resets (window and trip), and the held decisions are
     /// returned for the caller to carry out.
     pub fn approve(&self) -> Vec<Held> {
+        let held = self.take_held();
+        self.reopen();
+        held
+    }
+
+    /// The first half of an approval: the held decisions, taken out, while the guard stays
+    /// tripped, so that no new automated decision races the approved ones while they begin.
+    /// [`Guard::reopen`] is the second half.
+    pub fn take_held(&self) -> Vec<Held> {
         let mut s = self.lock();
-        s.tripped = None;
-        s.recent.clear();
         let held: Vec<Held> = std::mem::take(&mut s.held).into_values().collect();
         metrics::gauge!("berth_guard_held").set(0.0);
         tracing::warn!(
@@ -252,6 +259,17 @@ impl Guard {
             "blast-radius guard: an operator approved; held decisions proceed"
         );
         held
+    }
+
+    /// The second half of an approval: the guard accepts automated decisions again. What was
+    /// held meanwhile (asked again while the approved decisions began) is dropped: each asker
+    /// asks again at its next failure or pass.
+    pub fn reopen(&self) {
+        let mut s = self.lock();
+        s.tripped = None;
+        s.recent.clear();
+        s.held.clear();
+        metrics::gauge!("berth_guard_held").set(0.0);
     }
 
     /// Whether the guard is tripped.
