@@ -51,6 +51,9 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
     ("skopeo", "skopeo"),
     ("htpasswd", "apache2-utils"),
+    // The token-auth test's issuer signs with a key and certificate made by the openssl CLI
+    // (tests/common/token_issuer.rs).
+    ("openssl", "openssl"),
     // A real JetStream for the fleet export (tests/fleet.rs, `cargo xtask bench fleet`).
     ("nats-server", "nats-server"),
 ];
