@@ -208,10 +208,6 @@ impl HostEffects {
 }
 
 impl Effects for HostEffects {
-    async fn prepare(&self, m: &MachineRecord) -> Result<(), EffectError> {
-        self.driver.prepare(m.id.as_str()).map_err(effect_err)
-    }
-
     async fn spawn(&self, m: &MachineRecord) -> Result<u32, EffectError> {
         // The operation's id names the launch, so a resumed operation finds its own workload.
         let instance = m

@@ -7,13 +7,11 @@ use berth_types::{EventKind, OpKind, State};
 pub enum Effect {
     /// Nothing: the step is only its transition.
     None,
-    /// Prepare the machine's directories on the host.
-    Prepare,
     /// Start the workload (or find it already started) and learn its pid.
     Spawn,
     /// Stop the workload if it runs: stop signal, then SIGKILL after the timeout.
     StopWorkload,
-    /// Remove what `Prepare` made.
+    /// Remove what the machine has on the host (its directory, cgroup, container).
     Cleanup,
 }
 
@@ -50,7 +48,6 @@ impl PlanStep {
     }
 }
 
-const PREPARE: PlanStep = step("prepare", Effect::Prepare, None);
 const MARK_STARTING: PlanStep = step(
     "mark_starting",
     Effect::None,
@@ -94,12 +91,19 @@ const MARK_DESTROYED: PlanStep = step(
     Some((State::Destroyed, EventKind::Destroy)),
 );
 
+/// Steps an earlier version stored that this one no longer has, each with what it did; an
+/// operation left in flight with one of them resumes as if it were done (`prepare` made the
+/// machine's directory at create; spawning makes it now).
+pub const RETIRED_STEPS: &[(OpKind, &str)] = &[(OpKind::Create, "prepare")];
+
 /// The plan for an operation. `start` matters only for `Create` (false with `skip_start`).
 pub fn plan(kind: OpKind, start: bool) -> &'static [PlanStep] {
     match (kind, start) {
         // Spawning prepares the machine's directories itself (idempotently).
         (OpKind::Create, true) => &[MARK_STARTING, SPAWN],
-        (OpKind::Create, false) => &[PREPARE],
+        // A machine created but not started has nothing on the host: its directory is made
+        // at its first start. The create is its one write.
+        (OpKind::Create, false) => &[],
         (OpKind::Start, _) => &[MARK_STARTING, SPAWN],
         (OpKind::Stop, _) => &[MARK_STOPPING, STOP_TO_STOPPED],
         (OpKind::Restart, _) => &[MARK_RESTARTING, STOP_WORKLOAD, SPAWN],

@@ -26,8 +26,6 @@ pub struct EffectError(pub String);
 /// `spawn` for a machine whose workload already runs returns that workload's pid; `stop_workload`
 /// and `cleanup` for a machine with nothing to stop or remove succeed.
 pub trait Effects: Send + Sync + 'static {
-    /// Prepares the machine's directories on the host.
-    fn prepare(&self, m: &MachineRecord) -> impl Future<Output = Result<(), EffectError>> + Send;
     /// Starts the workload, or finds it already started; returns its pid.
     fn spawn(&self, m: &MachineRecord) -> impl Future<Output = Result<u32, EffectError>> + Send;
     /// Stops the workload if it runs; returns how it exited (`None` if it was not running).
@@ -37,7 +35,7 @@ pub trait Effects: Send + Sync + 'static {
         signal: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<Option<ExitInfo>, EffectError>> + Send;
-    /// Removes what `prepare` made.
+    /// Removes what the machine has on the host (whatever `spawn` made; nothing is an answer).
     fn cleanup(&self, m: &MachineRecord) -> impl Future<Output = Result<(), EffectError>> + Send;
     /// Refuses a config this host cannot honour (a resource limit it cannot enforce), with a
     /// message naming the field. Called before anything is recorded.
@@ -307,6 +305,12 @@ impl<E: Effects> Machines<E> {
                 }
                 let op = w.begin_operation(&id, OpKind::Create, source, params, &steps)?;
                 let operation = first_step_inline(w, op, start)?;
+                if steps.is_empty() {
+                    // Nothing to do outside the store: the operation ends in the write that
+                    // begins it, so a create acknowledged is a create done (and one refused,
+                    // say for a full disk, recorded nothing).
+                    w.finish_operation(operation.id)?;
+                }
                 let machine = w
                     .machine(&id)?
                     .ok_or_else(|| StoreError::NotFound(id.clone()))?;
@@ -505,7 +509,12 @@ impl<E: Effects> Machines<E> {
         let mut op = op;
         let last = remaining.len();
         if last == 0 {
-            let machine = self.finish(op.id).await?;
+            let machine = if op.steps.is_empty() {
+                // Planned with no steps: it ended in the write that began it.
+                self.machine(&op.machine_id)?
+            } else {
+                self.finish(op.id).await?
+            };
             return Ok(OpOutcome {
                 operation: op,
                 machine,
@@ -633,7 +642,6 @@ impl<E: Effects> Machines<E> {
     ) -> Result<(Option<u32>, Option<ExitInfo>), EffectError> {
         match step.effect {
             Effect::None => Ok((None, None)),
-            Effect::Prepare => self.effects.prepare(machine).await.map(|()| (None, None)),
             Effect::Spawn => {
                 if let Some(ms) = op.params.delay_ms {
                     // Restart-policy backoff. After an agent restart the wait starts over, which
@@ -777,11 +785,10 @@ fn reason(kind: OpKind, step: &PlanStep) -> String {
 /// does not have (written by another version) is refused rather than guessed at.
 fn remaining_steps(op: &OperationRecord) -> Result<Vec<&'static PlanStep>, OpError> {
     let steps = plan(op.kind, op.params.start.unwrap_or(true));
-    if let Some(stored) = op
-        .steps
-        .iter()
-        .find(|stored| !steps.iter().any(|s| s.name == stored.name))
-    {
+    if let Some(stored) = op.steps.iter().find(|stored| {
+        !steps.iter().any(|s| s.name == stored.name)
+            && !crate::plan::RETIRED_STEPS.contains(&(op.kind, stored.name.as_str()))
+    }) {
         return Err(OpError::UnknownPlan {
             op: op.id,
             step: stored.name.clone(),

@@ -39,10 +39,6 @@ impl Recorder {
 }
 
 impl Effects for Recorder {
-    async fn prepare(&self, m: &MachineRecord) -> Result<(), EffectError> {
-        self.log("prepare", m);
-        Ok(())
-    }
     async fn spawn(&self, m: &MachineRecord) -> Result<u32, EffectError> {
         self.log("spawn", m);
         if *self.fail_spawn.lock().unwrap() {
@@ -662,4 +658,72 @@ async fn policy_restarts_of_most_of_the_host_at_once_are_held_by_the_guard() {
     assert!(m.guard().approve().len() == 2);
     assert!(!m.guard().is_tripped());
     assert!(m.store().check().unwrap().is_ok());
+}
+
+/// A create that does not start is one write: the machine, its create event and the operation
+/// begun and ended together. Nothing runs outside the store and nothing is left in flight, so an
+/// answer refused for want of space (the one write failing) recorded nothing at all.
+#[tokio::test]
+async fn a_create_without_start_is_one_write_and_touches_nothing_on_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, fx) = setup(&dir);
+    let before = m.store().writer_stats().writes;
+    let (rec, op) = m.create(request("m1", true)).await.unwrap();
+    assert_eq!(rec.state, State::Created);
+    assert_eq!(rec.active_op, None, "{op:?}");
+    assert!(m.store().operations().unwrap().is_empty());
+    let out = m.run(op).await.unwrap();
+    assert_eq!(out.machine.state, State::Created);
+    assert_eq!(m.store().writer_stats().writes - before, 1);
+    assert!(fx.calls().is_empty(), "{:?}", fx.calls());
+    // It starts like any created machine.
+    let op = m
+        .begin(&rec.id, OpKind::Start, Source::User, None, None)
+        .await
+        .unwrap();
+    m.run(op).await.unwrap();
+    assert_eq!(fx.calls(), ["spawn m1"]);
+    assert_eq!(
+        m.store().machine(&rec.id).unwrap().unwrap().state,
+        State::Started
+    );
+}
+
+/// An earlier version's create without start had a `prepare` step (the machine's directory,
+/// now made at its first start). One left in flight by that version resumes and ends after an
+/// upgrade instead of being refused as an unknown plan.
+#[tokio::test]
+async fn a_create_left_in_flight_with_the_retired_prepare_step_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = MachineId::parse("m1").unwrap();
+    {
+        let (m, _) = setup(&dir);
+        let rec = MachineRecord::new(
+            id.clone(),
+            Some("m1".into()),
+            MachineConfig::command(["/bin/sleep", "100"]),
+            BTreeMap::new(),
+            Timestamp::now(),
+        );
+        m.store()
+            .write(move |w| {
+                let id = rec.id.clone();
+                w.create_machine(rec, Source::User, "create requested")?;
+                let params = berth_types::OpParams {
+                    start: Some(false),
+                    ..Default::default()
+                };
+                w.begin_operation(&id, OpKind::Create, Source::User, params, &["prepare"])
+            })
+            .await
+            .unwrap();
+    }
+    let (m, fx) = setup(&dir);
+    let results = m.resume_all().await.unwrap();
+    assert_eq!(results.len(), 1);
+    let out = results[0].1.as_ref().unwrap();
+    assert_eq!(out.machine.state, State::Created);
+    assert_eq!(out.machine.active_op, None);
+    assert!(m.store().operations().unwrap().is_empty());
+    assert!(fx.calls().is_empty(), "{:?}", fx.calls());
 }
