@@ -374,12 +374,15 @@ fn db_slow_operations_runbook() {
     );
     let config = agent.config.to_str().unwrap().to_owned();
     let env = [("BERTH_CONFIG", config.as_str())];
-    let out = agent.cli(&["machine", "create", "--skip-start", "--", "/bin/true"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Two creates: two commits, each slow (a create without start is one write).
+    for _ in 0..2 {
+        let out = agent.cli(&["machine", "create", "--skip-start", "--", "/bin/true"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     for (i, cmd) in cmds.iter().enumerate() {
         let s = step(&mut agent, cmd, &cwd, &env);
