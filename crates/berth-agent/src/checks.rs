@@ -1,10 +1,12 @@
 //! Health checks: run by the agent while a machine is started, kept in memory.
 //!
-//! One scheduler walks the machines (every [`SCAN_INTERVAL`], and at once after an operation
-//! left one started) and keeps one tokio task per check of every started machine, keyed by the
+//! One scheduler keeps one tokio task per check of every started machine, keyed by the
 //! machine's pid and config version: a restart or an update replaces the tasks (their counters
 //! start again, after the grace period), leaving `started` ends them. Each task sleeps the grace
-//! period, then runs its probe every `interval`, bounded by `timeout`.
+//! period, then runs its probe every `interval`, bounded by `timeout`. The scheduler follows the
+//! event log and reads again only the machines each event names (and those an operation ended
+//! on), so its cost per operation does not grow with the number of machines; it walks every
+//! machine at start and every [`SCAN_INTERVAL`] as a safety net.
 //!
 //! A result is not a write. The status (passing, critical, unknown), the last output (at most
 //! [`OUTPUT_MAX`] bytes) and since when live in [`Checks`]; only a *change* of status is written,
@@ -39,8 +41,8 @@ use tokio::task::AbortHandle;
 
 /// Longest output kept per check, in bytes.
 pub const OUTPUT_MAX: usize = 4096;
-/// How often the scheduler walks the machines (it is also woken after every operation).
-pub const SCAN_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the scheduler walks every machine (between walks it follows the event log).
+pub const SCAN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the scheduler keeps per checked machine.
 #[derive(Debug)]
@@ -54,6 +56,9 @@ struct Machine {
 #[derive(Debug, Default)]
 struct Inner {
     machines: HashMap<MachineId, Machine>,
+    /// Machines an operation ended on since the scheduler last looked (an operation can end
+    /// without an event, so following the events alone could miss it).
+    touched: std::collections::BTreeSet<MachineId>,
     /// Run durations by check type (http, tcp, exec).
     durations: [Histogram; 3],
 }
@@ -147,8 +152,9 @@ impl Checks {
             .collect();
     }
 
-    /// Wakes the scheduler (after an operation).
-    pub fn wake(&self) {
+    /// Has the scheduler look at `id` again at once (after an operation on it).
+    pub fn touch(&self, id: &MachineId) {
+        self.lock().touched.insert(id.clone());
         self.wake.notify_one();
     }
 
@@ -263,13 +269,96 @@ fn type_name(t: CheckType) -> &'static str {
 
 impl crate::Agent {
     /// The scheduler: keeps one task per check of every started machine.
+    ///
+    /// It follows the event log: each committed event names a machine, and only the machines
+    /// named since the last look are read again (an operation costs the scheduler one record,
+    /// not a walk of every machine). A full walk runs at start, every [`SCAN_INTERVAL`] (for what
+    /// changes without an event, such as an operation abandoned), and when the events it would
+    /// read were already removed by retention.
     pub(crate) async fn checks_loop(self) {
+        let mut seq = self.store().subscribe();
+        let mut after = 0;
+        let mut next_full = tokio::time::Instant::now();
         loop {
-            self.checks_scan();
-            let _ = tokio::time::timeout(SCAN_INTERVAL, self.checks.wake.notified()).await;
+            if tokio::time::Instant::now() >= next_full {
+                // Events up to here are covered by the walk (it reads after this point).
+                after = *seq.borrow_and_update();
+                self.checks_scan();
+                next_full = tokio::time::Instant::now() + SCAN_INTERVAL;
+            } else {
+                let ids = std::mem::take(&mut self.checks.lock().touched);
+                match self.checks_follow(after, ids) {
+                    Some(seen) => after = seen,
+                    None => {
+                        next_full = tokio::time::Instant::now();
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = seq.changed() => {}
+                _ = self.checks.wake.notified() => {}
+                _ = tokio::time::sleep_until(next_full) => {}
+            }
         }
     }
 
+    /// Reads again the machines named by events after `after` and those touched by an
+    /// operation. Returns the last event seq read; `None` when a full walk is needed instead
+    /// (the events after `after` are gone, or cannot be read).
+    fn checks_follow(
+        &self,
+        mut after: u64,
+        touched: std::collections::BTreeSet<MachineId>,
+    ) -> Option<u64> {
+        const PAGE: usize = 1024;
+        let mut ids = touched;
+        loop {
+            let events = match self.store().events_after(after, PAGE) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "checks: could not read the events; walking every machine");
+                    return None;
+                }
+            };
+            if events.first().is_some_and(|e| e.seq != after + 1) {
+                return None; // retention removed some: what they named is unknown
+            }
+            let n = events.len();
+            for e in events {
+                after = e.seq;
+                ids.insert(e.machine_id);
+            }
+            if n < PAGE {
+                break;
+            }
+        }
+        for id in ids {
+            match self.store().machine(&id) {
+                Ok(Some(m)) => {
+                    if m.config.checks.is_empty() && !self.checks.lock().machines.contains_key(&id)
+                    {
+                        continue;
+                    }
+                    let run = m.state == berth_types::State::Started && m.active_op.is_none();
+                    self.checks_apply(&mut self.checks.lock(), m, run);
+                }
+                Ok(None) => {
+                    if let Some(old) = self.checks.lock().machines.remove(&id) {
+                        old.tasks.iter().for_each(AbortHandle::abort);
+                    }
+                }
+                Err(e) => {
+                    // Unknown is not absent: its tasks stay as they are until a walk reads it.
+                    tracing::warn!(machine = %id, error = %e, "checks: could not read the machine; walking every machine");
+                    return None;
+                }
+            }
+        }
+        Some(after)
+    }
+
+    /// Walks every machine: tasks for the checked ones, none for the machines that are gone.
     fn checks_scan(&self) {
         let mut seen: Vec<(MachineRecord, bool)> = Vec::new();
         let mut present = std::collections::HashSet::new();
@@ -294,59 +383,65 @@ impl crate::Agent {
             keep
         });
         for (rec, run) in seen {
-            let key = (rec.pid, rec.config_version);
-            let current = s
-                .machines
-                .get(&rec.id)
-                .map(|m| (m.key, !m.tasks.is_empty()));
-            if current == Some((key, run)) {
-                continue;
-            }
-            if let Some(old) = s.machines.remove(&rec.id) {
-                old.tasks.iter().for_each(AbortHandle::abort);
-            }
-            if rec.state == berth_types::State::Destroyed {
-                continue;
-            }
-            let now = Timestamp::now();
-            let statuses = rec
-                .config
-                .checks
-                .keys()
-                .map(|n| {
-                    let st = CheckStatus {
-                        status: CheckHealth::Unknown,
-                        output: String::new(),
-                        since: now,
-                    };
-                    (n.clone(), st)
-                })
-                .collect();
-            let tasks = if run {
-                let target = Arc::new(Target::of(&rec, self.driver()));
-                rec.config
-                    .checks
-                    .iter()
-                    .map(|(name, c)| {
-                        let me = self.clone();
-                        let (id, name, c, t) =
-                            (rec.id.clone(), name.clone(), c.clone(), target.clone());
-                        tokio::spawn(async move { me.run_check(id, key, name, c, t).await })
-                            .abort_handle()
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            s.machines.insert(
-                rec.id.clone(),
-                Machine {
-                    key,
-                    statuses,
-                    tasks,
-                },
-            );
+            self.checks_apply(&mut s, rec, run);
         }
+    }
+
+    /// Keeps the tasks of `rec`'s checks as they are if they run for its current workload
+    /// (`run`: started, no operation in flight), and replaces them otherwise.
+    fn checks_apply(&self, s: &mut Inner, rec: MachineRecord, run: bool) {
+        let key = (rec.pid, rec.config_version);
+        let current = s
+            .machines
+            .get(&rec.id)
+            .map(|m| (m.key, !m.tasks.is_empty()));
+        if current == Some((key, run)) {
+            return;
+        }
+        if let Some(old) = s.machines.remove(&rec.id) {
+            old.tasks.iter().for_each(AbortHandle::abort);
+        }
+        if rec.state == berth_types::State::Destroyed {
+            return;
+        }
+        let now = Timestamp::now();
+        let statuses = rec
+            .config
+            .checks
+            .keys()
+            .map(|n| {
+                let st = CheckStatus {
+                    status: CheckHealth::Unknown,
+                    output: String::new(),
+                    since: now,
+                };
+                (n.clone(), st)
+            })
+            .collect();
+        let tasks = if run {
+            let target = Arc::new(Target::of(&rec, self.driver()));
+            rec.config
+                .checks
+                .iter()
+                .map(|(name, c)| {
+                    let me = self.clone();
+                    let (id, name, c, t) =
+                        (rec.id.clone(), name.clone(), c.clone(), target.clone());
+                    tokio::spawn(async move { me.run_check(id, key, name, c, t).await })
+                        .abort_handle()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        s.machines.insert(
+            rec.id.clone(),
+            Machine {
+                key,
+                statuses,
+                tasks,
+            },
+        );
     }
 
     async fn run_check(
