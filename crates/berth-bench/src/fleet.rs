@@ -177,6 +177,14 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
         .build()?;
     let m = rt.block_on(measure(&a, &url, &dirs, per_agent))?;
     let (lat, elapsed) = (m.lat, m.elapsed);
+    // The baseline agents get the same machines at the same per-agent rate (after the measured
+    // phase, so they do not load it): their RSS then differs from the exporting agents' only
+    // by the export.
+    rt.block_on(place_baseline(
+        &dirs[a.agents..],
+        per_agent,
+        a.rate / a.agents as f64,
+    ))?;
     // Settle, then the agents' RSS: export agents against baseline ones with the same load.
     std::thread::sleep(Duration::from_secs(2));
     let rss: Vec<f64> = procs.0[1..]
@@ -343,6 +351,29 @@ async fn measure(
         idle_percent,
         deliveries,
     })
+}
+
+/// Places `per_agent` machines on each of `dirs`' agents, each agent at `rate` creates/s, one
+/// at a time (as the measured phase places them).
+async fn place_baseline(dirs: &[PathBuf], per_agent: usize, rate: f64) -> Result<(), String> {
+    let t0 = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let c = Client::new(Endpoint::Unix(dir.join("berth.sock")));
+        tasks.push(tokio::spawn(async move {
+            for j in 0..per_agent {
+                tokio::time::sleep_until(t0 + Duration::from_secs_f64(j as f64 / rate)).await;
+                c.create(&placed(), None)
+                    .await
+                    .map_err(|e| format!("create on baseline agent {i}: {e}"))?;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
 }
 
 fn berth_export_stream() -> &'static str {
