@@ -1,7 +1,10 @@
 //! A typed client for berth's HTTP API, over the unix socket (no token) or TCP (bearer token).
 //!
-//! Architecture invariant: no retries, no caching — each call is one request on a fresh
-//! connection, and every failure says whether the agent was unreachable or answered with an error.
+//! Architecture invariant: no retries, no caching — each call is one request, sent once, and
+//! every failure says whether the agent was unreachable or answered with an error. Connections
+//! are kept alive and reused (a control plane placing machines pays one connection, not one per
+//! request): a request goes on an idle connection that answered less than [`REUSE_WITHIN`] ago,
+//! and only a request the connection never wrote (it had closed) moves to a fresh one.
 
 mod images;
 mod volumes;
@@ -80,12 +83,32 @@ pub struct Response {
     pub body: Bytes,
 }
 
-/// The client.
+/// The client. Clones share its idle connections.
 #[derive(Debug, Clone)]
 pub struct Client {
     endpoint: Endpoint,
     lease_nonce: Option<String>,
+    idle: std::sync::Arc<std::sync::Mutex<Vec<Idle>>>,
 }
+
+/// A kept-alive connection, ready for its next request, and when it became so.
+struct Idle {
+    since: std::time::Instant,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idle").field("since", &self.since).finish()
+    }
+}
+
+/// How long after its last answer an idle connection is reused: well inside the agent's
+/// `api.header_timeout`, after which the agent closes it (a request written just as the agent
+/// closes the connection would be lost in between).
+pub const REUSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+/// Idle connections kept per client (and its clones).
+const MAX_IDLE: usize = 16;
 
 /// Machines per page when [`Client::list`] pages through `GET /v1/machines`.
 pub const LIST_PAGE: usize = 500;
@@ -107,7 +130,38 @@ impl Client {
         Self {
             endpoint,
             lease_nonce: None,
+            idle: Default::default(),
         }
+    }
+
+    /// An idle connection young enough to reuse (older ones are dropped, which closes them).
+    fn take_idle(&self) -> Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(c) = idle.pop() {
+            if c.since.elapsed() < REUSE_WITHIN && !c.sender.is_closed() {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender` for a next request once its connection is ready again (the answer read
+    /// to its end); a connection that closes, or an answer never read to its end, is dropped.
+    fn recycle(&self, mut sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>) {
+        let idle = self.idle.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|c| c.since.elapsed() < REUSE_WITHIN && !c.sender.is_closed());
+            if idle.len() < MAX_IDLE {
+                idle.push(Idle {
+                    since: std::time::Instant::now(),
+                    sender,
+                });
+            }
+        });
     }
 
     /// Sends `nonce` as `berth-lease-nonce` with every request (the holder of a machine's lease
@@ -156,23 +210,42 @@ impl Client {
         {
             req = req.header(berth_api_types::LEASE_HEADER, n.as_str());
         }
-        let req = req
+        let mut req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Decode(e.to_string()))?;
-        match &self.endpoint {
+        while let Some(mut sender) = self.take_idle() {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.recycle(sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written (the connection had closed): it goes on another one.
+                    Some(unsent) => req = unsent,
+                    None => return Err(unreachable(e.into_error().to_string())),
+                },
+            }
+        }
+        let mut sender = match &self.endpoint {
             Endpoint::Unix(p) => {
                 let s = tokio::net::UnixStream::connect(p)
                     .await
                     .map_err(|e| unreachable(e.to_string()))?;
-                open(TokioIo::new(s), req).await.map_err(unreachable)
+                open(TokioIo::new(s)).await.map_err(unreachable)?
             }
             Endpoint::Tcp { addr, .. } => {
                 let s = tokio::net::TcpStream::connect(addr)
                     .await
                     .map_err(|e| unreachable(e.to_string()))?;
-                open(TokioIo::new(s), req).await.map_err(unreachable)
+                open(TokioIo::new(s)).await.map_err(unreachable)?
             }
-        }
+        };
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        self.recycle(sender);
+        Ok(resp)
     }
 
     /// One raw request; the whole body is read.
@@ -603,16 +676,14 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     }
 }
 
-async fn open<S>(
-    io: S,
-    req: Request<Full<Bytes>>,
-) -> Result<hyper::Response<hyper::body::Incoming>, String>
+/// A new HTTP/1 connection over `io`, driven by its own task.
+async fn open<S>(io: S) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String>
 where
     S: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    sender.send_request(req).await.map_err(|e| e.to_string())
+    Ok(sender)
 }
