@@ -275,7 +275,7 @@ fn checks_failing_on_most_machines_at_once_are_held_until_an_operator_approves()
         }
         for id in &ids {
             let (status, m) = wait_healthy(&c, id, "20s").await;
-            assert_eq!(status, 200, "{m}");
+            assert_eq!(status, 200, "{m}\n{:#?}", history(&c, id).await);
         }
     });
 }

@@ -152,10 +152,15 @@ impl Checks {
             .collect();
     }
 
-    /// Has the scheduler look at `id` again at once (after an operation on it).
-    pub fn touch(&self, id: &MachineId) {
-        self.lock().touched.insert(id.clone());
-        self.wake.notify_one();
+    /// Has the scheduler look at `m` again at once (after an operation on it), if it may need
+    /// tasks started or ended: it is started, or the scheduler knows it.
+    pub fn touch(&self, m: &MachineRecord) {
+        let mut s = self.lock();
+        if m.state == berth_types::State::Started || s.machines.contains_key(&m.id) {
+            s.touched.insert(m.id.clone());
+            drop(s);
+            self.wake.notify_one();
+        }
     }
 
     /// Check runs since the agent started.
@@ -325,10 +330,16 @@ impl crate::Agent {
                 return None; // retention removed some: what they named is unknown
             }
             let n = events.len();
+            let s = self.checks.lock();
             for e in events {
                 after = e.seq;
-                ids.insert(e.machine_id);
+                // Only a machine that became started, or one the scheduler knows, can need
+                // tasks started or ended: a create without start costs nothing here.
+                if e.to == berth_types::State::Started || s.machines.contains_key(&e.machine_id) {
+                    ids.insert(e.machine_id);
+                }
             }
+            drop(s);
             if n < PAGE {
                 break;
             }
@@ -565,24 +576,30 @@ impl crate::Agent {
             return false;
         }
         let reason = format!("{observed}; restarting (check action restart)");
-        match self.machines().begin_with_reason(id, reason).await {
-            Ok(op) => {
-                tracing::warn!(machine = %id, check = name, "restarting a machine whose check failed: {observed}");
-                let me = self.clone();
-                let id = id.clone();
-                tokio::spawn(async move {
+        // Begun and run by a task of its own: the restart's first write tells the scheduler
+        // the machine is restarting, and the scheduler then ends this check's task, possibly
+        // while it still awaits that write. Begun here, the operation would be left in flight
+        // with nobody to run it (the machine stuck in `restarting` until berthd restarts).
+        let (began_tx, began) = tokio::sync::oneshot::channel();
+        let me = self.clone();
+        let (id, name) = (id.clone(), name.to_owned());
+        tokio::spawn(async move {
+            match me.machines().begin_with_reason(&id, reason).await {
+                Ok(op) => {
+                    tracing::warn!(machine = %id, check = name, "restarting a machine whose check failed: {observed}");
+                    let _ = began_tx.send(true);
                     match me.machines().run(op).await {
                         Ok(out) => me.after_op(&out.machine),
                         Err(e) => tracing::warn!(machine = %id, error = %e, "check restart failed"),
                     }
-                });
-                true
+                }
+                Err(e) => {
+                    tracing::warn!(machine = %id, check = name, error = %e, "check restart could not begin");
+                    let _ = began_tx.send(false);
+                }
             }
-            Err(e) => {
-                tracing::warn!(machine = %id, check = name, error = %e, "check restart could not begin");
-                false
-            }
-        }
+        });
+        began.await.unwrap_or(false)
     }
 }
 

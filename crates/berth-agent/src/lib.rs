@@ -473,7 +473,7 @@ impl Agent {
     /// After an operation left a machine started: if its workload already exited meanwhile
     /// (the exit was deferred while the operation ran), handle that now.
     fn after_op(&self, m: &MachineRecord) {
-        self.checks.touch(&m.id);
+        self.checks.touch(m);
         if m.state == berth_types::State::Started
             && let Probe::Exited(rec) = self.driver().probe(m.id.as_str())
         {

@@ -89,6 +89,7 @@ pub struct Client {
     endpoint: Endpoint,
     lease_nonce: Option<String>,
     idle: std::sync::Arc<std::sync::Mutex<Vec<Idle>>>,
+    reuse: bool,
 }
 
 /// A kept-alive connection, ready for its next request, and when it became so.
@@ -131,7 +132,15 @@ impl Client {
             endpoint,
             lease_nonce: None,
             idle: Default::default(),
+            reuse: true,
         }
+    }
+
+    /// A client that opens a fresh connection for every request: for a caller asking whether
+    /// the agent *accepts* connections (systemd's watchdog), which a kept-alive one cannot tell.
+    pub fn fresh_connections(mut self) -> Self {
+        self.reuse = false;
+        self
     }
 
     /// An idle connection young enough to reuse (older ones are dropped, which closes them).
@@ -148,6 +157,9 @@ impl Client {
     /// Keeps `sender` for a next request once its connection is ready again (the answer read
     /// to its end); a connection that closes, or an answer never read to its end, is dropped.
     fn recycle(&self, mut sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>) {
+        if !self.reuse {
+            return;
+        }
         let idle = self.idle.clone();
         tokio::spawn(async move {
             if sender.ready().await.is_err() {

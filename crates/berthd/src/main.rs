@@ -67,12 +67,15 @@ fn main() -> ExitCode {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            std::env::var("BERTH_LOG")
-                .or_else(|_| std::env::var("RUST_LOG"))
-                // async-nats logs "max reconnection attempts reached" at ERROR each time an
-                // export session's connection ends, which is by design (berth-export's
-                // publish.rs); the exporter logs its own connection changes.
-                .unwrap_or_else(|_| "info,async_nats::connector=off".into()),
+            // async-nats logs "max reconnection attempts reached" at ERROR each time an
+            // export session's connection ends, which is by design (berth-export's
+            // publish.rs); the exporter logs its own connection changes. Silenced unless the
+            // filter names async_nats itself.
+            match std::env::var("BERTH_LOG").or_else(|_| std::env::var("RUST_LOG")) {
+                Ok(f) if f.contains("async_nats") => f,
+                Ok(f) if !f.trim().is_empty() => format!("{f},async_nats::connector=off"),
+                _ => "info,async_nats::connector=off".into(),
+            },
         )
         .with_writer(std::io::stderr)
         // A log line that cannot be written (stderr a file on a full disk) is dropped: by

@@ -92,7 +92,9 @@ pub fn spawn_watchdog(
     let step = period / 4;
     tracing::info!(period = ?period, every = ?step, "feeding systemd's watchdog while the store and the API respond");
     tokio::spawn(async move {
-        let client = berth_client::Client::new(berth_client::Endpoint::Unix(socket));
+        // A fresh connection per check: the question is whether the API accepts connections.
+        let client =
+            berth_client::Client::new(berth_client::Endpoint::Unix(socket)).fresh_connections();
         loop {
             let outcome = tokio::select! {
                 _ = stopping.wait_for(|s| *s) => break,
