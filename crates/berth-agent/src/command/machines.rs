@@ -56,6 +56,12 @@ impl Agent {
             self.machines().admit(creq, admission).await?
         };
         let result = match admitted {
+            // Planned with no steps (a create without start): done in the write that admitted
+            // it, and the machine as recorded there is the answer.
+            Admitted::Created { machine, operation } if operation.steps.is_empty() => {
+                self.after_op(&machine);
+                Ok(machine)
+            }
             Admitted::Created { operation, .. } => self.machines().run(operation).await.map(|o| {
                 self.after_op(&o.machine);
                 o.machine
