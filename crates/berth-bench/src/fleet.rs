@@ -319,6 +319,27 @@ async fn measure(
         }
         (lat, deliveries)
     });
+    // Every agent's export connected before the clock starts: a hundred agents starting (their
+    // sessions connecting, the stream looked up) is not what the figure is about.
+    for (i, dir) in dirs.iter().take(a.agents).enumerate() {
+        let c = Client::new(Endpoint::Unix(dir.join("berth.sock")));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let up = c
+                .host()
+                .await
+                .ok()
+                .and_then(|h| h.export)
+                .is_some_and(|e| e.connected);
+            if up {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("agent {i}'s export never connected"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     // The schedule: create k (over all agents, round-robin) is due at t0 + k / rate.
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
     let started = Instant::now();
