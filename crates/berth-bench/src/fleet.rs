@@ -180,10 +180,12 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
     // The baseline agents get the same machines at the same per-agent rate (after the measured
     // phase, so they do not load it): their RSS then differs from the exporting agents' only
     // by the export.
-    rt.block_on(place_baseline(
+    rt.block_on(place(
         &dirs[a.agents..],
         per_agent,
-        a.rate / a.agents as f64,
+        a.agents,
+        a.rate,
+        tokio::time::Instant::now(),
     ))?;
     // Settle, then the agents' RSS: export agents against baseline ones with the same load.
     std::thread::sleep(Duration::from_secs(2));
@@ -344,24 +346,7 @@ async fn measure(
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
     let started = Instant::now();
     let cpu0 = stages::cpu_jiffies();
-    let mut tasks = Vec::new();
-    for (i, dir) in dirs.iter().take(a.agents).enumerate() {
-        let c = Client::new(Endpoint::Unix(dir.join("berth.sock")));
-        let (agents, rate) = (a.agents, a.rate);
-        tasks.push(tokio::spawn(async move {
-            for j in 0..per_agent {
-                let k = j * agents + i;
-                tokio::time::sleep_until(t0 + Duration::from_secs_f64(k as f64 / rate)).await;
-                c.create(&placed(), None)
-                    .await
-                    .map_err(|e| format!("create on agent {i}: {e}"))?;
-            }
-            Ok::<_, String>(())
-        }));
-    }
-    for t in tasks {
-        t.await.map_err(|e| e.to_string())??;
-    }
+    place(&dirs[..a.agents], per_agent, a.agents, a.rate, t0).await?;
     let elapsed = started.elapsed().as_secs_f64() - 0.2;
     let idle_percent = stages::idle_percent(cpu0, stages::cpu_jiffies());
     let (mut lat, deliveries) = collector.await.map_err(|e| e.to_string())?;
@@ -374,19 +359,27 @@ async fn measure(
     })
 }
 
-/// Places `per_agent` machines on each of `dirs`' agents, each agent at `rate` creates/s, one
-/// at a time (as the measured phase places them).
-async fn place_baseline(dirs: &[PathBuf], per_agent: usize, rate: f64) -> Result<(), String> {
-    let t0 = tokio::time::Instant::now();
+/// Places `per_agent` machines on each of `dirs`' agents, one at a time per agent: the `k`-th
+/// create over `agents` agents round-robin (agent `i`'s `j`-th is `k = j * agents + i`) is due
+/// at `t0 + k / rate`, so each agent places `rate / agents` per second.
+async fn place(
+    dirs: &[PathBuf],
+    per_agent: usize,
+    agents: usize,
+    rate: f64,
+    t0: tokio::time::Instant,
+) -> Result<(), String> {
     let mut tasks = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
         let c = Client::new(Endpoint::Unix(dir.join("berth.sock")));
+        let dir = dir.display().to_string();
         tasks.push(tokio::spawn(async move {
             for j in 0..per_agent {
-                tokio::time::sleep_until(t0 + Duration::from_secs_f64(j as f64 / rate)).await;
+                let k = j * agents + i;
+                tokio::time::sleep_until(t0 + Duration::from_secs_f64(k as f64 / rate)).await;
                 c.create(&placed(), None)
                     .await
-                    .map_err(|e| format!("create on baseline agent {i}: {e}"))?;
+                    .map_err(|e| format!("create on the agent in {dir}: {e}"))?;
             }
             Ok::<_, String>(())
         }));
