@@ -189,6 +189,29 @@ impl Drop for Agent {
                 let _ = child.wait();
             }
         }
+        kill_leftovers(&self.dir);
+    }
+}
+
+/// Kills, by the identities each machine's `shim.json` records (pid and start time, so never a
+/// reused pid), the workloads and supervisors the destroys left: those of an agent the test
+/// killed and did not restart, or of a machine whose state could not be read. Workloads outlive
+/// their agent by design; a test's must not outlive its temp dir.
+pub fn kill_leftovers(data: &Path) {
+    use berth_driver::files::{ShimState, read_json};
+    let Ok(entries) = std::fs::read_dir(data.join("machines")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(Some(st)) = read_json::<ShimState>(&e.path().join("shim.json")) else {
+            continue;
+        };
+        for p in [&st.workload, &st.shim] {
+            if let Some(fd) = p.pidfd() {
+                let _ =
+                    berth_driver::proc::pidfd_send_signal(&fd, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
     }
 }
 
