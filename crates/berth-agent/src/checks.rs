@@ -321,6 +321,8 @@ impl crate::Agent {
         loop {
             let events = match self.store().events_after(after, PAGE) {
                 Ok(e) => e,
+                // Retention removed events not read yet: what they named is unknown.
+                Err(berth_store::StoreError::Expired { .. }) => return None,
                 Err(e) => {
                     tracing::warn!(error = %e, "checks: could not read the events; walking every machine");
                     return None;
