@@ -424,17 +424,8 @@ impl Agent {
         admission: berth_machine::Admission,
     ) -> Result<berth_machine::Created, OpError> {
         match self.machines.admit(req, admission).await? {
-            berth_machine::Admitted::Created { machine, operation }
-                if operation.steps.is_empty() =>
-            {
-                self.after_op(&machine);
-                Ok(berth_machine::Created {
-                    machine,
-                    replayed: false,
-                })
-            }
-            berth_machine::Admitted::Created { operation, .. } => {
-                let out = self.machines.run(operation).await?;
+            berth_machine::Admitted::Created { machine, operation } => {
+                let out = self.machines.run_created(machine, operation).await?;
                 self.after_op(&out.machine);
                 Ok(berth_machine::Created {
                     machine: out.machine,

@@ -503,6 +503,19 @@ impl<E: Effects> Machines<E> {
         Ok(op)
     }
 
+    /// Runs the create operation [`Machines::admit`] recorded: one planned with no steps (a
+    /// create without start) ended in that write, and the machine as recorded is its outcome.
+    pub async fn run_created(
+        &self,
+        machine: MachineRecord,
+        operation: OperationRecord,
+    ) -> Result<OpOutcome, OpError> {
+        if operation.steps.is_empty() {
+            return Ok(OpOutcome { operation, machine });
+        }
+        self.run(operation).await
+    }
+
     /// Runs an operation's remaining steps to the end.
     pub async fn run(&self, op: OperationRecord) -> Result<OpOutcome, OpError> {
         let remaining = remaining_steps(&op)?;

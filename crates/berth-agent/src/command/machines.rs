@@ -56,16 +56,14 @@ impl Agent {
             self.machines().admit(creq, admission).await?
         };
         let result = match admitted {
-            // Planned with no steps (a create without start): done in the write that admitted
-            // it, and the machine as recorded there is the answer.
-            Admitted::Created { machine, operation } if operation.steps.is_empty() => {
-                self.after_op(&machine);
-                Ok(machine)
-            }
-            Admitted::Created { operation, .. } => self.machines().run(operation).await.map(|o| {
-                self.after_op(&o.machine);
-                o.machine
-            }),
+            Admitted::Created { machine, operation } => self
+                .machines()
+                .run_created(machine, operation)
+                .await
+                .map(|o| {
+                    self.after_op(&o.machine);
+                    o.machine
+                }),
             Admitted::Replayed(m) => self.machines().settled(m).await,
         };
         self.recorded_on_effect_failure(&id, result)
