@@ -100,7 +100,7 @@ pub fn detect(choice: &RuntimeChoice, scratch: &Path) -> Result<OciRuntime, Stri
             why.push(format!("{name}: not found"));
             continue;
         };
-        match probe(&path, scratch) {
+        match probe_patiently(&path, scratch) {
             Ok(()) => {
                 let name = path
                     .file_name()
@@ -113,7 +113,43 @@ pub fn detect(choice: &RuntimeChoice, scratch: &Path) -> Result<OciRuntime, Stri
     Err(why.join("; "))
 }
 
-fn probe_config() -> serde_json::Value {
+/// How many times a candidate is tried before it is called broken: one failure can be
+/// something else on the host using the runtime at that moment, and a host that wrongly
+/// decides it has no runtime refuses every image machine until it restarts.
+const PROBE_ATTEMPTS: u32 = 3;
+
+/// Probes until one attempt works, at most [`PROBE_ATTEMPTS`] times; the error is the last
+/// attempt's (a runtime that cannot work here fails the same way each time).
+fn probe_patiently(runtime: &Path, scratch: &Path) -> Result<(), String> {
+    let mut attempt = 1;
+    loop {
+        match probe(runtime, scratch) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt >= PROBE_ATTEMPTS => return Err(e),
+            Err(e) => {
+                tracing::debug!(runtime = %runtime.display(), attempt, error = %e, "an OCI runtime probe failed; trying again");
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
+            }
+        }
+    }
+}
+
+/// A name no other probe uses, on this host or in this process: concurrent probes that shared
+/// a container id or a cgroup (two agents starting at once, or tests) broke each other's
+/// cgroups ("resulting devices cgroup doesn't precisely match target", "cgroup.procs: no such
+/// file or directory"), and the loser concluded the host had no runtime.
+fn probe_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "berth-probe-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn probe_config(name: &str) -> serde_json::Value {
     serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {"args": ["/usr/bin/true"], "cwd": "/", "user": {"uid": 0, "gid": 0},
@@ -124,13 +160,14 @@ fn probe_config() -> serde_json::Value {
             {"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]}
         ],
         "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}],
-                  "cgroupsPath": "/berth-probe/probe"}
+                  "cgroupsPath": format!("/berth-probe/{name}")}
     })
 }
 
 /// Runs a trivial container with `runtime`; Ok when it exited 0.
 fn probe(runtime: &Path, scratch: &Path) -> Result<(), String> {
-    let bundle = scratch.join(format!("oci-probe-{}", std::process::id()));
+    let id = probe_name();
+    let bundle = scratch.join(&id);
     let _ = std::fs::remove_dir_all(&bundle);
     let rootfs = bundle.join("rootfs");
     std::fs::create_dir_all(&rootfs).map_err(|e| format!("create {}: {e}", rootfs.display()))?;
@@ -141,9 +178,8 @@ fn probe(runtime: &Path, scratch: &Path) -> Result<(), String> {
     ] {
         let _ = std::os::unix::fs::symlink(target, rootfs.join(link));
     }
-    let config = serde_json::to_vec(&probe_config()).map_err(|e| e.to_string())?;
+    let config = serde_json::to_vec(&probe_config(&id)).map_err(|e| e.to_string())?;
     std::fs::write(bundle.join("config.json"), config).map_err(|e| e.to_string())?;
-    let id = format!("berth-probe-{}", std::process::id());
     let out = run_bounded(
         std::process::Command::new(runtime)
             .args(["run", "--bundle"])
@@ -207,5 +243,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rt = detect(&RuntimeChoice::Named("runc".into()), dir.path()).unwrap();
         assert_eq!(rt.name, "runc");
+    }
+
+    /// Seen failing before probes had names of their own: concurrent probes shared a container
+    /// id and a cgroup, and some concluded that runc did not work.
+    #[test]
+    fn concurrent_probes_do_not_break_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let runc = on_path("runc").expect("runc is installed by cargo xtask test");
+        let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+            let probes: Vec<_> = (0..6)
+                .map(|_| s.spawn(|| (0..5).try_for_each(|_| probe(&runc, dir.path()))))
+                .collect();
+            probes.into_iter().map(|p| p.join().unwrap()).collect()
+        });
+        let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(failed.is_empty(), "probes failed: {failed:?}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "probe bundles left behind: {left:?}");
     }
 }
