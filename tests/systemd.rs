@@ -236,3 +236,67 @@ fn a_stalled_store_starves_the_watchdog_while_the_api_still_answers() {
         "the log says why: {log}"
     );
 }
+
+#[path = "common/busybox.rs"]
+mod busybox;
+
+/// The machine's log once it contains `marker` (polled).
+fn log_with(c: &berth_client::Client, id: &str, marker: &str) -> String {
+    let rt = rt();
+    poll_until(
+        &format!("{marker:?} in {id}'s log"),
+        Duration::from_secs(20),
+        || {
+            let r = rt
+                .block_on(c.raw(
+                    berth_client::Method::GET,
+                    &format!("/v1/machines/{id}/logs"),
+                    None,
+                    &[],
+                ))
+                .unwrap();
+            let text = String::from_utf8_lossy(&r.body).into_owned();
+            text.contains(marker).then_some(text)
+        },
+    )
+}
+
+/// Under `Type=notify` berthd's environment names systemd's socket; nothing berthd starts may
+/// inherit it. runc given `NOTIFY_SOCKET` waits for the container to say `READY=1`, so its
+/// probe timed out (READY came 30 s late and image machines were refused) and a container
+/// would never have started; a workload could have notified systemd as berthd.
+#[test]
+fn nothing_berthd_starts_inherits_what_systemd_set_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = busybox::image(&dir.path().join("busybox"));
+    let mut agent = Supervised::start(dir.path(), "");
+    let c = berth_client::Client::new(berth_client::Endpoint::Unix(agent.data.join("berth.sock")));
+    let rt = rt();
+    let mut ids = Vec::new();
+    for config in [
+        serde_json::json!({"image": image, "cmd": ["sh", "-c", "env; echo END; sleep 1000"]}),
+        serde_json::json!({"cmd": ["sh", "-c", "env; echo END; sleep 1000"]}),
+    ] {
+        let (status, body) =
+            rt.block_on(post_machine(&c, &serde_json::json!({ "config": config })));
+        assert_eq!(status, 201, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let env = log_with(&c, id, "END");
+        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            assert!(!env.contains(var), "{id} inherited {var}: {env}");
+        }
+    }
+    for id in &ids {
+        rt.block_on(c.destroy(id, true)).unwrap();
+    }
+    // berthd itself still talks to systemd.
+    let msgs = agent.during(Duration::from_millis(800));
+    assert!(
+        !pings(&msgs).is_empty(),
+        "the watchdog is still fed: {msgs:?}"
+    );
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{status:?}: {log}");
+}

@@ -501,7 +501,11 @@ impl Driver {
     /// Runs the shim for the machine directory `dir` and reads its launcher's one line: the
     /// workload's pid and the shim's marks, or why it did not start.
     async fn run_shim(&self, dir: &Path) -> Result<(i32, Marks), DriverError> {
-        let launch = tokio::process::Command::new(&self.cfg.shim)
+        let mut shim = tokio::process::Command::new(&self.cfg.shim);
+        for v in crate::oci::runtime::SERVICE_MANAGER_ENV {
+            shim.env_remove(v);
+        }
+        let launch = shim
             .args(&self.cfg.shim_args)
             .arg(dir)
             .stdin(std::process::Stdio::null())

@@ -65,6 +65,11 @@ fn main() -> ExitCode {
             }
         };
     }
+    // SAFETY: nothing has started a thread yet (no runtime, no logging, no store).
+    #[allow(unsafe_code)]
+    unsafe {
+        systemd::take_environment()
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             // async-nats logs "max reconnection attempts reached" at ERROR each time an

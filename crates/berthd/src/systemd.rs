@@ -22,6 +22,42 @@ use std::time::Duration;
 use berth_api::Shared;
 use sd_notify::NotifyState;
 
+/// What systemd told this process through its environment, read once.
+#[derive(Debug, Default)]
+struct FromSystemd {
+    notify_socket: Option<std::ffi::OsString>,
+    watchdog_usec: Option<String>,
+    watchdog_pid: Option<String>,
+}
+
+static FROM_SYSTEMD: std::sync::OnceLock<FromSystemd> = std::sync::OnceLock::new();
+
+fn from_systemd() -> &'static FromSystemd {
+    FROM_SYSTEMD.get_or_init(|| FromSystemd {
+        notify_socket: std::env::var_os("NOTIFY_SOCKET"),
+        watchdog_usec: std::env::var("WATCHDOG_USEC").ok(),
+        watchdog_pid: std::env::var("WATCHDOG_PID").ok(),
+    })
+}
+
+/// Keeps what systemd set for berthd and removes it from the environment, so that nothing
+/// berthd starts inherits it (`berth_driver::oci::runtime::SERVICE_MANAGER_ENV`): runc given
+/// `NOTIFY_SOCKET` waits for the container to send `READY=1`, so under `Type=notify` the
+/// runtime probe timed out and image machines were refused; a check command or shim could
+/// also have notified systemd in berthd's name.
+///
+/// # Safety
+/// Must be called while the process has a single thread (first thing in `main`): changing the
+/// environment races with any other thread reading it.
+#[allow(unsafe_code)]
+pub unsafe fn take_environment() {
+    let _ = from_systemd();
+    for v in berth_driver::oci::runtime::SERVICE_MANAGER_ENV {
+        // SAFETY: the caller guarantees no other thread exists to read the environment.
+        unsafe { std::env::remove_var(v) };
+    }
+}
+
 /// Sends one notification (e.g. `READY=1`) to systemd, if it asked for them.
 pub fn notify(state: &str) {
     if let Err(e) = send(&NotifyState::Custom(state)) {
@@ -29,25 +65,28 @@ pub fn notify(state: &str) {
     }
 }
 
-/// Sends `state` to the socket `NOTIFY_SOCKET` names, if it is set: through `sd-notify` for a
-/// path, by hand for an abstract name (`@name`, which systemd accepts and `sd-notify` 0.5 would
-/// treat as a file path).
+/// Sends `state` to the socket `NOTIFY_SOCKET` named when berthd started, if it was set: a path,
+/// or an abstract name (`@name`, which systemd accepts). By hand rather than through
+/// `sd_notify::notify`, which reads the variable [`take_environment`] removed.
 fn send(state: &NotifyState) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
     use std::os::unix::ffi::OsStrExt;
-    let Some(addr) = std::env::var_os("NOTIFY_SOCKET") else {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(addr) = &from_systemd().notify_socket else {
         return Ok(());
     };
-    match addr.as_bytes().strip_prefix(b"@") {
-        Some(name) => send_abstract(name, state),
-        None => sd_notify::notify(std::slice::from_ref(state)),
+    let addr = match addr.as_bytes().strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(addr)?,
+    };
+    let msg = format!("{state}\n");
+    let sent = UnixDatagram::unbound()?.send_to_addr(msg.as_bytes(), &addr)?;
+    if sent != msg.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "incomplete notification",
+        ));
     }
-}
-
-fn send_abstract(name: &[u8], state: &NotifyState) -> std::io::Result<()> {
-    use std::os::linux::net::SocketAddrExt;
-    let sock = std::os::unix::net::UnixDatagram::unbound()?;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-    sock.send_to_addr(format!("{state}\n").as_bytes(), &addr)?;
     Ok(())
 }
 
@@ -77,15 +116,15 @@ pub fn spawn_watchdog(
     socket: PathBuf,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
-    let env = |k: &str| std::env::var(k).ok();
+    let env = from_systemd();
     let Some(period) = watchdog_period(
-        env("WATCHDOG_USEC").as_deref(),
-        env("WATCHDOG_PID").as_deref(),
+        env.watchdog_usec.as_deref(),
+        env.watchdog_pid.as_deref(),
         std::process::id(),
     ) else {
         return;
     };
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+    if env.notify_socket.is_none() {
         tracing::warn!("WATCHDOG_USEC is set without NOTIFY_SOCKET; no watchdog");
         return;
     }

@@ -8,6 +8,29 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+/// Variables a service manager sets for berthd alone. A child that inherits them acts on them:
+/// runc given `NOTIFY_SOCKET` passes the socket into the container and waits for the
+/// container to say `READY=1`, so under systemd (`Type=notify`) every container start hung
+/// until its timeout. berthd removes them from its environment at start; every runtime, shim
+/// and exec berth-driver starts removes them again, for anyone else embedding this crate.
+pub const SERVICE_MANAGER_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
+/// A command for the runtime at `path`, without [`SERVICE_MANAGER_ENV`].
+pub fn runtime_command(path: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(path);
+    for v in SERVICE_MANAGER_ENV {
+        c.env_remove(v);
+    }
+    c
+}
+
 /// `runtime.oci` as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum RuntimeChoice {
@@ -181,13 +204,13 @@ fn probe(runtime: &Path, scratch: &Path) -> Result<(), String> {
     let config = serde_json::to_vec(&probe_config(&id)).map_err(|e| e.to_string())?;
     std::fs::write(bundle.join("config.json"), config).map_err(|e| e.to_string())?;
     let out = run_bounded(
-        std::process::Command::new(runtime)
+        runtime_command(runtime)
             .args(["run", "--bundle"])
             .arg(&bundle)
             .arg(&id),
         Duration::from_secs(10),
     );
-    let _ = std::process::Command::new(runtime)
+    let _ = runtime_command(runtime)
         .args(["delete", "--force", &id])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
