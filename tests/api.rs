@@ -861,13 +861,15 @@ fn berthd_notifies_systemd_when_ready() {
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
     let data = dir.path().join("data");
-    let mut child = Command::new(built("berthd", "berthd"))
-        .args(["--data-dir", data.to_str().unwrap(), "--listen", "off"])
-        .env("NOTIFY_SOCKET", &notify)
-        .env("BERTH_SHIM", built("berth-shim", "berth-driver"))
-        .env("BERTH_LOG", "warn")
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(built("berthd", "berthd"))
+            .args(["--data-dir", data.to_str().unwrap(), "--listen", "off"])
+            .env("NOTIFY_SOCKET", &notify)
+            .env("BERTH_SHIM", built("berth-shim", "berth-driver"))
+            .env("BERTH_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
     let mut buf = [0u8; 64];
     let n = listener.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"READY=1\n");
@@ -876,11 +878,11 @@ fn berthd_notifies_systemd_when_ready() {
         "READY=1 comes after the socket is served"
     );
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
     assert!(
         !data.join("berth.sock").exists(),
         "the socket is removed on a clean stop"

@@ -258,3 +258,14 @@ pub fn poll_until<T>(
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
 }
+
+/// A child process killed (and reaped) when the guard drops: a test that fails before its own
+/// clean stop leaves nothing running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
