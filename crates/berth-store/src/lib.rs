@@ -17,6 +17,7 @@ mod error;
 mod export;
 mod offline;
 mod read;
+mod recent;
 mod retention;
 pub mod schema;
 mod stats;
@@ -141,6 +142,8 @@ struct Inner {
     poisoned: Arc<AtomicBool>,
     counters: Arc<WriterCounters>,
     seq_rx: tokio::sync::watch::Receiver<u64>,
+    /// The last commits' events, which the writer keeps (`recent.rs`).
+    recent: Arc<Mutex<recent::RecentEvents>>,
     open_kind: OpenKind,
     /// The compaction in progress, if any (one at a time).
     compaction: Mutex<Option<CompactionProgress>>,
@@ -246,8 +249,10 @@ impl Store {
         let poisoned = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(WriterCounters::default());
         let (seq_tx, seq_rx) = tokio::sync::watch::channel(next_seq - 1);
+        let recent = Arc::new(Mutex::new(recent::RecentEvents::new(recent::RECENT_EVENTS)));
         let writer = Writer {
             seq_tx,
+            recent: recent.clone(),
             counters: counters.clone(),
             db: slot_get(&db),
             slot: db.clone(),
@@ -288,6 +293,7 @@ impl Store {
                 poisoned,
                 counters,
                 seq_rx,
+                recent,
                 open_kind,
                 compaction: Mutex::new(None),
                 cache_size: options.cache_size,

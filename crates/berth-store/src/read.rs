@@ -323,8 +323,19 @@ impl Store {
         )
     }
 
-    /// Up to `limit` host-wide events with `seq > after`, oldest first.
+    /// Up to `limit` host-wide events with `seq > after`, oldest first: from the writer's ring
+    /// of recent events when it holds them all (no read transaction, nothing decoded), else
+    /// from the table.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let recent = self
+            .inner
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .after(after, limit);
+        if let Some(events) = recent {
+            return Ok(events);
+        }
         self.guard_read(
             || format!("table events after seq {after}"),
             || self.events_after_unguarded(after, limit),

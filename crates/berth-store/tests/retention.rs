@@ -90,3 +90,64 @@ async fn a_retention_pass_with_nothing_to_remove_commits_nothing() {
     assert_eq!(r.events_removed, 3, "{r:?}");
     assert!(store.check().unwrap().is_ok());
 }
+
+/// What `events_after` answers for every `after` up to `last`, as seqs (or the oldest kept,
+/// for `Expired`).
+fn answers(store: &Store, last: u64) -> Vec<Result<Vec<berth_types::Event>, u64>> {
+    (0..=last + 1)
+        .map(|after| match store.events_after(after, 7) {
+            Ok(v) => Ok(v),
+            Err(berth_store::StoreError::Expired { oldest, .. }) => Err(oldest),
+            Err(e) => panic!("events after {after}: {e}"),
+        })
+        .collect()
+}
+
+/// The writer keeps the last commits' events in memory and readers are answered from there:
+/// the answers must be exactly the table's, before and after retention removes events (a
+/// reader behind retention is told `Expired`, never handed events the table no longer has).
+/// The reopened store has nothing in memory and reads the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_memory_are_the_tables_before_and_after_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    tokio::task::block_in_place(|| {
+        for m in 0..3 {
+            let id = format!("m{m}");
+            create(&store, &id);
+            for _ in 0..5 {
+                for to in [
+                    State::Starting,
+                    State::Started,
+                    State::Stopping,
+                    State::Stopped,
+                ] {
+                    transition(&store, &id, to).unwrap();
+                }
+            }
+        }
+    });
+    indexed(&store).await;
+    let last = store.last_seq().unwrap();
+    assert_eq!(last, 63);
+    let before = answers(&store, last);
+    assert!(before.iter().all(Result::is_ok), "nothing removed yet");
+
+    let trims = store.retain(&policy(1000, 30)).await.unwrap();
+    assert_eq!(trims.events_removed, 33, "{trims:?}");
+    let after = answers(&store, last);
+    for (n, a) in after.iter().enumerate() {
+        if n < 33 {
+            assert_eq!(a, &Err(34), "after {n}: removed events are not answered");
+        } else {
+            assert_eq!(a, &before[n], "after {n}");
+        }
+    }
+    drop(store);
+    let reopened = open(&dir);
+    assert_eq!(
+        answers(&reopened, last),
+        after,
+        "the table answers the same"
+    );
+}

@@ -149,6 +149,10 @@ pub struct WriteCtx<'a, 'txn> {
     pub(crate) bytes: usize,
     /// History rows of the events this batch committed, for the writer to materialize.
     new_history: Vec<HistoryRow>,
+    /// The events this batch committed, for the writer's ring of recent events.
+    new_events: Vec<Event>,
+    /// The highest event seq this batch removed (retention).
+    events_removed_through: Option<u64>,
 }
 
 /// What a batch's closures left for the commit: the counters to continue from, the history rows
@@ -157,6 +161,8 @@ pub(crate) struct BatchOutcome {
     pub next_seq: u64,
     pub next_op_id: u64,
     pub new_history: Vec<HistoryRow>,
+    pub new_events: Vec<Event>,
+    pub events_removed_through: Option<u64>,
     pub bytes: usize,
 }
 
@@ -193,6 +199,8 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
             now: Timestamp::now(),
             bytes: 0,
             new_history: Vec::new(),
+            new_events: Vec::new(),
+            events_removed_through: None,
         }
     }
 
@@ -202,6 +210,8 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
             next_seq: self.committed_seq,
             next_op_id: self.committed_op_id,
             new_history: self.new_history,
+            new_events: self.new_events,
+            events_removed_through: self.events_removed_through,
             bytes: self.bytes,
         }
     }
@@ -259,10 +269,11 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
                 .map_err(StoreError::db("write event"))?;
             self.dirty.event(ev.seq);
             self.new_history.push(HistoryRow {
-                machine_id: ev.machine_id,
+                machine_id: ev.machine_id.clone(),
                 version: ev.version,
                 bytes,
             });
+            self.new_events.push(ev);
         }
         Ok(())
     }
@@ -353,6 +364,8 @@ impl<'a, 'txn> WriteCtx<'a, 'txn> {
                             .remove(*seq)
                             .map_err(StoreError::db("remove event"))?;
                         self.dirty.event(*seq);
+                        self.events_removed_through =
+                            Some(self.events_removed_through.unwrap_or(0).max(*seq));
                     }
                 }
             }

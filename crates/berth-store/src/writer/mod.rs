@@ -109,6 +109,8 @@ pub(crate) struct Writer {
     pub counters: Arc<WriterCounters>,
     /// The last committed seq, published after each commit (for long-polls).
     pub seq_tx: tokio::sync::watch::Sender<u64>,
+    /// The last commits' events, for readers (`recent.rs`); filled before `seq_tx` is sent.
+    pub recent: Arc<std::sync::Mutex<crate::recent::RecentEvents>>,
     pub next_seq: u64,
     pub next_op_id: u64,
     pub indexer: Indexer,
@@ -212,6 +214,10 @@ impl Writer {
             job.finish(outcome);
         }
         if result.is_err() {
+            self.recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
             self.after_failed_commit();
         }
     }
@@ -265,6 +271,8 @@ impl Writer {
             next_seq,
             next_op_id,
             new_history,
+            new_events,
+            events_removed_through,
             bytes,
         } = outcome;
         // What the batch did, for the slow-op log line (only formatted when it is slow).
@@ -294,6 +302,16 @@ impl Writer {
         self.counters
             .last_commit_nanos
             .store(berth_types::Timestamp::now().as_nanos(), Ordering::Release);
+        {
+            let mut recent = self
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(seq) = events_removed_through {
+                recent.forget_through(seq);
+            }
+            recent.append(new_events);
+        }
         self.seq_tx.send_replace(next_seq - 1);
         self.counters.writes.fetch_add(n as u64, Ordering::Relaxed);
         let delay = self.commit_delay;
