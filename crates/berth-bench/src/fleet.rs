@@ -34,6 +34,13 @@ struct Report {
     commit_to_consumer_max_ms: f64,
     /// The host's idle CPU (%) while the machines were placed.
     host_idle_percent: f64,
+    /// CPU time the hypervisor gave to others while placing (%, `steal` in /proc/stat): a
+    /// figure taken with much steal says more about the neighbours than about berth.
+    host_steal_percent: f64,
+    /// CPU time (user + system) per event while placing: all exporting agents together...
+    agents_cpu_ms_per_event: f64,
+    /// ...and nats-server.
+    nats_cpu_ms_per_event: f64,
     rss_export_agent_mib: f64,
     rss_baseline_agent_mib: f64,
     rss_export_cost_mib: f64,
@@ -175,7 +182,11 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let m = rt.block_on(measure(&a, &url, &dirs, per_agent))?;
+    let pids = Pids {
+        nats: procs.0[0].id(),
+        agents: procs.0[1..=a.agents].iter().map(Child::id).collect(),
+    };
+    let m = rt.block_on(measure(&a, &url, &dirs, per_agent, &pids))?;
     let (lat, elapsed) = (m.lat, m.elapsed);
     // The baseline agents get the same machines at the same per-agent rate (after the measured
     // phase, so they do not load it): their RSS then differs from the exporting agents' only
@@ -207,6 +218,9 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
         commit_to_consumer_p99_ms: percentile(&lat, 99.0),
         commit_to_consumer_max_ms: lat.last().copied().unwrap_or(0.0),
         host_idle_percent: m.idle_percent,
+        host_steal_percent: m.steal_percent,
+        agents_cpu_ms_per_event: m.agents_cpu_ms / (per_agent * a.agents) as f64,
+        nats_cpu_ms_per_event: m.nats_cpu_ms / (per_agent * a.agents) as f64,
         rss_export_agent_mib: export_rss,
         rss_baseline_agent_mib: base_rss,
         rss_export_cost_mib: export_rss - base_rss,
@@ -227,9 +241,14 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
         report.commit_to_consumer_max_ms
     );
     println!(
-        "  host CPU idle while placing: {:.1}% of 2 cores; load average {}",
+        "  host CPU idle while placing: {:.1}% of 2 cores (steal {:.1}%); load average {}",
         report.host_idle_percent,
+        report.host_steal_percent,
         loadavg.trim()
+    );
+    println!(
+        "  CPU per event while placing: {:.3} ms in the agents, {:.3} ms in nats-server",
+        report.agents_cpu_ms_per_event, report.nats_cpu_ms_per_event
     );
     if a.stages {
         stages::report(&trace_dir, &m.deliveries);
@@ -245,6 +264,25 @@ pub fn run(out: &Path, args: &[String]) -> Result<(), Box<dyn std::error::Error>
     Ok(())
 }
 
+/// The processes whose CPU time [`measure`] reads.
+struct Pids {
+    nats: u32,
+    agents: Vec<u32>,
+}
+
+/// A process's CPU time so far (user + system, all threads), in ms: `/proc/<pid>/stat` fields
+/// 14 and 15, in USER_HZ ticks (100 per second on every Linux architecture berth runs on).
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; the fields after it are plain.
+    let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 * 10.0
+}
+
 /// What [`measure`] saw.
 struct Measured {
     /// Each event's commit→delivery latency (ms, sorted).
@@ -253,6 +291,11 @@ struct Measured {
     elapsed: f64,
     /// The host's idle CPU (%) while placing.
     idle_percent: f64,
+    /// The hypervisor's steal (%) while placing.
+    steal_percent: f64,
+    /// CPU time of the exporting agents, and of nats-server, while placing (ms).
+    agents_cpu_ms: f64,
+    nats_cpu_ms: f64,
     deliveries: Vec<stages::Delivery>,
 }
 
@@ -270,6 +313,7 @@ async fn measure(
     url: &str,
     dirs: &[PathBuf],
     per_agent: usize,
+    pids: &Pids,
 ) -> Result<Measured, String> {
     let js = async_nats::jetstream::new(
         async_nats::connect(url)
@@ -346,15 +390,25 @@ async fn measure(
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
     let started = Instant::now();
     let cpu0 = stages::cpu_jiffies();
+    let steal0 = stages::steal_jiffies();
+    let agents_cpu = || pids.agents.iter().map(|p| cpu_ms(*p)).sum::<f64>();
+    let (agents0, nats0) = (agents_cpu(), cpu_ms(pids.nats));
     place(&dirs[..a.agents], per_agent, a.agents, a.rate, t0).await?;
     let elapsed = started.elapsed().as_secs_f64() - 0.2;
-    let idle_percent = stages::idle_percent(cpu0, stages::cpu_jiffies());
+    let cpu1 = stages::cpu_jiffies();
+    let idle_percent = stages::idle_percent(cpu0, cpu1);
+    let all = (cpu1.0 + cpu1.1).saturating_sub(cpu0.0 + cpu0.1).max(1);
+    let steal_percent = 100.0 * stages::steal_jiffies().saturating_sub(steal0) as f64 / all as f64;
+    let (agents_cpu_ms, nats_cpu_ms) = (agents_cpu() - agents0, cpu_ms(pids.nats) - nats0);
     let (mut lat, deliveries) = collector.await.map_err(|e| e.to_string())?;
     lat.sort_by(|x, y| x.total_cmp(y));
     Ok(Measured {
         lat,
         elapsed,
         idle_percent,
+        steal_percent,
+        agents_cpu_ms,
+        nats_cpu_ms,
         deliveries,
     })
 }

@@ -95,6 +95,16 @@ pub fn report(dir: &Path, deliveries: &[Delivery]) {
 }
 
 /// Jiffies (busy, idle) of all CPUs from `/proc/stat` (idle includes iowait).
+/// The host's steal time so far (jiffies): CPU the hypervisor gave to other guests.
+pub fn steal_jiffies() -> u64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("cpu "))
+        .and_then(|l| l.split_whitespace().nth(8))
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn cpu_jiffies() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
