@@ -21,6 +21,24 @@ fn policy(max_per_machine: u64, max_events: u64) -> RetentionPolicy {
     }
 }
 
+/// Three machines, each created then started and stopped five times: 63 events, 21 per machine.
+fn three_machines_started_and_stopped_five_times(store: &Store) {
+    for m in 0..3 {
+        let id = format!("m{m}");
+        create(store, &id);
+        for _ in 0..5 {
+            for to in [
+                State::Starting,
+                State::Started,
+                State::Stopping,
+                State::Stopped,
+            ] {
+                transition(store, &id, to).unwrap();
+            }
+        }
+    }
+}
+
 /// Waits until the history index has caught up with the log.
 async fn indexed(store: &Store) {
     for _ in 0..200 {
@@ -39,22 +57,7 @@ async fn indexed(store: &Store) {
 async fn a_retention_pass_with_nothing_to_remove_commits_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    tokio::task::block_in_place(|| {
-        for m in 0..3 {
-            let id = format!("m{m}");
-            create(&store, &id);
-            for _ in 0..5 {
-                for to in [
-                    State::Starting,
-                    State::Started,
-                    State::Stopping,
-                    State::Stopped,
-                ] {
-                    transition(&store, &id, to).unwrap();
-                }
-            }
-        }
-    });
+    tokio::task::block_in_place(|| three_machines_started_and_stopped_five_times(&store));
     indexed(&store).await;
 
     // Something to remove: a per-machine cap of 10 (each has 21 history rows) and a log of 30.
@@ -111,22 +114,7 @@ fn answers(store: &Store, last: u64) -> Vec<Result<Vec<berth_types::Event>, u64>
 async fn events_from_memory_are_the_tables_before_and_after_retention() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    tokio::task::block_in_place(|| {
-        for m in 0..3 {
-            let id = format!("m{m}");
-            create(&store, &id);
-            for _ in 0..5 {
-                for to in [
-                    State::Starting,
-                    State::Started,
-                    State::Stopping,
-                    State::Stopped,
-                ] {
-                    transition(&store, &id, to).unwrap();
-                }
-            }
-        }
-    });
+    tokio::task::block_in_place(|| three_machines_started_and_stopped_five_times(&store));
     indexed(&store).await;
     let last = store.last_seq().unwrap();
     assert_eq!(last, 63);
