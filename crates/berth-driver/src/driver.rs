@@ -501,18 +501,15 @@ impl Driver {
     /// Runs the shim for the machine directory `dir` and reads its launcher's one line: the
     /// workload's pid and the shim's marks, or why it did not start.
     async fn run_shim(&self, dir: &Path) -> Result<(i32, Marks), DriverError> {
-        let mut shim = tokio::process::Command::new(&self.cfg.shim);
-        for v in crate::oci::runtime::SERVICE_MANAGER_ENV {
-            shim.env_remove(v);
-        }
-        let launch = shim
-            .args(&self.cfg.shim_args)
-            .arg(dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .output();
+        let launch =
+            tokio::process::Command::from(crate::oci::runtime::child_command(&self.cfg.shim))
+                .args(&self.cfg.shim_args)
+                .arg(dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .output();
         let out = tokio::time::timeout(self.cfg.launch_timeout, launch)
             .await
             .map_err(|_| {

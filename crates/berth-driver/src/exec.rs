@@ -113,7 +113,7 @@ fn image_command(oci: &crate::oci::OciLaunch, exec: &ExecSpec) -> Started {
     let tag = format!("{}-{n}", std::process::id());
     let pid_file = oci.bundle.join(format!("exec-{tag}.pid"));
     let log = oci.bundle.join(format!("exec-{tag}.log"));
-    let mut cmd = tokio::process::Command::from(crate::oci::runtime::runtime_command(&oci.runtime));
+    let mut cmd = tokio::process::Command::from(crate::oci::runtime::child_command(&oci.runtime));
     cmd.arg("--log")
         .arg(&log)
         .args(["--log-format", "json", "exec", "--pid-file"])

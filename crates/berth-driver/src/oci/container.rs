@@ -56,7 +56,7 @@ pub fn unmount_root(bundle: &Path) -> bool {
 /// Runs `<runtime> delete --force` for the container; quiet when it does not exist. Whether
 /// the runtime said it succeeded (it does for a container it does not know).
 pub fn delete(runtime: &Path, container_id: &str) -> bool {
-    super::runtime::runtime_command(runtime)
+    super::runtime::child_command(runtime)
         .args(["delete", "--force", container_id])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -78,7 +78,7 @@ fn runtime_error(log: &Path) -> String {
 }
 
 fn runtime_cmd(oci: &OciLaunch, verb: &str) -> Command {
-    let mut c = super::runtime::runtime_command(&oci.runtime);
+    let mut c = super::runtime::child_command(&oci.runtime);
     c.arg("--log")
         .arg(oci.bundle.join("runtime.log"))
         .args(["--log-format", "json", verb]);

@@ -22,8 +22,9 @@ pub const SERVICE_MANAGER_ENV: &[&str] = &[
     "LISTEN_FDNAMES",
 ];
 
-/// A command for the runtime at `path`, without [`SERVICE_MANAGER_ENV`].
-pub fn runtime_command(path: &Path) -> std::process::Command {
+/// A command for a program berth-driver starts (a runtime, a shim), without
+/// [`SERVICE_MANAGER_ENV`].
+pub fn child_command(path: &Path) -> std::process::Command {
     let mut c = std::process::Command::new(path);
     for v in SERVICE_MANAGER_ENV {
         c.env_remove(v);
@@ -204,13 +205,13 @@ fn probe(runtime: &Path, scratch: &Path) -> Result<(), String> {
     let config = serde_json::to_vec(&probe_config(&id)).map_err(|e| e.to_string())?;
     std::fs::write(bundle.join("config.json"), config).map_err(|e| e.to_string())?;
     let out = run_bounded(
-        runtime_command(runtime)
+        child_command(runtime)
             .args(["run", "--bundle"])
             .arg(&bundle)
             .arg(&id),
         Duration::from_secs(10),
     );
-    let _ = runtime_command(runtime)
+    let _ = child_command(runtime)
         .args(["delete", "--force", &id])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
